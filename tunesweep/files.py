@@ -1,0 +1,106 @@
+"""Small file helpers shared by every stage: atomic writes, JSONL, content hashes.
+
+Every output is written to a temporary name in the same folder and renamed into place, so a
+killed run never leaves a half-written file that a later stage would trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | os.PathLike):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def jsonl_dumps(records: Iterable[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=False) + "\n" for r in records)
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
+    write_text(path, jsonl_dumps(records))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read a JSONL file written by tunesweep; a broken line is reported by file and line."""
+    from .errors import UserError
+
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}: line {lineno}: not valid JSON ({exc.msg})") from None
+    return out
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_tree(root: str | os.PathLike, skip: Iterable[str] = ()) -> str:
+    """Hash every file under `root` (relative name + content), skipping top-level names in `skip`."""
+    root = Path(root)
+    skip = set(skip)
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root)
+        if rel.parts[0] in skip or rel.name.startswith("."):
+            continue
+        h.update(str(rel).encode())
+        h.update(b"\0")
+        h.update(sha256_file(path).encode())
+    return h.hexdigest()
+
+
+def fingerprint(obj) -> str:
+    """A stable hash of a JSON-able object: what a stage records as 'the inputs of this output'."""
+    return sha256_bytes(json.dumps(obj, sort_keys=True, default=str).encode())[:16]
+
+
+def derive_seed(*parts) -> int:
+    """A 31-bit seed from any parts (run seed, config name, row id): same parts, same seed."""
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
