@@ -6,8 +6,6 @@ Everything runs offline: no test may reach a model or dataset hub.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest

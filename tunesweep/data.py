@@ -160,7 +160,7 @@ def record_id(rec: dict) -> str:
     return sha256_bytes(json.dumps([rec["instruction"], rec["input"], rec["output"]]).encode())[:12]
 
 
-def drop_unusable(records: list[dict], source: str) -> list[dict]:
+def drop_unusable(records: list[dict], source: str) -> tuple[list[dict], int, int]:
     """Drop empty records and exact duplicates, warning with counts and the first rows."""
     empty, dupes, kept, seen = [], [], [], set()
     for rec in records:
@@ -173,11 +173,11 @@ def drop_unusable(records: list[dict], source: str) -> list[dict]:
             continue
         seen.add(key)
         kept.append(rec)
-    for rows, what in ((empty, "with an empty instruction or output"), (dupes, "exact duplicates of earlier records")):
+    for rows, what in ((empty, "with an empty instruction or output"), (dupes, "that repeat an earlier record exactly")):
         if rows:
             first = ", ".join(str(r) for r in rows[:5])
-            log.warning("%s: dropped %d record%s %s (rows %s%s)", source, len(rows), "s" if len(rows) > 1 else "",
-                        what, first, ", ..." if len(rows) > 5 else "")
+            log.warning("%s: dropped %d record(s) %s (rows %s%s)", source, len(rows), what, first,
+                        ", ..." if len(rows) > 5 else "")
     return kept, len(empty), len(dupes)
 
 
