@@ -183,3 +183,20 @@ def test_builtin_tasks_are_seeded_and_checkable():
             assert r["output"].split() == r["input"].split()[::-1]
         if r["instruction"] == "Sort the words alphabetically.":
             assert r["output"].split() == sorted(r["input"].split())
+
+
+def test_split_is_skipped_when_current_and_redone_when_source_changes(tmp_path):
+    src = tmp_path / "data.json"
+    recs = [{"instruction": f"q{i}", "input": "", "output": f"a{i}"} for i in range(20)]
+    src.write_text(json.dumps(recs))
+    cfg = write_cfg(tmp_path, src, test_size=5)
+    assert run_tunesweep("split", "--config", cfg).returncode == 0
+    test_file = tmp_path / "work" / "alpaca_data" / "test.jsonl"
+    first = test_file.stat().st_mtime_ns
+    r = run_tunesweep("split", "--config", cfg)
+    assert r.returncode == 0 and "already current" in r.stdout
+    assert test_file.stat().st_mtime_ns == first
+    src.write_text(json.dumps(recs + [{"instruction": "new", "input": "", "output": "row"}]))
+    r = run_tunesweep("split", "--config", cfg)
+    assert r.returncode == 0 and "already current" not in r.stdout
+    assert json.loads((tmp_path / "work" / "alpaca_data" / "split.json").read_text())["usable"] == 21

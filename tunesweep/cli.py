@@ -34,20 +34,28 @@ def cmd_plan(args) -> int:
     from .plan import plan_entries, plan_table
 
     cfg = _load(args)
+    if args.get:
+        # For shell scripts: one setting of the validated config, e.g. `--get workdir`.
+        value = cfg.model_dump()
+        for part in args.get.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise UserError(f"{args.config}: no setting {args.get!r}")
+            value = value[part]
+        print(value if isinstance(value, str) else json.dumps(value))
+        return 0
     entries = plan_entries(cfg)
     print(json.dumps(entries, indent=2) if args.json else plan_table(cfg, entries))
     return 0
 
 
 def cmd_split(args) -> int:
-    from .data import split_dataset
+    from .data import split_for_config
 
     cfg = _load(args, **{"dataset.source": args.dataset, "dataset.test_size": args.test_size, "seed": args.seed})
-    meta = split_dataset(cfg.dataset.source, cfg.workdir, cfg.dataset.test_size, seed=cfg.seed,
-                         max_rows=cfg.dataset.max_rows, builtin_rows=cfg.dataset.builtin_rows)
+    meta, skipped = split_for_config(cfg, force=args.force)
     print(f"split {meta['source']}: {meta['train_rows']} train + {meta['test_rows']} test rows "
           f"({meta['dropped_empty']} empty and {meta['dropped_duplicates']} duplicate records dropped) "
-          f"-> {cfg.path / 'alpaca_data'}")
+          f"-> {cfg.path / 'alpaca_data'}{' (already current, nothing written)' if skipped else ''}")
     return 0
 
 
@@ -130,11 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("plan", cmd_plan, "show the expanded study (models x decoding configs) without running anything")
     sp.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    sp.add_argument("--get", metavar="KEY", help="print one setting of the validated config (e.g. workdir)")
 
     sp = add("split", cmd_split, "check the dataset and write alpaca_data/{train,test}.jsonl and split.json")
     sp.add_argument("--dataset", help="override dataset.source (hub id or local file)")
     sp.add_argument("--test-size", type=lambda s: float(s) if "." in s else int(s), help="rows (int) or fraction (float)")
     sp.add_argument("--seed", type=int, help="override the config's seed")
+    sp.add_argument("--force", action="store_true", help="split again even when alpaca_data/ is current")
 
     sp = add("make-tiny-model", cmd_make_tiny_model, "build a tiny Llama checkpoint offline (tests, demo)", config=False)
     sp.add_argument("out", help="output folder")

@@ -53,7 +53,7 @@ def _read_json_file(path: Path) -> LoadedRecords:
         data = lists[0]
     if not isinstance(data, list):
         raise UserError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-    return LoadedRecords(str(path), [(i, r) for i, r in enumerate(data, 1)], source_hash=sha256_bytes(text.encode()))
+    return LoadedRecords(str(path), [(i, r) for i, r in enumerate(data, 1)], source_hash=sha256_file(path))
 
 
 def _read_jsonl_file(path: Path) -> LoadedRecords:
@@ -279,3 +279,20 @@ def load_split(workdir: str | Path, which: str) -> list[dict]:
     from .files import read_jsonl
 
     return read_jsonl(path)
+
+
+def split_for_config(cfg, force: bool = False) -> tuple[dict, bool]:
+    """Split the config's dataset unless alpaca_data/ already holds this exact split; (meta, skipped)."""
+    meta = split_is_current(cfg.path)
+    wanted = {"source": cfg.dataset.source, "seed": cfg.seed, "test_size": cfg.dataset.test_size,
+              "max_rows": cfg.dataset.max_rows}
+    if not force and meta and all(meta.get(k) == v for k, v in wanted.items()):
+        if not cfg.dataset.source.startswith("builtin:") and Path(cfg.dataset.source).is_file():
+            # A local file edited since the split must be split again.
+            if sha256_file(cfg.dataset.source) != meta.get("source_hash"):
+                meta = None
+        if meta:
+            return meta, True
+    meta = split_dataset(cfg.dataset.source, cfg.path, cfg.dataset.test_size, seed=cfg.seed,
+                         max_rows=cfg.dataset.max_rows, builtin_rows=cfg.dataset.builtin_rows)
+    return meta, False

@@ -1,0 +1,90 @@
+"""`tunesweep run`: every stage in order, the same functions the shell pipeline calls.
+
+Each stage skips work whose inputs are unchanged, so a rerun after a failure or a kill
+continues where it stopped. Each stage's log goes to <workdir>/logs/<stage>.log as well.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+from .config import ExperimentConfig
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+STAGES = ("split", "finetune", "generate", "clean", "score", "report")
+
+
+def _run_split(cfg: ExperimentConfig, limit: Optional[int]) -> None:
+    from .data import split_for_config
+
+    meta, skipped = split_for_config(cfg)
+    log.info("split: %d train + %d test rows%s", meta["train_rows"], meta["test_rows"],
+             " (alpaca_data/ is current, skipped)" if skipped else "")
+
+
+def _run_finetune(cfg, limit):
+    from .train import finetune
+
+    finetune(cfg)
+
+
+def _run_generate(cfg, limit):
+    from .generate import generate
+
+    generate(cfg, limit=limit)
+
+
+def _run_clean(cfg, limit):
+    from .clean import clean
+
+    clean(cfg)
+
+
+def _run_score(cfg, limit):
+    from .scoring import score
+
+    score(cfg)
+
+
+def _run_report(cfg, limit):
+    from .report import report
+
+    report(cfg)
+
+
+RUNNERS = {"split": _run_split, "finetune": _run_finetune, "generate": _run_generate, "clean": _run_clean,
+           "score": _run_score, "report": _run_report}
+
+
+def stages_to_run(from_stage: Optional[str] = None, only_stage: Optional[str] = None) -> list[str]:
+    if only_stage:
+        return [only_stage]
+    start = STAGES.index(from_stage) if from_stage else 0
+    return list(STAGES[start:])
+
+
+def run_pipeline(cfg: ExperimentConfig, from_stage: Optional[str] = None, only_stage: Optional[str] = None,
+                 limit: Optional[int] = None) -> None:
+    log_dir = Path(cfg.path) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    for stage in stages_to_run(from_stage, only_stage):
+        handler = logging.FileHandler(log_dir / f"{stage}.log", mode="a", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        root.addHandler(handler)
+        started = time.time()
+        log.info("=== stage %s ===", stage)
+        try:
+            RUNNERS[stage](cfg, limit)
+        except UserError as exc:
+            raise UserError(f"stage {stage} failed: {exc} (log: {log_dir / f'{stage}.log'})") from None
+        finally:
+            root.removeHandler(handler)
+            handler.close()
+        log.info("stage %s done in %.0f s", stage, time.time() - started)
+    log.info("tables: %s  report: %s", Path(cfg.path) / "eval_results", Path(cfg.path) / "eval_results" / "report.md")
