@@ -27,7 +27,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m tunesweep doctor
 	touch $@
 
+# The demo's two tiny base models are built offline (random weights, tokenizer trained on builtin:tasks).
 demo: setup
+	test -d demo_run/tiny_models/tiny-full || $(PY) -m tunesweep make-tiny-model demo_run/tiny_models/tiny-full --seed 1
+	test -d demo_run/tiny_models/tiny-lora || $(PY) -m tunesweep make-tiny-model demo_run/tiny_models/tiny-lora --seed 2
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash hyperparameter_experiments.sh --config $(DEMO_CONFIG)
 
 test: setup

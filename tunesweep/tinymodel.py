@@ -9,6 +9,9 @@ with HF_HUB_OFFLINE=1.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -87,10 +90,19 @@ def make_tiny_model(out: str | Path, data: Optional[str] = None, seed: int = 0, 
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    (out / "tunesweep_tiny.json").write_text(json.dumps(
-        {"seed": seed, "hidden_size": hidden_size, "num_layers": num_layers, "num_heads": num_heads,
-         "vocab_size": len(tokenizer), "data": data or "builtin:tasks"}, indent=2) + "\n")
+    # Written beside the target and renamed into place: a folder that exists is complete.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "tunesweep_tiny.json").write_text(json.dumps(
+            {"seed": seed, "hidden_size": hidden_size, "num_layers": num_layers, "num_heads": num_heads,
+             "vocab_size": len(tokenizer), "data": data or "builtin:tasks"}, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
     return out
