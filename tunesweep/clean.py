@@ -6,10 +6,16 @@ stage reapplies it (rules may change) without ever touching `response_raw`.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Iterable
 
+from .config import expand_sweep
+from .errors import UserError
+from .files import read_json, read_jsonl, write_json, write_jsonl
 from .templates import get_template
+
+log = logging.getLogger(__name__)
 
 # Special tokens that can leak into decoded text when a model or tokenizer is misconfigured.
 DEFAULT_SPECIAL_TOKENS = ("<s>", "</s>", "<pad>", "<unk>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "[PAD]")
@@ -40,3 +46,75 @@ def clean_response(raw: str, prompt: str = "", template: str = "alpaca",
     text = re.sub(r"[ \t]+\n", "\n", text).strip()
     flags["empty"] = not text
     return text, flags
+
+
+# --- the clean stage ------------------------------------------------------------------------------
+
+def cleaning_rules(template: str = "alpaca", special_tokens: Iterable[str] = DEFAULT_SPECIAL_TOKENS) -> dict:
+    """The rules `clean_response` applies, recorded in cleaning.json next to the counts."""
+    return {
+        "source": "response_raw (never modified)",
+        "echo": "drop a leading copy of the prompt",
+        "cut_at": list(get_template(template).markers),
+        "special_tokens": list(special_tokens),
+        "whitespace": "trailing spaces before newlines removed, then stripped",
+        "template": template,
+    }
+
+
+def clean_file(path, template: str = "alpaca") -> tuple[list[dict], dict, bool]:
+    """(records with `response` re-derived, counts, whether any `response` changed) for one config file."""
+    records = read_jsonl(path)
+    counts = {"rows": len(records), "echo": 0, "cut": 0, "special": 0, "empty": 0, "length_capped": 0, "changed": 0}
+    for row, rec in enumerate(records, 1):
+        raw = rec.get("response_raw")
+        if not isinstance(raw, str):
+            raise UserError(f"{path}: row {row} (id {rec.get('id')!r}): response_raw = {raw!r}: "
+                            f"expected the generated text (rerun `tunesweep generate`)")
+        text, flags = clean_response(raw, rec.get("prompt") or "", template=template)
+        for key in ("echo", "cut", "special", "empty"):
+            counts[key] += int(flags[key])
+        counts["length_capped"] += int(rec.get("finish_reason") == "length")
+        if rec.get("response") != text:
+            rec["response"] = text
+            counts["changed"] += 1
+    return records, counts, counts["changed"] > 0
+
+
+def clean(cfg, model=None) -> dict:
+    """Rewrite `response` from `response_raw` in every llm_responses/<target>/<config>.jsonl of the study.
+
+    A file is rewritten (atomically) only when a response changes, so rerunning with the same rules
+    touches nothing. Per target, llm_responses/<target>/cleaning.json records the rules and, per
+    config, how many responses echoed the prompt, were cut at a template marker, held special
+    tokens, came out empty, or hit the token cap (finish_reason "length").
+    Returns {target: {config: counts}}, where counts also say how many responses this run changed.
+    """
+    configs = expand_sweep(cfg.generation)
+    rules = cleaning_rules(cfg.template)
+    summary: dict = {}
+    for target in cfg.run_targets(model):
+        folder = cfg.path / "llm_responses" / target.name
+        if not folder.is_dir():
+            raise UserError(f"{folder}: no responses for {target.name!r}; run `tunesweep generate` first")
+        per_config, with_changes = {}, {}
+        for dc in configs:
+            path = folder / f"{dc.name}.jsonl"
+            if not path.is_file():
+                raise UserError(f"{path}: not found: config {dc.name} has no responses; run `tunesweep generate` first")
+            records, counts, changed = clean_file(path, cfg.template)
+            if changed:
+                write_jsonl(path, records)
+            # "changed" describes this run, not the files: keep it out of cleaning.json.
+            per_config[dc.name] = {k: v for k, v in counts.items() if k != "changed"}
+            with_changes[dc.name] = counts
+            log.info("clean %s %s: %d rows, %d echoed the prompt, %d cut at a template marker, %d held special "
+                     "tokens, %d empty, %d hit the token cap; %d responses changed", target.name, dc.name,
+                     counts["rows"], counts["echo"], counts["cut"], counts["special"], counts["empty"],
+                     counts["length_capped"], counts["changed"])
+        report = {"rules": rules, "configs": per_config}
+        report_path = folder / "cleaning.json"
+        if not report_path.is_file() or read_json(report_path) != report:
+            write_json(report_path, report)
+        summary[target.name] = with_changes
+    return summary

