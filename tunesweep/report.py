@@ -191,8 +191,12 @@ def plot_factor(cfg: ExperimentConfig, scored: list[Scored], factor: str, metric
         return False
     centre = float(getattr(cfg.generation.defaults, factor))
     ax.axvline(centre, color="0.6", linestyle=":", linewidth=1, zorder=0)
-    ax.annotate("defaults", (centre, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
-                textcoords="offset points", fontsize=8, color="0.4")
+    # Bottom left of the line: inside the axes wherever the centre lies, clear of the legend.
+    ax.annotate("defaults", (centre, 0.0), xycoords=("data", "axes fraction"), xytext=(-3, 4),
+                textcoords="offset points", fontsize=8, color="0.4", ha="right")
+    if metric == "human":  # the whole rating scale, so small differences do not look large
+        h = cfg.evaluation.human
+        ax.set_ylim(h.scale_min - 0.2, h.scale_max + 0.2)
     ax.set_xticks(sorted(set(xs_all)))
     ax.set_xticklabels([f"{x:g}" for x in sorted(set(xs_all))])
     ax.set_xlabel(FACTOR_NOTES[factor])
@@ -300,6 +304,11 @@ def _plots_section(cfg: ExperimentConfig, scored: list[Scored], metrics: list[tu
                 lines += [f"![{label} vs {factor}](plots/{out.name})", ""]
     if not written:
         lines += ["(No factor has two or more values in this sweep: nothing to plot.)", ""]
+    # A plot of an earlier run (a metric or factor since dropped) must not pass for a current one.
+    ours = {f"{f}_{m}.png" for f in FACTORS for m, _ in METRICS}
+    for stale in plots_dir.glob("*.png") if plots_dir.is_dir() else []:
+        if stale.name in ours and stale not in written:
+            stale.unlink()
     return lines, written
 
 
@@ -393,10 +402,29 @@ def _decoding_section(configs: list[DecodingConfig], manifests: dict) -> list[st
     return lines + [md_table(["config", "mode", "varies", "ignores", "effective", "note"], rows), ""]
 
 
+def metric_settings(metrics_json: Optional[dict]) -> dict:
+    """The per-metric settings of eval_results/metrics.json ({"metrics": {...}, "targets": {...}})."""
+    if not metrics_json:
+        return {}
+    inner = metrics_json.get("metrics", metrics_json)
+    return inner if isinstance(inner, dict) else {}
+
+
+def scoring_versions(metrics_json: Optional[dict]) -> dict:
+    """{library: version} recorded with each metric's settings (plus transformers for BERTScore)."""
+    out = {}
+    for settings in metric_settings(metrics_json).values():
+        if isinstance(settings, dict) and settings.get("library") and settings.get("version"):
+            out[settings["library"]] = settings["version"]
+            if settings.get("transformers"):
+                out["transformers"] = settings["transformers"]
+    return out
+
+
 def _bertscore_line(cfg: ExperimentConfig, metrics_json: Optional[dict]) -> str:
-    bs = (metrics_json or {}).get("bertscore")
+    bs = metric_settings(metrics_json).get("bertscore")
     if isinstance(bs, dict):
-        model = bs.get("model") or bs.get("model_type") or bs.get("model_path")
+        model = bs.get("model") or bs.get("model_path")
         layers = bs.get("num_layers")
         rescale = bs.get("rescale_with_baseline", bs.get("rescale"))
     else:
@@ -462,9 +490,9 @@ def _settings_section(cfg: ExperimentConfig, metrics_json: Optional[dict], manif
         lines += ["(`eval_results/metrics.json` not found.)", ""]
     else:
         lines += ["From `eval_results/metrics.json`:", "", "```json",
-                  json.dumps(metrics_json, indent=2, ensure_ascii=False, default=str), "```", ""]
+                  json.dumps(metric_settings(metrics_json), indent=2, ensure_ascii=False, default=str), "```", ""]
     lines += ["### Library versions", ""]
-    sources = {"generation": {}, "scoring": (metrics_json or {}).get("versions") or {}, "report": library_versions()}
+    sources = {"generation": {}, "scoring": scoring_versions(metrics_json), "report": library_versions()}
     for name, manifest in manifests.items():
         for lib, v in (manifest.get("versions") or {}).items():
             seen = sources["generation"].setdefault(lib, [])

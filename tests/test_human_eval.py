@@ -1,0 +1,286 @@
+"""Human evaluation: agreement statistics against worked examples, and the export -> rate -> import
+round trip on a synthetic study (test_report.build_study) with two raters."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import run_tunesweep
+from test_report import build_study
+
+from tunesweep.config import expand_sweep, load_config
+from tunesweep.errors import UserError
+from tunesweep.files import derive_seed, read_jsonl, write_jsonl
+from tunesweep.human_eval import (SHEET_COLUMNS, export_sheet, import_ratings, key_path, krippendorff_alpha,
+                                  pairwise_exact_agreement)
+
+# --- agreement: worked examples ------------------------------------------------------------------
+
+# Krippendorff (2011), "Computing Krippendorff's alpha-reliability", section C: 4 observers,
+# 12 units, values 1-5, missing data. Published: nominal .743, ordinal .815, interval .849, ratio .797.
+KRIPPENDORFF_2011 = [
+    [1, 2, 3, 3, 2, 1, 4, 1, 2, None, None, None],
+    [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, None, 3],
+    [None, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, None],
+    [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, None],
+]
+
+
+def units_of(observers):
+    return [[v for v in unit if v is not None] for unit in zip(*observers)]
+
+
+@pytest.mark.parametrize("level, published", [("nominal", 0.743), ("ordinal", 0.815), ("interval", 0.849),
+                                              ("ratio", 0.797)])
+def test_krippendorff_alpha_matches_the_published_example(level, published):
+    assert krippendorff_alpha(units_of(KRIPPENDORFF_2011), level) == pytest.approx(published, abs=5e-4)
+
+
+def test_agreement_on_a_hand_computed_example():
+    # Two raters, three items: (1, 1), (2, 3), (3, 3). Values: n_1 = 2, n_2 = 1, n_3 = 3, n = 6.
+    # Coincidences: o_11 = 2, o_23 = o_32 = 1, o_33 = 2.
+    # Interval: sum o d2 = 2 * 1 = 2; sum n_c n_k d2 = 2*(2*1*1 + 2*3*4 + 1*3*1) = 58;
+    #   alpha = 1 - (6 - 1) * 2 / 58 = 48/58.
+    # Ordinal: d2(1,2) = (3 - 1.5)^2 = 2.25, d2(2,3) = (4 - 2)^2 = 4, d2(1,3) = (6 - 2.5)^2 = 12.25;
+    #   sum o d2 = 8; sum n_c n_k d2 = 2*(2*1*2.25 + 2*3*12.25 + 1*3*4) = 180; alpha = 1 - 5*8/180 = 7/9.
+    # Exact agreement: items 1 and 3 agree, item 2 does not: 2/3.
+    units = [[1, 1], [2, 3], [3, 3]]
+    assert krippendorff_alpha(units, "interval") == pytest.approx(48 / 58)
+    assert krippendorff_alpha(units, "ordinal") == pytest.approx(7 / 9)
+    assert pairwise_exact_agreement(units) == pytest.approx(2 / 3)
+    # Three raters on one item: 3 pairs, one of which agrees; a lone rating has no pair.
+    assert pairwise_exact_agreement([[4, 4, 5], [2]]) == pytest.approx(1 / 3)
+    # Undefined: no item with two ratings, or no variation at all.
+    assert krippendorff_alpha([[3], [4]]) is None
+    assert krippendorff_alpha([[3, 3], [3, 3]]) is None
+    assert pairwise_exact_agreement([[3], [4]]) is None
+
+
+# --- the round trip ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("human")
+    cfg_path = build_study(root)
+    cfg = load_config(cfg_path)
+    sheet = export_sheet(cfg)
+    return cfg_path, cfg, sheet
+
+
+def read_sheet(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def write_sheet(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def rate(key: dict, item: str, rater: str) -> int:
+    """A made-up but deterministic rating: depends on model, config and row; bob disagrees on some."""
+    e = key["items"][item]
+    base = 1 + derive_seed(e["model"], e["config"], e["id"]) % 5
+    if rater == "bob" and int(e["id"], 16) % 3 == 0:
+        return min(5, base + 1) if base < 5 else 4
+    return base
+
+
+def test_export_is_stratified_blinded_and_seeded(study, tmp_path):
+    cfg_path, cfg, sheet = study
+    rows = read_sheet(sheet)
+    key = json.loads(key_path(cfg).read_text())
+    assert list(rows[0]) == SHEET_COLUMNS
+    targets = [t.name for t in cfg.run_targets()]
+    configs = [dc.name for dc in expand_sweep(cfg.generation)]
+    # 3 rows x 5 configs x 3 targets, the SAME three test rows in every cell.
+    assert len(rows) == 3 * len(configs) * len(targets)
+    cells: dict[tuple, set] = {}
+    for r in rows:
+        e = key["items"][r["item"]]
+        cells.setdefault((e["model"], e["config"]), set()).add(e["id"])
+    assert set(cells) == {(t, c) for t in targets for c in configs}
+    assert all(ids == set(key["ids"]) and len(ids) == 3 for ids in cells.values())
+    # Blind: no model or config name anywhere in the sheet, and rows are not grouped by model.
+    text = sheet.read_text()
+    for name in targets + configs + ["temp_", "num_beams"]:
+        assert name not in text
+    order = [key["items"][r["item"]]["model"] for r in rows]
+    assert order != sorted(order)
+    # Each row shows the instruction and the response that its key says.
+    test = {r["id"]: r for r in read_jsonl(cfg.path / "alpaca_data" / "test.jsonl")}
+    for r in rows[:10]:
+        e = key["items"][r["item"]]
+        rec = next(x for x in read_jsonl(cfg.path / "llm_responses" / e["model"] / f"{e['config']}.jsonl")
+                   if x["id"] == e["id"])
+        assert r["instruction"] == test[e["id"]]["instruction"] and r["response"] == rec["response"]
+        assert r["rating"] == "" and r["rater"] == ""
+    # The rubric beside the sheet: the 1-5 scale, and the key kept from raters.
+    rubric = (sheet.parent / "rubric.md").read_text()
+    assert "| 1 | Unusable" in rubric and "| 5 | Excellent" in rubric and "key.json" in rubric
+    # Seeded: a second export gives the same bytes; another seed a different order.
+    before = sheet.read_bytes()
+    assert export_sheet(cfg).read_bytes() == before
+    other = cfg.model_copy(update={"seed": 8})
+    other_sheet = export_sheet(other, out=tmp_path / "other.csv")
+    assert other_sheet.read_bytes() != before
+    export_sheet(cfg)  # restore the key of the module's sheet
+
+
+@pytest.fixture(scope="module")
+def rated(study, tmp_path_factory):
+    """alice rates every row in her own file (rater cell blank: the file names her); bob writes his
+    name in the rater column and leaves one row blank."""
+    cfg_path, cfg, sheet = study
+    key = json.loads(key_path(cfg).read_text())
+    rows = read_sheet(sheet)
+    out = tmp_path_factory.mktemp("rated")
+    alice = write_sheet(out / "alice.csv", [{**r, "rating": str(rate(key, r["item"], "alice"))} for r in rows])
+    bob_rows = [{**r, "rating": str(rate(key, r["item"], "bob")), "rater": "bob"} for r in rows]
+    skipped = bob_rows[4]["item"]
+    bob_rows[4]["rating"] = ""
+    bob = write_sheet(out / "bob.csv", bob_rows)
+    expected: dict[tuple, list] = {}
+    pairs: dict[tuple, list] = {}
+    for r in rows:
+        e = key["items"][r["item"]]
+        cell = (e["model"], e["config"])
+        a = rate(key, r["item"], "alice")
+        expected.setdefault(cell, []).append(a)
+        if r["item"] != skipped:
+            b = rate(key, r["item"], "bob")
+            expected[cell].append(b)
+            pairs.setdefault(cell, []).append(a == b)
+    return alice, bob, expected, pairs
+
+
+def read_human(cfg) -> dict:
+    with open(cfg.path / "eval_results" / "human.csv", newline="") as fh:
+        return {(r["model"], r["config"]): r for r in csv.DictReader(fh)}
+
+
+def test_import_writes_mean_ratings_and_agreement(study, rated):
+    cfg_path, cfg, _ = study
+    alice, bob, expected, pairs = rated
+    out = import_ratings(cfg, [alice, bob])
+    assert out == cfg.path / "eval_results" / "human.csv"
+    human = read_human(cfg)
+    assert set(human) == set(expected)
+    with open(out, newline="") as fh:
+        assert list(csv.DictReader(fh).fieldnames) == ["model", "config", "human", "human_n", "raters", "agreement"]
+    for cell, values in expected.items():
+        row = human[cell]
+        assert float(row["human"]) == pytest.approx(sum(values) / len(values), abs=5e-5)
+        assert int(row["human_n"]) == len(values)
+        assert int(row["raters"]) == 2
+        assert float(row["agreement"]) == pytest.approx(sum(pairs[cell]) / len(pairs[cell]), abs=5e-5)
+    summary = json.loads((cfg.path / "eval_results" / "human.json").read_text())
+    all_pairs = [p for ps in pairs.values() for p in ps]
+    assert summary["agreement"]["pairwise_exact"] == pytest.approx(sum(all_pairs) / len(all_pairs))
+    assert summary["blank_skipped"] == 1
+    assert summary["ratings"] == sum(len(v) for v in expected.values())
+    assert set(summary["raters"]) == {"alice", "bob"}
+    assert summary["agreement"]["krippendorff_alpha_ordinal"] is not None
+    # import rescored the study (tunesweep.scoring, for real): the Human column holds the same means.
+    for target in cfg.run_targets():
+        with open(cfg.path / "eval_results" / f"{target.name}.csv", newline="") as fh:
+            table = {r["config"]: r for r in csv.DictReader(fh)}
+        assert list(table) == [dc.name for dc in expand_sweep(cfg.generation)]
+        for config, row in table.items():
+            values = expected[(target.name, config)]
+            assert float(row["human"]) == pytest.approx(sum(values) / len(values), abs=5e-5)
+            assert row["bleu"] != "" and row["rougeL"] != ""
+    # ... and the report shows them, with the agreement figures.
+    from tunesweep.report import report
+
+    text = report(cfg).read_text()
+    assert "## Human evaluation" in text and "Krippendorff's alpha" in text
+    alpha_row = next(line for line in text.splitlines() if line.startswith("| `top_k_50_num_beams_1_temp_0.8`"))
+    centre = expected[("alpha", "top_k_50_num_beams_1_temp_0.8")]
+    assert alpha_row.rstrip(" |").endswith(f"{sum(centre) / len(centre):.2f}")
+
+
+def test_one_rater_has_no_agreement_figure(study, rated):
+    cfg_path, cfg, _ = study
+    alice, _, expected, _ = rated
+    import_ratings(cfg, [alice])
+    human = read_human(cfg)
+    row = next(iter(human.values()))
+    assert row["raters"] == "1" and row["agreement"] == ""
+
+
+@pytest.mark.parametrize("column, value, message", [
+    ("rating", "7", "rating '7' is outside the scale 1-5"),
+    ("rating", "0", "rating '0' is outside the scale 1-5"),
+    ("rating", "3.5", "rating '3.5' is not a whole number"),
+    ("rating", "good", "rating 'good' is not a number"),
+    ("item", "deadbeef", "unknown item 'deadbeef'"),
+    ("response", "an edited answer", "the response text differs from the exported one"),
+])
+def test_bad_rows_are_rejected_with_file_row_and_value(study, rated, tmp_path, column, value, message):
+    cfg_path, cfg, _ = study
+    alice = rated[0]
+    rows = read_sheet(alice)
+    rows[5][column] = value  # the 6th data row is row 7 of the spreadsheet (the header is row 1)
+    bad = write_sheet(tmp_path / "carol.csv", rows)
+    with pytest.raises(UserError) as exc:
+        import_ratings(cfg, [bad])
+    text = str(exc.value)
+    assert f"{bad}: row 7" in text and message in text and "\n" not in text
+
+
+def test_other_import_mistakes(study, rated, tmp_path):
+    cfg_path, cfg, _ = study
+    alice, bob = rated[0], rated[1]
+    # The same rater twice (alice.csv under two names would be two raters; a copy named alice is not).
+    copy_dir = tmp_path / "copy"
+    copy_dir.mkdir()
+    shutil.copy(alice, copy_dir / "alice.csv")
+    with pytest.raises(UserError, match=r"rater 'alice' already rated this item at .*alice.csv: row 2"):
+        import_ratings(cfg, [alice, copy_dir / "alice.csv"])
+    # A sheet without the rating column, an empty sheet, no files at all.
+    rows = [{k: v for k, v in r.items() if k != "rating"} for r in read_sheet(alice)]
+    with pytest.raises(UserError, match=r"lacks column\(s\) rating"):
+        import_ratings(cfg, [write_sheet(tmp_path / "norating.csv", rows)])
+    blank = write_sheet(tmp_path / "blank.csv", [{**r, "rating": ""} for r in read_sheet(alice)])
+    with pytest.raises(UserError, match="no ratings found"):
+        import_ratings(cfg, [blank])
+    with pytest.raises(UserError, match="give the rated CSV"):
+        import_ratings(cfg, [])
+
+
+def test_ratings_of_regenerated_responses_are_refused(study, rated, tmp_path):
+    cfg_path, cfg, _ = study
+    alice = rated[0]
+    key = json.loads(key_path(cfg).read_text())
+    e = next(iter(key["items"].values()))
+    path = cfg.path / "llm_responses" / e["model"] / f"{e['config']}.jsonl"
+    original = path.read_bytes()
+    records = read_jsonl(path)
+    for r in records:
+        if r["id"] == e["id"]:
+            r["response"] = "a regenerated answer"
+    write_jsonl(path, records)
+    try:
+        with pytest.raises(UserError, match=f"id {e['id']}: the response changed after the sheet was exported"):
+            import_ratings(cfg, [alice])
+    finally:
+        path.write_bytes(original)
+
+
+def test_cli_rejects_a_seven_in_one_line(study, rated, tmp_path):
+    cfg_path, cfg, _ = study
+    rows = read_sheet(rated[0])
+    rows[2]["rating"] = "7"
+    bad = write_sheet(tmp_path / "dave.csv", rows)
+    proc = run_tunesweep("human-eval", "import", bad, "--config", cfg_path, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{bad}: row 4" in lines[0] and "rating '7' is outside the scale 1-5" in lines[0]

@@ -1,0 +1,479 @@
+"""Human evaluation: export a blinded rating sheet, import rated sheets into eval_results/human.csv.
+
+Export (`export_sheet`) picks N test rows per run target x decoding config, seeded by `cfg.seed`.
+Design: the SAME N test row ids are used for every target and every config, so raters judge the
+same instructions under every setting (like with like), and a difference between two configs is
+never a difference between two sets of questions. The rows are shuffled (seed `cfg.seed`) and each
+gets an opaque item key; which model, config and test row an item came from is written only to a
+private key file, `eval_results/human_eval/key.json`, which stays in the workdir wherever the sheet
+goes. The rubric (`rubric.md`) is written beside the sheet.
+
+Import (`import_ratings`) reads one or more rated copies of the sheet. The rater of a row is its
+`rater` cell, or the file's name without extension when that cell is blank (a rater per file).
+A blank `rating` means "not rated" and is skipped (partial sheets are normal); a rating that is not
+an integer on the configured scale, an unknown item, an edited response text or the same rater
+rating an item twice stops the import with the file, the row (as a spreadsheet numbers it: the
+header is row 1) and the value. The result, one row per (model, config) with ratings:
+
+    model, config, human (mean of all ratings of the cell), human_n (ratings counted),
+    raters (distinct raters in the cell), agreement (mean pairwise exact agreement between raters
+    on the cell's items; blank with one rater)
+
+goes to eval_results/human.csv, and eval_results/human.json records the inputs and study-wide
+agreement (pairwise exact agreement, Krippendorff's alpha at the ordinal and interval levels).
+The score stage then fills the Human column of eval_results/<target>.csv from human.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import itertools
+import logging
+import random
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+from .config import ExperimentConfig, expand_sweep
+from .errors import UserError
+from .files import derive_seed, read_json, read_jsonl, sha256_file, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+SHEET_COLUMNS = ["item", "instruction", "input", "reference", "response", "rating", "rater"]
+HUMAN_COLUMNS = ["model", "config", "human", "human_n", "raters", "agreement"]
+
+# What each point of a 5-point scale means; other scales take these as anchors (RUBRIC_ANCHORS).
+ANCHORS = [
+    "Unusable: wrong, off-topic, empty, gibberish, or harmful.",
+    "Poor: addresses the instruction but is mostly wrong, incomplete, or badly repetitive.",
+    "Acceptable: partly correct or partly complete; a user would need to fix or finish it.",
+    "Good: correct and complete, with minor flaws in accuracy, style, or length.",
+    "Excellent: correct, complete, well written; as good as or better than the reference.",
+]
+
+
+def human_eval_dir(cfg: ExperimentConfig) -> Path:
+    return cfg.path / "eval_results" / "human_eval"
+
+
+def key_path(cfg: ExperimentConfig) -> Path:
+    """The private item -> (model, config, id) map; raters must never see it."""
+    return human_eval_dir(cfg) / "key.json"
+
+
+def normalized_text(text: str) -> str:
+    """Spreadsheet programs rewrite line endings and trailing blanks; compare texts without them."""
+    return "\n".join(line.rstrip() for line in (text or "").splitlines()).strip()
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(normalized_text(text).encode("utf-8")).hexdigest()
+
+
+# --- agreement statistics ------------------------------------------------------------------------
+
+def pairwise_exact_agreement(units: Iterable[Sequence[float]]) -> Optional[float]:
+    """Share of rater pairs that gave the same rating to the same item, pooled over all pairs.
+
+    `units` holds, per item, the ratings it received (one per rater). Items with one rating have
+    no pairs. None when there is no pair at all.
+    """
+    agree = pairs = 0
+    for ratings in units:
+        for a, b in itertools.combinations(ratings, 2):
+            pairs += 1
+            agree += a == b
+    return agree / pairs if pairs else None
+
+
+def krippendorff_alpha(units: Iterable[Sequence[float]], level: str = "interval") -> Optional[float]:
+    """Krippendorff's alpha for ratings with missing values (Krippendorff 2011, coincidence form).
+
+    `units`: per item, the values it received (any number of raters; missing ones left out).
+    `level`: "nominal", "ordinal", "interval" or "ratio" (the difference function delta^2).
+    alpha = 1 - (n - 1) * sum_ck o_ck d_ck / sum_ck n_c n_k d_ck, over items with 2+ values, where
+    o_ck counts c-k pairs within an item weighted 1/(m_u - 1) and n_c are its margins.
+    None when undefined (no item with two values, or all values identical).
+    """
+    pairable = [list(u) for u in units if len(u) >= 2]
+    if not pairable:
+        return None
+    values = sorted({v for u in pairable for v in u})
+    index = {v: i for i, v in enumerate(values)}
+    size = len(values)
+    coincidences = np.zeros((size, size))
+    for u in pairable:
+        counts = np.zeros(size)
+        for v in u:
+            counts[index[v]] += 1
+        # Ordered pairs of different raters: n_uc * n_uk off the diagonal, n_uc * (n_uc - 1) on it.
+        coincidences += (np.outer(counts, counts) - np.diag(counts)) / (len(u) - 1)
+    margins = coincidences.sum(axis=1)
+    n = margins.sum()
+    v = np.asarray(values, dtype=float)
+    if level == "nominal":
+        delta2 = (v[:, None] != v[None, :]).astype(float)
+    elif level == "interval":
+        delta2 = (v[:, None] - v[None, :]) ** 2
+    elif level == "ratio":
+        total = v[:, None] + v[None, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            delta2 = np.where(total == 0, 0.0, ((v[:, None] - v[None, :]) / total) ** 2)
+    elif level == "ordinal":
+        # Unobserved scale points have n = 0, so summing margins over observed ranks is exact.
+        cumulative = np.concatenate([[0.0], np.cumsum(margins)])
+        delta2 = np.zeros((size, size))
+        for i in range(size):
+            for j in range(size):
+                lo, hi = min(i, j), max(i, j)
+                delta2[i, j] = (cumulative[hi + 1] - cumulative[lo] - (margins[lo] + margins[hi]) / 2) ** 2
+    else:
+        raise ValueError(f"unknown level {level!r}")
+    expected = float((np.outer(margins, margins) * delta2).sum())
+    if expected == 0:
+        return None
+    observed = float((coincidences * delta2).sum())
+    return 1.0 - (n - 1) * observed / expected
+
+
+# --- export --------------------------------------------------------------------------------------
+
+def _load_responses(cfg: ExperimentConfig) -> dict[str, dict[str, list[dict]]]:
+    """{target: {config: records}} for every target that has generated responses."""
+    root = cfg.path / "llm_responses"
+    configs = expand_sweep(cfg.generation)
+    out: dict[str, dict[str, list[dict]]] = {}
+    for target in cfg.run_targets():
+        folder = root / target.name
+        if not folder.is_dir():
+            log.warning("%s: not found; %s is left out of the rating sheet", folder, target.name)
+            continue
+        out[target.name] = {}
+        for dc in configs:
+            path = folder / f"{dc.name}.jsonl"
+            if not path.is_file():
+                raise UserError(f"{path}: not found; run `tunesweep generate --config ... --model {target.name}` first")
+            out[target.name][dc.name] = read_jsonl(path)
+    if not out:
+        raise UserError(f"{root}: no generated responses for any model; run `tunesweep generate --config ...` first")
+    return out
+
+
+def rubric_text(scale_min: int, scale_max: int, sheet_name: str) -> str:
+    points = list(range(scale_min, scale_max + 1))
+    lines = [
+        "# Rating rubric",
+        "",
+        f"Rate each row of `{sheet_name}`: how well does `response` carry out the `instruction`"
+        " (using `input` when it is given)?",
+        "",
+        f"Enter ONE whole number from {scale_min} to {scale_max} in the `rating` column:",
+        "",
+        "| rating | meaning |",
+        "|---|---|",
+    ]
+    last = len(ANCHORS) - 1
+    for i, point in enumerate(points):
+        # Spread the five anchors over the scale; points between two anchors lie between them.
+        pos = i * last / (len(points) - 1)
+        if abs(pos - round(pos)) < 1e-9:
+            meaning = ANCHORS[round(pos)]
+        else:
+            lo, hi = int(pos), int(pos) + 1
+            meaning = f"Between '{ANCHORS[lo].split(':')[0]}' and '{ANCHORS[hi].split(':')[0]}'."
+        lines.append(f"| {point} | {meaning} |")
+    lines += [
+        "",
+        "Guidance:",
+        "",
+        "- `reference` is one good answer, not the only one: a different but correct answer deserves a high rating.",
+        "- Judge correctness and helpfulness first, then clarity; do not reward length for its own sake.",
+        "- Rate each row on its own. Rows come in random order and the same instruction appears several"
+        " times with different responses; that is by design.",
+        "- Put your name or initials in `rater` (or leave it blank and name the file after yourself,"
+        " e.g. `alice.csv`).",
+        "- Leave `rating` blank for a row you cannot judge: blank rows are skipped, not counted as low.",
+        "- Do not change the `item`, `instruction`, `input`, `reference` or `response` cells, and do not add rows:"
+        " the import checks the item keys and the response texts. Sorting or filtering rows is fine.",
+        "- Do not open `key.json` (in the study's eval_results/human_eval/): it says which model and"
+        " decoding setting wrote each response, and the ratings must be given blind.",
+        "",
+        "Errors at import name the row as a spreadsheet numbers it (the header is row 1).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def export_sheet(cfg: ExperimentConfig, out: Optional[str | Path] = None,
+                 rows_per_config: Optional[int] = None) -> Path:
+    """Write the blinded sheet (default eval_results/human_eval/sheet.csv), rubric.md beside it, and
+    the private key eval_results/human_eval/key.json. Deterministic: same inputs, same files."""
+    n_rows = rows_per_config if rows_per_config is not None else cfg.evaluation.human.rows_per_config
+    if n_rows < 1:
+        raise UserError(f"--rows {n_rows}: must be at least 1 row per model x config")
+    sheet = Path(out) if out else human_eval_dir(cfg) / "sheet.csv"
+    responses = _load_responses(cfg)
+
+    test_rows = {r["id"]: r for r in _load_test_rows(cfg)}
+    # Rows every target generated for every config (a --limit run generates fewer), in test order.
+    present = [{r["id"] for r in recs} for by_cfg in responses.values() for recs in by_cfg.values()]
+    common = [i for i in test_rows if all(i in ids for ids in present)]
+    if not common:
+        raise UserError(f"{cfg.path / 'llm_responses'}: no test row id is present in every response file")
+    if n_rows > len(common):
+        log.warning("only %d test rows are common to every response file; using all of them, not %d",
+                    len(common), n_rows)
+        n_rows = len(common)
+    chosen = random.Random(derive_seed(cfg.seed, "human-eval", "rows")).sample(common, n_rows)
+    chosen_set = set(chosen)
+
+    entries = []
+    for target, by_cfg in responses.items():
+        for config, records in by_cfg.items():
+            for rec in records:
+                if rec["id"] in chosen_set:
+                    entries.append((target, config, rec))
+    random.Random(cfg.seed).shuffle(entries)
+
+    key_rng = random.Random(derive_seed(cfg.seed, "human-eval", "keys"))
+    keys: set[str] = set()
+    items: dict[str, dict] = {}
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(SHEET_COLUMNS)
+    for target, config, rec in entries:
+        # Opaque keys: 8 random hex digits, so a typo is very unlikely to hit another item.
+        while (item := f"{key_rng.getrandbits(32):08x}") in keys:
+            pass
+        keys.add(item)
+        row = test_rows[rec["id"]]
+        items[item] = {"model": target, "config": config, "id": rec["id"],
+                       "response_sha256": text_sha256(rec.get("response", ""))}
+        writer.writerow([item, row.get("instruction", ""), row.get("input", ""), rec.get("reference", row.get("output", "")),
+                         rec.get("response", ""), "", ""])
+
+    scale = cfg.evaluation.human
+    key = {
+        "about": "PRIVATE: which model and decoding config wrote each item. Raters must not see this file.",
+        "sheet": sheet.name,
+        "seed": cfg.seed,
+        "rows_per_config": n_rows,
+        "scale": [scale.scale_min, scale.scale_max],
+        "ids": chosen,
+        "targets": list(responses),
+        "configs": [dc.name for dc in expand_sweep(cfg.generation)],
+        "items": items,
+    }
+    kp = key_path(cfg)
+    if kp.is_file() and read_json(kp).get("items") != items:
+        log.warning("%s replaced: sheets exported before this one can no longer be imported", kp)
+    write_json(kp, key)
+    write_text(sheet, buf.getvalue())
+    write_text(sheet.parent / "rubric.md", rubric_text(scale.scale_min, scale.scale_max, sheet.name))
+    log.info("rating sheet: %d items (%d rows x %d configs x %d models) -> %s; rubric %s; private key %s",
+             len(items), n_rows, len(key["configs"]), len(responses), sheet, sheet.parent / "rubric.md", kp)
+    return sheet
+
+
+def _load_test_rows(cfg: ExperimentConfig) -> list[dict]:
+    from .data import load_split
+
+    return load_split(cfg.workdir, "test")
+
+
+# --- import --------------------------------------------------------------------------------------
+
+def _parse_rating(cell: str, lo: int, hi: int) -> Optional[int]:
+    """The integer rating in a cell, None for a blank cell; ValueError says what is wrong."""
+    text = (cell or "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"rating {text!r} is not a number (use a whole number {lo}-{hi})") from None
+    if not value.is_integer():
+        raise ValueError(f"rating {text!r} is not a whole number on the scale {lo}-{hi}")
+    if not lo <= value <= hi:
+        raise ValueError(f"rating {text!r} is outside the scale {lo}-{hi}")
+    return int(value)
+
+
+def _read_sheet(path: Path, key: dict, lo: int, hi: int, errors: list[str]) -> tuple[list[tuple[str, str, int, int]], int]:
+    """(item, rater, rating, row) for every rated row of one file, and the count of blank ratings."""
+    if not path.is_file():
+        raise UserError(f"{path}: rated sheet not found")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a spreadsheet may save a BOM
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as CSV UTF-8") from None
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    missing = [c for c in ("item", "rating") if c not in header]
+    if missing:
+        raise UserError(f"{path}: header {header[:8]} lacks column(s) {', '.join(missing)}; "
+                        f"rate a copy of the exported sheet (comma-separated)")
+    reader.fieldnames = header
+    rated, blank = [], 0
+    for index, row in enumerate(reader):
+        rownum = index + 2  # spreadsheet numbering: the header is row 1
+        item = (row.get("item") or "").strip()
+        where = f"{path}: row {rownum}"
+        if None in row:  # more cells than header columns
+            errors.append(f"{where}: has more cells than the header has columns")
+            continue
+        if item not in key["items"]:
+            errors.append(f"{where}: unknown item {item!r} (not in {key.get('sheet', 'the exported sheet')}'s key)")
+            continue
+        where += f" (item {item})"
+        if "response" in header and text_sha256(row.get("response") or "") != key["items"][item]["response_sha256"]:
+            errors.append(f"{where}: the response text differs from the exported one")
+            continue
+        try:
+            rating = _parse_rating(row.get("rating"), lo, hi)
+        except ValueError as exc:
+            errors.append(f"{where}: {exc}")
+            continue
+        if rating is None:
+            blank += 1
+            continue
+        rater = (row.get("rater") or "").strip() or path.stem
+        rated.append((item, rater, rating, rownum))
+    return rated, blank
+
+
+def _check_current(cfg: ExperimentConfig, key: dict, rated_items: set[str]) -> None:
+    """Ratings must describe the responses the score stage sees: stop if they were regenerated."""
+    by_file: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+    for item in rated_items:
+        entry = key["items"][item]
+        by_file[(entry["model"], entry["config"])][entry["id"]] = entry["response_sha256"]
+    for (model, config), expected in sorted(by_file.items()):
+        path = cfg.path / "llm_responses" / model / f"{config}.jsonl"
+        if not path.is_file():
+            log.warning("%s: not found; cannot check that the rated responses are still current", path)
+            continue
+        current = {r["id"]: text_sha256(r.get("response", "")) for r in read_jsonl(path)}
+        for row_id, sha in expected.items():
+            if current.get(row_id) != sha:
+                raise UserError(f"{path}: id {row_id}: the response changed after the sheet was exported "
+                                f"(regenerated or recleaned); export and rate a new sheet")
+
+
+def _fmt(x: Optional[float]) -> str:
+    return "" if x is None else f"{x:.4f}"
+
+
+def import_ratings(cfg: ExperimentConfig, files: Sequence[str | Path]) -> Path:
+    """Read rated sheets, write eval_results/human.csv and human.json, then rescore so the Human
+    column of eval_results/<target>.csv is filled. Returns the path of human.csv."""
+    if not files:
+        raise UserError("human-eval import: give the rated CSV file(s), e.g. `tunesweep human-eval import alice.csv bob.csv`")
+    kp = key_path(cfg)
+    if not kp.is_file():
+        raise UserError(f"{kp}: not found; run `tunesweep human-eval export --config ...` first")
+    key = read_json(kp)
+    lo, hi = cfg.evaluation.human.scale_min, cfg.evaluation.human.scale_max
+    if list(key.get("scale", [lo, hi])) != [lo, hi]:
+        raise UserError(f"{kp}: the sheet was exported for the scale {key['scale'][0]}-{key['scale'][1]}, "
+                        f"but evaluation.human is now {lo}-{hi}")
+
+    errors: list[str] = []
+    ratings: dict[tuple[str, str], tuple[int, str]] = {}  # (item, rater) -> (rating, where)
+    blanks = 0
+    for f in files:
+        path = Path(f)
+        rated, blank = _read_sheet(path, key, lo, hi, errors)
+        blanks += blank
+        for item, rater, rating, rownum in rated:
+            where = f"{path}: row {rownum}"
+            if (item, rater) in ratings:
+                errors.append(f"{where} (item {item}): rater {rater!r} already rated this item at {ratings[(item, rater)][1]}")
+                continue
+            ratings[(item, rater)] = (rating, where)
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise UserError(errors[0] + more)
+    if not ratings:
+        raise UserError(f"{', '.join(map(str, files))}: no ratings found (every `rating` cell is blank)")
+    _check_current(cfg, key, {item for item, _ in ratings})
+
+    # item -> {rater: rating}
+    by_item: dict[str, dict[str, int]] = defaultdict(dict)
+    for (item, rater), (rating, _) in ratings.items():
+        by_item[item][rater] = rating
+    by_cell: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for item in by_item:
+        entry = key["items"][item]
+        by_cell[(entry["model"], entry["config"])].append(item)
+
+    order = [(t.name, dc.name) for t in cfg.run_targets() for dc in expand_sweep(cfg.generation)]
+    order += sorted(set(by_cell) - set(order))  # a cell of a model since dropped from the config
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(HUMAN_COLUMNS)
+    cells = 0
+    for model, config in order:
+        items = by_cell.get((model, config))
+        if not items:
+            continue
+        values = [r for item in items for r in by_item[item].values()]
+        raters = {rater for item in items for rater in by_item[item]}
+        agreement = pairwise_exact_agreement([list(by_item[i].values()) for i in items]) if len(raters) > 1 else None
+        writer.writerow([model, config, _fmt(float(np.mean(values))), len(values), len(raters), _fmt(agreement)])
+        cells += 1
+
+    units = [list(r.values()) for r in by_item.values()]
+    raters_all = sorted({rater for _, rater in ratings})
+    summary = {
+        "scale": [lo, hi],
+        "files": {str(f): sha256_file(f) for f in files},
+        "key_sha256": sha256_file(kp),
+        "raters": {r: {"ratings": sum(1 for (_, rr) in ratings if rr == r),
+                       "mean": round(float(np.mean([v for (_, rr), (v, _) in ratings.items() if rr == r])), 4)}
+                   for r in raters_all},
+        "ratings": len(ratings),
+        "items_rated": len(by_item),
+        "items_in_sheet": len(key["items"]),
+        "blank_skipped": blanks,
+        "agreement": {
+            "items_with_2plus_raters": sum(1 for u in units if len(u) >= 2),
+            "pairwise_exact": pairwise_exact_agreement(units),
+            "krippendorff_alpha_ordinal": krippendorff_alpha(units, "ordinal"),
+            "krippendorff_alpha_interval": krippendorff_alpha(units, "interval"),
+        },
+        "definitions": {
+            "human": "mean of all ratings given to the (model, config) cell",
+            "human_n": "number of ratings in the cell (items x raters who rated them)",
+            "raters": "distinct raters in the cell",
+            "agreement": "mean pairwise exact agreement between raters on the cell's items (blank with one rater)",
+            "blank": "a blank rating is 'not rated' and skipped",
+        },
+    }
+    out = cfg.path / "eval_results" / "human.csv"
+    write_text(out, buf.getvalue())
+    write_json(out.with_suffix(".json"), summary)
+    a = summary["agreement"]
+    log.info("human ratings: %d ratings of %d items by %d rater(s) (%d blank skipped) -> %s (%d model x config cells)%s",
+             len(ratings), len(by_item), len(raters_all), blanks, out, cells,
+             "" if a["pairwise_exact"] is None else
+             f"; exact agreement {a['pairwise_exact']:.3f}, Krippendorff's alpha (ordinal) {_fmt(a['krippendorff_alpha_ordinal']) or 'n/a'}")
+    _rescore(cfg)
+    return out
+
+
+def _rescore(cfg: ExperimentConfig) -> None:
+    """Let the score stage fill the Human column (it reuses its cached metric results)."""
+    import importlib.util
+
+    if importlib.util.find_spec("tunesweep.scoring") is None:
+        log.warning("the score stage is not available; run `tunesweep score --config ...` to fill the Human column")
+        return
+    from .scoring import score
+
+    score(cfg)
