@@ -207,13 +207,28 @@ def test_import_writes_mean_ratings_and_agreement(study, rated):
     assert alpha_row.rstrip(" |").endswith(f"{sum(centre) / len(centre):.2f}")
 
 
-def test_one_rater_has_no_agreement_figure(study, rated):
+def test_one_rater_has_no_agreement_figure(study, rated, tmp_path):
     cfg_path, cfg, _ = study
     alice, _, expected, _ = rated
-    import_ratings(cfg, [alice])
+    # As a spreadsheet may save it: capitalised header, a trailing empty row; still alice's ratings.
+    lines = alice.read_text(encoding="utf-8").splitlines()
+    lines[0] = lines[0].replace("item", "Item").replace("rating", "Rating")
+    resaved = tmp_path / "alice.csv"
+    resaved.write_text("\n".join(lines + [",,,,,,"]) + "\n", encoding="utf-8")
+    import_ratings(cfg, [resaved])
     human = read_human(cfg)
-    row = next(iter(human.values()))
-    assert row["raters"] == "1" and row["agreement"] == ""
+    assert len(human) == len(expected)
+    key = json.loads(key_path(cfg).read_text())
+    alice_only: dict[tuple, list] = {}
+    for r in read_sheet(alice):
+        e = key["items"][r["item"]]
+        alice_only.setdefault((e["model"], e["config"]), []).append(int(r["rating"]))
+    for cell, row in human.items():
+        assert row["raters"] == "1" and row["agreement"] == ""
+        assert float(row["human"]) == pytest.approx(sum(alice_only[cell]) / len(alice_only[cell]), abs=5e-5)
+        assert int(row["human_n"]) == len(alice_only[cell])
+    summary = json.loads((cfg.path / "eval_results" / "human.json").read_text())
+    assert set(summary["raters"]) == {"alice"} and summary["agreement"]["pairwise_exact"] is None
 
 
 @pytest.mark.parametrize("column, value, message", [

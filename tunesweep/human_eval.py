@@ -21,6 +21,7 @@ header is row 1) and the value. The result, one row per (model, config) with rat
 
 goes to eval_results/human.csv, and eval_results/human.json records the inputs and study-wide
 agreement (pairwise exact agreement, Krippendorff's alpha at the ordinal and interval levels).
+Each import replaces both files: give it every rated file at once.
 The score stage then fills the Human column of eval_results/<target>.csv from human.csv.
 """
 
@@ -247,8 +248,9 @@ def export_sheet(cfg: ExperimentConfig, out: Optional[str | Path] = None,
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(SHEET_COLUMNS)
     for target, config, rec in entries:
-        # Opaque keys: 8 random hex digits, so a typo is very unlikely to hit another item.
-        while (item := f"{key_rng.getrandbits(32):08x}") in keys:
+        # Opaque keys: 8 random hex digits (a typo is very unlikely to hit another item) behind a
+        # letter, so a spreadsheet cannot read one as a number (00012345, 1234e567).
+        while (item := f"k{key_rng.getrandbits(32):08x}") in keys:
             pass
         keys.add(item)
         row = test_rows[rec["id"]]
@@ -313,7 +315,7 @@ def _read_sheet(path: Path, key: dict, lo: int, hi: int, errors: list[str]) -> t
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as CSV UTF-8") from None
     reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip() for h in (reader.fieldnames or [])]
+    header = [h.strip().lower() for h in (reader.fieldnames or [])]
     missing = [c for c in ("item", "rating") if c not in header]
     if missing:
         raise UserError(f"{path}: header {header[:8]} lacks column(s) {', '.join(missing)}; "
@@ -322,6 +324,8 @@ def _read_sheet(path: Path, key: dict, lo: int, hi: int, errors: list[str]) -> t
     rated, blank = [], 0
     for index, row in enumerate(reader):
         rownum = index + 2  # spreadsheet numbering: the header is row 1
+        if not any((v or "").strip() for k, v in row.items() if k is not None):
+            continue  # an empty row a spreadsheet left at the end
         item = (row.get("item") or "").strip()
         where = f"{path}: row {rownum}"
         if None in row:  # more cells than header columns
