@@ -382,23 +382,37 @@ def _throughput_section(cfg: ExperimentConfig, scored: list[Scored]) -> tuple[li
     lines += [md_table(["model", "backend", "test rows", "configs", "wall s", "tokens", "tokens/s"], rows), ""]
     if details:
         lines += ["<details><summary>per config</summary>", "",
+                  "Configs generated together in one call share its wall time by tokens and show its tokens/s.", "",
                   md_table(["model", "config", "mode", "rows", "wall s", "tokens", "tokens/s"], details), "",
                   "</details>", ""]
     return lines, manifests
 
 
+# The decoding parameters worth a column; the full set passed is in each manifest.json.
+EFFECTIVE_KEYS = ("call", "do_sample", "temperature", "top_k", "top_p", "min_p", "num_beams", "beam_width",
+                  "length_penalty", "repetition_penalty", "max_tokens", "max_new_tokens")
+
+
+def _effective_text(effective) -> str:
+    if not isinstance(effective, dict):
+        return "–" if effective is None else f"`{json.dumps(effective)}`"
+    shown = {k: effective[k] for k in EFFECTIVE_KEYS if k in effective}
+    if not shown:
+        shown = effective
+    return ", ".join(f"{k} {json.dumps(v)}" for k, v in shown.items())
+
+
 def _decoding_section(configs: list[DecodingConfig], manifests: dict) -> list[str]:
     lines = ["## Decoding configs", "",
              "What each config name meant in practice: the mode that took effect, the parameters it ignores, and "
-             "the parameters actually passed to the generator (from the first manifest).", ""]
+             "the main parameters actually passed to the generator (from the first manifest; "
+             "`llm_responses/<model>/manifest.json` has all of them).", ""]
     first = next(iter(manifests.values()), {}).get("configs", {})
     rows = []
     for dc in configs:
         m = first.get(dc.name, {})
-        effective = m.get("effective")
         rows.append([f"`{dc.name}`", dc.mode, dc.varied or "centre", ", ".join(dc.ignored) or "–",
-                     f"`{json.dumps(effective, sort_keys=True)}`" if effective is not None else "–",
-                     m.get("note") or "–"])
+                     _effective_text(m.get("effective")), m.get("note") or "–"])
     return lines + [md_table(["config", "mode", "varies", "ignores", "effective", "note"], rows), ""]
 
 
