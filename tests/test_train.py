@@ -28,6 +28,7 @@ from tunesweep.train import finetune, warn_on_check
 
 REPO = Path(__file__).resolve().parent.parent
 STAND_IN = Path(__file__).resolve().parent / "unsloth_stand_in"
+ON_CUDA = torch.cuda.is_available()  # these tests are written for the CPU; on CUDA a few adapt or skip
 ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -86,13 +87,18 @@ def test_training_loss_falls_on_real_alpaca_records(alpaca_run):
 def test_record_carries_backend_choice_settings_data_hash_and_versions(alpaca_run):
     out = alpaca_run["checkpoint"]
     record = read_json(out / "tunesweep.json")
-    assert record["backend"] == "peft" and record["backend_requested"] == "auto"
-    assert "no CUDA" in record["backend_reason"]
+    from tunesweep.backends import pick_train_backend
+
+    assert record["backend_requested"] == "auto"
+    assert (record["backend"], record["backend_reason"]) == pick_train_backend("auto")
+    if not ON_CUDA:
+        assert record["backend"] == "peft" and "no CUDA" in record["backend_reason"]
     assert record["method"] == "lora" and record["lora"]["r"] == 16
     assert record["train"]["learning_rate"] == 3e-3
     assert record["data"]["train_sha256"] == sha256_file(alpaca_run["work"] / "alpaca_data" / "train.jsonl")
     assert {"torch", "transformers", "peft", "trl"} <= set(record["versions"])
-    assert record["wall_s"] > 0 and record["dtype"] == "float32"
+    assert record["wall_s"] > 0
+    assert record["dtype"] == "float32" or ON_CUDA  # fp32 on a CPU
     assert (out / "adapter" / "adapter_config.json").is_file()
     # TRL checkpoints are gone once the merged model exists; no staging folder is left behind.
     assert not list((out.parent / "tiny-alpaca.training").glob("checkpoint-*"))
@@ -243,10 +249,10 @@ def test_full_finetuning_without_lora(workdir, tiny_model_dir):
 
 def test_qlora_trains_a_few_steps_on_the_cpu(workdir, tiny_model_dir):
     model = {**lora_model("q", tiny_model_dir), "load_in_4bit": True}
-    [rec] = finetune(make_config(workdir, [model]))
+    [rec] = finetune(make_config(workdir, [model]), backend="peft")
     out = workdir / "finetuned_models" / "q"
     assert rec["method"] == "qlora"
-    assert rec["dtype"] == "float32 (nf4 base)"  # the model that trained was really 4-bit
+    assert rec["dtype"].endswith("(nf4 base)")  # the model that trained was really 4-bit
     assert rec["global_step"] == 3 and all(e["loss"] > 0 for e in rec["loss_history"])
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config  # merged into a full-precision reload, not into nf4
@@ -339,6 +345,7 @@ def test_unsloth_backend_call_sequence_against_stand_in(workdir, tiny_model_dir,
     assert (out / "config.json").is_file() and (out / "adapter" / "adapter_config.json").is_file()
 
 
+@pytest.mark.skipif(ON_CUDA, reason="on CUDA, auto rightly picks an importable unsloth")
 def test_auto_picks_peft_without_cuda_even_when_unsloth_imports(workdir, tiny_model_dir, unsloth_stand_in):
     [rec] = finetune(make_config(workdir, [lora_model("a", tiny_model_dir, max_steps=1)]))
     assert rec["backend"] == "peft" and "no CUDA" in rec["backend_reason"]
