@@ -44,7 +44,7 @@ def test_rouge_pool_equals_the_library(alpaca_demo_path):
     recs = json.loads(alpaca_demo_path.read_text())
     refs = [r["output"] for r in recs[:300]]
     hyps = [r["output"] for r in recs[300:600]]
-    assert len(hyps) >= metrics.POOL_MIN_PAIRS  # this call goes through the process pool
+    assert metrics.lcs_cells(list(zip(hyps, refs))) >= metrics.POOL_MIN_CELLS  # this goes through the pool
     got = metrics.rouge_rows(hyps, refs, workers=2)[:, 2]
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     want = [scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hyps, refs)]
@@ -113,3 +113,42 @@ def test_edge_responses_score_without_crash(minilm_bertscore):
 def test_bertscore_local_model_needs_num_layers(tmp_path):
     with pytest.raises(UserError, match="num_layers"):
         metrics.BertScore(model=str(tmp_path)).settings()
+
+
+# A real pair where bert-score's result depends on its batch neighbours: a reference token whose best
+# cosine with every response token is negative loses to the 0 that padding scores.
+NEIGHBOUR_HYP = "The report approved by manager."
+NEIGHBOUR_REF = ('The root of the word "ambiguous" is "ambi", which is derived from the Latin word "ambiguus", '
+                 'meaning "doubtful" or "uncertain". This root is often used to mean "both" or "two" (indicating '
+                 'duality or having two aspects) in English words.')
+LONG_HYP = ("A much longer response that goes on and on about many unrelated things, with plenty of words to pad "
+            "the batch well beyond the first one, and then some more words.")
+
+
+def test_bertscore_of_a_config_does_not_depend_on_the_configs_beside_it(minilm_bertscore):
+    scorer = minilm_bertscore.scorer()
+    alone = float(scorer.score([NEIGHBOUR_HYP], [NEIGHBOUR_REF])[2][0])
+    beside = float(scorer.score([NEIGHBOUR_HYP, LONG_HYP], [NEIGHBOUR_REF] * 2)[2][0])
+    assert abs(alone - beside) > 1e-5  # bert-score itself: the neighbour changes the score
+    ours = minilm_bertscore.rows([NEIGHBOUR_HYP, LONG_HYP], [NEIGHBOUR_REF] * 2, groups=[1, 1])
+    assert ours[0] == pytest.approx(alone, abs=1e-6)
+
+
+def test_bertscore_blocks_equal_separate_calls(minilm_bertscore, alpaca_demo_path):
+    recs = [r for r in json.loads(alpaca_demo_path.read_text()) if len(r["output"].split()) <= 30]
+    refs = [r["output"] for r in recs[:14]]
+    hyps = [r["output"] for r in recs[14:28]]
+    hyps[6] = "   "  # an empty response inside a block shifts nothing
+    small = metrics.BertScore(batch_size=4, _scorer=minilm_bertscore.scorer())
+    blocks = [3, 5, 6]  # 1, 3 and 2 filler pairs top them up to whole batches of 4
+    got = small.rows(hyps, refs, groups=blocks)
+    assert small.calls == 1
+    start = 0
+    for size in blocks:
+        h, r = hyps[start:start + size], refs[start:start + size]
+        keep = [i for i in range(size) if h[i].strip()]
+        want = np.zeros(size)
+        want[keep] = small.scorer().score([h[i] for i in keep], [r[i] for i in keep], batch_size=4)[2].numpy()
+        np.testing.assert_allclose(got[start:start + size], want, rtol=0, atol=1e-6)
+        start += size
+    assert got[6] == 0

@@ -87,7 +87,8 @@ def test_stage_equals_the_libraries_on_200_real_pairs(tmp_path, demo_records):
         want = {
             "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score / 100,
             "rougeL": float(np.mean([rouge.score(r, h)["rougeL"].fmeasure for h, r in zip(hyps, refs)])),
-            "bertscore": float(bert.score(hyps, refs)[2].mean()),  # one config per call here
+            # One config per call here; the stage scored both configs in one call.
+            "bertscore": float(bert.score(hyps, refs, batch_size=cfg.evaluation.bertscore.batch_size)[2].mean()),
         }
         for metric, value in want.items():
             assert table[name][metric] == pytest.approx(value, abs=1e-6), (name, metric)
@@ -183,6 +184,11 @@ def test_full_stage_perplexity_human_and_cache(tmp_path, tiny_model_dir, demo_re
     third = score(cfg, model="tiny")
     assert third["targets"]["tiny"]["computed"] == {"bleu": [names[2]], "rougeL": [names[2]],
                                                    "bertscore": [names[2]], "perplexity": []}
+    # Scored alone now, with the other configs before: its unchanged rows keep their BERTScore.
+    alone = read_json(out / ".cache" / "tiny.json")["bertscore"][names[2]]["value"]
+    before = cache["bertscore"][names[2]]["value"]
+    assert alone[4] != before[4]
+    np.testing.assert_allclose(alone[:4] + alone[5:], before[:4] + before[5:], rtol=0, atol=1e-6)
     assert {t["model"] for t in read_csv(out / "all.csv")} == {"tiny", "tiny-base"}
     assert [p["model"] for p in read_csv(out / "perplexity.csv")] == ["tiny", "tiny-base"]
 

@@ -1,10 +1,11 @@
 """Text metrics: small named scorers that give per-row values, a corpus score, and bootstrap CIs.
 
 Each metric in `REGISTRY` turns a flat list of (response, reference) pairs into per-row values
-(`rows`), a corpus score (`aggregate`) and the corpus score of every bootstrap resample
-(`aggregate_resamples`). The scoring stage hands each metric the pairs of ALL decoding configs
-of a target at once, so the work that depends only on the references (BERTScore embeddings,
-ROUGE tokenization) is done once, not once per config.
+(`rows`; `groups` gives the lengths of the consecutive per-config blocks), a corpus score
+(`aggregate`) and the corpus score of every bootstrap resample (`aggregate_resamples`). The scoring
+stage hands each metric the pairs of ALL decoding configs of a target at once, so the work that
+depends only on the references (BERTScore embeddings, ROUGE tokenization) is done once, not once
+per config; a config's scores never depend on which other configs share the call.
 
 - bleu: sacrebleu's corpus BLEU / 100 (the 0-1 figure the course reports used). Per-row values
   are sacrebleu's sufficient statistics (lengths, n-gram matches and totals); the corpus score of
@@ -66,7 +67,7 @@ class Bleu:
         return {"library": "sacrebleu", "version": _version("sacrebleu"), "signature": self.signature(),
                 "scale": "corpus_bleu(...).score / 100", "references": 1}
 
-    def rows(self, hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
+    def rows(self, hyps: Sequence[str], refs: Sequence[str], groups=None) -> np.ndarray:
         """(N, 2 + 2 * max order) int array: sys_len, ref_len, matches per order, totals per order."""
         if not hyps:
             return np.zeros((0, 10), dtype=np.int64)
@@ -175,19 +176,24 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-# Below this many pairs a pool costs more than it saves (rouge-score runs ~250 pairs/s per core).
-POOL_MIN_PAIRS = 200
+# A pool pays off only when there is enough LCS work: rouge-score fills ~5M LCS cells a second per
+# core here, and starting workers costs ~0.1 s. Work is estimated as sum(words(response) * words(reference)).
+POOL_MIN_CELLS = 1_500_000
+
+
+def lcs_cells(pairs: Sequence[tuple[str, str]]) -> int:
+    """Rough size of the LCS work: words of the response times words of the reference, summed."""
+    return sum(len(h.split()) * len(r.split()) for h, r in pairs)
 
 
 def rouge_rows(hyps: Sequence[str], refs: Sequence[str], rouge_type: str = "rougeL",
                workers: Optional[int] = None, progress: bool = False) -> np.ndarray:
-    """(N, 3) array of precision, recall, F1 per pair, spread across cores for large inputs."""
+    """(N, 3) array of precision, recall, F1 per pair, spread across cores when the work is large."""
     pairs = list(zip(hyps, refs))
     if not pairs:
         return np.zeros((0, 3))
     workers = workers or available_cores()
-    workers = max(1, min(workers, math.ceil(len(pairs) / (POOL_MIN_PAIRS // 2))))
-    if workers == 1 or len(pairs) < POOL_MIN_PAIRS:
+    if workers == 1 or lcs_cells(pairs) < POOL_MIN_CELLS:
         return np.asarray(_rouge_chunk((rouge_type, pairs)), dtype=float)
     import multiprocessing
     from tqdm.auto import tqdm
@@ -216,7 +222,7 @@ class Rouge:
                 "use_stemmer": True, "statistic": "mean F1 over rows",
                 "call": "RougeScorer([type], use_stemmer=True).score(target=reference, prediction=response)"}
 
-    def rows(self, hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
+    def rows(self, hyps: Sequence[str], refs: Sequence[str], groups=None) -> np.ndarray:
         return rouge_rows(hyps, refs, self.rouge_type, workers=self.workers, progress=len(hyps) > 1000)[:, 2]
 
     def aggregate(self, rows: np.ndarray) -> float:
@@ -298,20 +304,44 @@ class BertScore:
                                       device=self.device)
         return self._scorer
 
-    def prf(self, hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
-        """(N, 3) precision, recall, F1 per pair; every non-empty pair is scored in ONE call."""
+    def prf(self, hyps: Sequence[str], refs: Sequence[str], groups: Optional[Sequence[int]] = None) -> np.ndarray:
+        """(N, 3) precision, recall, F1 per pair; all non-empty pairs go to bert-score in ONE call.
+
+        `groups` are the lengths of consecutive blocks (one per decoding config). bert-score's greedy
+        matching pads each batch of pairs to its longest text and lets the padding score 0, which wins
+        over a negative cosine (MiniLM has them; roberta-large hardly), so a pair's score depends on
+        the pairs batched with it. Each block is therefore topped up to a whole number of batches with
+        copies of the first pair of its last batch (same lengths, already embedded: no extra
+        embedding work), so every block meets exactly the batches that scoring it alone would give
+        it: one call for all configs, and each config's scores equal a separate
+        `BERTScorer.score(hyps, refs, batch_size=...)` call, whatever else is scored beside it.
+        """
         out = np.zeros((len(hyps), 3))
-        keep = [i for i, (h, r) in enumerate(zip(hyps, refs)) if h.strip() and r.strip()]
-        if keep:
+        batch = self.batch_size
+        call_hyps, call_refs, where = [], [], []
+        start = 0
+        for size in (groups if groups is not None else [len(hyps)]):
+            keep = [i for i in range(start, start + size) if hyps[i].strip() and refs[i].strip()]
+            start += size
+            rest = len(keep) % batch
+            filler = [keep[len(keep) - rest]] * (batch - rest) if rest else []
+            for i in keep + filler:
+                call_hyps.append(hyps[i])
+                call_refs.append(refs[i])
+            where.extend(keep + [None] * len(filler))
+        if start != len(hyps):
+            raise ValueError(f"groups add up to {start}, not to the {len(hyps)} pairs given")
+        if call_hyps:
             scorer = self.scorer()
             self.calls += 1
-            p, r, f = scorer.score([hyps[i] for i in keep], [refs[i] for i in keep], batch_size=self.batch_size,
-                                   verbose=len(keep) > 2000)
-            out[keep] = np.stack([p.numpy(), r.numpy(), f.numpy()], axis=1)
+            p, r, f = scorer.score(call_hyps, call_refs, batch_size=batch, verbose=len(call_hyps) > 2000)
+            scores = np.stack([p.numpy(), r.numpy(), f.numpy()], axis=1)
+            real = [k for k, i in enumerate(where) if i is not None]
+            out[[where[k] for k in real]] = scores[real]
         return out
 
-    def rows(self, hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
-        return self.prf(hyps, refs)[:, 2]
+    def rows(self, hyps: Sequence[str], refs: Sequence[str], groups: Optional[Sequence[int]] = None) -> np.ndarray:
+        return self.prf(hyps, refs, groups)[:, 2]
 
     def aggregate(self, rows: np.ndarray) -> float:
         return float(np.mean(rows)) if len(rows) else float("nan")

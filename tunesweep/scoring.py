@@ -153,7 +153,7 @@ def score_rows(metric, settings: dict, tr: TargetResponses, cache: RowCache, for
         # One pass over all configs: references repeat once per config, and the metric sees them together.
         flat_hyps = [h for _, _, hyps, _ in missing for h in hyps]
         flat_refs = [r for _, _, _, refs in missing for r in refs]
-        values = metric.rows(flat_hyps, flat_refs)
+        values = metric.rows(flat_hyps, flat_refs, groups=[len(hyps) for _, _, hyps, _ in missing])
         start = 0
         for config, key, hyps, _ in missing:
             part = values[start:start + len(hyps)]

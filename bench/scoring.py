@@ -1,0 +1,154 @@
+"""Scoring cost: a whole target's sweep in ONE pass versus config by config, side by side in one run.
+
+The score stage hands every metric the pairs of all decoding configs of a model at once:
+  - BERTScore: one BERTScorer.score call, so each reference (repeated once per config) is
+    embedded once; config by config embeds it once per config;
+  - ROUGE-L: one process-pool map over all pairs (cores busy, tokens and stems memoised across
+    configs); config by config, a 100-pair call is mostly too small to pay for the pool.
+Both variants call the same tunesweep.metrics functions on the same real text (Alpaca answers of
+../shared/data/alpaca_en_demo.json; each config's responses are perturbed answers of other
+records) and must give the same scores. The BERTScore model is loaded once, before either timing.
+The plain rouge-score loop the course repositories ran (one RougeScorer per config, one pair at a
+time) is printed for context.
+
+    .venv/bin/python bench/scoring.py [--configs 13] [--rows 100] [--max-words 60]
+
+BERTScore uses answers of up to --max-words words (its cost grows with length: on a busy 2-core
+CPU MiniLM embeds ~5 answers of 150 tokens a second); ROUGE-L uses the full length mix, with
+responses cut at 100 words as a 128-new-token budget would cut them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DEMO = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "alpaca_en_demo.json"
+
+
+def perturb(text: str, k: int) -> str:
+    """Drop every k-th word: a near miss, as a decoding change tends to produce."""
+    words = text.split()
+    return " ".join(w for i, w in enumerate(words) if i % k != k - 1) or text
+
+
+def build_texts(path: Path, n_configs: int, n_rows: int, max_words: Optional[int],
+                cap_words: Optional[int] = None) -> tuple[list[str], dict[str, list[str]]]:
+    """(references, {config: responses}): real answers; responses are other records' answers,
+    perturbed per config, cut to `cap_words` words (what a max_new_tokens budget leaves)."""
+    from tunesweep.config import GenerationConfig, Sweep, expand_sweep
+
+    records = json.loads(path.read_text(encoding="utf-8"))
+    pool = [r["output"] for r in records if 0 < len(r["output"].split()) <= (max_words or 10**9)]
+    if len(pool) < 2 * n_rows:
+        sys.exit(f"{path}: only {len(pool)} answers of <= {max_words} words; lower --rows or raise --max-words")
+    refs = pool[:n_rows]
+    gen = GenerationConfig(sweep=Sweep(top_k=[10, 25, 40, 75], num_beams=[2, 3, 5, 10], temperature=[0.0, 0.25, 0.5, 1.0]))
+    names = [dc.name for dc in expand_sweep(gen)]
+    while len(names) < n_configs:
+        names.append(f"extra_{len(names)}")
+    hyps = {}
+    for c, name in enumerate(names[:n_configs]):
+        # Every config answers differently: another record's answer, perturbed per config.
+        texts = [perturb(pool[(n_rows + i + 37 * c) % len(pool)], 2 + c % 5) for i in range(n_rows)]
+        hyps[name] = [" ".join(t.split()[:cap_words]) if cap_words else t for t in texts]
+    return refs, hyps
+
+
+def describe(refs: list[str], hyps: dict[str, list[str]]) -> str:
+    import numpy as np
+
+    flat = [h for texts in hyps.values() for h in texts]
+    return (f"{len(hyps)} configs x {len(refs)} rows = {len(flat)} pairs; references {np.mean([len(r.split()) for r in refs]):.0f} "
+            f"words on average, responses {np.mean([len(h.split()) for h in flat]):.0f} ({len(set(flat))} distinct texts)")
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", type=int, default=13)
+    p.add_argument("--rows", type=int, default=100)
+    p.add_argument("--max-words", type=int, default=60, help="longest reference answer used (words)")
+    p.add_argument("--data", default=str(DEMO))
+    args = p.parse_args()
+
+    import numpy as np
+    import torch
+    from rouge_score import rouge_scorer
+
+    from tunesweep import metrics
+
+    refs, hyps = build_texts(Path(args.data), args.configs, args.rows, args.max_words)
+    flat_hyps = [h for texts in hyps.values() for h in texts]
+    flat_refs = refs * len(hyps)
+    groups = [len(refs)] * len(hyps)
+    print(f"command: {shlex.join(['.venv/bin/python' if sys.executable.endswith('.venv/bin/python') else sys.executable, *sys.argv])}")
+    print(f"machine: {platform.machine()}, {metrics.available_cores()} cores usable, torch threads "
+          f"{torch.get_num_threads()}, load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+    # --- BERTScore ---
+    bert = metrics.BertScore()
+    load_s, _ = timed(bert.scorer)
+    settings = bert.settings()
+    print(f"\nBERTScore: {settings['model']}, layer {settings['num_layers']}, batch {bert.batch_size} "
+          f"(model load {load_s:.1f} s, not counted)")
+    print(f"  data: answers of <= {args.max_words} words (BERT cost grows with length): {describe(refs, hyps)}")
+    bert.rows(flat_hyps[:8], flat_refs[:8])  # warm-up: first-call setup is paid by neither variant
+    per_config_s, per_config = timed(lambda: np.concatenate([bert.rows(h, refs) for h in hyps.values()]))
+    one_pass_s, one_pass = timed(lambda: bert.rows(flat_hyps, flat_refs, groups=groups))
+    diff = float(np.max(np.abs(one_pass - per_config)))
+    print(f"  config by config ({len(hyps)} calls): {per_config_s:8.2f} s")
+    print(f"  one pass (1 call)           : {one_pass_s:8.2f} s")
+    print(f"  ratio config-by-config / one-pass: {per_config_s / one_pass_s:.2f}x   "
+          f"(max |F1 difference| {diff:.1e})")
+
+    # --- ROUGE-L ---
+    # ROUGE on the real length mix: references as they are, responses cut at 100 words (128 new tokens).
+    refs, hyps = build_texts(Path(args.data), args.configs, args.rows, None, cap_words=100)
+    flat_hyps = [h for texts in hyps.values() for h in texts]
+    flat_refs = refs * len(hyps)
+    print(f"\nROUGE-L: rouge-score with the Porter stemmer; a pool of {metrics.available_cores()} workers when the "
+          f"LCS work exceeds {metrics.POOL_MIN_CELLS:,} cells (this one pass: {metrics.lcs_cells(list(zip(flat_hyps, flat_refs))):,})")
+    print(f"  data: all answers, responses cut at 100 words: {describe(refs, hyps)}")
+
+    def course_loop():
+        out = []
+        for h in hyps.values():
+            scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+            out.extend(scorer.score(r, x)["rougeL"].fmeasure for x, r in zip(h, refs))
+        return np.array(out)
+
+    metrics.clear_caches()
+    per_config_s, per_config = timed(lambda: np.concatenate([metrics.rouge_rows(h, refs)[:, 2] for h in hyps.values()]))
+    metrics.clear_caches()
+    one_pass_s, one_pass = timed(lambda: metrics.rouge_rows(flat_hyps, flat_refs)[:, 2])
+    metrics.clear_caches()
+    plain_s, plain = timed(course_loop)
+    assert per_config.tolist() == one_pass.tolist() == plain.tolist(), "ROUGE-L variants disagree"
+    print(f"  config by config ({len(hyps)} calls): {per_config_s:8.2f} s")
+    print(f"  one pass (1 call)           : {one_pass_s:8.2f} s")
+    print(f"  plain rouge-score loop      : {plain_s:8.2f} s   (context: the course repositories' way)")
+    print(f"  ratio config-by-config / one-pass: {per_config_s / one_pass_s:.2f}x   "
+          f"(plain loop / one-pass: {plain_s / one_pass_s:.2f}x; identical scores)")
+    return 0
+
+
+if __name__ == "__main__":  # the ROUGE pool's workers must not rerun this
+    sys.exit(main())
