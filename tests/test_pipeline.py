@@ -1,0 +1,207 @@
+"""The whole pipeline through hyperparameter_experiments.sh on a small slice of a tiny study.
+
+run_a: uninterrupted, with base rows: every output named in DESIGN.md must exist and agree.
+run_b: the same study (no base rows) killed during generation, then rerun with the same
+command: it finishes without redoing finished configs and ends with run_a's tables.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO
+from tunesweep.config import expand_sweep, load_config
+
+ROWS = 6
+CONFIG = """\
+name: e2e
+workdir: {workdir}
+seed: 7
+dataset: {{source: "builtin:tasks", builtin_rows: 400, test_size: 12}}
+models:
+  - name: tiny
+    base: {base}
+    backend: peft
+    max_seq_length: 128
+    lora: null
+    train: {{epochs: 1, max_steps: 12, batch_size: 8, grad_accum: 1, learning_rate: 3.0e-3, logging_steps: 4, save_steps: 6}}
+    evaluate_base: {evaluate_base}
+generation:
+  max_new_tokens: 8
+  defaults: {{top_k: 50, num_beams: 1, temperature: 0.8}}
+  sweep: {{top_k: [10, 25, 40, 75], num_beams: [2, 3, 5, 10], temperature: [0.0, 0.25, 0.5, 1.0]}}
+  engine: {{max_model_len: 256, dtype: float32}}
+evaluation:
+  bertscore: {{model: null}}
+  bootstrap: 50
+"""
+
+
+def pipeline_cmd(cfg: Path, *extra: str) -> list[str]:
+    return ["bash", str(REPO / "hyperparameter_experiments.sh"), "--config", str(cfg), "--limit", str(ROWS), *extra]
+
+
+def pipeline_env() -> dict:
+    # The script calls `tunesweep`: the console script of the interpreter running the tests.
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def make_study(root: Path, base_src: Path, evaluate_base: bool) -> Path:
+    base = root / "bases" / "tiny"
+    shutil.copytree(base_src, base)
+    cfg = root / "study.yaml"
+    cfg.write_text(CONFIG.format(workdir=root / "work", base=base, evaluate_base=str(evaluate_base).lower()))
+    return cfg
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def run_a(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("pipe-a")
+    cfg = make_study(root, tiny_model_dir, evaluate_base=True)
+    res = subprocess.run(pipeline_cmd(cfg), cwd=REPO, env=pipeline_env(), capture_output=True, text=True, timeout=1500)
+    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
+    return root / "work", cfg, res
+
+
+@pytest.fixture(scope="module")
+def run_b(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("pipe-b")
+    cfg = make_study(root, tiny_model_dir, evaluate_base=False)
+    responses = root / "work" / "llm_responses" / "tiny"
+    proc = subprocess.Popen(pipeline_cmd(cfg), cwd=REPO, env=pipeline_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 900
+        while not list(responses.glob("*.jsonl")):
+            assert proc.poll() is None, "the pipeline ended before generation could be killed"
+            assert time.monotonic() < deadline, "no response file appeared in 900 s"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the script, the stage, the vLLM engine
+        proc.wait()
+    before = {p.stem: (p.stat().st_ino, p.stat().st_mtime_ns) for p in responses.glob("*.jsonl")}
+    res = subprocess.run(pipeline_cmd(cfg), cwd=REPO, env=pipeline_env(), capture_output=True, text=True, timeout=1500)
+    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
+    return root / "work", cfg, before, res
+
+
+def test_every_design_output_exists_and_agrees(run_a):
+    work, cfg_path, res = run_a
+    cfg = load_config(cfg_path)
+    configs = [c.name for c in expand_sweep(cfg.generation)]
+    assert len(configs) == 13
+
+    data = work / "alpaca_data"
+    split = json.loads((data / "split.json").read_text())
+    assert split["test_rows"] == 12 and split["train_rows"] == 388
+    for name in ("train.jsonl", "test.jsonl"):
+        assert (data / name).stat().st_size > 0
+    test_rows = [json.loads(l) for l in (data / "test.jsonl").read_text().splitlines()]
+
+    ft = work / "finetuned_models" / "tiny"
+    assert (ft / "config.json").is_file() and list(ft.glob("*.safetensors"))
+    meta = json.loads((ft / "tunesweep.json").read_text())
+    assert meta["backend"] == "peft"
+
+    for target in ("tiny", "tiny-base"):
+        out = work / "llm_responses" / target
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert set(manifest["configs"]) == set(configs)
+        for name in configs:
+            recs = [json.loads(l) for l in (out / f"{name}.jsonl").read_text().splitlines()]
+            assert [r["id"] for r in recs] == [r["id"] for r in test_rows[:ROWS]]
+            for r in recs:
+                assert {"id", "prompt", "reference", "response_raw", "response", "finish_reason", "num_tokens"} <= set(r)
+        cleaning = json.loads((out / "cleaning.json").read_text())
+        assert set(cleaning["configs"]) == set(configs)
+
+        rows = read_csv(work / "eval_results" / f"{target}.csv")
+        assert [r["config"] for r in rows] == configs  # sweep order, none missing
+        assert list(rows[0]) == ["config", "mode", "bleu", "bleu_ci_low", "bleu_ci_high", "rougeL", "rougeL_ci_low",
+                                 "rougeL_ci_high", "bertscore", "bertscore_ci_low", "bertscore_ci_high", "human"]
+        for r in rows:
+            for metric in ("bleu", "rougeL", "bertscore"):
+                assert float(r[f"{metric}_ci_low"]) <= float(r[metric]) <= float(r[f"{metric}_ci_high"])
+        assert (work / "eval_results" / f"{target}.md").is_file()
+
+    tidy = read_csv(work / "eval_results" / "all.csv")
+    assert list(tidy[0]) == ["model", "config", "parameter", "value", "metric", "score", "ci_low", "ci_high"]
+    assert {r["model"] for r in tidy} == {"tiny", "tiny-base"}
+    assert {r["config"] for r in tidy} == set(configs)
+    ppl = {r["model"]: float(r["perplexity"]) for r in read_csv(work / "eval_results" / "perplexity.csv")}
+    assert set(ppl) == {"tiny", "tiny-base"}
+    # Even 12 steps of full fine-tuning make the references more likely than under random weights.
+    assert ppl["tiny"] < ppl["tiny-base"]
+
+    report = (work / "eval_results" / "report.md").read_text()
+    assert "tiny-base" in report and "top_k_50_num_beams_1_temp_0.8" in report
+    plots = list((work / "eval_results" / "plots").glob("*.png"))
+    assert plots and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
+    for stage in ("split", "finetune", "generate", "clean", "score", "report"):
+        assert (work / "logs" / f"{stage}.log").stat().st_size > 0
+    assert "report:" in res.stdout and "report.md" in res.stdout
+
+
+def test_killed_pipeline_resumes_and_ends_with_the_same_tables(run_a, run_b):
+    work_a = run_a[0]
+    work_b, cfg_path, before, res = run_b
+    configs = [c.name for c in expand_sweep(load_config(cfg_path).generation)]
+    responses = work_b / "llm_responses" / "tiny"
+    assert before and len(before) < len(configs), f"the kill landed outside generation: {sorted(before)}"
+    after = {p.stem: (p.stat().st_ino, p.stat().st_mtime_ns) for p in responses.glob("*.jsonl")}
+    assert set(after) == set(configs)
+    for name, ident in before.items():
+        assert after[name] == ident, f"{name} was rewritten by the rerun"
+    assert read_csv(work_b / "eval_results" / "tiny.csv") == read_csv(work_a / "eval_results" / "tiny.csv")
+
+
+def test_bad_config_stops_before_any_work(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(f"name: x\nworkdir: {tmp_path / 'work'}\nmodels:\n  - {{name: m, base: b}}\n"
+                   "generation: {defaults: {num_beams: 0}}\n")
+    res = subprocess.run(["bash", str(REPO / "hyperparameter_experiments.sh"), "--config", str(cfg)], cwd=REPO,
+                         env=pipeline_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert "generation.defaults.num_beams = 0" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "work").exists()
+
+
+def test_failed_stage_is_named_with_its_log(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"name: x\nworkdir: {tmp_path / 'work'}\ndataset: {{source: {tmp_path / 'missing.json'}}}\n"
+                   "models:\n  - {name: m, base: b}\n")
+    res = subprocess.run(["bash", str(REPO / "hyperparameter_experiments.sh"), "--config", str(cfg)], cwd=REPO,
+                         env=pipeline_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1
+    assert "stage 'split' failed" in res.stderr and str(tmp_path / "work" / "logs" / "split.log") in res.stderr
+    assert "missing.json" in (tmp_path / "work" / "logs" / "split.log").read_text()
+    assert not (tmp_path / "work" / "alpaca_data").exists()
+
+
+def test_python_entry_point_runs_the_same_stages(tmp_path):
+    from helpers import run_tunesweep
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"name: x\nworkdir: {tmp_path / 'work'}\ndataset: {{source: 'builtin:tasks', builtin_rows: 50, "
+                   "test_size: 5}\nmodels:\n  - {name: m, base: b}\n")
+    res = run_tunesweep("run", "--config", cfg, "--only", "split")
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "work" / "alpaca_data" / "split.json").read_text())["test_rows"] == 5
+    assert "stage split" in (tmp_path / "work" / "logs" / "split.log").read_text()
+    res = run_tunesweep("run", "--config", cfg, "--from", "finetune")
+    assert res.returncode == 2 and "stage finetune failed" in res.stderr and "Traceback" not in res.stderr
