@@ -152,3 +152,12 @@ def test_bertscore_blocks_equal_separate_calls(minilm_bertscore, alpaca_demo_pat
         np.testing.assert_allclose(got[start:start + size], want, rtol=0, atol=1e-6)
         start += size
     assert got[6] == 0
+
+
+def test_rouge_repeated_pairs_keep_their_place_and_scores():
+    hyps = ["It is very cold outside", "Warm today", "It is very cold outside", ""]
+    refs = ["It is cold outside.", "It is warm today.", "It is cold outside.", "Anything."]
+    got = metrics.rouge_rows(hyps, refs)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    want = [[s.precision, s.recall, s.fmeasure] for s in (scorer.score(r, h)["rougeL"] for h, r in zip(hyps, refs))]
+    assert got.tolist() == want

@@ -188,10 +188,19 @@ def lcs_cells(pairs: Sequence[tuple[str, str]]) -> int:
 
 def rouge_rows(hyps: Sequence[str], refs: Sequence[str], rouge_type: str = "rougeL",
                workers: Optional[int] = None, progress: bool = False) -> np.ndarray:
-    """(N, 3) array of precision, recall, F1 per pair, spread across cores when the work is large."""
-    pairs = list(zip(hyps, refs))
-    if not pairs:
+    """(N, 3) array of precision, recall, F1 per pair, spread across cores when the work is large.
+
+    Each distinct (response, reference) pair is scored once: configs of a sweep often give the same
+    answer (greedy and narrow beams, low temperatures)."""
+    if not len(hyps):
         return np.zeros((0, 3))
+    slot: dict[tuple[str, str], int] = {}
+    where = [slot.setdefault(pair, len(slot)) for pair in zip(hyps, refs)]
+    pairs = list(slot)
+    return _rouge_unique(pairs, rouge_type, workers, progress)[where]
+
+
+def _rouge_unique(pairs: list[tuple[str, str]], rouge_type: str, workers: Optional[int], progress: bool) -> np.ndarray:
     workers = workers or available_cores()
     if workers == 1 or lcs_cells(pairs) < POOL_MIN_CELLS:
         return np.asarray(_rouge_chunk((rouge_type, pairs)), dtype=float)
