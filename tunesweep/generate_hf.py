@@ -21,9 +21,10 @@ def _load(checkpoint: str, on_cuda: bool):
     tokenizer.padding_side = "left"  # new tokens must follow every prompt directly
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # device_map, not .to(): a bitsandbytes 4-bit checkpoint cannot be moved after loading.
     dtype = "auto" if on_cuda else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype)
-    model.to("cuda" if on_cuda else "cpu").eval()
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype, device_map="cuda" if on_cuda else "cpu")
+    model.eval()
     # Stop where vLLM stops: the tokenizer's EOS and any EOS the model's generation_config lists.
     eos = {tokenizer.eos_token_id}
     gen_eos = model.generation_config.eos_token_id

