@@ -284,7 +284,6 @@ def run_target(cfg: ExperimentConfig, plan: dict) -> dict:
             path = out_dir / f"{job['config']}.jsonl"
             write_jsonl(path, records)
             tokens = sum(r["num_tokens"] for r in records)
-            batch = msg["batch"]
             # Configs sharing one LLM.generate call split its wall time by their share of its tokens
             # (so the walls add up to the call's); tokens/s is then the call's throughput.
             batch = msg["batch"]
