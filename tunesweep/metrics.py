@@ -10,7 +10,8 @@ per config; a config's scores never depend on which other configs share the call
 - bleu: sacrebleu's corpus BLEU / 100 (the 0-1 figure the course reports used). Per-row values
   are sacrebleu's sufficient statistics (lengths, n-gram matches and totals); the corpus score of
   any subset is BLEU of the summed statistics, which equals `corpus_bleu` on that subset's text.
-- rougeL: mean F1 of rouge-score (Porter stemmer, reference as target), in a process pool.
+- rougeL: mean F1 of rouge-score (Porter stemmer, reference as target), memoised tokens, in a
+  process pool when the work is large.
 - bertscore: mean F1 of bert-score with the configured model and layer.
 """
 
@@ -176,9 +177,12 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-# A pool pays off only when there is enough LCS work: rouge-score fills ~5M LCS cells a second per
-# core here, and starting workers costs ~0.1 s. Work is estimated as sum(words(response) * words(reference)).
-POOL_MIN_CELLS = 1_500_000
+# A pool pays off only when there is enough LCS work: rouge-score fills ~5-7M LCS cells a second per
+# core here (tokens memoised), and workers cost start-up, pickling and, on a shared machine, waiting
+# for a free core (bench/scoring.py: a 13 x 100 sweep, 8M cells, ran 0.5-0.9x as fast pooled on a
+# busy 2-core box). So below ~2 s of single-core work the pairs are scored in-process.
+# Work is estimated as sum(words(response) * words(reference)).
+POOL_MIN_CELLS = 10_000_000
 
 
 def lcs_cells(pairs: Sequence[tuple[str, str]]) -> int:
@@ -187,7 +191,8 @@ def lcs_cells(pairs: Sequence[tuple[str, str]]) -> int:
 
 
 def rouge_rows(hyps: Sequence[str], refs: Sequence[str], rouge_type: str = "rougeL",
-               workers: Optional[int] = None, progress: bool = False) -> np.ndarray:
+               workers: Optional[int] = None, progress: bool = False,
+               pool_min_cells: int = POOL_MIN_CELLS) -> np.ndarray:
     """(N, 3) array of precision, recall, F1 per pair, spread across cores when the work is large.
 
     Each distinct (response, reference) pair is scored once: configs of a sweep often give the same
@@ -197,12 +202,13 @@ def rouge_rows(hyps: Sequence[str], refs: Sequence[str], rouge_type: str = "roug
     slot: dict[tuple[str, str], int] = {}
     where = [slot.setdefault(pair, len(slot)) for pair in zip(hyps, refs)]
     pairs = list(slot)
-    return _rouge_unique(pairs, rouge_type, workers, progress)[where]
+    return _rouge_unique(pairs, rouge_type, workers, progress, pool_min_cells)[where]
 
 
-def _rouge_unique(pairs: list[tuple[str, str]], rouge_type: str, workers: Optional[int], progress: bool) -> np.ndarray:
+def _rouge_unique(pairs: list[tuple[str, str]], rouge_type: str, workers: Optional[int], progress: bool,
+                  pool_min_cells: int) -> np.ndarray:
     workers = workers or available_cores()
-    if workers == 1 or lcs_cells(pairs) < POOL_MIN_CELLS:
+    if workers == 1 or lcs_cells(pairs) < pool_min_cells:
         return np.asarray(_rouge_chunk((rouge_type, pairs)), dtype=float)
     import multiprocessing
     from tqdm.auto import tqdm
