@@ -231,7 +231,15 @@ def test_changed_learning_rate_retrains_and_force_redoes(workdir, tiny_model_dir
     assert second["status"] == "trained"
     assert second["inputs_fingerprint"] != first["inputs_fingerprint"]
     assert read_json(workdir / "finetuned_models" / "m" / "tunesweep.json")["train"]["learning_rate"] == 1e-3
+    from safetensors.torch import load_file
+
+    weights = workdir / "finetuned_models" / "m" / "model.safetensors"
+    before = load_file(weights)
+    torch.rand(1000)  # use the global RNG, as any earlier work in the process would
     assert finetune(changed, force=True)[0]["status"] == "trained"
+    after = load_file(weights)
+    # Same inputs, same weights: the LoRA init is seeded, not left to the process's RNG state.
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_full_finetuning_without_lora(workdir, tiny_model_dir):

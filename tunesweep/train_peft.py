@@ -66,9 +66,13 @@ def merge_adapter(base: str, adapter_dir: Path, tokenizer, dtype, name: str = "?
 
 def train(job: TrainJob) -> TrainResult:
     import torch
+    from transformers import set_seed
     from trl import SFTTrainer
 
     m = job.model
+    # Seed before the LoRA weights are initialised: otherwise their init depends on whatever
+    # used the global RNG earlier in the process (e.g. another model trained before this one).
+    set_seed(job.seed)
     cuda = torch.cuda.is_available()
     dtype = compute_dtype()
     tokenizer = load_tokenizer(m.base, m.name)

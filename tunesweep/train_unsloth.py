@@ -31,10 +31,12 @@ def import_unsloth():
 def train(job: TrainJob) -> TrainResult:
     FastLanguageModel = import_unsloth()
     import torch
+    from transformers import set_seed
     from trl import SFTTrainer
 
     m = job.model
     lora = m.lora
+    set_seed(job.seed)  # get_peft_model's random_state seeds the LoRA init; this seeds the rest
     try:
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=m.base, max_seq_length=m.max_seq_length, load_in_4bit=m.load_in_4bit, dtype=None,
