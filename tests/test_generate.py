@@ -296,6 +296,7 @@ def test_engine_settings_follow_the_config_and_the_platform():
     assert gpu["gpu_memory_utilization"] == 0.7 and gpu["max_model_len"] == 2048 and gpu["dtype"] == "bfloat16"
     cpu = engine_kwargs("some/model", eng, 42, on_cuda=False)
     assert cpu["dtype"] == "float32" and "quantization" not in cpu
+    assert cpu["kv_cache_memory_bytes"] == 2**30 and "gpu_memory_utilization" not in cpu
     assert not is_prequantized_bnb("mistralai/Mistral-7B-v0.1")
 
 

