@@ -200,3 +200,15 @@ def test_split_is_skipped_when_current_and_redone_when_source_changes(tmp_path):
     r = run_tunesweep("split", "--config", cfg)
     assert r.returncode == 0 and "already current" not in r.stdout
     assert json.loads((tmp_path / "work" / "alpaca_data" / "split.json").read_text())["usable"] == 21
+
+
+def test_outputs_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    import os
+    import stat
+
+    from tunesweep.files import write_text
+
+    write_text(tmp_path / "x.csv", "a\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "x.csv").stat().st_mode) == 0o666 & ~umask
