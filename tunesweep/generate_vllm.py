@@ -157,6 +157,8 @@ def run_jobs(spec: dict, emit) -> None:
 def worker_main(spec: dict, out_queue) -> None:
     """Entry point of the spawned child."""
     threading.Thread(target=_exit_with_parent, args=(spec["parent_pid"],), daemon=True).start()
+    # vLLM's INFO lines (hundreds per engine) drown the progress bar; VLLM_LOGGING_LEVEL=INFO restores them.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     try:
         run_jobs(spec, out_queue.put)
         out_queue.put({"type": "done"})
