@@ -56,6 +56,11 @@ def pipeline_env() -> dict:
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
+def run_script(cfg: Path, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO / "hyperparameter_experiments.sh"), "--config", str(cfg)], cwd=REPO,
+                          env=pipeline_env(), capture_output=True, text=True, timeout=timeout)
+
+
 def make_study(root: Path, base_src: Path, evaluate_base: bool) -> Path:
     base = root / "bases" / "tiny"
     shutil.copytree(base_src, base)
@@ -174,8 +179,7 @@ def test_bad_config_stops_before_any_work(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(f"name: x\nworkdir: {tmp_path / 'work'}\nmodels:\n  - {{name: m, base: b}}\n"
                    "generation: {defaults: {num_beams: 0}}\n")
-    res = subprocess.run(["bash", str(REPO / "hyperparameter_experiments.sh"), "--config", str(cfg)], cwd=REPO,
-                         env=pipeline_env(), capture_output=True, text=True, timeout=120)
+    res = run_script(cfg)
     assert res.returncode == 2
     assert "generation.defaults.num_beams = 0" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "work").exists()
@@ -185,8 +189,7 @@ def test_failed_stage_is_named_with_its_log(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"name: x\nworkdir: {tmp_path / 'work'}\ndataset: {{source: {tmp_path / 'missing.json'}}}\n"
                    "models:\n  - {name: m, base: b}\n")
-    res = subprocess.run(["bash", str(REPO / "hyperparameter_experiments.sh"), "--config", str(cfg)], cwd=REPO,
-                         env=pipeline_env(), capture_output=True, text=True, timeout=120)
+    res = run_script(cfg)
     assert res.returncode == 1
     assert "stage 'split' failed" in res.stderr and str(tmp_path / "work" / "logs" / "split.log") in res.stderr
     assert "missing.json" in (tmp_path / "work" / "logs" / "split.log").read_text()

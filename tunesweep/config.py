@@ -98,29 +98,14 @@ class Sweep(Strict):
     num_beams: list[int] = Field(default_factory=list)
     temperature: list[float] = Field(default_factory=list)
 
-    @field_validator("top_k")
+    @field_validator("top_k", "num_beams", "temperature")
     @classmethod
-    def _top_k(cls, v):
-        for x in v:
-            if x < 0:
-                raise ValueError(f"top_k {x} must be >= 0")
-        return v
-
-    @field_validator("num_beams")
-    @classmethod
-    def _num_beams(cls, v):
-        for x in v:
-            if x < 1:
-                raise ValueError(f"num_beams {x} must be >= 1")
-        return v
-
-    @field_validator("temperature")
-    @classmethod
-    def _temperature(cls, v):
-        for x in v:
-            if x < 0:
-                raise ValueError(f"temperature {x} must be >= 0")
-        return v
+    def _at_least(cls, values, info):
+        lowest = {"top_k": 0, "num_beams": 1, "temperature": 0}[info.field_name]
+        for x in values:
+            if x < lowest:
+                raise ValueError(f"{info.field_name} {x} must be >= {lowest}")
+        return values
 
 
 class EngineConfig(Strict):
