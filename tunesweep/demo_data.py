@@ -2,7 +2,8 @@
 
 A seeded generator of simple Alpaca-format tasks with checkable answers, in two kinds:
 - short templated answers (parity, sentiment, animal or fruit, starts with a vowel, larger
-  number): a tiny model learns these in a minute or two on a CPU, so fine-tuning visibly helps;
+  number): their fixed sentence shapes are learned in a minute or two on a CPU, and the
+  classification tasks are answered correctly, so fine-tuning visibly helps;
 - copy tasks (reverse, sort, capitalise words): a tiny model does not learn these in that
   budget, which leaves room for decoding settings to make a difference.
 Every (instruction, input) pair is unique, so a held-out row never repeats a training prompt.
