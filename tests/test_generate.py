@@ -9,17 +9,14 @@ Engine builds are counted from what the stage records (manifest `engine_builds` 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from helpers import REPO, run_tunesweep
+from helpers import REPO, kill_when, run_tunesweep
 from tunesweep.clean import clean_response
 from tunesweep.config import expand_sweep, load_config
 from tunesweep.data import split_dataset
@@ -98,18 +95,9 @@ def run_b(tmp_path_factory, tiny_model_dir):
     workdir = tmp_path_factory.mktemp("gen-b")
     cfg = make_study(workdir, tiny_model_dir)
     cmd = [sys.executable, "-m", "tunesweep", "generate", "--config", str(cfg), "--limit", str(ROWS)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 600
-        # wait until the manifest records a finished config (it is replaced atomically: safe to read)
-        while not (out_dir(workdir) / "manifest.json").is_file() or not manifest(workdir).get("configs"):
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "no config file appeared in 600 s"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the CLI, its vLLM worker and the engine core
-        proc.wait()
+    # wait until the manifest records a finished config (it is replaced atomically: safe to read)
+    kill_when(cmd, lambda: (out_dir(workdir) / "manifest.json").is_file() and bool(manifest(workdir).get("configs")),
+              timeout=600, what="a finished config")
     killed = manifest(workdir)
     done = set(killed["configs"])
     before = file_ids(workdir)

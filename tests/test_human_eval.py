@@ -253,7 +253,7 @@ def test_bad_rows_are_rejected_with_file_row_and_value(study, rated, tmp_path, c
 
 def test_other_import_mistakes(study, rated, tmp_path):
     cfg_path, cfg, _ = study
-    alice, bob = rated[0], rated[1]
+    alice = rated[0]
     # The same rater twice (alice.csv under two names would be two raters; a copy named alice is not).
     copy_dir = tmp_path / "copy"
     copy_dir.mkdir()

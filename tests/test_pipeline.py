@@ -11,15 +11,13 @@ import csv
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from helpers import REPO
+from helpers import REPO, kill_when
 from tunesweep.config import expand_sweep, load_config
 
 ROWS = 6
@@ -88,17 +86,8 @@ def run_b(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("pipe-b")
     cfg = make_study(root, tiny_model_dir, evaluate_base=False)
     responses = root / "work" / "llm_responses" / "tiny"
-    proc = subprocess.Popen(pipeline_cmd(cfg), cwd=REPO, env=pipeline_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 900
-        while not list(responses.glob("*.jsonl")):
-            assert proc.poll() is None, "the pipeline ended before generation could be killed"
-            assert time.monotonic() < deadline, "no response file appeared in 900 s"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the script, the stage, the vLLM engine
-        proc.wait()
+    kill_when(pipeline_cmd(cfg), lambda: bool(list(responses.glob("*.jsonl"))), timeout=900,
+              what="a response file", env=pipeline_env())
     before = {p.stem: (p.stat().st_ino, p.stat().st_mtime_ns) for p in responses.glob("*.jsonl")}
     res = subprocess.run(pipeline_cmd(cfg), cwd=REPO, env=pipeline_env(), capture_output=True, text=True, timeout=1500)
     assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import kill_when
 from tunesweep.config import parse_config
 from tunesweep.data import load_split, split_dataset
 from tunesweep.errors import UserError
@@ -278,17 +277,9 @@ def test_resumes_a_killed_run_from_its_last_checkpoint(workdir, tiny_model_dir):
 
     cfg_file.write_text(yaml.safe_dump(cfg.model_dump()))
     training = workdir / "finetuned_models" / "r.training"
-    proc = subprocess.Popen([sys.executable, str(REPO / "finetuning_scripts" / "finetune.py"), "-c", str(cfg_file),
-                             "--model", "r"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 240
-        while not list(training.glob("checkpoint-*/trainer_state.json")):
-            assert proc.poll() is None, "the run ended before it saved a checkpoint"
-            assert time.time() < deadline, "no checkpoint within 240 s"
-            time.sleep(0.2)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    kill_when([sys.executable, str(REPO / "finetuning_scripts" / "finetune.py"), "-c", str(cfg_file), "--model", "r"],
+              lambda: bool(list(training.glob("checkpoint-*/trainer_state.json"))), timeout=240,
+              what="a saved checkpoint")
     assert not (workdir / "finetuned_models" / "r").exists()  # killed runs leave no checkpoint to trust
     saved = sorted(int(p.parent.name.split("-")[1]) for p in training.glob("checkpoint-*/trainer_state.json"))
     assert saved and saved[-1] < 40

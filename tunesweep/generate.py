@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import importlib.util
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Optional
