@@ -205,9 +205,11 @@ def test_same_seed_gives_byte_identical_responses(run_a, run_b):
 def test_hf_backend_matches_vllm_greedy_and_beam(run_a, tmp_path, tiny_model_dir):
     """vLLM vs transformers `generate`, greedy and num_beams=4, same max_new_tokens and length_penalty 1.
 
-    They agree token for token here because every beam runs to max_new_tokens (the untrained model
-    does not emit EOS). Where beams end at EOS at different lengths they can disagree: vLLM divides a
-    finished beam's log-probability by prompt+generated length, transformers by generated length only.
+    Greedy agrees token for token on every row. Beam search agrees on every row where neither
+    best beam ended at EOS. Where one did, the two can legitimately pick different beams: vLLM
+    divides a finished beam's log-probability by prompt+generated length, transformers by the
+    generated length only, so a short finished beam ranks differently against the beams that
+    run to the cap. The test documents that difference instead of hiding it.
     """
     from tunesweep.generate import generate
 
@@ -215,9 +217,18 @@ def test_hf_backend_matches_vllm_greedy_and_beam(run_a, tmp_path, tiny_model_dir
     cfg_path = make_study(tmp_path / "hf", tiny_model_dir, sweep="{num_beams: [4], temperature: [0.0]}")
     summaries = generate(load_config(cfg_path), backend="hf", limit=ROWS)
     assert summaries[0]["backend"] == "hf" and len(summaries[0]["generated"]) == 3
-    for name in ("top_k_50_num_beams_1_temp_0.0", "top_k_50_num_beams_4_temp_0.8"):
-        assert responses(tmp_path / "hf", name) == responses(workdir_a, name), name
-    entry = manifest(tmp_path / "hf")["configs"]["top_k_50_num_beams_4_temp_0.8"]
+    greedy = "top_k_50_num_beams_1_temp_0.0"
+    assert responses(tmp_path / "hf", greedy) == responses(workdir_a, greedy)
+
+    beam = "top_k_50_num_beams_4_temp_0.8"
+    compared = 0
+    for hf_row, vllm_row in zip(responses(tmp_path / "hf", beam), responses(workdir_a, beam)):
+        ended_at_eos = "stop" in (hf_row[3], vllm_row[3])
+        if not ended_at_eos:
+            assert hf_row == vllm_row
+            compared += 1
+    assert compared >= ROWS // 2, f"only {compared} of {ROWS} beam rows ran to the cap in both backends"
+    entry = manifest(tmp_path / "hf")["configs"][beam]
     assert entry["effective"]["num_beams"] == 4 and entry["effective"]["do_sample"] is False
 
 

@@ -39,3 +39,17 @@ def test_training_text_prefix_is_the_inference_prompt():
 
 def test_stop_strings_are_the_section_markers():
     assert stop_strings() == ["### Instruction:", "### Input:", "### Response:"]
+
+
+def test_decode_response_cuts_at_stop_and_keeps_incomplete_bytes(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from tunesweep.templates import decode_response
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = tok("The number is odd.\n\n### Instruction:\nmore", add_special_tokens=False).input_ids
+    assert decode_response(tok, ids + [tok.eos_token_id], stop_strings()) == "The number is odd.\n\n"
+    # A lone lead byte of a two-byte UTF-8 character (byte-level BPE symbol 'Ã' is byte 0xC3):
+    # every backend renders it as U+FFFD, as transformers' decode does.
+    lead_byte = tok.convert_tokens_to_ids("Ã")
+    assert decode_response(tok, tok("ok", add_special_tokens=False).input_ids + [lead_byte], []) == "ok\ufffd"

@@ -13,7 +13,7 @@ from typing import Iterable
 from .config import expand_sweep
 from .errors import UserError
 from .files import read_json, read_jsonl, write_json, write_jsonl
-from .templates import get_template
+from .templates import cut_at_first, get_template
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,7 @@ def clean_response(raw: str, prompt: str = "", template: str = "alpaca",
         text = text.lstrip()[len(prompt.strip()):]
         flags["echo"] = True
     # Cut at the next template section: the model started a new turn.
-    markers = get_template(template).markers
-    cut_at = min((i for m in markers if (i := text.find(m)) >= 0), default=-1)
-    if cut_at >= 0:
-        text = text[:cut_at]
-        flags["cut"] = True
+    text, flags["cut"] = cut_at_first(text, get_template(template).markers)
     for tok in special_tokens:
         if tok in text:
             text = text.replace(tok, "")

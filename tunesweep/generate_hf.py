@@ -11,6 +11,7 @@ import time
 from typing import Iterator
 
 from .files import derive_seed
+from .templates import decode_response
 
 
 def _load(checkpoint: str, on_cuda: bool):
@@ -55,12 +56,6 @@ def _finish(new_ids: list[int], eos: list[int], pad: int, max_new: int) -> tuple
     return n, ("length" if n >= max_new else "stop")
 
 
-def _cut_at_stop(text: str, stop: list[str]) -> str:
-    """vLLM returns the text before a stop string; transformers keeps it: cut it the same way."""
-    cut = min((i for s in stop if (i := text.find(s)) >= 0), default=-1)
-    return text[:cut] if cut >= 0 else text
-
-
 def iter_results(spec: dict) -> Iterator[dict]:
     import torch
 
@@ -87,8 +82,9 @@ def iter_results(spec: dict) -> Iterator[dict]:
                 new = out[:, enc["input_ids"].shape[1]:].tolist()
                 for row, ids in zip(idx, new):
                     n, reason = _finish(ids, eos, pad, max_new)
-                    text = _cut_at_stop(tokenizer.decode(ids[:n], skip_special_tokens=True), spec["stop"])
-                    results[row] = {"response_raw": text, "finish_reason": reason, "num_tokens": n}
+                    # transformers keeps a stop string that vLLM would have cut: decode_response cuts it.
+                    results[row] = {"response_raw": decode_response(tokenizer, ids[:n], spec["stop"]),
+                                    "finish_reason": reason, "num_tokens": n}
             wall = time.perf_counter() - t
             yield {"type": "config", "config": job["config"], "results": results,
                    "batch": {"wall_s": wall, "configs": [job["config"]],

@@ -22,6 +22,8 @@ import traceback
 from pathlib import Path
 from typing import Iterator
 
+from .templates import decode_response
+
 # How long the parent waits for any message before checking that the child is still alive.
 POLL_S = 5.0
 
@@ -127,7 +129,10 @@ def run_jobs(spec: dict, emit) -> None:
                     "tokens": sum(len(o.outputs[0].token_ids) for o in outs)}
             for i, job in enumerate(batched):
                 chunk = outs[i * len(prompts):(i + 1) * len(prompts)]
-                results = [{"response_raw": o.outputs[0].text, "finish_reason": o.outputs[0].finish_reason,
+                # Text from the token ids, as the hf backend and beam search make it (not o.outputs[0].text,
+                # whose incremental detokenizer drops a trailing incomplete UTF-8 sequence).
+                results = [{"response_raw": decode_response(tokenizer, o.outputs[0].token_ids, spec["stop"]),
+                            "finish_reason": o.outputs[0].finish_reason,
                             "num_tokens": len(o.outputs[0].token_ids)} for o in chunk]
                 emit({"type": "config", "config": job["config"], "results": results, "batch": info})
         eos = tokenizer.eos_token_id
@@ -141,7 +146,7 @@ def run_jobs(spec: dict, emit) -> None:
                 # The returned tokens (and text) start with the prompt: keep only the new tokens.
                 new = best.tokens[len(best.orig_prompt["prompt_token_ids"]):]
                 results.append({
-                    "response_raw": tokenizer.decode(new, skip_special_tokens=True),
+                    "response_raw": decode_response(tokenizer, new, spec["stop"]),
                     "finish_reason": "stop" if new and new[-1] == eos else "length",
                     "num_tokens": len(new),
                 })

@@ -64,3 +64,16 @@ def build_training_text(record: dict, eos_token: str, template: str = "alpaca") 
 def stop_strings(template: str = "alpaca") -> list[str]:
     """Strings at which generation stops: the start of the template's next section."""
     return list(get_template(template).markers)
+
+
+def cut_at_first(text: str, markers) -> tuple[str, bool]:
+    """The text before the earliest of `markers`, and whether one was found."""
+    cut = min((i for m in markers if (i := text.find(m)) >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def decode_response(tokenizer, token_ids, stop) -> str:
+    """Generated token ids -> response text, the same way for every backend: decode all of them
+    (an incomplete UTF-8 byte sequence becomes U+FFFD, as transformers does; vLLM's incremental
+    text would hold a trailing one back) and cut before the first stop string."""
+    return cut_at_first(tokenizer.decode(token_ids, skip_special_tokens=True), stop)[0]
