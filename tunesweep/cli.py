@@ -13,8 +13,7 @@ import sys
 from typing import Callable, Optional
 
 from .errors import UserError
-
-STAGES = ("split", "finetune", "generate", "clean", "score", "report")
+from .pipeline import STAGES
 
 
 def _load(args, **overrides):
