@@ -58,8 +58,12 @@ def check_checkpoint(target: RunTarget, workdir: Path) -> str:
     return checkpoint
 
 
-def _weight_files(root: Path) -> list[Path]:
-    skip = {p.name for p in root.iterdir() if p.name in NOT_WEIGHTS or p.name.startswith("checkpoint")}
+def _not_weights(root: Path) -> tuple[str, ...]:
+    """Top-level names in a checkpoint folder that do not change what it generates."""
+    return tuple(p.name for p in root.iterdir() if p.name in NOT_WEIGHTS or p.name.startswith("checkpoint"))
+
+
+def _weight_files(root: Path, skip: tuple[str, ...]) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] not in skip
                   and not p.name.startswith("."))
 
@@ -73,11 +77,11 @@ def checkpoint_hash(checkpoint: str, previous: Optional[dict] = None) -> tuple[s
     root = Path(checkpoint)
     if not root.is_dir():
         return checkpoint, None
-    files = _weight_files(root)
+    skip = _not_weights(root)
+    files = _weight_files(root, skip)
     stat_key = fingerprint([(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
     if previous and previous.get("checkpoint_stat") == stat_key and previous.get("checkpoint_hash"):
         return previous["checkpoint_hash"], stat_key
-    skip = tuple(p.name for p in root.iterdir() if p.name in NOT_WEIGHTS or p.name.startswith("checkpoint"))
     return sha256_tree(root, skip=skip), stat_key
 
 
