@@ -13,7 +13,7 @@ PIP_INDEX := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
 STAMP := $(VENV)/.tunesweep-setup
 DEMO_CONFIG ?= configs/tiny.yaml
 
-.PHONY: setup demo test bench clean-demo
+.PHONY: setup demo test bench clean-demo gpu-check
 
 setup: $(STAMP)
 
@@ -46,3 +46,14 @@ bench: setup
 
 clean-demo:
 	rm -rf demo_run
+
+# On a CUDA box, with its own torch (no `make setup`): the CUDA path end to end in ~6-8 minutes, offline
+# (scripts/gpu_check.py; summary in gpu_check_run/summary.md). WHEELS=DIR first installs the wheels that
+# ../shared/gpu/fetch_wheels.sh fetched (unsloth, trl, datasets, bitsandbytes, ...) into gpu_check_run/site.
+WHEELS ?=
+GPU_PY ?= python3
+GPU_CHECK_ARGS ?=
+gpu-check:
+	@if [ -n "$(WHEELS)" ]; then $(GPU_PY) -m pip install -q --no-index --no-deps --no-compile --upgrade \
+		--target gpu_check_run/site $(WHEELS)/*.whl; fi
+	PYTHONPATH="$(if $(WHEELS),$(CURDIR)/gpu_check_run/site:)$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(GPU_PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)

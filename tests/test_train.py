@@ -22,8 +22,9 @@ from tunesweep.config import parse_config
 from tunesweep.data import load_split, split_dataset
 from tunesweep.errors import UserError
 from tunesweep.files import read_json, sha256_file
-from tunesweep.templates import build_prompt
-from tunesweep.train import finetune, warn_on_check
+from tunesweep.templates import build_prompt, build_training_pair
+from tunesweep.train import finetune
+from tunesweep.train.check import warn_on_check
 
 REPO = Path(__file__).resolve().parent.parent
 STAND_IN = Path(__file__).resolve().parent / "unsloth_stand_in"
@@ -292,7 +293,7 @@ def test_resumes_a_killed_run_from_its_last_checkpoint(workdir, tiny_model_dir):
 
 
 def test_checkpoints_from_other_inputs_are_not_resumed(workdir, tiny_model_dir):
-    from tunesweep.train import prepare_training_dir
+    from tunesweep.train.resume import prepare_training_dir
 
     training = workdir / "t.training"
     (training / "checkpoint-5").mkdir(parents=True)
@@ -310,16 +311,16 @@ def test_checkpoints_from_other_inputs_are_not_resumed(workdir, tiny_model_dir):
 # --- the unsloth backend, against a stand-in module --------------------------------------------
 
 @pytest.fixture
-def unsloth_stand_in(monkeypatch):
-    """Put tests/unsloth_stand_in (NOT the real unsloth) first on sys.path for one test."""
+def unsloth_stand_in(monkeypatch, tmp_path):
+    """Put tests/unsloth_stand_in (NOT the real unsloth) first on sys.path for one test: the training
+    process tunesweep spawns inherits it. Never imported here: like Unsloth, it patches transformers
+    for the whole process that imports it. Returns a function that reads the calls it recorded."""
+    calls = tmp_path / "unsloth_calls.jsonl"
     monkeypatch.syspath_prepend(str(STAND_IN))
-    sys.modules.pop("unsloth", None)
-    import unsloth
-
-    assert unsloth.IS_STAND_IN
-    unsloth.CALLS.clear()
-    yield unsloth
-    sys.modules.pop("unsloth", None)
+    monkeypatch.setenv("UNSLOTH_STAND_IN_CALLS", str(calls))
+    assert "unsloth" not in sys.modules
+    yield lambda: [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
+    assert "unsloth" not in sys.modules  # nothing imported it into the test process
 
 
 def test_unsloth_backend_call_sequence_against_stand_in(workdir, tiny_model_dir, unsloth_stand_in):
@@ -328,7 +329,7 @@ def test_unsloth_backend_call_sequence_against_stand_in(workdir, tiny_model_dir,
     cfg = make_config(workdir, [model], seed=7)
     [rec] = finetune(cfg, backend="unsloth")
     out = workdir / "finetuned_models" / "u"
-    calls = unsloth_stand_in.CALLS
+    calls = unsloth_stand_in()
     assert [name for name, _ in calls] == ["from_pretrained", "get_peft_model", "save_pretrained_merged"]
     assert calls[0][1] == {"model_name": str(tiny_model_dir), "max_seq_length": 256, "load_in_4bit": False,
                            "dtype": None}
@@ -338,9 +339,10 @@ def test_unsloth_backend_call_sequence_against_stand_in(workdir, tiny_model_dir,
     merged = calls[2][1]
     assert merged["save_method"] == "merged_16bit"
     assert Path(merged["save_directory"]).name == ".u.staging"  # written aside, renamed into place
-    assert merged["tokenizer"].pad_token_id != merged["tokenizer"].eos_token_id
+    assert merged["tokenizer"]["pad_token_id"] != merged["tokenizer"]["eos_token_id"]
     assert rec["backend"] == "unsloth" and rec["backend_requested"] == "unsloth"
-    assert rec["post_merge_check"]["problems"] == []
+    # The stand-in patched LlamaForCausalLM in the training process: the check ran in another one.
+    assert rec["post_merge_check"]["problems"] == [] and rec["post_merge_check"]["prompts"] > 0
     assert (out / "config.json").is_file() and (out / "adapter" / "adapter_config.json").is_file()
 
 
@@ -348,14 +350,17 @@ def test_unsloth_backend_call_sequence_against_stand_in(workdir, tiny_model_dir,
 def test_auto_picks_peft_without_cuda_even_when_unsloth_imports(workdir, tiny_model_dir, unsloth_stand_in):
     [rec] = finetune(make_config(workdir, [lora_model("a", tiny_model_dir, max_steps=1)]))
     assert rec["backend"] == "peft" and "no CUDA" in rec["backend_reason"]
-    assert unsloth_stand_in.CALLS == []
+    assert unsloth_stand_in() == []
 
 
 def test_unsloth_backend_without_unsloth_is_a_one_line_user_error(workdir, tiny_model_dir, monkeypatch):
-    monkeypatch.setitem(sys.modules, "unsloth", None)  # as on a machine where it cannot import
+    # An unsloth that raises on import as the real one does without a GPU, seen by the training process.
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent / "unsloth_broken"))
     with pytest.raises(UserError) as err:
         finetune(make_config(workdir, [lora_model("x", tiny_model_dir)]), backend="unsloth")
-    assert "backend 'unsloth'" in str(err.value) and "\n" not in str(err.value)
+    assert "backend 'unsloth'" in str(err.value) and "NotImplementedError" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert not (workdir / "finetuned_models" / "x").exists()
 
 
 def test_per_model_front_defaults_to_its_model(tmp_path):
@@ -366,3 +371,24 @@ def test_per_model_front_defaults_to_its_model(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
         "tunesweep: error: no model named 'mistral' in the config (models: other)")
+
+
+def test_throughput_is_measured_from_the_trainers_own_token_count(workdir, tiny_model_dir):
+    model = lora_model("speed", tiny_model_dir, max_steps=None, epochs=1, batch_size=8)
+    cfg = make_config(workdir, [model])
+    [rec] = finetune(cfg)
+    t = rec["throughput"]
+    # One epoch: the trainer saw every training row once, EOS appended, no padding counted.
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    pairs = [build_training_pair(r, cfg.template) for r in load_split(workdir, "train")]
+    expected = sum(min(len(tok(p["prompt"] + p["completion"] + tok.eos_token)["input_ids"]), 256) for p in pairs)
+    assert t["tokens_seen"] == pytest.approx(expected, rel=0.02)
+    assert t["tokens_per_s"] > 0 and t["measured_s"] > 0
+    assert t["tokens_per_s"] * t["measured_s"] == pytest.approx(t["measured_tokens"], rel=0.1)
+    assert t["warmup_steps_excluded"] + t["measured_steps"] == rec["global_step"] == 14
+    assert t["warmup_steps_excluded"] == 5 and 0 < t["measured_tokens"] < t["tokens_seen"]
+    weights = (workdir / "finetuned_models" / "speed" / "model.safetensors").stat().st_size
+    assert t["peak_memory_bytes"] > weights and t["peak_memory_kind"] in (
+        "peak RSS of the training process", "cuda max_memory_allocated")

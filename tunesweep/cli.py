@@ -61,8 +61,10 @@ def cmd_split(args) -> int:
 def cmd_make_tiny_model(args) -> int:
     from .tinymodel import make_tiny_model
 
+    if args.hidden_size % args.num_heads:
+        raise UserError(f"--hidden-size {args.hidden_size} is not a multiple of --num-heads {args.num_heads}")
     out = make_tiny_model(args.out, data=args.data, seed=args.seed, hidden_size=args.hidden_size,
-                          num_layers=args.num_layers)
+                          num_layers=args.num_layers, num_heads=args.num_heads)
     print(f"tiny model written to {out}")
     return 0
 
@@ -151,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--hidden-size", type=int, default=128)
     sp.add_argument("--num-layers", type=int, default=2)
+    sp.add_argument("--num-heads", type=int, default=4,
+                    help="attention heads (e.g. --hidden-size 2048 --num-layers 16 --num-heads 16: a 0.7B Llama)")
 
     sp = add("finetune", cmd_finetune, "fine-tune each model (QLoRA / LoRA / full) and save merged checkpoints")
     sp.add_argument("--model", help="only this model")

@@ -312,6 +312,36 @@ def _plots_section(cfg: ExperimentConfig, scored: list[Scored], metrics: list[tu
     return lines, written
 
 
+def _training_section(cfg: ExperimentConfig) -> tuple[list[str], list[Path]]:
+    """Per fine-tuned model: backend and why, steps, time, trained tokens/s after warm-up, peak memory."""
+    rows, paths = [], []
+    for m in cfg.models:
+        path = cfg.path / "finetuned_models" / m.name / "tunesweep.json"
+        rec = _read_optional_json(path)
+        if rec is None:
+            continue
+        paths.append(path)
+        t = rec.get("throughput") or {}
+        speed = (f"{t['tokens_per_s']:,.0f} (last {t['measured_steps']} steps; {t['warmup_steps_excluded']} warm-up "
+                 "excluded)" if t.get("tokens_per_s") else "–")
+        peak = (f"{t['peak_memory_bytes'] / 2**30:.2f} GiB ({t['peak_memory_kind']})"
+                if t.get("peak_memory_bytes") else "–")
+        check = rec.get("post_merge_check") or {}
+        rows.append([m.name, f"{rec.get('backend')} ({rec.get('backend_reason')})", rec.get("method"),
+                     rec.get("global_step"), fmt(rec.get("train_runtime_s"), 1), speed, peak,
+                     fmt(rec.get("final_loss"), 4), f"{check.get('ended_with_eos', '–')}/{check.get('prompts', '–')}",
+                     rec.get("device")])
+    if not rows:
+        return [], paths
+    return ["## Fine-tuning", "",
+            "From each `finetuned_models/<model>/tunesweep.json`. Tokens/s counts the non-padding input tokens the "
+            "trainer saw per second of optimizer steps, after the first warm-up steps (compilation, allocator "
+            "warm-up) and without checkpoint writing; peak memory is the accelerator's peak allocation, or the "
+            "training process's peak RSS on a CPU.", "",
+            md_table(["model", "backend (why)", "method", "steps", "train time (s)", "trained tokens/s", "peak memory",
+                      "final loss", "EOS check", "device"], rows), ""], paths
+
+
 def _perplexity_section(perplexity: Optional[pd.DataFrame], path: Path, targets: dict[str, RunTarget]) -> list[str]:
     lines = ["## Perplexity", ""]
     if perplexity is None:
@@ -553,6 +583,8 @@ def report(cfg: ExperimentConfig) -> Path:
     lines += _results_section(scored, metrics, configs)
     lines += _best_section(scored, metrics)
     lines += _finetune_gain_section(cfg, scored, metrics, perplexity)
+    training, training_records = _training_section(cfg)
+    lines += training
     plot_lines, plots = _plots_section(cfg, scored, metrics, eval_dir / "plots")
     lines += plot_lines
     lines += _perplexity_section(perplexity, ppl_path, targets)
@@ -566,6 +598,7 @@ def report(cfg: ExperimentConfig) -> Path:
     inputs = [s.path for s in scored] + [eval_dir / n for n in ("all.csv", "perplexity.csv", "metrics.json",
                                                                    "human.csv", "human.json")]
     inputs += [responses / s.target.name / n for s in scored for n in ("manifest.json", "cleaning.json")]
+    inputs += training_records
     lines += _inputs_section(inputs, cfg.path)
 
     out = eval_dir / "report.md"

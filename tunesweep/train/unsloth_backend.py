@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 
-from .errors import UserError
-from .train import (TrainJob, TrainResult, compute_dtype, describe_device, ensure_distinct_pad, loss_history,
-                    repair_saved_ids, run_trainer, sft_config, training_dataset)
+from ..errors import UserError
+from .job import TrainJob, TrainResult
+from .toolkit import (compute_dtype, describe_device, ensure_distinct_pad, loss_history, repair_saved_ids,
+                      run_trainer, sft_config, training_dataset)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,9 @@ def train(job: TrainJob) -> TrainResult:
     from transformers import set_seed
     from trl import SFTTrainer
 
+    # Unsloth's own offloaded checkpointing unless a speed comparison asks for plain on/off.
+    checkpointing = "unsloth" if job.speed.gradient_checkpointing is None else job.speed.gradient_checkpointing
+
     m = job.model
     lora = m.lora
     set_seed(job.seed)  # get_peft_model's random_state seeds the LoRA init; this seeds the rest
@@ -46,7 +50,7 @@ def train(job: TrainJob) -> TrainResult:
     job.notes.append(ensure_distinct_pad(tokenizer, model))
     peft_kwargs = dict(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules),
-        bias="none", use_gradient_checkpointing="unsloth", random_state=job.seed,
+        bias="none", use_gradient_checkpointing=checkpointing, random_state=job.seed,
     )
     if lora.modules_to_save:
         peft_kwargs["modules_to_save"] = list(lora.modules_to_save)
@@ -58,11 +62,17 @@ def train(job: TrainJob) -> TrainResult:
         job,
         bf16=cuda and dtype == torch.bfloat16,
         fp16=cuda and dtype == torch.float16,
-        gradient_checkpointing=False,  # Unsloth does its own (use_gradient_checkpointing="unsloth")
+        gradient_checkpointing=False,  # Unsloth does its own (use_gradient_checkpointing above)
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=training_dataset(job), processing_class=tokenizer)
-    meta = run_trainer(trainer, job)
+    runtime, throughput = run_trainer(trainer, job, gradient_checkpointing={
+        "unsloth": "unsloth (offloaded)", True: "unsloth (plain)", False: "off"}[checkpointing])
     history, step = loss_history(trainer), trainer.state.global_step
+    result = TrainResult(loss_history=history, global_step=step, train_runtime_s=runtime, device=describe_device(),
+                         dtype=str(dtype).split(".")[-1] + (" (4-bit base)" if m.load_in_4bit else ""),
+                         pad_token=tokenizer.pad_token, eos_token=tokenizer.eos_token, throughput=throughput)
+    if not job.merge:
+        return result
 
     job.output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(job.adapter_dir))
@@ -71,6 +81,4 @@ def train(job: TrainJob) -> TrainResult:
     for fix in repair_saved_ids(job.output_dir, tokenizer):
         log.warning("%s: %s", job.name, fix)
         job.notes.append(fix)
-    return TrainResult(loss_history=history, global_step=step, train_runtime_s=meta["train_runtime_s"],
-                       device=describe_device(), dtype=str(dtype).split(".")[-1] + (" (4-bit base)" if m.load_in_4bit else ""),
-                       pad_token=tokenizer.pad_token, eos_token=tokenizer.eos_token)
+    return result

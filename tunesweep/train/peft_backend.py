@@ -11,9 +11,10 @@ import gc
 import logging
 from pathlib import Path
 
-from .errors import UserError
-from .train import (TrainJob, TrainResult, compute_dtype, describe_device, ensure_distinct_pad, loss_history,
-                    run_trainer, set_generation_ids, sft_config, training_dataset)
+from ..errors import UserError
+from .job import TrainJob, TrainResult
+from .toolkit import (compute_dtype, describe_device, ensure_distinct_pad, loss_history, run_trainer,
+                      set_generation_ids, sft_config, training_dataset)
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +80,14 @@ def train(job: TrainJob) -> TrainResult:
     model = load_causal_lm(m.base, dtype, quantize_4bit=m.load_in_4bit, name=m.name)
     job.notes.append(ensure_distinct_pad(tokenizer, model))
     quantized = is_quantized(model)
+    # Gradient checkpointing: on CUDA by default (memory); on a CPU the tiny models gain nothing from it
+    # and it costs a second forward pass. A speed comparison sets it explicitly.
+    checkpointing = cuda if job.speed.gradient_checkpointing is None else job.speed.gradient_checkpointing
     if m.lora is not None:
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
         if quantized:
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cuda)
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
         lora = LoraConfig(
             r=m.lora.r, lora_alpha=m.lora.alpha, lora_dropout=m.lora.dropout,
             target_modules=list(m.lora.target_modules), modules_to_save=list(m.lora.modules_to_save) or None,
@@ -97,13 +101,18 @@ def train(job: TrainJob) -> TrainResult:
         job,
         bf16=cuda and dtype == torch.bfloat16,
         fp16=cuda and dtype == torch.float16,
-        # On a CPU the tiny models gain nothing from it and it costs a second forward pass.
-        gradient_checkpointing=cuda,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cuda else None,
+        gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=training_dataset(job), processing_class=tokenizer)
-    meta = run_trainer(trainer, job)
+    runtime, throughput = run_trainer(trainer, job, gradient_checkpointing=(
+        "transformers (non-reentrant)" if checkpointing else "off"))
     history, step = loss_history(trainer), trainer.state.global_step
+    result = TrainResult(loss_history=history, global_step=step, train_runtime_s=runtime, device=describe_device(),
+                         dtype=str(dtype).split(".")[-1] + (" (nf4 base)" if quantized else ""),
+                         pad_token=tokenizer.pad_token, eos_token=tokenizer.eos_token, throughput=throughput)
+    if not job.merge:
+        return result
 
     job.output_dir.mkdir(parents=True, exist_ok=True)
     if m.lora is not None:
@@ -121,6 +130,4 @@ def train(job: TrainJob) -> TrainResult:
     set_generation_ids(merged, tokenizer)
     merged.save_pretrained(str(job.output_dir))
     tokenizer.save_pretrained(str(job.output_dir))
-    return TrainResult(loss_history=history, global_step=step, train_runtime_s=meta["train_runtime_s"],
-                       device=describe_device(), dtype=str(dtype).split(".")[-1] + (" (nf4 base)" if quantized else ""),
-                       pad_token=tokenizer.pad_token, eos_token=tokenizer.eos_token)
+    return result

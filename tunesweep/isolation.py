@@ -1,0 +1,121 @@
+"""Run one function in a fresh spawned process: the way tunesweep keeps process-wide side effects
+(Unsloth patching transformers' model classes at import, a CUDA context that `del model` does not
+free) out of everything that runs after it.
+
+`run_isolated(func, *args, name=..., log_file=...)` starts a spawned child (no inherited state),
+which logs to the console and to `log_file`, calls `func(*args)` and hands back its return value.
+The child dies with its parent (PR_SET_PDEATHSIG on Linux, a watchdog thread elsewhere), so a
+killed run leaves no orphan holding a GPU. Whatever goes wrong in the child reaches the caller as
+one UserError line naming `name` and the log: a UserError raised there keeps its text; any other
+exception, a signal (SIGKILL, the OOM killer) or a non-zero exit says what happened and where the
+traceback is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import UserError
+
+LOG_FORMAT = "tunesweep: %(message)s"
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) == 0 and os.getppid() == parent_pid:
+            return
+    except OSError:  # not Linux: fall back to polling
+        pass
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="tunesweep-parent-watch").start()
+
+
+def _child_main(func: Callable, args: tuple, result_path: str, log_file: str, parent_pid: int,
+                log_level: int) -> None:
+    _die_with_parent(parent_pid)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handlers.append(file_handler)
+    handlers[0].setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=log_level, handlers=handlers, force=True)
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        outcome = ("ok", func(*args))
+    except UserError as exc:
+        outcome = ("user_error", str(exc))
+    except BaseException as exc:  # a bug or a library failure: keep the traceback in the log
+        logging.getLogger(__name__).error("%s", traceback.format_exc())
+        outcome = ("error", f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
+    tmp = result_path + ".tmp"
+    with open(tmp, "wb") as fh:
+        pickle.dump(outcome, fh)
+    os.replace(tmp, result_path)
+
+
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            sig = signal.Signals(-exitcode).name
+        except ValueError:
+            sig = f"signal {-exitcode}"
+        hint = " (killed: out of memory, or by a user)" if -exitcode == signal.SIGKILL else ""
+        return f"was killed by {sig}{hint}"
+    return f"exited with code {exitcode}"
+
+
+def run_isolated(func: Callable[..., Any], *args, name: str, log_file: str | os.PathLike | None = None) -> Any:
+    """func(*args) in a fresh spawned process; its return value (picklable), or one UserError line."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    fd, result_path = tempfile.mkstemp(prefix="tunesweep-child-", suffix=".pickle")
+    os.close(fd)
+    os.unlink(result_path)
+    log_file = str(log_file) if log_file else ""
+    where = f"; log: {log_file}" if log_file else ""
+    # Not a daemon: a training child may start its own workers (datasets' num_proc), which daemons may not do.
+    proc = ctx.Process(target=_child_main, name=f"tunesweep-{name}",
+                       args=(func, args, result_path, log_file, os.getpid(), logging.getLogger().getEffectiveLevel()))
+    proc.start()
+    try:
+        proc.join()
+    except BaseException:  # KeyboardInterrupt: take the child down with us
+        proc.kill()
+        proc.join()
+        raise
+    try:
+        with open(result_path, "rb") as fh:
+            status, value = pickle.load(fh)
+    except FileNotFoundError:
+        raise UserError(f"{name}: the process {describe_exit(proc.exitcode)} before finishing{where}") from None
+    finally:
+        if os.path.exists(result_path):
+            os.unlink(result_path)
+    if status == "ok":
+        return value
+    if status == "user_error":
+        raise UserError(value)
+    raise UserError(f"{name}: failed with {value}; " + (f"traceback in {log_file}" if log_file else "traceback above"))

@@ -1,0 +1,105 @@
+"""What a trained model was trained from, and the on-disk states of a training: up to date (skip),
+resumable (a complete TRL checkpoint from the same inputs), or to be trained from scratch."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from ..config import ExperimentConfig, ModelConfig
+from ..files import fingerprint, read_json, sha256_file, write_json
+
+log = logging.getLogger(__name__)
+
+RECORD_NAME = "tunesweep.json"
+INPUTS_NAME = "inputs.json"
+# Files above this size are signed by (size, mtime) rather than hashed: hashing a 14 GB base
+# on every `finetune` call, just to decide to skip it, would cost minutes.
+HASH_LIMIT_BYTES = 64 << 20
+
+
+def base_signature(base: str) -> dict:
+    """What identifies the base: a hub id by name, a local folder by its files."""
+    path = Path(base)
+    if not path.is_dir():
+        return {"base": base, "kind": "hub"}
+    files = {}
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = str(f.relative_to(path))
+        st = f.stat()
+        files[rel] = sha256_file(f) if st.st_size <= HASH_LIMIT_BYTES else f"size={st.st_size},mtime={st.st_mtime_ns}"
+    return {"base": base, "kind": "local", "files": fingerprint(files)}
+
+
+def effective_train(m: ModelConfig, max_steps: Optional[int]) -> dict:
+    t = m.train.model_dump()
+    if max_steps is not None:
+        t["max_steps"] = max_steps
+    return t
+
+
+def training_inputs(cfg: ExperimentConfig, m: ModelConfig, backend: str, train: dict, data_sha: str) -> dict:
+    """Everything that changes the trained weights (evaluate_base does not, so it is left out)."""
+    section = m.model_dump(exclude={"evaluate_base", "train", "backend"})
+    return {"model": section, "train": train, "backend": backend, "base": base_signature(m.base),
+            "train_sha256": data_sha, "template": cfg.template, "seed": cfg.seed}
+
+
+def is_current(out_dir: Path, inputs_fp: str) -> Optional[dict]:
+    try:
+        record = read_json(out_dir / RECORD_NAME)
+    except (OSError, json.JSONDecodeError):
+        return None
+    if record.get("inputs_fingerprint") != inputs_fp or not (out_dir / "config.json").is_file():
+        return None
+    return record
+
+
+def last_complete_checkpoint(training_dir: Path) -> Optional[str]:
+    """The newest checkpoint-* with trainer_state.json (written last, so its presence means complete)."""
+    if not training_dir.is_dir():
+        return None
+    steps = []
+    for p in training_dir.glob("checkpoint-*"):
+        try:
+            steps.append((int(p.name.split("-")[1]), p))
+        except (IndexError, ValueError):
+            continue
+    for _, p in sorted(steps, reverse=True):
+        if (p / "trainer_state.json").is_file():
+            return str(p)
+        log.warning("ignoring incomplete checkpoint %s (the run was killed while saving it)", p)
+        shutil.rmtree(p, ignore_errors=True)
+    return None
+
+
+def prepare_training_dir(training_dir: Path, inputs: dict, force: bool) -> Optional[str]:
+    """Return a checkpoint to resume from, or clear checkpoints trained from other inputs."""
+    recorded = None
+    try:
+        recorded = read_json(training_dir / INPUTS_NAME)
+    except (OSError, json.JSONDecodeError):
+        pass
+    resume = None
+    if not force and recorded == json.loads(json.dumps(inputs)):
+        resume = last_complete_checkpoint(training_dir)
+    if resume is None:
+        for p in training_dir.glob("checkpoint-*"):
+            shutil.rmtree(p, ignore_errors=True)
+    write_json(training_dir / INPUTS_NAME, inputs)
+    return resume
+
+
+def swap_into_place(staging: Path, out_dir: Path) -> None:
+    """Replace out_dir by staging with two renames, so out_dir is never half-written."""
+    old = out_dir.with_name(f".{out_dir.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
