@@ -330,6 +330,8 @@ def test_unsloth_backend_call_sequence_against_stand_in(workdir, tiny_model_dir,
     [rec] = finetune(cfg, backend="unsloth")
     out = workdir / "finetuned_models" / "u"
     calls = unsloth_stand_in()
+    assert calls[0] == ["import", {"imported_before": []}]  # unsloth first, as it asks: it patches the others
+    calls = calls[1:]
     assert [name for name, _ in calls] == ["from_pretrained", "get_peft_model", "save_pretrained_merged"]
     assert calls[0][1] == {"model_name": str(tiny_model_dir), "max_seq_length": 256, "load_in_4bit": False,
                            "dtype": None}

@@ -69,7 +69,7 @@ def test_unsloth_patches_reach_no_later_model_or_stage(tmp_path, tiny_model_dir)
     res = tunesweep("run", "--config", write_study(tmp_path, tiny_model_dir), env=env, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     assert [c[0] for c in map(json.loads, calls.read_text().splitlines())] == [
-        "from_pretrained", "get_peft_model", "save_pretrained_merged"]  # the stand-in really trained model 1
+        "import", "from_pretrained", "get_peft_model", "save_pretrained_merged"]  # the stand-in trained model 1
     work = tmp_path / "work"
     first = read_json(work / "finetuned_models" / "first-unsloth" / "tunesweep.json")
     second = read_json(work / "finetuned_models" / "then-peft" / "tunesweep.json")

@@ -1,7 +1,9 @@
 """The unsloth training backend (CUDA only): Unsloth's FastLanguageModel + TRL's SFTTrainer.
 
 `import unsloth` raises on a machine without a GPU, so it is imported here, inside `train`, and
-only when this backend was picked. The call sequence is the one Unsloth documents:
+only when this backend was picked; and it must come before transformers, peft and trl are imported
+(it patches them at import; measured on an H100: imported after them, Unsloth warns that its
+optimizations are not all applied), so the toolkit, which imports transformers, is imported after it. The call sequence is the one Unsloth documents:
 FastLanguageModel.from_pretrained -> FastLanguageModel.get_peft_model -> SFTTrainer.train ->
 model.save_pretrained_merged(dir, tokenizer, save_method="merged_16bit") (the format vLLM loads).
 """
@@ -12,8 +14,6 @@ import logging
 
 from ..errors import UserError
 from .job import TrainJob, TrainResult
-from .toolkit import (compute_dtype, describe_device, ensure_distinct_pad, loss_history, repair_saved_ids,
-                      run_trainer, sft_config, training_dataset)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ def train(job: TrainJob) -> TrainResult:
     import torch
     from transformers import set_seed
     from trl import SFTTrainer
+
+    from .toolkit import (compute_dtype, describe_device, ensure_distinct_pad, loss_history, repair_saved_ids,
+                          run_trainer, sft_config, training_dataset)
 
     # Unsloth's own offloaded checkpointing unless a speed comparison asks for plain on/off.
     checkpointing = "unsloth" if job.speed.gradient_checkpointing is None else job.speed.gradient_checkpointing

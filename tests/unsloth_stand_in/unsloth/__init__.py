@@ -50,6 +50,8 @@ def _patch_llama_forward() -> None:
     modeling_llama.LlamaForCausalLM.forward = forward
 
 
+# Unsloth must be imported before transformers / peft / trl to apply all its patches: record the order.
+_record("import", {"imported_before": sorted(m for m in ("transformers", "peft", "trl") if m in __import__("sys").modules)})
 _patch_llama_forward()
 
 
