@@ -144,6 +144,13 @@ def test_every_design_output_exists_and_agrees(run_a):
 
     report = (work / "eval_results" / "report.md").read_text()
     assert "tiny-base" in report and "top_k_50_num_beams_1_temp_0.8" in report
+    # The fine-tuning section carries the run's own measured throughput and memory.
+    speed = meta["throughput"]
+    assert speed["tokens_per_s"] > 0 and speed["peak_memory_bytes"] > 0
+    [row] = [line for line in report.splitlines() if line.startswith("| tiny | peft (")]
+    assert f"{speed['tokens_per_s']:,.0f} (last {speed['measured_steps']} steps; " \
+           f"{speed['warmup_steps_excluded']} warm-up excluded)" in row
+    assert f"{speed['peak_memory_bytes'] / 2**30:.2f} GiB" in row
     plots = list((work / "eval_results" / "plots").glob("*.png"))
     assert plots and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
     for stage in ("split", "finetune", "generate", "clean", "score", "report"):
