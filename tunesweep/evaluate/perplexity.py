@@ -1,0 +1,105 @@
+"""Perplexity of reference answers under a checkpoint: exp of the mean NLL over response tokens.
+
+The sequence scored is exactly what training sees: `build_prompt(r)` + output + EOS, tokenized
+the way TRL's completion-only loss tokenizes it (prompt and prompt+completion tokenized
+separately; the completion starts where the two token lists diverge). Only completion tokens,
+EOS included, count: the prompt is context, not something the model is asked to predict.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from ..loading import load_for_inference
+from ..templates import build_training_pair
+
+
+def scoring_pair(record: dict, template: str = "alpaca") -> dict:
+    """{"prompt", "completion"} for a test row, or for a response record (prompt + reference)."""
+    if "instruction" in record:
+        return build_training_pair(record, template)
+    return {"prompt": record["prompt"], "completion": str(record["reference"]).strip()}
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def encode_for_scoring(tokenizer, record: dict, template: str = "alpaca",
+                       max_length: Optional[int] = None) -> tuple[list[int], int]:
+    """(input_ids, prompt_len): the tokens of prompt + completion + EOS and where the completion starts."""
+    pair = scoring_pair(record, template)
+    completion = pair["completion"]
+    if not completion.endswith(tokenizer.eos_token):
+        completion += tokenizer.eos_token
+    prompt_ids = tokenizer(pair["prompt"])["input_ids"]
+    full_ids = tokenizer(pair["prompt"] + completion)["input_ids"]
+    prompt_len = _common_prefix(prompt_ids, full_ids)
+    if max_length is not None and len(full_ids) > max_length:
+        # Keep the completion whole where possible: drop the start of the prompt, not the answer.
+        cut = len(full_ids) - max_length
+        full_ids = full_ids[cut:]
+        prompt_len = max(prompt_len - cut, 0)
+    return full_ids, prompt_len
+
+
+def response_nll(model, tokenizer, records: list[dict], template: str = "alpaca", batch_size: int = 8,
+                 max_length: Optional[int] = None, progress: bool = True) -> tuple[float, int]:
+    """(summed NLL in nats, number of scored tokens) of the records' completions under `model`."""
+    import torch
+    from tqdm.auto import tqdm
+
+    if max_length is None:
+        max_length = getattr(model.config, "max_position_embeddings", None)
+    encoded = [encode_for_scoring(tokenizer, r, template, max_length) for r in records]
+    # Longest first: similar lengths share a batch (less padding), and memory trouble shows at once.
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    total_nll, total_tokens = 0.0, 0
+    model.eval()
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc="perplexity", unit="batch", disable=not progress or len(batches) < 2):
+        width = max(len(encoded[i][0]) for i in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attn = torch.zeros((len(batch), width), dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        for row, i in enumerate(batch):
+            seq, prompt_len = encoded[i]
+            n = len(seq)
+            ids[row, :n] = torch.tensor(seq)
+            attn[row, :n] = 1
+            labels[row, prompt_len:n] = torch.tensor(seq[prompt_len:])
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
+        # Position t predicts token t+1.
+        shift_logits = logits[:, :-1, :]
+        shift_labels = labels[:, 1:].to(device)
+        nll = torch.nn.functional.cross_entropy(
+            shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100,
+            reduction="sum",
+        )
+        total_nll += float(nll)
+        total_tokens += int((shift_labels != -100).sum())
+    return total_nll, total_tokens
+
+
+def corpus_perplexity(checkpoint: str, records: list[dict], template: str = "alpaca", batch_size: int = 8,
+                      max_length: Optional[int] = None) -> dict:
+    """{"perplexity", "nll", "tokens"}: exp of the mean per-token NLL over the records' responses.
+
+    `records` are test rows (instruction / input / output) or response records (prompt / reference).
+    """
+    if not records:
+        raise ValueError("corpus_perplexity needs at least one record")
+    model, tokenizer = load_for_inference(str(checkpoint))
+    total_nll, tokens = response_nll(model, tokenizer, records, template, batch_size, max_length)
+    del model
+    mean_nll = total_nll / tokens
+    return {"perplexity": math.exp(mean_nll), "nll": mean_nll, "tokens": tokens}
