@@ -167,7 +167,9 @@ def export_sheet(cfg: ExperimentConfig, out: Optional[str | Path] = None,
     keys: set[str] = set()
     items: dict[str, dict] = {}
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    # CRLF rows (RFC 4180, as spreadsheets write them): the csv module then quotes a cell holding a
+    # lone "\r" too, which a model can emit and which would otherwise split the row when read back.
+    writer = csv.writer(buf, lineterminator="\r\n")
     writer.writerow(SHEET_COLUMNS)
     for target, config, rec in entries:
         # Opaque keys: 8 random hex digits (a typo is very unlikely to hit another item) behind a
