@@ -8,7 +8,6 @@
 # same command continues where it stopped. Each stage logs to <workdir>/logs/<stage>.log.
 set -euo pipefail
 
-STAGES=(split finetune generate clean score report)
 CONFIG=configs/alpaca.yaml
 FROM=""
 ONLY=""
@@ -25,13 +24,16 @@ while [[ $# -gt 0 ]]; do
     *) echo "hyperparameter_experiments.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
   esac
 done
+TUNESWEEP=${TUNESWEEP:-tunesweep}
+# The stage list has one home, tunesweep/stages.py; `tunesweep run` reads the same.
+mapfile -t STAGES < <($TUNESWEEP stages)
+[[ ${#STAGES[@]} -gt 0 ]] || { echo "hyperparameter_experiments.sh: \`$TUNESWEEP stages\` printed no stages" >&2; exit 2; }
 for s in "$FROM" "$ONLY"; do
   if [[ -n "$s" && ! " ${STAGES[*]} " =~ " $s " ]]; then
     echo "hyperparameter_experiments.sh: unknown stage '$s' (stages: ${STAGES[*]})" >&2; exit 2
   fi
 done
 
-TUNESWEEP=${TUNESWEEP:-tunesweep}
 # Validates the whole config before any work starts (exit 2 with the key and value at fault).
 WORKDIR=$($TUNESWEEP plan --config "$CONFIG" --get workdir)
 LOGDIR="$WORKDIR/logs"

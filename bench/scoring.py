@@ -4,11 +4,10 @@ The score stage hands every metric the pairs of all decoding configs of a model 
   - BERTScore: one BERTScorer.score call, so each reference (repeated once per config) is
     embedded once; config by config embeds it once per config;
   - ROUGE-L: one call over all pairs (tokens and stems memoised across configs, each distinct
-    pair scored once, a process pool when the work is large enough to pay for it); the bench also
-    times that one pass forced through the pool.
-Both variants call the same tunesweep.metrics functions on the same real text (Alpaca answers of
+    pair scored once).
+Both variants call the same tunesweep.evaluate.metrics functions on the same real text (Alpaca answers of
 ../shared/data/alpaca_en_demo.json; each config's responses are perturbed answers of other
-records) and must give the same scores. The BERTScore model is loaded once, before either timing.
+records; tests/data/alpaca_sample.json where ../shared is absent) and must give the same scores. The BERTScore model is loaded once, before either timing.
 The plain rouge-score loop the course repositories ran (one RougeScorer per config, one pair at a
 time) is printed for context.
 
@@ -39,6 +38,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DEMO = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "alpaca_en_demo.json"
+if not DEMO.is_file():
+    DEMO = Path(__file__).resolve().parent.parent / "tests" / "data" / "alpaca_sample.json"
 
 
 def perturb(text: str, k: int) -> str:
@@ -127,14 +128,14 @@ def main() -> int:
     import torch
     from rouge_score import rouge_scorer
 
-    from tunesweep import metrics
+    from tunesweep.evaluate import metrics
 
     refs, hyps = build_texts(Path(args.data), args.configs, args.rows, args.max_words)
     flat_hyps = [h for texts in hyps.values() for h in texts]
     flat_refs = refs * len(hyps)
     groups = [len(refs)] * len(hyps)
     print(f"command: {shlex.join(['.venv/bin/python' if sys.executable.endswith('.venv/bin/python') else sys.executable, *sys.argv])}")
-    print(f"machine: {platform.machine()}, {metrics.available_cores()} cores usable, torch threads "
+    print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores usable, torch threads "
           f"{torch.get_num_threads()}, load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
     # --- BERTScore ---
@@ -155,10 +156,7 @@ def main() -> int:
     refs, hyps = build_texts(Path(args.data), args.configs, args.rows, None, cap_words=100)
     flat_hyps = [h for texts in hyps.values() for h in texts]
     flat_refs = refs * len(hyps)
-    cells = metrics.lcs_cells(list(zip(flat_hyps, flat_refs)))
-    print(f"\nROUGE-L: rouge-score with the Porter stemmer, tokens memoised; a pool of {metrics.available_cores()} "
-          f"workers when the LCS work exceeds {metrics.POOL_MIN_CELLS:,} cells (this one pass: {cells:,}: "
-          f"{'pool' if cells >= metrics.POOL_MIN_CELLS else 'in-process'})")
+    print("\nROUGE-L: rouge-score with the Porter stemmer, tokens and stems memoised, each distinct pair once")
     print(f"  data: all answers, responses cut at 100 words: {describe(refs, hyps)}")
 
     def course_loop():
@@ -168,20 +166,16 @@ def main() -> int:
             out.extend(scorer.score(r, x)["rougeL"].fmeasure for x, r in zip(h, refs))
         return np.array(out)
 
-    per_config, one_pass, pooled, plain = alternate(args.repeats, [
+    per_config, one_pass, plain = alternate(args.repeats, [
         lambda: np.concatenate([metrics.rouge_rows(h, refs)[:, 2] for h in hyps.values()]),
         lambda: metrics.rouge_rows(flat_hyps, flat_refs)[:, 2],
-        lambda: metrics.rouge_rows(flat_hyps, flat_refs, pool_min_cells=0)[:, 2],
         course_loop], before=metrics.clear_caches)
-    assert per_config[2].tolist() == one_pass[2].tolist() == pooled[2].tolist() == plain[2].tolist(), \
-        "ROUGE-L variants disagree"
+    assert per_config[2].tolist() == one_pass[2].tolist() == plain[2].tolist(), "ROUGE-L variants disagree"
     show(str(len(hyps)), per_config, one_pass, "   (identical scores)")
-    print(f"  one pass, forced through the pool: wall {pooled[0]:8.2f} s   CPU {pooled[1]:8.2f} s   "
-          f"({per_config[0] / pooled[0]:.2f}x config by config's wall time)")
     print(f"  plain rouge-score loop      : wall {plain[0]:8.2f} s   CPU {plain[1]:8.2f} s   "
           f"(the course repositories' way; {plain[0] / one_pass[0]:.2f}x the one pass's wall time)")
     return 0
 
 
-if __name__ == "__main__":  # the ROUGE pool's workers must not rerun this
+if __name__ == "__main__":
     sys.exit(main())

@@ -1,14 +1,18 @@
-"""Shared fixtures. Expensive things (tiny models, vLLM engines) are built once per session.
+"""Shared fixtures. Expensive things (tiny models, vLLM engines, a scored study) are built once per session.
 
-Everything runs offline: no test may reach a model or dataset hub.
+Everything runs offline: no test may reach a model or dataset hub, and nothing outside the checkout
+is read (the real Alpaca records are tests/data/alpaca_sample.json).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
+
+from helpers import STUDY_CONFIG, STUDY_MAX_NEW, STUDY_ROWS, Study
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -18,7 +22,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DEMO = REPO.parent / "shared" / "data" / "alpaca_en_demo.json"
+ALPACA_SAMPLE = REPO / "tests" / "data" / "alpaca_sample.json"
 
 
 @pytest.fixture(scope="session")
@@ -28,10 +32,8 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def alpaca_demo_path() -> Path:
-    """999 real Alpaca records from ../shared (not copied into the project)."""
-    if not SHARED_DEMO.is_file():
-        pytest.skip(f"{SHARED_DEMO} not found (../shared must sit beside the checkout)")
-    return SHARED_DEMO
+    """400 real Alpaca records shipped with the tests (tests/data/README.md: source and licence)."""
+    return ALPACA_SAMPLE
 
 
 @pytest.fixture(scope="session")
@@ -44,8 +46,40 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_alpaca_model_dir(tmp_path_factory, alpaca_demo_path) -> Path:
-    """A tiny random Llama whose tokenizer is trained on the real Alpaca demo records."""
+    """A tiny random Llama whose tokenizer is trained on the real Alpaca records."""
     from tunesweep.tinymodel import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny-alpaca") / "tiny-llama", data=str(alpaca_demo_path), seed=0)
 
+
+# --- one study, produced by the real stages --------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def study(tmp_path_factory, tiny_model_dir) -> Study:
+    """split -> generate -> clean -> score on a tiny study, by the stages themselves.
+
+    Target `tiny` is the tiny random model standing in for a fine-tuned checkpoint (training has tests
+    of its own), generated with vLLM through the CLI (one engine); `tiny-base` is the same weights as
+    a base row, generated with the hf backend, so the two backends can be compared row by row.
+    Read-only for the tests: a test that changes files works on `study.copy_to(tmp_path)`.
+    """
+    from helpers import run_tunesweep
+    from tunesweep.config import load_config
+    from tunesweep.data import split_for_config
+    from tunesweep.evaluate.clean import clean
+    from tunesweep.evaluate.scoring import score
+    from tunesweep.generate import generate
+
+    root = tmp_path_factory.mktemp("study")
+    workdir = root / "work"
+    config = root / "study.yaml"
+    config.write_text(STUDY_CONFIG.format(workdir=workdir, base=tiny_model_dir, max_new=STUDY_MAX_NEW))
+    cfg = load_config(config)
+    split_for_config(cfg)
+    shutil.copytree(tiny_model_dir, workdir / "finetuned_models" / "tiny")
+    res = run_tunesweep("generate", "--config", config, "--model", "tiny", "--limit", STUDY_ROWS)
+    assert res.returncode == 0, res.stderr[-3000:]
+    generate(cfg, model="tiny-base", backend="hf", limit=STUDY_ROWS)
+    clean(cfg)
+    score(cfg)
+    return Study(workdir, config, res.stderr)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,3 +42,53 @@ def kill_when(cmd: list, ready, timeout: float, what: str, **popen_kwargs) -> No
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def exit_at_once(*args) -> None:
+    """A generation worker that dies without a word (as one killed by the OOM killer would)."""
+    os._exit(3)
+
+
+# --- the study the `study` fixture (conftest.py) produces ----------------------------------------
+
+STUDY_ROWS = 20  # --limit: the first 20 of the 24 test rows
+STUDY_MAX_NEW = 16
+# 13 configs; beam width 4 is in the sweep so vLLM's beam search can be compared with transformers'.
+STUDY_CONFIG = """\
+name: study
+workdir: {workdir}
+seed: 42
+dataset: {{source: builtin:tasks, builtin_rows: 300, test_size: 24}}
+models:
+  - name: tiny
+    base: {base}
+    lora: null
+    evaluate_base: true
+generation:
+  backend: vllm
+  max_new_tokens: {max_new}
+  defaults: {{top_k: 50, num_beams: 1, temperature: 0.8}}
+  sweep: {{top_k: [10, 25, 40, 75], num_beams: [2, 4, 5, 10], temperature: [0.0, 0.25, 0.5, 1.0]}}
+  engine: {{max_model_len: 512, dtype: bfloat16}}   # the CPU path must use float32 anyway
+evaluation:
+  metrics: [bleu, rougeL, bertscore, perplexity]
+  bertscore: {{model: null}}
+  bootstrap: 50
+  human: {{rows_per_config: 3, scale_min: 1, scale_max: 5}}
+"""
+
+
+@dataclass
+class Study:
+    root: Path  # the workdir
+    config: Path  # the YAML file
+    generate_stderr: str  # what `tunesweep generate` printed for the fine-tuned target
+
+    def copy_to(self, dest: Path) -> "Study":
+        """An independent copy (tests that change files work on one): workdir and config, re-pointed."""
+        shutil.copytree(self.root, dest / "work")
+        config = dest / "study.yaml"
+        config.write_text(self.config.read_text().replace(str(self.root), str(dest / "work")))
+        return Study(dest / "work", config, self.generate_stderr)
+
+

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO
-from tunesweep.clean import clean, clean_response
+from tunesweep.evaluate.clean import clean, clean_response
 from tunesweep.config import expand_sweep, load_config
 from tunesweep.errors import UserError
 from tunesweep.files import read_json, read_jsonl, write_json, write_jsonl
@@ -96,12 +96,12 @@ def test_clean_rerun_touches_nothing_and_follows_edits(tmp_path):
     assert read_jsonl(folder / f"{name}.jsonl")[0]["response"] == "Blue."
 
 
-def test_clean_response_is_what_generate_writes():
-    # The stage and the generate stage share one rule set; this pins its flags on the cases above.
-    for raw, _, prompt, expected in CASES:
-        text, flags = clean_response(raw, prompt)
-        assert text == expected
-        assert flags["empty"] == (expected == "")
+def test_clean_response_flags_say_what_was_done():
+    text, flags = clean_response(PROMPT_A + "Blue.</s>\n\n### Instruction:\nmore", PROMPT_A)
+    assert text == "Blue." and flags == {"echo": True, "cut": True, "special": True, "empty": False}
+    assert clean_response("Plain answer.", PROMPT_A) == ("Plain answer.", dict.fromkeys(flags, False))
+    # An echo that differs only in surrounding whitespace is still an echo.
+    assert clean_response("\n" + PROMPT_A.strip() + " Red", PROMPT_A)[0] == "Red"
 
 
 def test_clean_missing_config_file_names_it(tmp_path):

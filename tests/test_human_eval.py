@@ -1,5 +1,5 @@
 """Human evaluation: agreement statistics against worked examples, and the export -> rate -> import
-round trip on a synthetic study (test_report.build_study) with two raters."""
+round trip with two raters on (a copy of) the study the real stages produced (conftest `study`)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,18 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import run_tunesweep
-from test_report import build_study
 
+from helpers import run_tunesweep
 from tunesweep.config import expand_sweep, load_config
 from tunesweep.errors import UserError
+from tunesweep.evaluate.agreement import krippendorff_alpha, pairwise_exact_agreement
+from tunesweep.evaluate.human_eval import SHEET_COLUMNS, export_sheet, import_ratings
 from tunesweep.files import derive_seed, read_jsonl, write_jsonl
-from tunesweep.human_eval import (SHEET_COLUMNS, export_sheet, import_ratings, key_path, krippendorff_alpha,
-                                  pairwise_exact_agreement)
+from tunesweep.layout import Workdir
+
+
+def key_path(cfg):
+    return Workdir(cfg.path).human_key
 
 # --- agreement: worked examples ------------------------------------------------------------------
 
@@ -63,12 +67,11 @@ def test_agreement_on_a_hand_computed_example():
 # --- the round trip ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    root = tmp_path_factory.mktemp("human")
-    cfg_path = build_study(root)
-    cfg = load_config(cfg_path)
+def exported(study, tmp_path_factory):
+    copy = study.copy_to(tmp_path_factory.mktemp("human"))
+    cfg = load_config(copy.config)
     sheet = export_sheet(cfg)
-    return cfg_path, cfg, sheet
+    return copy.config, cfg, sheet
 
 
 def read_sheet(path: Path) -> list[dict]:
@@ -93,14 +96,14 @@ def rate(key: dict, item: str, rater: str) -> int:
     return base
 
 
-def test_export_is_stratified_blinded_and_seeded(study, tmp_path):
-    cfg_path, cfg, sheet = study
+def test_export_is_stratified_blinded_and_seeded(exported, tmp_path):
+    cfg_path, cfg, sheet = exported
     rows = read_sheet(sheet)
     key = json.loads(key_path(cfg).read_text())
     assert list(rows[0]) == SHEET_COLUMNS
     targets = [t.name for t in cfg.run_targets()]
     configs = [dc.name for dc in expand_sweep(cfg.generation)]
-    # 3 rows x 5 configs x 3 targets, the SAME three test rows in every cell.
+    # 3 rows x 13 configs x 2 targets, the SAME three test rows in every cell.
     assert len(rows) == 3 * len(configs) * len(targets)
     cells: dict[tuple, set] = {}
     for r in rows:
@@ -135,10 +138,10 @@ def test_export_is_stratified_blinded_and_seeded(study, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def rated(study, tmp_path_factory):
+def rated(exported, tmp_path_factory):
     """alice rates every row in her own file (rater cell blank: the file names her); bob writes his
     name in the rater column and leaves one row blank."""
-    cfg_path, cfg, sheet = study
+    cfg_path, cfg, sheet = exported
     key = json.loads(key_path(cfg).read_text())
     rows = read_sheet(sheet)
     out = tmp_path_factory.mktemp("rated")
@@ -166,8 +169,8 @@ def read_human(cfg) -> dict:
         return {(r["model"], r["config"]): r for r in csv.DictReader(fh)}
 
 
-def test_import_writes_mean_ratings_and_agreement(study, rated):
-    cfg_path, cfg, _ = study
+def test_import_writes_mean_ratings_and_agreement(exported, rated):
+    cfg_path, cfg, _ = exported
     alice, bob, expected, pairs = rated
     out = import_ratings(cfg, [alice, bob])
     assert out == cfg.path / "eval_results" / "human.csv"
@@ -202,19 +205,19 @@ def test_import_writes_mean_ratings_and_agreement(study, rated):
 
     text = report(cfg).read_text()
     assert "## Human evaluation" in text and "Krippendorff's alpha" in text
-    alpha_row = next(line for line in text.splitlines() if line.startswith("| `top_k_50_num_beams_1_temp_0.8`"))
-    centre = expected[("alpha", "top_k_50_num_beams_1_temp_0.8")]
-    assert alpha_row.rstrip(" |").endswith(f"{sum(centre) / len(centre):.2f}")
+    tiny_row = next(line for line in text.splitlines() if line.startswith("| `top_k_50_num_beams_1_temp_0.8`"))
+    centre = expected[("tiny", "top_k_50_num_beams_1_temp_0.8")]
+    assert tiny_row.rstrip(" |").endswith(f"{sum(centre) / len(centre):.2f}")
 
 
-def test_one_rater_has_no_agreement_figure(study, rated, tmp_path):
-    cfg_path, cfg, _ = study
+def test_one_rater_has_no_agreement_figure(exported, rated, tmp_path):
+    cfg_path, cfg, _ = exported
     alice, _, expected, _ = rated
     # As a spreadsheet may save it: capitalised header, a trailing empty row; still alice's ratings.
-    lines = alice.read_text(encoding="utf-8").splitlines()
-    lines[0] = lines[0].replace("item", "Item").replace("rating", "Rating")
+    header, rest = alice.read_bytes().decode("utf-8").split("\r\n", 1)
     resaved = tmp_path / "alice.csv"
-    resaved.write_text("\n".join(lines + [",,,,,,"]) + "\n", encoding="utf-8")
+    resaved.write_bytes((header.replace("item", "Item").replace("rating", "Rating") + "\r\n" + rest
+                         + ",,,,,,\r\n").encode("utf-8"))
     import_ratings(cfg, [resaved])
     human = read_human(cfg)
     assert len(human) == len(expected)
@@ -239,8 +242,8 @@ def test_one_rater_has_no_agreement_figure(study, rated, tmp_path):
     ("item", "deadbeef", "unknown item 'deadbeef'"),
     ("response", "an edited answer", "the response text differs from the exported one"),
 ])
-def test_bad_rows_are_rejected_with_file_row_and_value(study, rated, tmp_path, column, value, message):
-    cfg_path, cfg, _ = study
+def test_bad_rows_are_rejected_with_file_row_and_value(exported, rated, tmp_path, column, value, message):
+    cfg_path, cfg, _ = exported
     alice = rated[0]
     rows = read_sheet(alice)
     rows[5][column] = value  # the 6th data row is row 7 of the spreadsheet (the header is row 1)
@@ -251,8 +254,8 @@ def test_bad_rows_are_rejected_with_file_row_and_value(study, rated, tmp_path, c
     assert f"{bad}: row 7" in text and message in text and "\n" not in text
 
 
-def test_other_import_mistakes(study, rated, tmp_path):
-    cfg_path, cfg, _ = study
+def test_other_import_mistakes(exported, rated, tmp_path):
+    cfg_path, cfg, _ = exported
     alice = rated[0]
     # The same rater twice (alice.csv under two names would be two raters; a copy named alice is not).
     copy_dir = tmp_path / "copy"
@@ -271,8 +274,8 @@ def test_other_import_mistakes(study, rated, tmp_path):
         import_ratings(cfg, [])
 
 
-def test_ratings_of_regenerated_responses_are_refused(study, rated, tmp_path):
-    cfg_path, cfg, _ = study
+def test_ratings_of_regenerated_responses_are_refused(exported, rated, tmp_path):
+    cfg_path, cfg, _ = exported
     alice = rated[0]
     key = json.loads(key_path(cfg).read_text())
     e = next(iter(key["items"].values()))
@@ -290,8 +293,8 @@ def test_ratings_of_regenerated_responses_are_refused(study, rated, tmp_path):
         path.write_bytes(original)
 
 
-def test_cli_rejects_a_seven_in_one_line(study, rated, tmp_path):
-    cfg_path, cfg, _ = study
+def test_cli_rejects_a_seven_in_one_line(exported, rated, tmp_path):
+    cfg_path, cfg, _ = exported
     rows = read_sheet(rated[0])
     rows[2]["rating"] = "7"
     bad = write_sheet(tmp_path / "dave.csv", rows)

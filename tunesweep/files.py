@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from .errors import UserError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -56,20 +58,27 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
     write_text(path, jsonl_dumps(records))
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSONL file written by tunesweep; a broken line is reported by file and line."""
-    from .errors import UserError
-
-    out = []
+def read_jsonl_rows(path: str | os.PathLike, unit: str = "line") -> tuple[list[tuple[int, object]], list[str]]:
+    """(line number, value) for every non-blank line, and one fault per line that is not JSON,
+    named by file and `unit` ("line", or "row" where the lines are a dataset's rows)."""
+    rows, faults = [], []
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                out.append(json.loads(line))
+                rows.append((lineno, json.loads(line)))
             except json.JSONDecodeError as exc:
-                raise UserError(f"{path}: line {lineno}: not valid JSON ({exc.msg})") from None
-    return out
+                faults.append(f"{path}: {unit} {lineno}: not valid JSON ({exc.msg})")
+    return rows, faults
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read a JSONL file written by tunesweep; a broken line is reported by file and line."""
+    rows, faults = read_jsonl_rows(path)
+    if faults:
+        raise UserError(faults[0])
+    return [value for _, value in rows]
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Optional
 
 from .config import ExperimentConfig
 from .errors import UserError
+from .layout import Workdir
+from .stages import STAGES
 
 log = logging.getLogger(__name__)
-
-STAGES = ("split", "finetune", "generate", "clean", "score", "report")
 
 
 def _run_split(cfg: ExperimentConfig, limit: Optional[int]) -> None:
@@ -40,13 +39,13 @@ def _run_generate(cfg, limit):
 
 
 def _run_clean(cfg, limit):
-    from .clean import clean
+    from .evaluate.clean import clean
 
     clean(cfg)
 
 
 def _run_score(cfg, limit):
-    from .scoring import score
+    from .evaluate.scoring import score
 
     score(cfg)
 
@@ -70,11 +69,11 @@ def stages_to_run(from_stage: Optional[str] = None, only_stage: Optional[str] = 
 
 def run_pipeline(cfg: ExperimentConfig, from_stage: Optional[str] = None, only_stage: Optional[str] = None,
                  limit: Optional[int] = None) -> None:
-    log_dir = Path(cfg.path) / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    paths = Workdir(cfg.path)
+    paths.logs_dir.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     for stage in stages_to_run(from_stage, only_stage):
-        handler = logging.FileHandler(log_dir / f"{stage}.log", mode="a", encoding="utf-8")
+        handler = logging.FileHandler(paths.log(stage), mode="a", encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         root.addHandler(handler)
         started = time.time()
@@ -82,9 +81,9 @@ def run_pipeline(cfg: ExperimentConfig, from_stage: Optional[str] = None, only_s
         try:
             RUNNERS[stage](cfg, limit)
         except UserError as exc:
-            raise UserError(f"stage {stage} failed: {exc} (log: {log_dir / f'{stage}.log'})") from None
+            raise UserError(f"stage {stage} failed: {exc} (log: {paths.log(stage)})") from None
         finally:
             root.removeHandler(handler)
             handler.close()
         log.info("stage %s done in %.0f s", stage, time.time() - started)
-    log.info("tables: %s  report: %s", Path(cfg.path) / "eval_results", Path(cfg.path) / "eval_results" / "report.md")
+    log.info("tables: %s  report: %s", paths.eval_dir, paths.report)

@@ -55,12 +55,6 @@ def build_training_pair(record: dict, template: str = "alpaca") -> dict:
     return {"prompt": build_prompt(record, template), "completion": record["output"].strip()}
 
 
-def build_training_text(record: dict, eos_token: str, template: str = "alpaca") -> str:
-    """The full training sequence: prompt, answer, EOS."""
-    pair = build_training_pair(record, template)
-    return pair["prompt"] + pair["completion"] + eos_token
-
-
 def stop_strings(template: str = "alpaca") -> list[str]:
     """Strings at which generation stops: the start of the template's next section."""
     return list(get_template(template).markers)

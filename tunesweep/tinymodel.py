@@ -26,7 +26,7 @@ def _training_corpus(records: Iterable[dict]) -> Iterable[str]:
 
 
 def _default_records(limit: int = 3000) -> list[dict]:
-    from .demo_data import generate_records
+    from .data.builtin import generate_records
 
     return generate_records(limit, seed=0)
 

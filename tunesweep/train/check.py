@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ..loading import load_for_inference
 from ..templates import build_prompt
 
 log = logging.getLogger(__name__)
@@ -17,16 +18,9 @@ def post_merge_check(checkpoint: Path, test_records: list[dict], template: str, 
                      n: int = CHECK_PROMPTS) -> dict:
     """Reload the merged checkpoint the way generation will, and check that it knows how to stop."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import GenerationConfig
 
-    from .toolkit import compute_dtype
-
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    dtype = compute_dtype()
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    model.eval()
+    model, tokenizer = load_for_inference(str(checkpoint))
     gc = GenerationConfig.from_pretrained(checkpoint)
     gc_eos = gc.eos_token_id if isinstance(gc.eos_token_id, list) else [gc.eos_token_id]
     problems = []
@@ -38,7 +32,6 @@ def post_merge_check(checkpoint: Path, test_records: list[dict], template: str, 
     prompts = [build_prompt(r, template) for r in test_records[:n]]
     samples = []
     if prompts:
-        tokenizer.padding_side = "left"  # decoder-only batches pad on the left for generation
         enc = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
         with torch.no_grad():
             out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,

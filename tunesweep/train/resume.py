@@ -11,28 +11,13 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import ExperimentConfig, ModelConfig
-from ..files import fingerprint, read_json, sha256_file, write_json
+from ..files import read_json, write_json
+from ..provenance import checkpoint_identity
 
 log = logging.getLogger(__name__)
 
 RECORD_NAME = "tunesweep.json"
 INPUTS_NAME = "inputs.json"
-# Files above this size are signed by (size, mtime) rather than hashed: hashing a 14 GB base
-# on every `finetune` call, just to decide to skip it, would cost minutes.
-HASH_LIMIT_BYTES = 64 << 20
-
-
-def base_signature(base: str) -> dict:
-    """What identifies the base: a hub id by name, a local folder by its files."""
-    path = Path(base)
-    if not path.is_dir():
-        return {"base": base, "kind": "hub"}
-    files = {}
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        rel = str(f.relative_to(path))
-        st = f.stat()
-        files[rel] = sha256_file(f) if st.st_size <= HASH_LIMIT_BYTES else f"size={st.st_size},mtime={st.st_mtime_ns}"
-    return {"base": base, "kind": "local", "files": fingerprint(files)}
 
 
 def effective_train(m: ModelConfig, max_steps: Optional[int]) -> dict:
@@ -42,10 +27,17 @@ def effective_train(m: ModelConfig, max_steps: Optional[int]) -> dict:
     return t
 
 
-def training_inputs(cfg: ExperimentConfig, m: ModelConfig, backend: str, train: dict, data_sha: str) -> dict:
-    """Everything that changes the trained weights (evaluate_base does not, so it is left out)."""
+def training_inputs(cfg: ExperimentConfig, m: ModelConfig, backend: str, train: dict, data_sha: str,
+                    previous: Optional[dict] = None) -> dict:
+    """Everything that changes the trained weights (evaluate_base does not, so it is left out).
+
+    The base is identified as every stage identifies a checkpoint (provenance.checkpoint_identity);
+    `previous`, the base identity recorded by the last training, lets an unchanged 14 GB base skip
+    rehashing; base_stat (names, sizes, mtimes) is that shortcut's key, not part of the fingerprint."""
     section = m.model_dump(exclude={"evaluate_base", "train", "backend"})
-    return {"model": section, "train": train, "backend": backend, "base": base_signature(m.base),
+    base = checkpoint_identity(m.base, previous)
+    return {"model": section, "train": train, "backend": backend,
+            "base": {"checkpoint": base["checkpoint"], "sha256": base["sha256"]}, "base_stat": base["stat"],
             "train_sha256": data_sha, "template": cfg.template, "seed": cfg.seed}
 
 

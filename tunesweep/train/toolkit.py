@@ -1,4 +1,4 @@
-"""What both training backends share: dtype and device, pad/EOS handling, TRL's SFTConfig, the loss
+"""What both training backends share: device, pad/EOS handling, TRL's SFTConfig, the loss
 history, and the throughput meter (trained tokens per second after warm-up, peak memory).
 
 Imported only inside the training process (it imports transformers); nothing here imports a backend.
@@ -11,20 +11,12 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from ..loading import compute_dtype  # noqa: F401  (the backends take it from here with the rest)
 from transformers import TrainerCallback
 
 from .job import Throughput, TrainJob
 
 log = logging.getLogger(__name__)
-
-
-def compute_dtype():
-    """fp32 on a CPU (bf16 is emulated there, slow, and this CPU has no AVX512); bf16/fp16 on CUDA."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def ensure_distinct_pad(tokenizer, model=None) -> str:

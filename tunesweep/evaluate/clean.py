@@ -1,7 +1,7 @@
-"""Cleaning: derive the `response` field from `response_raw`.
+"""The clean stage: derive the `response` field of every response record from `response_raw`.
 
-`clean_response` is the one rule set; the generate stage applies it as it writes, and the clean
-stage reapplies it (rules may change) without ever touching `response_raw`.
+`clean_response` is the one rule set. Generate leaves `response` null; this stage owns it and may be
+rerun with other rules at any time: `response_raw` is never touched.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import logging
 import re
 from typing import Iterable
 
-from .config import expand_sweep
-from .errors import UserError
-from .files import read_json, read_jsonl, write_json, write_jsonl
-from .templates import cut_at_first, get_template
+from ..config import expand_sweep
+from ..files import write_json, write_jsonl
+from ..layout import Workdir, read_json_if_present, read_target_responses
+from ..templates import cut_at_first, get_template
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +58,18 @@ def cleaning_rules(template: str = "alpaca", special_tokens: Iterable[str] = DEF
     }
 
 
-def clean_file(path, template: str = "alpaca") -> tuple[list[dict], dict, bool]:
-    """(records with `response` re-derived, counts, whether any `response` changed) for one config file."""
-    records = read_jsonl(path)
+def clean_records(records: list[dict], template: str = "alpaca") -> dict:
+    """Re-derive `response` in `records` (in place); the counts, and how many responses changed."""
     counts = {"rows": len(records), "echo": 0, "cut": 0, "special": 0, "empty": 0, "length_capped": 0, "changed": 0}
-    for row, rec in enumerate(records, 1):
-        raw = rec.get("response_raw")
-        if not isinstance(raw, str):
-            raise UserError(f"{path}: row {row} (id {rec.get('id')!r}): response_raw = {raw!r}: "
-                            f"expected the generated text (rerun `tunesweep generate`)")
-        text, flags = clean_response(raw, rec.get("prompt") or "", template=template)
+    for rec in records:
+        text, flags = clean_response(rec["response_raw"], rec.get("prompt") or "", template=template)
         for key in ("echo", "cut", "special", "empty"):
             counts[key] += int(flags[key])
         counts["length_capped"] += int(rec.get("finish_reason") == "length")
         if rec.get("response") != text:
             rec["response"] = text
             counts["changed"] += 1
-    return records, counts, counts["changed"] > 0
+    return counts
 
 
 def clean(cfg, model=None) -> dict:
@@ -86,31 +81,26 @@ def clean(cfg, model=None) -> dict:
     tokens, came out empty, or hit the token cap (finish_reason "length").
     Returns {target: {config: counts}}, where counts also say how many responses this run changed.
     """
-    configs = expand_sweep(cfg.generation)
+    configs = [dc.name for dc in expand_sweep(cfg.generation)]
     rules = cleaning_rules(cfg.template)
+    paths = Workdir(cfg.path)
     summary: dict = {}
     for target in cfg.run_targets(model):
-        folder = cfg.path / "llm_responses" / target.name
-        if not folder.is_dir():
-            raise UserError(f"{folder}: no responses for {target.name!r}; run `tunesweep generate` first")
+        responses = read_target_responses(cfg.path, target.name, configs, fields=("response_raw",))
         per_config, with_changes = {}, {}
-        for dc in configs:
-            path = folder / f"{dc.name}.jsonl"
-            if not path.is_file():
-                raise UserError(f"{path}: not found: config {dc.name} has no responses; run `tunesweep generate` first")
-            records, counts, changed = clean_file(path, cfg.template)
-            if changed:
-                write_jsonl(path, records)
+        for config, records in responses.records.items():
+            counts = clean_records(records, cfg.template)
+            if counts["changed"]:
+                write_jsonl(responses.paths[config], records)
             # "changed" describes this run, not the files: keep it out of cleaning.json.
-            per_config[dc.name] = {k: v for k, v in counts.items() if k != "changed"}
-            with_changes[dc.name] = counts
+            per_config[config] = {k: v for k, v in counts.items() if k != "changed"}
+            with_changes[config] = counts
             log.info("clean %s %s: %d rows, %d echoed the prompt, %d cut at a template marker, %d held special "
-                     "tokens, %d empty, %d hit the token cap; %d responses changed", target.name, dc.name,
+                     "tokens, %d empty, %d hit the token cap; %d responses changed", target.name, config,
                      counts["rows"], counts["echo"], counts["cut"], counts["special"], counts["empty"],
                      counts["length_capped"], counts["changed"])
         report = {"rules": rules, "configs": per_config}
-        report_path = folder / "cleaning.json"
-        if not report_path.is_file() or read_json(report_path) != report:
-            write_json(report_path, report)
+        if read_json_if_present(paths.cleaning(target.name)) != report:
+            write_json(paths.cleaning(target.name), report)
         summary[target.name] = with_changes
     return summary

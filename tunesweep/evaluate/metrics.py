@@ -10,36 +10,37 @@ per config; a config's scores never depend on which other configs share the call
 - bleu: sacrebleu's corpus BLEU / 100 (the 0-1 figure the course reports used). Per-row values
   are sacrebleu's sufficient statistics (lengths, n-gram matches and totals); the corpus score of
   any subset is BLEU of the summed statistics, which equals `corpus_bleu` on that subset's text.
-- rougeL: mean F1 of rouge-score (Porter stemmer, reference as target), memoised tokens, in a
-  process pool when the work is large.
+- rougeL: mean F1 of rouge-score (Porter stemmer, reference as target), memoised tokens and stems,
+  each distinct pair scored once.
 - bertscore: mean F1 of bert-score with the configured model and layer.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.metadata as md
 import logging
-import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
+from ..provenance import package_version as _version
 
 log = logging.getLogger(__name__)
 
 CI_LEVEL = 0.95
 
 
-def _version(dist: str) -> Optional[str]:
-    try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
-        return None
+class MeanOfRows:
+    """A metric whose corpus score is the mean of its per-row values (ROUGE-L, BERTScore)."""
+
+    def aggregate(self, rows: np.ndarray) -> float:
+        return float(np.mean(rows)) if len(rows) else float("nan")
+
+    def aggregate_resamples(self, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        return rows[idx].mean(axis=1)
 
 
 # --- BLEU -----------------------------------------------------------------------------------------
@@ -104,12 +105,6 @@ def _resample_sums(rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return counts @ rows
 
 
-def corpus_bleu(hyps: Sequence[str], refs: Sequence[str]) -> float:
-    """sacrebleu.corpus_bleu(hyps, [refs]).score / 100, through the per-row statistics."""
-    m = Bleu()
-    return m.aggregate(m.rows(hyps, refs))
-
-
 # --- ROUGE ----------------------------------------------------------------------------------------
 
 class _CachedStemmer:
@@ -153,8 +148,7 @@ def _rouge_scorer(rouge_type: str):
     return rouge_scorer.RougeScorer([rouge_type], use_stemmer=True, tokenizer=_make_tokenizer())
 
 
-def _rouge_chunk(args) -> list[tuple[float, float, float]]:
-    rouge_type, pairs = args
+def _rouge_prf(pairs: Sequence[tuple[str, str]], rouge_type: str) -> list[tuple[float, float, float]]:
     scorer = _rouge_scorer(rouge_type)
     out = []
     for hyp, ref in pairs:
@@ -170,67 +164,25 @@ def clear_caches() -> None:
     _rouge_scorer.cache_clear()
 
 
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-# A pool pays off only when there is enough LCS work: rouge-score fills ~5-7M LCS cells a second per
-# core here (tokens memoised), and workers cost start-up, pickling and, on a shared machine, waiting
-# for a free core (bench/scoring.py: a 13 x 100 sweep, 8M cells, ran 0.5-0.9x as fast pooled on a
-# busy 2-core box). So below ~2 s of single-core work the pairs are scored in-process.
-# Work is estimated as sum(words(response) * words(reference)).
-POOL_MIN_CELLS = 10_000_000
-
-
-def lcs_cells(pairs: Sequence[tuple[str, str]]) -> int:
-    """Rough size of the LCS work: words of the response times words of the reference, summed."""
-    return sum(len(h.split()) * len(r.split()) for h, r in pairs)
-
-
-def rouge_rows(hyps: Sequence[str], refs: Sequence[str], rouge_type: str = "rougeL",
-               workers: Optional[int] = None, progress: bool = False,
-               pool_min_cells: int = POOL_MIN_CELLS) -> np.ndarray:
-    """(N, 3) array of precision, recall, F1 per pair, spread across cores when the work is large.
+def rouge_rows(hyps: Sequence[str], refs: Sequence[str], rouge_type: str = "rougeL") -> np.ndarray:
+    """(N, 3) array of precision, recall, F1 per pair.
 
     Each distinct (response, reference) pair is scored once: configs of a sweep often give the same
-    answer (greedy and narrow beams, low temperatures)."""
+    answer (greedy and narrow beams, low temperatures). In-process: a process pool measured 0.5-0.9x
+    as fast at study sizes on a shared 2-core machine, and never triggered below ~2 s of work."""
     if not len(hyps):
         return np.zeros((0, 3))
     slot: dict[tuple[str, str], int] = {}
     where = [slot.setdefault(pair, len(slot)) for pair in zip(hyps, refs)]
-    pairs = list(slot)
-    return _rouge_unique(pairs, rouge_type, workers, progress, pool_min_cells)[where]
-
-
-def _rouge_unique(pairs: list[tuple[str, str]], rouge_type: str, workers: Optional[int], progress: bool,
-                  pool_min_cells: int) -> np.ndarray:
-    workers = workers or available_cores()
-    if workers == 1 or lcs_cells(pairs) < pool_min_cells:
-        return np.asarray(_rouge_chunk((rouge_type, pairs)), dtype=float)
-    import multiprocessing
-    from tqdm.auto import tqdm
-
-    # Several chunks per worker keep the cores busy when pair lengths differ; order is kept.
-    size = max(25, math.ceil(len(pairs) / (workers * 4)))
-    chunks = [(rouge_type, pairs[i:i + size]) for i in range(0, len(pairs), size)]
-    out: list = []
-    with multiprocessing.get_context().Pool(workers) as pool:
-        for part in tqdm(pool.imap(_rouge_chunk, chunks), total=len(chunks), desc=rouge_type, unit="chunk",
-                         disable=not progress):
-            out.extend(part)
-    return np.asarray(out, dtype=float)
+    return np.asarray(_rouge_prf(list(slot), rouge_type), dtype=float)[where]
 
 
 @dataclass
-class Rouge:
+class Rouge(MeanOfRows):
     """Mean F1 of rouge-score (Porter stemmer; reference = target, response = prediction)."""
 
     name: str = "rougeL"
     rouge_type: str = "rougeL"
-    workers: Optional[int] = None
 
     def settings(self) -> dict:
         return {"library": "rouge-score", "version": _version("rouge-score"), "rouge_type": self.rouge_type,
@@ -238,17 +190,7 @@ class Rouge:
                 "call": "RougeScorer([type], use_stemmer=True).score(target=reference, prediction=response)"}
 
     def rows(self, hyps: Sequence[str], refs: Sequence[str], groups=None) -> np.ndarray:
-        return rouge_rows(hyps, refs, self.rouge_type, workers=self.workers, progress=len(hyps) > 1000)[:, 2]
-
-    def aggregate(self, rows: np.ndarray) -> float:
-        return float(np.mean(rows)) if len(rows) else float("nan")
-
-    def aggregate_resamples(self, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        return _resample_means(rows, idx)
-
-
-def _resample_means(rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    return rows[idx].mean(axis=1)
+        return rouge_rows(hyps, refs, self.rouge_type)[:, 2]
 
 
 # --- BERTScore ------------------------------------------------------------------------------------
@@ -285,7 +227,7 @@ def resolve_bertscore_model(model: Optional[str], num_layers: Optional[int]) -> 
 
 
 @dataclass
-class BertScore:
+class BertScore(MeanOfRows):
     """Mean F1 of bert-score (no idf, no baseline rescaling), with empty texts scored 0."""
 
     model: Optional[str] = None  # hub id or local dir; None = the offline MiniLM
@@ -357,12 +299,6 @@ class BertScore:
 
     def rows(self, hyps: Sequence[str], refs: Sequence[str], groups: Optional[Sequence[int]] = None) -> np.ndarray:
         return self.prf(hyps, refs, groups)[:, 2]
-
-    def aggregate(self, rows: np.ndarray) -> float:
-        return float(np.mean(rows)) if len(rows) else float("nan")
-
-    def aggregate_resamples(self, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        return _resample_means(rows, idx)
 
 
 # --- registry and bootstrap -----------------------------------------------------------------------

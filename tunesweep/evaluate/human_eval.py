@@ -30,23 +30,23 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import itertools
 import logging
 import random
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
-from .config import ExperimentConfig, expand_sweep
-from .errors import UserError
-from .files import derive_seed, read_json, read_jsonl, sha256_file, write_json, write_text
+from ..config import ExperimentConfig, expand_sweep
+from ..errors import UserError
+from ..files import derive_seed, read_json, read_jsonl, sha256_file, write_json, write_text
+from ..layout import HUMAN_COLUMNS, Workdir, format_cell, load_split, read_target_responses, write_table
+from .agreement import krippendorff_alpha, pairwise_exact_agreement
 
 log = logging.getLogger(__name__)
 
 SHEET_COLUMNS = ["item", "instruction", "input", "reference", "response", "rating", "rater"]
-HUMAN_COLUMNS = ["model", "config", "human", "human_n", "raters", "agreement"]
 
 # What each point of a 5-point scale means; other scales take these as anchors (RUBRIC_ANCHORS).
 ANCHORS = [
@@ -58,15 +58,6 @@ ANCHORS = [
 ]
 
 
-def human_eval_dir(cfg: ExperimentConfig) -> Path:
-    return cfg.path / "eval_results" / "human_eval"
-
-
-def key_path(cfg: ExperimentConfig) -> Path:
-    """The private item -> (model, config, id) map; raters must never see it."""
-    return human_eval_dir(cfg) / "key.json"
-
-
 def normalized_text(text: str) -> str:
     """Spreadsheet programs rewrite line endings and trailing blanks; compare texts without them."""
     return "\n".join(line.rstrip() for line in (text or "").splitlines()).strip()
@@ -76,92 +67,22 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(normalized_text(text).encode("utf-8")).hexdigest()
 
 
-# --- agreement statistics ------------------------------------------------------------------------
-
-def pairwise_exact_agreement(units: Iterable[Sequence[float]]) -> Optional[float]:
-    """Share of rater pairs that gave the same rating to the same item, pooled over all pairs.
-
-    `units` holds, per item, the ratings it received (one per rater). Items with one rating have
-    no pairs. None when there is no pair at all.
-    """
-    agree = pairs = 0
-    for ratings in units:
-        for a, b in itertools.combinations(ratings, 2):
-            pairs += 1
-            agree += a == b
-    return agree / pairs if pairs else None
-
-
-def krippendorff_alpha(units: Iterable[Sequence[float]], level: str = "interval") -> Optional[float]:
-    """Krippendorff's alpha for ratings with missing values (Krippendorff 2011, coincidence form).
-
-    `units`: per item, the values it received (any number of raters; missing ones left out).
-    `level`: "nominal", "ordinal", "interval" or "ratio" (the difference function delta^2).
-    alpha = 1 - (n - 1) * sum_ck o_ck d_ck / sum_ck n_c n_k d_ck, over items with 2+ values, where
-    o_ck counts c-k pairs within an item weighted 1/(m_u - 1) and n_c are its margins.
-    None when undefined (no item with two values, or all values identical).
-    """
-    pairable = [list(u) for u in units if len(u) >= 2]
-    if not pairable:
-        return None
-    values = sorted({v for u in pairable for v in u})
-    index = {v: i for i, v in enumerate(values)}
-    size = len(values)
-    coincidences = np.zeros((size, size))
-    for u in pairable:
-        counts = np.zeros(size)
-        for v in u:
-            counts[index[v]] += 1
-        # Ordered pairs of different raters: n_uc * n_uk off the diagonal, n_uc * (n_uc - 1) on it.
-        coincidences += (np.outer(counts, counts) - np.diag(counts)) / (len(u) - 1)
-    margins = coincidences.sum(axis=1)
-    n = margins.sum()
-    v = np.asarray(values, dtype=float)
-    if level == "nominal":
-        delta2 = (v[:, None] != v[None, :]).astype(float)
-    elif level == "interval":
-        delta2 = (v[:, None] - v[None, :]) ** 2
-    elif level == "ratio":
-        total = v[:, None] + v[None, :]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            delta2 = np.where(total == 0, 0.0, ((v[:, None] - v[None, :]) / total) ** 2)
-    elif level == "ordinal":
-        # Unobserved scale points have n = 0, so summing margins over observed ranks is exact.
-        cumulative = np.concatenate([[0.0], np.cumsum(margins)])
-        delta2 = np.zeros((size, size))
-        for i in range(size):
-            for j in range(size):
-                lo, hi = min(i, j), max(i, j)
-                delta2[i, j] = (cumulative[hi + 1] - cumulative[lo] - (margins[lo] + margins[hi]) / 2) ** 2
-    else:
-        raise ValueError(f"unknown level {level!r}")
-    expected = float((np.outer(margins, margins) * delta2).sum())
-    if expected == 0:
-        return None
-    observed = float((coincidences * delta2).sum())
-    return 1.0 - (n - 1) * observed / expected
-
-
 # --- export --------------------------------------------------------------------------------------
 
 def _load_responses(cfg: ExperimentConfig) -> dict[str, dict[str, list[dict]]]:
-    """{target: {config: records}} for every target that has generated responses."""
-    root = cfg.path / "llm_responses"
-    configs = expand_sweep(cfg.generation)
+    """{target: {config: records}} for every target that has generated (and cleaned) responses."""
+    paths = Workdir(cfg.path)
+    configs = [dc.name for dc in expand_sweep(cfg.generation)]
     out: dict[str, dict[str, list[dict]]] = {}
     for target in cfg.run_targets():
-        folder = root / target.name
-        if not folder.is_dir():
-            log.warning("%s: not found; %s is left out of the rating sheet", folder, target.name)
+        if not paths.responses_dir(target.name).is_dir():
+            log.warning("%s: not found; %s is left out of the rating sheet", paths.responses_dir(target.name),
+                        target.name)
             continue
-        out[target.name] = {}
-        for dc in configs:
-            path = folder / f"{dc.name}.jsonl"
-            if not path.is_file():
-                raise UserError(f"{path}: not found; run `tunesweep generate --config ... --model {target.name}` first")
-            out[target.name][dc.name] = read_jsonl(path)
+        out[target.name] = read_target_responses(cfg.path, target.name, configs).records
     if not out:
-        raise UserError(f"{root}: no generated responses for any model; run `tunesweep generate --config ...` first")
+        raise UserError(f"{paths.responses_root}: no generated responses for any model; "
+                        "run `tunesweep generate --config ...` first")
     return out
 
 
@@ -217,15 +138,16 @@ def export_sheet(cfg: ExperimentConfig, out: Optional[str | Path] = None,
     n_rows = rows_per_config if rows_per_config is not None else cfg.evaluation.human.rows_per_config
     if n_rows < 1:
         raise UserError(f"--rows {n_rows}: must be at least 1 row per model x config")
-    sheet = Path(out) if out else human_eval_dir(cfg) / "sheet.csv"
+    paths = Workdir(cfg.path)
+    sheet = Path(out) if out else paths.human_eval_dir / "sheet.csv"
     responses = _load_responses(cfg)
 
-    test_rows = {r["id"]: r for r in _load_test_rows(cfg)}
+    test_rows = {r["id"]: r for r in load_split(cfg.path, "test")}
     # Rows every target generated for every config (a --limit run generates fewer), in test order.
     present = [{r["id"] for r in recs} for by_cfg in responses.values() for recs in by_cfg.values()]
     common = [i for i in test_rows if all(i in ids for ids in present)]
     if not common:
-        raise UserError(f"{cfg.path / 'llm_responses'}: no test row id is present in every response file")
+        raise UserError(f"{paths.responses_root}: no test row id is present in every response file")
     if n_rows > len(common):
         log.warning("only %d test rows are common to every response file; using all of them, not %d",
                     len(common), n_rows)
@@ -245,7 +167,9 @@ def export_sheet(cfg: ExperimentConfig, out: Optional[str | Path] = None,
     keys: set[str] = set()
     items: dict[str, dict] = {}
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    # CRLF rows (RFC 4180, as spreadsheets write them): the csv module then quotes a cell holding a
+    # lone "\r" too, which a model can emit and which would otherwise split the row when read back.
+    writer = csv.writer(buf, lineterminator="\r\n")
     writer.writerow(SHEET_COLUMNS)
     for target, config, rec in entries:
         # Opaque keys: 8 random hex digits (a typo is very unlikely to hit another item) behind a
@@ -271,7 +195,7 @@ def export_sheet(cfg: ExperimentConfig, out: Optional[str | Path] = None,
         "configs": [dc.name for dc in expand_sweep(cfg.generation)],
         "items": items,
     }
-    kp = key_path(cfg)
+    kp = paths.human_key
     if kp.is_file() and read_json(kp).get("items") != items:
         log.warning("%s replaced: sheets exported before this one can no longer be imported", kp)
     write_json(kp, key)
@@ -280,12 +204,6 @@ def export_sheet(cfg: ExperimentConfig, out: Optional[str | Path] = None,
     log.info("rating sheet: %d items (%d rows x %d configs x %d models) -> %s; rubric %s; private key %s",
              len(items), n_rows, len(key["configs"]), len(responses), sheet, sheet.parent / "rubric.md", kp)
     return sheet
-
-
-def _load_test_rows(cfg: ExperimentConfig) -> list[dict]:
-    from .data import load_split
-
-    return load_split(cfg.workdir, "test")
 
 
 # --- import --------------------------------------------------------------------------------------
@@ -358,7 +276,7 @@ def _check_current(cfg: ExperimentConfig, key: dict, rated_items: set[str]) -> N
         entry = key["items"][item]
         by_file[(entry["model"], entry["config"])][entry["id"]] = entry["response_sha256"]
     for (model, config), expected in sorted(by_file.items()):
-        path = cfg.path / "llm_responses" / model / f"{config}.jsonl"
+        path = Workdir(cfg.path).response_file(model, config)
         if not path.is_file():
             log.warning("%s: not found; cannot check that the rated responses are still current", path)
             continue
@@ -369,16 +287,13 @@ def _check_current(cfg: ExperimentConfig, key: dict, rated_items: set[str]) -> N
                                 f"(regenerated or recleaned); export and rate a new sheet")
 
 
-def _fmt(x: Optional[float]) -> str:
-    return "" if x is None else f"{x:.4f}"
-
-
 def import_ratings(cfg: ExperimentConfig, files: Sequence[str | Path]) -> Path:
     """Read rated sheets, write eval_results/human.csv and human.json, then rescore so the Human
     column of eval_results/<target>.csv is filled. Returns the path of human.csv."""
     if not files:
         raise UserError("human-eval import: give the rated CSV file(s), e.g. `tunesweep human-eval import alice.csv bob.csv`")
-    kp = key_path(cfg)
+    paths = Workdir(cfg.path)
+    kp = paths.human_key
     if not kp.is_file():
         raise UserError(f"{kp}: not found; run `tunesweep human-eval export --config ...` first")
     key = read_json(kp)
@@ -418,10 +333,7 @@ def import_ratings(cfg: ExperimentConfig, files: Sequence[str | Path]) -> Path:
 
     order = [(t.name, dc.name) for t in cfg.run_targets() for dc in expand_sweep(cfg.generation)]
     order += sorted(set(by_cell) - set(order))  # a cell of a model since dropped from the config
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(HUMAN_COLUMNS)
-    cells = 0
+    table = []
     for model, config in order:
         items = by_cell.get((model, config))
         if not items:
@@ -429,8 +341,8 @@ def import_ratings(cfg: ExperimentConfig, files: Sequence[str | Path]) -> Path:
         values = [r for item in items for r in by_item[item].values()]
         raters = {rater for item in items for rater in by_item[item]}
         agreement = pairwise_exact_agreement([list(by_item[i].values()) for i in items]) if len(raters) > 1 else None
-        writer.writerow([model, config, _fmt(float(np.mean(values))), len(values), len(raters), _fmt(agreement)])
-        cells += 1
+        table.append({"model": model, "config": config, "human": float(np.mean(values)), "human_n": len(values),
+                      "raters": len(raters), "agreement": agreement})
 
     units = [list(r.values()) for r in by_item.values()]
     raters_all = sorted({rater for _, rater in ratings})
@@ -459,25 +371,21 @@ def import_ratings(cfg: ExperimentConfig, files: Sequence[str | Path]) -> Path:
             "blank": "a blank rating is 'not rated' and skipped",
         },
     }
-    out = cfg.path / "eval_results" / "human.csv"
-    write_text(out, buf.getvalue())
-    write_json(out.with_suffix(".json"), summary)
+    out = paths.human_table
+    write_table(out, HUMAN_COLUMNS, table, digits=4)
+    write_json(paths.human_summary, summary)
     a = summary["agreement"]
     log.info("human ratings: %d ratings of %d items by %d rater(s) (%d blank skipped) -> %s (%d model x config cells)%s",
-             len(ratings), len(by_item), len(raters_all), blanks, out, cells,
+             len(ratings), len(by_item), len(raters_all), blanks, out, len(table),
              "" if a["pairwise_exact"] is None else
-             f"; exact agreement {a['pairwise_exact']:.3f}, Krippendorff's alpha (ordinal) {_fmt(a['krippendorff_alpha_ordinal']) or 'n/a'}")
+             f"; exact agreement {a['pairwise_exact']:.3f}, Krippendorff's alpha (ordinal) "
+             f"{format_cell(a['krippendorff_alpha_ordinal'], 4) or 'n/a'}")
     _rescore(cfg)
     return out
 
 
 def _rescore(cfg: ExperimentConfig) -> None:
     """Let the score stage fill the Human column (it reuses its cached metric results)."""
-    import importlib.util
-
-    if importlib.util.find_spec("tunesweep.scoring") is None:
-        log.warning("the score stage is not available; run `tunesweep score --config ...` to fill the Human column")
-        return
     from .scoring import score
 
     score(cfg)

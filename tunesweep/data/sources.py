@@ -1,7 +1,7 @@
-"""The data stage: load Alpaca-format records, check them, split them into train and test.
+"""Reading a dataset: Alpaca-format records from any source, checked and normalised.
 
 Sources: a hub id (through `datasets`), a local .json / .jsonl / .parquet / .csv file, or
-`builtin:tasks` (the embedded offline demo set of tunesweep.demo_data).
+`builtin:tasks` (the embedded offline demo set of tunesweep.data.builtin).
 
 Structural faults (unparseable JSON, a missing `instruction` or `output`, a value that is not
 a string) stop the stage with every faulty row named (up to 20) and nothing written. Empty
@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .errors import UserError
-from .files import fingerprint, sha256_bytes, sha256_file, jsonl_dumps, write_json, write_text
+from ..errors import UserError
+from ..files import fingerprint, read_jsonl_rows, sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +56,7 @@ def _read_json_file(path: Path) -> LoadedRecords:
 
 
 def _read_jsonl_file(path: Path) -> LoadedRecords:
-    rows, faults = [], []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((lineno, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                faults.append(f"{path}: row {lineno}: not valid JSON ({exc.msg})")
+    rows, faults = read_jsonl_rows(path, unit="row")
     return LoadedRecords(str(path), rows, faults, sha256_file(path))
 
 
@@ -101,7 +92,7 @@ def _read_hub(source: str) -> LoadedRecords:
 
 def read_source(source: str, seed: int = 42, builtin_rows: int = 3000) -> LoadedRecords:
     if source.startswith("builtin:"):
-        from .demo_data import generate_records
+        from .builtin import generate_records
 
         name = source.split(":", 1)[1]
         if name != "tasks":
@@ -191,108 +182,3 @@ def load_usable_records(source: str, seed: int = 42, builtin_rows: int = 3000) -
     return loaded, usable, stats
 
 
-def choose_test(records: list[dict], test_size: int, seed: int) -> set[int]:
-    """Pick test rows by seeded shuffle of prompt groups, so no (instruction, input) is in both sets."""
-    groups: dict[tuple, list[int]] = {}
-    for i, rec in enumerate(records):
-        groups.setdefault((rec["instruction"], rec["input"]), []).append(i)
-    keys = sorted(groups)
-    random.Random(seed).shuffle(keys)
-    chosen: set[int] = set()
-    for key in keys:
-        remaining = test_size - len(chosen)
-        if remaining == 0:
-            break
-        if len(groups[key]) <= remaining:
-            chosen.update(groups[key])
-    return chosen
-
-
-def resolve_test_size(test_size, n_usable: int) -> int:
-    n = round(test_size * n_usable) if isinstance(test_size, float) else int(test_size)
-    if n < 1 or n >= n_usable:
-        raise UserError(
-            f"dataset.test_size = {test_size!r}: must leave at least one training row, but the dataset has "
-            f"{n_usable} usable records"
-        )
-    return n
-
-
-def split_dataset(source: str, workdir: str | Path, test_size, seed: int = 42, max_rows: Optional[int] = None,
-                  builtin_rows: int = 3000) -> dict:
-    """Write alpaca_data/{train,test}.jsonl and split.json; same inputs give byte-identical files."""
-    loaded, usable, stats = load_usable_records(source, seed=seed, builtin_rows=builtin_rows)
-    if max_rows is not None:
-        usable = usable[:max_rows]
-    n_test = resolve_test_size(test_size, len(usable))
-    test_idx = choose_test(usable, n_test, seed)
-    if len(test_idx) != n_test:
-        raise UserError(
-            f"dataset.test_size = {test_size!r}: cannot hold out {n_test} rows without splitting a repeated prompt "
-            f"across train and test (got {len(test_idx)})"
-        )
-
-    def out(rec):
-        return {"id": record_id(rec), "instruction": rec["instruction"], "input": rec["input"], "output": rec["output"]}
-
-    train = [out(r) for i, r in enumerate(usable) if i not in test_idx]
-    test = [out(r) for i, r in enumerate(usable) if i in test_idx]
-    train_text, test_text = jsonl_dumps(train), jsonl_dumps(test)
-    data_dir = Path(workdir) / "alpaca_data"
-    meta = {
-        "source": source,
-        "source_hash": loaded.source_hash,
-        "seed": seed,
-        "test_size": test_size,
-        "max_rows": max_rows,
-        **stats,
-        "usable": len(usable),
-        "train_rows": len(train),
-        "test_rows": len(test),
-        "train_sha256": sha256_bytes(train_text.encode()),
-        "test_sha256": sha256_bytes(test_text.encode()),
-    }
-    # Written last: split.json present means the two data files beside it are complete.
-    write_text(data_dir / "train.jsonl", train_text)
-    write_text(data_dir / "test.jsonl", test_text)
-    write_json(data_dir / "split.json", meta)
-    return meta
-
-
-def split_is_current(workdir: str | Path) -> Optional[dict]:
-    """The split.json of a complete split, or None when the files are missing or were edited."""
-    data_dir = Path(workdir) / "alpaca_data"
-    try:
-        meta = json.loads((data_dir / "split.json").read_text())
-        ok = (sha256_file(data_dir / "train.jsonl") == meta["train_sha256"]
-              and sha256_file(data_dir / "test.jsonl") == meta["test_sha256"])
-    except (OSError, KeyError, json.JSONDecodeError):
-        return None
-    return meta if ok else None
-
-
-def load_split(workdir: str | Path, which: str) -> list[dict]:
-    """Read alpaca_data/<which>.jsonl, failing with a pointer to `split` if it is not there."""
-    path = Path(workdir) / "alpaca_data" / f"{which}.jsonl"
-    if not path.is_file():
-        raise UserError(f"{path}: not found; run `tunesweep split --config ...` first")
-    from .files import read_jsonl
-
-    return read_jsonl(path)
-
-
-def split_for_config(cfg, force: bool = False) -> tuple[dict, bool]:
-    """Split the config's dataset unless alpaca_data/ already holds this exact split; (meta, skipped)."""
-    meta = split_is_current(cfg.path)
-    wanted = {"source": cfg.dataset.source, "seed": cfg.seed, "test_size": cfg.dataset.test_size,
-              "max_rows": cfg.dataset.max_rows}
-    if not force and meta and all(meta.get(k) == v for k, v in wanted.items()):
-        if not cfg.dataset.source.startswith("builtin:") and Path(cfg.dataset.source).is_file():
-            # A local file edited since the split must be split again.
-            if sha256_file(cfg.dataset.source) != meta.get("source_hash"):
-                meta = None
-        if meta:
-            return meta, True
-    meta = split_dataset(cfg.dataset.source, cfg.path, cfg.dataset.test_size, seed=cfg.seed,
-                         max_rows=cfg.dataset.max_rows, builtin_rows=cfg.dataset.builtin_rows)
-    return meta, False

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from .templates import build_training_pair
+from ..loading import load_for_inference
+from ..templates import build_training_pair
 
 
 def scoring_pair(record: dict, template: str = "alpaca") -> dict:
@@ -89,20 +90,6 @@ def response_nll(model, tokenizer, records: list[dict], template: str = "alpaca"
     return total_nll, total_tokens
 
 
-def load_for_scoring(checkpoint: str):
-    """(model, tokenizer) in fp32 on a CPU, bf16/fp16 on CUDA."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    if torch.cuda.is_available():
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype).to("cuda")
-    else:
-        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
-    return model, tokenizer
-
-
 def corpus_perplexity(checkpoint: str, records: list[dict], template: str = "alpaca", batch_size: int = 8,
                       max_length: Optional[int] = None) -> dict:
     """{"perplexity", "nll", "tokens"}: exp of the mean per-token NLL over the records' responses.
@@ -111,7 +98,7 @@ def corpus_perplexity(checkpoint: str, records: list[dict], template: str = "alp
     """
     if not records:
         raise ValueError("corpus_perplexity needs at least one record")
-    model, tokenizer = load_for_scoring(str(checkpoint))
+    model, tokenizer = load_for_inference(str(checkpoint))
     total_nll, tokens = response_nll(model, tokenizer, records, template, batch_size, max_length)
     del model
     mean_nll = total_nll / tokens

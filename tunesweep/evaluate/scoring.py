@@ -17,86 +17,27 @@ responses (e.g. after `human-eval import`) recomputes nothing and loads no model
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from .config import DecodingConfig, expand_sweep, format_temperature
-from .errors import UserError
-from .files import fingerprint, read_json, read_jsonl, write_json, write_text
+from ..config import DecodingConfig, expand_sweep, format_temperature
+from ..errors import UserError
+from ..files import fingerprint, read_json, write_json, write_text
+from ..layout import (PERPLEXITY_COLUMNS, TABLE_COLUMNS, TIDY_COLUMNS, TargetResponses, Workdir, format_cell,
+                      markdown_table, read_human, read_json_if_present, read_rows, read_frame,
+                      read_target_responses, write_table)
+from ..provenance import checkpoint_identity, library_versions
 from .metrics import CI_LEVEL, TEXT_METRICS, bootstrap_ci, bootstrap_indices, build_metric
 
 log = logging.getLogger(__name__)
 
-TABLE_COLUMNS = ["config", "mode", "bleu", "bleu_ci_low", "bleu_ci_high", "rougeL", "rougeL_ci_low", "rougeL_ci_high",
-                 "bertscore", "bertscore_ci_low", "bertscore_ci_high", "human"]
-TIDY_COLUMNS = ["model", "config", "parameter", "value", "metric", "score", "ci_low", "ci_high"]
-PERPLEXITY_COLUMNS = ["model", "perplexity", "nll", "tokens", "checkpoint"]
-HUMAN_COLUMNS = ("model", "config", "human")
 CACHE_VERSION = 1
 PERPLEXITY_SCOPE = ("test references, response tokens only (prompt masked, EOS included); corpus level: "
                     "exp of the mean token NLL")
-
-
-# --- reading responses ----------------------------------------------------------------------------
-
-@dataclass
-class TargetResponses:
-    """The responses of one target (model or <model>-base) for every config of the sweep."""
-
-    target: str
-    folder: Path
-    manifest: dict
-    records: dict[str, list[dict]]  # config name -> records, in test.jsonl order
-
-    @property
-    def n_rows(self) -> int:
-        return len(next(iter(self.records.values()))) if self.records else 0
-
-
-def load_target_responses(workdir: Path, target: str, configs: list[DecodingConfig]) -> TargetResponses:
-    """Read and check every config file of `target`; any gap is a UserError naming the file."""
-    folder = Path(workdir) / "llm_responses" / target
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.is_file():
-        raise UserError(f"{manifest_path}: not found; run `tunesweep generate` for {target!r} first")
-    manifest = read_json(manifest_path)
-    expected = manifest.get("test_rows")
-    if not isinstance(expected, int) or isinstance(expected, bool) or expected < 1:
-        raise UserError(f"{manifest_path}: test_rows = {expected!r}: expected the number of rows generated per config")
-    records: dict[str, list[dict]] = {}
-    first_ids, first_path = None, None
-    for dc in configs:
-        path = folder / f"{dc.name}.jsonl"
-        if not path.is_file():
-            raise UserError(f"{path}: not found: config {dc.name} has no responses for {target!r} "
-                            f"(run `tunesweep generate`); a results table never drops a config")
-        recs = read_jsonl(path)
-        if len(recs) != expected:
-            raise UserError(f"{path}: {len(recs)} rows, but {manifest_path.name} says test_rows = {expected}: "
-                            f"incomplete responses (rerun `tunesweep generate`)")
-        for row, rec in enumerate(recs, 1):
-            for key in ("response", "reference"):
-                value = rec.get(key)
-                if not isinstance(value, str):
-                    hint = "run `tunesweep clean`" if key == "response" else "rerun `tunesweep generate`"
-                    raise UserError(f"{path}: row {row} (id {rec.get('id')!r}): {key} = {value!r}: "
-                                    f"missing or not text ({hint})")
-        ids = [rec.get("id") for rec in recs]
-        if first_ids is None:
-            first_ids, first_path = ids, path
-        elif ids != first_ids:
-            row = next(i for i, (a, b) in enumerate(zip(ids, first_ids), 1) if a != b)
-            raise UserError(f"{path}: row {row}: id {ids[row - 1]!r} where {first_path.name} has {first_ids[row - 1]!r}: "
-                            f"every config must cover the same test rows in the same order")
-        records[dc.name] = recs
-    return TargetResponses(target, folder, manifest, records)
 
 
 # --- the per-row cache ----------------------------------------------------------------------------
@@ -165,28 +106,19 @@ def score_rows(metric, settings: dict, tr: TargetResponses, cache: RowCache, for
 
 # --- perplexity -----------------------------------------------------------------------------------
 
-def _checkpoint_identity(checkpoint: str, manifest: dict) -> dict:
-    """What identifies the weights without hashing gigabytes: names, sizes and mtimes of a local dir."""
-    path = Path(checkpoint)
-    ident = {"checkpoint": checkpoint, "manifest_hash": manifest.get("checkpoint_hash")}
-    if path.is_dir():
-        ident["files"] = sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
-                                for p in path.rglob("*") if p.is_file())
-    return ident
-
-
 def target_perplexity(cfg, target, tr: TargetResponses, cache: RowCache, force: bool) -> tuple[dict, bool]:
     """(perplexity row, computed now?) of the test references under the target's checkpoint."""
-    from . import perplexity  # the perplexity module's public function
+    from . import perplexity
 
     checkpoint = target.checkpoint(cfg.path)
     # The response records carry exactly the prompt and reference that training used.
     first = next(iter(tr.records.values()))
     records = [{"prompt": r["prompt"], "reference": r["reference"]} for r in first]
-    from .doctor import library_versions
-
     versions = library_versions()
-    key = fingerprint({"weights": _checkpoint_identity(checkpoint, tr.manifest), "records": records,
+    # The identity generate recorded is reused while the checkpoint's files are unchanged (no rehash).
+    recorded = ({"sha256": tr.manifest.get("checkpoint_hash"), "stat": tr.manifest.get("checkpoint_stat")}
+                if tr.manifest.get("checkpoint") == checkpoint else None)
+    key = fingerprint({"weights": checkpoint_identity(checkpoint, recorded), "records": records,
                        "template": cfg.template, "torch": versions.get("torch"),
                        "transformers": versions.get("transformers")})
     cached = None if force else cache.get("perplexity", "corpus", key)
@@ -208,66 +140,12 @@ def target_perplexity(cfg, target, tr: TargetResponses, cache: RowCache, force: 
     return row, True
 
 
-# --- human ratings --------------------------------------------------------------------------------
-
-def read_human(path: Path) -> dict[tuple[str, str], float]:
-    """{(model, config): mean rating} from eval_results/human.csv, empty when there is none."""
-    if not path.is_file():
-        return {}
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in HUMAN_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise UserError(f"{path}: missing column(s) {', '.join(missing)} (written by `tunesweep human-eval import`)")
-        out = {}
-        for row, rec in enumerate(reader, 2):
-            value = (rec["human"] or "").strip()
-            if not value:
-                continue
-            try:
-                out[(rec["model"], rec["config"])] = float(value)
-            except ValueError:
-                raise UserError(f"{path}: row {row}: human = {value!r}: not a number") from None
-    return out
-
-
 # --- tables ---------------------------------------------------------------------------------------
 
-def _fmt(x, digits: int = 6) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return ""
-    if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
-        return str(int(x))
-    if isinstance(x, (float, np.floating)):
-        return f"{float(x):.{digits}f}"
-    return str(x)
-
-
-def csv_text(columns: list[str], rows: list[dict], digits: int = 6) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([_fmt(row.get(c), digits) for c in columns])
-    return buf.getvalue()
-
-
-def markdown_table(columns: list[str], rows: list[dict], digits: int = 4) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(_fmt(row.get(c), digits) for c in columns) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _parse_float(text: str) -> Optional[float]:
-    return float(text) if text not in ("", None) else None
-
-
 def read_table(path: Path) -> list[dict]:
-    """eval_results/<target>.csv back as dicts of floats (blank = None)."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        return [{k: (v if k in ("config", "mode") else _parse_float(v)) for k, v in rec.items()}
-                for rec in csv.DictReader(fh)]
+    """eval_results/<target>.csv back as row dicts (blank cells None)."""
+    df = read_frame(path)
+    return df.astype(object).where(df.notna(), None).to_dict(orient="records")
 
 
 def parameter_of(dc: DecodingConfig) -> tuple[str, object]:
@@ -323,11 +201,7 @@ def settings_note(settings: dict, n_rows: int) -> str:
 
 def _merge_rows(path: Path, new_rows: list[dict], order: list[str], key: str = "model") -> list[dict]:
     """Rows of `path` for targets not rescored now, plus the new rows, in the study's target order."""
-    rows = {}
-    if path.is_file():
-        with open(path, newline="", encoding="utf-8") as fh:
-            for rec in csv.DictReader(fh):
-                rows[rec[key]] = rec
+    rows = {rec[key]: rec for rec in read_rows(path)} if path.is_file() else {}
     for row in new_rows:
         rows[row[key]] = row
     return [rows[t] for t in order if t in rows]
@@ -339,7 +213,8 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     targets = cfg.run_targets(model)
     all_targets = [t.name for t in cfg.run_targets()]
     # Check every input before any work: a gap must not surface after an hour of scoring.
-    loaded = {t.name: load_target_responses(cfg.path, t.name, configs) for t in targets}
+    names = [dc.name for dc in configs]
+    loaded = {t.name: read_target_responses(cfg.path, t.name, names) for t in targets}
 
     wanted = cfg.evaluation.metrics
     metrics = [build_metric(name, cfg.evaluation) for name in TEXT_METRICS if name in wanted]
@@ -356,8 +231,8 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
         b = settings["bertscore"]
         log.info("bertscore model: %s (layer %d) - %s", b["model"], b["num_layers"], b["note"])
 
-    out_dir = cfg.path / "eval_results"
-    human_path = out_dir / "human.csv"
+    paths = Workdir(cfg.path)
+    human_path = paths.human_table
     human = read_human(human_path)
     settings["human"] = {"source": str(human_path) if human else None,
                          "statistic": "mean rating per model and config (tunesweep human-eval import)"}
@@ -367,7 +242,7 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     ppl_rows: list[dict] = []
     for target in targets:
         tr = loaded[target.name]
-        cache = RowCache.load(out_dir / ".cache" / f"{target.name}.json")
+        cache = RowCache.load(paths.score_cache(target.name))
         computed: dict[str, list[str]] = {}
         per_metric_rows: dict[str, dict[str, np.ndarray]] = {}
         library_calls: dict[str, int] = {}
@@ -401,10 +276,10 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
             row["human"] = human.get((target.name, dc.name))
             table.append(row)
         tables[target.name] = table
-        write_text(out_dir / f"{target.name}.csv", csv_text(TABLE_COLUMNS, table))
-        write_text(out_dir / f"{target.name}.md",
-                   f"# {target.name}\n\n" + markdown_table(TABLE_COLUMNS, table) + "\n"
-                   + settings_note(settings, tr.n_rows) + "\n")
+        write_table(paths.table(target.name), TABLE_COLUMNS, table)
+        cells = [[format_cell(row.get(c), 4) for c in TABLE_COLUMNS] for row in table]
+        write_text(paths.table(target.name, "md"), f"# {target.name}\n\n" + markdown_table(TABLE_COLUMNS, cells)
+                   + "\n\n" + settings_note(settings, tr.n_rows) + "\n")
         summary["targets"][target.name] = {"rows": tr.n_rows, "computed": computed, "library_calls": library_calls,
                                            "table": table}
 
@@ -412,17 +287,17 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     tidy = []
     for name in all_targets:
         table = tables.get(name)
-        if table is None and (out_dir / f"{name}.csv").is_file():
-            table = read_table(out_dir / f"{name}.csv")
+        if table is None and paths.table(name).is_file():
+            table = read_table(paths.table(name))
         if table is not None:
             tidy.extend(tidy_rows(name, table, configs))
-    write_text(out_dir / "all.csv", csv_text(TIDY_COLUMNS, tidy))
+    write_table(paths.tidy_table, TIDY_COLUMNS, tidy)
     if "perplexity" in wanted:
-        merged = _merge_rows(out_dir / "perplexity.csv", ppl_rows, all_targets)
-        write_text(out_dir / "perplexity.csv", csv_text(PERPLEXITY_COLUMNS, merged))
+        merged = _merge_rows(paths.perplexity_table, ppl_rows, all_targets)
+        write_table(paths.perplexity_table, PERPLEXITY_COLUMNS, merged)
 
-    meta_path = out_dir / "metrics.json"
-    previous = read_json(meta_path) if meta_path.is_file() else {}
+    meta_path = paths.metrics_json
+    previous = read_json_if_present(meta_path) or {}
     scored = dict(previous.get("targets", {})) if isinstance(previous, dict) else {}
     for name, tr in loaded.items():
         scored[name] = {"rows": tr.n_rows, "configs": list(tr.records), "responses": str(tr.folder)}

@@ -11,78 +11,41 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import pandas as pd
 import yaml
 
-from .config import DecodingConfig, ExperimentConfig, RunTarget, expand_sweep
-from .errors import UserError
-from .files import atomic_path, read_json, sha256_file, write_text
+from ..config import DecodingConfig, ExperimentConfig, RunTarget, expand_sweep
+from ..files import sha256_file, write_text
+from ..layout import Workdir, format_cell, markdown_table as md_table, read_frame, read_json_if_present
+from ..provenance import library_versions
+from .plots import FACTORS, plot_factor
+from .tables import Scored, read_scored, to_number, value_of, target_label
 
 log = logging.getLogger(__name__)
 
 # (column in eval_results/<target>.csv, label); higher is better for every one of them.
 METRICS = [("bleu", "BLEU"), ("rougeL", "ROUGE-L"), ("bertscore", "BERTScore"), ("human", "Human")]
-FACTORS = ("top_k", "num_beams", "temperature")
-FACTOR_NOTES = {
-    "top_k": "top_k (0 = no filter; ignored by greedy and beam search)",
-    "num_beams": "num_beams (1 = no beam search; beam search ignores top_k and temperature)",
-    "temperature": "temperature (0 = greedy)",
-}
 DECIMALS = 4
 
 
-@dataclass
-class Scored:
-    target: RunTarget
-    table: pd.DataFrame  # eval_results/<target>.csv, indexed by config
-    path: Path
-
-
-def _num(x) -> Optional[float]:
-    """A float, or None for a blank / NaN cell."""
-    if x is None:
-        return None
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
-
-
 def fmt(x, decimals: int = DECIMALS) -> str:
-    f = _num(x)
-    return "–" if f is None else f"{f:.{decimals}f}"
+    return format_cell(to_number(x), decimals, blank="–")
 
 
 def fmt_ci(score, low, high, decimals: int = DECIMALS) -> str:
     """'0.1234 [0.1000, 0.1500]'; the bracket is left out when there is no interval (bootstrap 0)."""
-    if _num(score) is None:
+    if to_number(score) is None:
         return "–"
-    if _num(low) is None or _num(high) is None:
+    if to_number(low) is None or to_number(high) is None:
         return fmt(score, decimals)
     return f"{fmt(score, decimals)} [{fmt(low, decimals)}, {fmt(high, decimals)}]"
 
 
 def decimals_for(metric: str) -> int:
     return 2 if metric == "human" else DECIMALS  # mean ratings on a 1-5 scale
-
-
-def md_table(header: list[str], rows: list[list]) -> str:
-    def cell(v) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def target_label(t: RunTarget) -> str:
-    return f"{t.name} (base, not fine-tuned)" if t.is_base else t.name
 
 
 def centre_config(cfg: ExperimentConfig) -> DecodingConfig:
@@ -92,124 +55,10 @@ def centre_config(cfg: ExperimentConfig) -> DecodingConfig:
 
 # --- reading -------------------------------------------------------------------------------------
 
-def _read_scored(cfg: ExperimentConfig) -> list[Scored]:
-    eval_dir = cfg.path / "eval_results"
-    hint = "run `tunesweep score --config ...` first"
-    if not eval_dir.is_dir():
-        raise UserError(f"{eval_dir}: not found: the study has not been scored yet; {hint}")
-    out = []
-    for t in cfg.run_targets():
-        path = eval_dir / f"{t.name}.csv"
-        if not path.is_file():
-            continue
-        table = pd.read_csv(path)
-        for col in ("config", "mode"):
-            if col not in table.columns:
-                raise UserError(f"{path}: column {col!r} is missing; rerun `tunesweep score --config ... --force`")
-        out.append(Scored(t, table.set_index("config", drop=False), path))
-    if not out:
-        names = ", ".join(f"{t.name}.csv" for t in cfg.run_targets())
-        raise UserError(f"{eval_dir}: no scored results ({names}): the study has not been scored yet; {hint}")
-    missing = [t.name for t in cfg.run_targets() if t.name not in {s.target.name for s in out}]
-    if missing:
-        log.warning("not scored yet, left out of the report: %s", ", ".join(missing))
-    return out
-
-
 def _metrics_present(scored: list[Scored]) -> list[tuple[str, str]]:
     """The metrics with at least one value in some table."""
     return [(m, label) for m, label in METRICS
             if any(m in s.table.columns and s.table[m].notna().any() for s in scored)]
-
-
-def _value(s: Scored, config: str, metric: str) -> tuple[Optional[float], Optional[float], Optional[float]]:
-    if config not in s.table.index or metric not in s.table.columns:
-        return None, None, None
-    row = s.table.loc[config]
-    return (_num(row[metric]), _num(row.get(f"{metric}_ci_low")), _num(row.get(f"{metric}_ci_high")))
-
-
-def _read_optional_json(path: Path) -> Optional[dict]:
-    if not path.is_file():
-        return None
-    try:
-        return read_json(path)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
-
-
-# --- plots ---------------------------------------------------------------------------------------
-
-def factor_slice(cfg: ExperimentConfig, factor: str) -> list[DecodingConfig]:
-    """The configs on the line through the defaults along `factor` (the centre included), by value.
-
-    In one_at_a_time mode these are the centre plus the configs that vary `factor`; in grid mode
-    the grid points whose other factors sit at their defaults."""
-    d = cfg.generation.defaults
-    others = [f for f in FACTORS if f != factor]
-    points = [dc for dc in expand_sweep(cfg.generation)
-              if all(float(getattr(dc, f)) == float(getattr(d, f)) for f in others)]
-    return sorted(points, key=lambda dc: getattr(dc, factor))
-
-
-def plot_factor(cfg: ExperimentConfig, scored: list[Scored], factor: str, metric: str, label: str,
-                out: Path) -> bool:
-    """One PNG: metric vs factor value, one line per model, 95% CI error bars. False if no data."""
-    from matplotlib.figure import Figure  # Figure renders with the Agg canvas; no pyplot state
-
-    points = factor_slice(cfg, factor)
-    if len(points) < 2:
-        return False
-    fig = Figure(figsize=(7.0, 4.4), dpi=120)
-    ax = fig.add_subplot()
-    xs_all = [float(getattr(dc, factor)) for dc in points]
-    span = (max(xs_all) - min(xs_all)) or 1.0
-    drawn = 0
-    # A fine-tuned model and its base share a colour; the base is dashed with hollow markers.
-    families = list(dict.fromkeys(s.target.model.name for s in scored))
-    colours = {name: f"C{i % 10}" for i, name in enumerate(families)}
-    for i, s in enumerate(scored):
-        xs, ys, err_lo, err_hi = [], [], [], []
-        for dc in points:
-            y, lo, hi = _value(s, dc.name, metric)
-            if y is None:
-                continue
-            xs.append(float(getattr(dc, factor)))
-            ys.append(y)
-            err_lo.append(y - lo if lo is not None else 0.0)
-            err_hi.append(hi - y if hi is not None else 0.0)
-        if not xs:
-            continue
-        # A small sideways offset per model keeps overlapping error bars readable.
-        offset = (i - (len(scored) - 1) / 2) * 0.012 * span
-        ax.errorbar([x + offset for x in xs], ys, yerr=[err_lo, err_hi], label=target_label(s.target),
-                    marker="o", markersize=5, capsize=3, linewidth=1.6, color=colours[s.target.model.name],
-                    linestyle="--" if s.target.is_base else "-",
-                    markerfacecolor="white" if s.target.is_base else None)
-        drawn += 1
-    if not drawn:
-        return False
-    centre = float(getattr(cfg.generation.defaults, factor))
-    ax.axvline(centre, color="0.6", linestyle=":", linewidth=1, zorder=0)
-    # Bottom left of the line: inside the axes wherever the centre lies, clear of the legend.
-    ax.annotate("defaults", (centre, 0.0), xycoords=("data", "axes fraction"), xytext=(-3, 4),
-                textcoords="offset points", fontsize=8, color="0.4", ha="right")
-    if metric == "human":  # the whole rating scale, so small differences do not look large
-        h = cfg.evaluation.human
-        ax.set_ylim(h.scale_min - 0.2, h.scale_max + 0.2)
-    ax.set_xticks(sorted(set(xs_all)))
-    ax.set_xticklabels([f"{x:g}" for x in sorted(set(xs_all))])
-    ax.set_xlabel(FACTOR_NOTES[factor])
-    ax.set_ylabel(f"{label}" + (" (95% CI)" if metric != "human" else " (mean rating)"))
-    d = cfg.generation.defaults
-    fixed = ", ".join(f"{f} {getattr(d, f):g}" for f in FACTORS if f != factor)
-    ax.set_title(f"{label} vs {factor}  (others at defaults: {fixed})", fontsize=10)
-    ax.grid(True, alpha=0.3)
-    # Outside the axes: with six lines a legend inside would hide points.
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-    return True
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -245,7 +94,7 @@ def _best_section(scored: list[Scored], metrics: list[tuple[str, str]]) -> list[
             if m not in s.table.columns or s.table[m].isna().all():
                 continue
             best = s.table[m].astype(float).idxmax()
-            y, lo, hi = _value(s, best, m)
+            y, lo, hi = value_of(s, best, m)
             if m == "human" or f"{m}_ci_high" not in s.table.columns or s.table[f"{m}_ci_high"].isna().all():
                 within = "–"
             else:
@@ -270,8 +119,8 @@ def _finetune_gain_section(cfg: ExperimentConfig, scored: list[Scored], metrics:
     rows = []
     for ft, base in pairs:
         for m, label in metrics:
-            a, _, _ = _value(ft, centre, m)
-            b, _, _ = _value(base, centre, m)
+            a, _, _ = value_of(ft, centre, m)
+            b, _, _ = value_of(base, centre, m)
             if a is None and b is None:
                 continue
             diff = a - b if a is not None and b is not None else None
@@ -279,7 +128,7 @@ def _finetune_gain_section(cfg: ExperimentConfig, scored: list[Scored], metrics:
             rows.append([ft.target.name, label, fmt(a, d), fmt(b, d), "–" if diff is None else f"{diff:+.{d}f}"])
         if perplexity is not None:
             ppl = perplexity.set_index("model")["perplexity"]
-            a, b = _num(ppl.get(ft.target.name)), _num(ppl.get(base.target.name))
+            a, b = to_number(ppl.get(ft.target.name)), to_number(ppl.get(base.target.name))
             if a is not None or b is not None:
                 diff = a - b if a is not None and b is not None else None
                 rows.append([ft.target.name, "perplexity", fmt(a, 3), fmt(b, 3),
@@ -316,8 +165,8 @@ def _training_section(cfg: ExperimentConfig) -> tuple[list[str], list[Path]]:
     """Per fine-tuned model: backend and why, steps, time, trained tokens/s after warm-up, peak memory."""
     rows, paths = [], []
     for m in cfg.models:
-        path = cfg.path / "finetuned_models" / m.name / "tunesweep.json"
-        rec = _read_optional_json(path)
+        path = Workdir(cfg.path).model_record(m.name)
+        rec = read_json_if_present(path)
         if rec is None:
             continue
         paths.append(path)
@@ -351,7 +200,7 @@ def _perplexity_section(perplexity: Optional[pd.DataFrame], path: Path, targets:
     for _, r in perplexity.iterrows():
         t = targets.get(str(r["model"]))
         rows.append([target_label(t) if t else r["model"], fmt(r.get("perplexity"), 3), fmt(r.get("nll")),
-                     "–" if _num(r.get("tokens")) is None else int(r["tokens"]), f"`{r.get('checkpoint', '')}`"])
+                     "–" if to_number(r.get("tokens")) is None else int(r["tokens"]), f"`{r.get('checkpoint', '')}`"])
     return lines + [md_table(["model", "perplexity", "NLL/token", "tokens", "checkpoint"], rows), ""]
 
 
@@ -365,8 +214,8 @@ def _cleaning_section(cfg: ExperimentConfig, scored: list[Scored]) -> list[str]:
              "(`length_capped`); from `llm_responses/<model>/cleaning.json`, summed over configs.", ""]
     rows, details, rules = [], [], None
     for s in scored:
-        path = cfg.path / "llm_responses" / s.target.name / "cleaning.json"
-        data = _read_optional_json(path)
+        path = Workdir(cfg.path).cleaning(s.target.name)
+        data = read_json_if_present(path)
         if data is None:
             rows.append([target_label(s.target), "not cleaned"] + ["–"] * len(CLEAN_COUNTS))
             continue
@@ -395,15 +244,15 @@ def _throughput_section(cfg: ExperimentConfig, scored: list[Scored]) -> tuple[li
              "From `llm_responses/<model>/manifest.json`: wall time and generated tokens summed over configs.", ""]
     rows, details, manifests = [], [], {}
     for s in scored:
-        path = cfg.path / "llm_responses" / s.target.name / "manifest.json"
-        data = _read_optional_json(path)
+        path = Workdir(cfg.path).manifest(s.target.name)
+        data = read_json_if_present(path)
         if data is None:
             rows.append([target_label(s.target), "no manifest", "–", "–", "–", "–", "–"])
             continue
         manifests[s.target.name] = data
         per = data.get("configs", {})
-        wall = sum(_num(c.get("wall_s")) or 0.0 for c in per.values())
-        tokens = sum(int(_num(c.get("tokens")) or 0) for c in per.values())
+        wall = sum(to_number(c.get("wall_s")) or 0.0 for c in per.values())
+        tokens = sum(int(to_number(c.get("tokens")) or 0) for c in per.values())
         rows.append([target_label(s.target), data.get("backend", "?"), data.get("test_rows", "–"), len(per),
                      f"{wall:.1f}", tokens, f"{tokens / wall:.1f}" if wall else "–"])
         for config, c in per.items():
@@ -489,7 +338,7 @@ def _bertscore_line(cfg: ExperimentConfig, metrics_json: Optional[dict]) -> str:
 
 
 def _human_section(cfg: ExperimentConfig) -> list[str]:
-    summary = _read_optional_json(cfg.path / "eval_results" / "human.json")
+    summary = read_json_if_present(Workdir(cfg.path).human_summary)
     if summary is None:
         return []
     a = summary.get("agreement", {})
@@ -512,8 +361,6 @@ def _human_section(cfg: ExperimentConfig) -> list[str]:
 
 
 def _settings_section(cfg: ExperimentConfig, metrics_json: Optional[dict], manifests: dict) -> list[str]:
-    from .doctor import library_versions
-
     lines = ["## Settings", "", "### Models", ""]
     rows = []
     for m in cfg.models:
@@ -565,13 +412,13 @@ def _inputs_section(paths: list[Path], root: Path) -> list[str]:
 
 def report(cfg: ExperimentConfig) -> Path:
     """Write eval_results/report.md and eval_results/plots/*.png; return the report's path."""
-    scored = _read_scored(cfg)
-    eval_dir = cfg.path / "eval_results"
+    scored = read_scored(cfg)
+    paths = Workdir(cfg.path)
     configs = expand_sweep(cfg.generation)
     metrics = _metrics_present(scored)
-    metrics_json = _read_optional_json(eval_dir / "metrics.json")
-    ppl_path = eval_dir / "perplexity.csv"
-    perplexity = pd.read_csv(ppl_path) if ppl_path.is_file() else None
+    metrics_json = read_json_if_present(paths.metrics_json)
+    ppl_path = paths.perplexity_table
+    perplexity = read_frame(ppl_path) if ppl_path.is_file() else None
     targets = {t.name: t for t in cfg.run_targets()}
 
     lines = [f"# {cfg.name}: results", "",
@@ -585,7 +432,7 @@ def report(cfg: ExperimentConfig) -> Path:
     lines += _finetune_gain_section(cfg, scored, metrics, perplexity)
     training, training_records = _training_section(cfg)
     lines += training
-    plot_lines, plots = _plots_section(cfg, scored, metrics, eval_dir / "plots")
+    plot_lines, plots = _plots_section(cfg, scored, metrics, paths.plots_dir)
     lines += plot_lines
     lines += _perplexity_section(perplexity, ppl_path, targets)
     lines += _human_section(cfg)
@@ -594,14 +441,13 @@ def report(cfg: ExperimentConfig) -> Path:
     lines += throughput
     lines += _decoding_section(configs, manifests)
     lines += _settings_section(cfg, metrics_json, manifests)
-    responses = cfg.path / "llm_responses"
-    inputs = [s.path for s in scored] + [eval_dir / n for n in ("all.csv", "perplexity.csv", "metrics.json",
-                                                                   "human.csv", "human.json")]
-    inputs += [responses / s.target.name / n for s in scored for n in ("manifest.json", "cleaning.json")]
+    inputs = [s.path for s in scored] + [paths.tidy_table, paths.perplexity_table, paths.metrics_json,
+                                         paths.human_table, paths.human_summary]
+    inputs += [p for s in scored for p in (paths.manifest(s.target.name), paths.cleaning(s.target.name))]
     inputs += training_records
     lines += _inputs_section(inputs, cfg.path)
 
-    out = eval_dir / "report.md"
+    out = paths.report
     write_text(out, "\n".join(lines))
-    log.info("report: %s (%d plots in %s)", out, len(plots), eval_dir / "plots")
+    log.info("report: %s (%d plots in %s)", out, len(plots), paths.plots_dir)
     return out

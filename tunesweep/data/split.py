@@ -1,0 +1,115 @@
+"""The split stage: dataset -> alpaca_data/{train,test}.jsonl and split.json.
+
+Test rows are held out by a seeded shuffle of prompt groups, so no (instruction, input) pair is in
+both sets; same inputs give byte-identical files. `split_for_config` skips the work when
+alpaca_data/ already holds this exact split.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Optional
+
+from ..errors import UserError
+from ..files import jsonl_dumps, sha256_bytes, sha256_file, write_json, write_text
+from ..layout import Workdir
+from .sources import load_usable_records, record_id
+
+
+def choose_test(records: list[dict], test_size: int, seed: int) -> set[int]:
+    """Pick test rows by seeded shuffle of prompt groups, so no (instruction, input) is in both sets."""
+    groups: dict[tuple, list[int]] = {}
+    for i, rec in enumerate(records):
+        groups.setdefault((rec["instruction"], rec["input"]), []).append(i)
+    keys = sorted(groups)
+    random.Random(seed).shuffle(keys)
+    chosen: set[int] = set()
+    for key in keys:
+        remaining = test_size - len(chosen)
+        if remaining == 0:
+            break
+        if len(groups[key]) <= remaining:
+            chosen.update(groups[key])
+    return chosen
+
+
+def resolve_test_size(test_size, n_usable: int) -> int:
+    n = round(test_size * n_usable) if isinstance(test_size, float) else int(test_size)
+    if n < 1 or n >= n_usable:
+        raise UserError(
+            f"dataset.test_size = {test_size!r}: must leave at least one training row, but the dataset has "
+            f"{n_usable} usable records"
+        )
+    return n
+
+
+def split_dataset(source: str, workdir: str | Path, test_size, seed: int = 42, max_rows: Optional[int] = None,
+                  builtin_rows: int = 3000) -> dict:
+    """Write alpaca_data/{train,test}.jsonl and split.json; same inputs give byte-identical files."""
+    loaded, usable, stats = load_usable_records(source, seed=seed, builtin_rows=builtin_rows)
+    if max_rows is not None:
+        usable = usable[:max_rows]
+    n_test = resolve_test_size(test_size, len(usable))
+    test_idx = choose_test(usable, n_test, seed)
+    if len(test_idx) != n_test:
+        raise UserError(
+            f"dataset.test_size = {test_size!r}: cannot hold out {n_test} rows without splitting a repeated prompt "
+            f"across train and test (got {len(test_idx)})"
+        )
+
+    def out(rec):
+        return {"id": record_id(rec), "instruction": rec["instruction"], "input": rec["input"], "output": rec["output"]}
+
+    train = [out(r) for i, r in enumerate(usable) if i not in test_idx]
+    test = [out(r) for i, r in enumerate(usable) if i in test_idx]
+    train_text, test_text = jsonl_dumps(train), jsonl_dumps(test)
+    paths = Workdir(workdir)
+    meta = {
+        "source": source,
+        "source_hash": loaded.source_hash,
+        "seed": seed,
+        "test_size": test_size,
+        "max_rows": max_rows,
+        **stats,
+        "usable": len(usable),
+        "train_rows": len(train),
+        "test_rows": len(test),
+        "train_sha256": sha256_bytes(train_text.encode()),
+        "test_sha256": sha256_bytes(test_text.encode()),
+    }
+    # Written last: split.json present means the two data files beside it are complete.
+    write_text(paths.split_file("train"), train_text)
+    write_text(paths.split_file("test"), test_text)
+    write_json(paths.split_meta, meta)
+    return meta
+
+
+def split_is_current(workdir: str | Path) -> Optional[dict]:
+    """The split.json of a complete split, or None when the files are missing or were edited."""
+    paths = Workdir(workdir)
+    try:
+        meta = json.loads(paths.split_meta.read_text())
+        ok = (sha256_file(paths.split_file("train")) == meta["train_sha256"]
+              and sha256_file(paths.split_file("test")) == meta["test_sha256"])
+    except (OSError, KeyError, json.JSONDecodeError):
+        return None
+    return meta if ok else None
+
+
+def split_for_config(cfg, force: bool = False) -> tuple[dict, bool]:
+    """Split the config's dataset unless alpaca_data/ already holds this exact split; (meta, skipped)."""
+    meta = split_is_current(cfg.path)
+    wanted = {"source": cfg.dataset.source, "seed": cfg.seed, "test_size": cfg.dataset.test_size,
+              "max_rows": cfg.dataset.max_rows}
+    if not force and meta and all(meta.get(k) == v for k, v in wanted.items()):
+        if not cfg.dataset.source.startswith("builtin:") and Path(cfg.dataset.source).is_file():
+            # A local file edited since the split must be split again.
+            if sha256_file(cfg.dataset.source) != meta.get("source_hash"):
+                meta = None
+        if meta:
+            return meta, True
+    meta = split_dataset(cfg.dataset.source, cfg.path, cfg.dataset.test_size, seed=cfg.seed,
+                         max_rows=cfg.dataset.max_rows, builtin_rows=cfg.dataset.builtin_rows)
+    return meta, False

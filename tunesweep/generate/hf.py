@@ -1,0 +1,109 @@
+"""The transformers generation backend: used where vLLM is not installed, and as a cross-check.
+
+Batched `generate` with left padding over length-sorted batches, the same decoding parameters as
+the vLLM backend, decoding only the new tokens. In-process (transformers frees its memory on `del`).
+Seeds: one `torch.manual_seed` per batch (a batched `generate` has no per-row seeds), derived from
+the run seed, the config and the batch index, so a rerun gives the same responses.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+from ..config import DecodingConfig, ExperimentConfig
+from ..files import derive_seed
+from ..loading import load_for_inference
+from ..templates import decode_response
+from .backend import Backend, ConfigDone, EngineBuilt, Message, Request, RowResult, decoding_note
+
+
+def _load(checkpoint: str):
+    from transformers import GenerationConfig
+
+    model, tokenizer = load_for_inference(checkpoint)
+    # Stop where vLLM stops: the tokenizer's EOS and any EOS the model's generation_config lists.
+    eos = {tokenizer.eos_token_id}
+    gen_eos = model.generation_config.eos_token_id
+    eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+    eos.discard(None)
+    # Replace the model's generation defaults so none of them (top_p, repetition_penalty, ...) leaks
+    # into our decoding: only the special-token ids survive.
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
+                                               eos_token_id=sorted(eos), pad_token_id=tokenizer.pad_token_id)
+    return model, tokenizer, sorted(eos)
+
+
+def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Row indices grouped longest first, so a batch pads little."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _finish(new_ids: list[int], eos: list[int], pad: int, max_new: int) -> tuple[int, str]:
+    """(num_tokens, finish_reason) for one generated row, as vLLM reports them (EOS counted)."""
+    for i, tok in enumerate(new_ids):
+        if tok in eos:
+            return i + 1, "stop"
+    # A row that stopped early (at a stop string) is padded to the batch's length: drop the pads.
+    n = len(new_ids)
+    while n and new_ids[n - 1] == pad:
+        n -= 1
+    return n, ("length" if n >= max_new else "stop")
+
+
+class HfBackend(Backend):
+    name = "hf"
+    label = "transformers model"
+    result_libraries = ("torch", "transformers")
+
+    def identity(self, engine: dict, cfg: ExperimentConfig) -> dict:
+        # Batches are padded together, and each batch draws from one seed: the batch size changes results.
+        return {"engine": {"on_cuda": self.on_cuda}, "hf_batch_size": cfg.generation.hf_batch_size}
+
+    def job_params(self, dc: DecodingConfig, max_new_tokens: int, stop: list[str]) -> tuple[str, dict, str]:
+        if dc.mode == "beam":
+            return "generate", {"max_new_tokens": max_new_tokens, "do_sample": False, "num_beams": dc.num_beams,
+                                "length_penalty": 1.0, "early_stopping": False, "num_return_sequences": 1,
+                                "stop_strings": list(stop)}, "beam search ignores top_k and temperature"
+        params = {"max_new_tokens": max_new_tokens, "do_sample": dc.mode == "sample", "num_beams": 1,
+                  "stop_strings": list(stop)}
+        if dc.mode == "sample":
+            params.update({"temperature": dc.temperature, "top_k": dc.top_k, "top_p": 1.0})
+        return "generate", params, decoding_note(dc)
+
+    def seed_scheme(self, job_call: str, mode: str, run_seed: int) -> dict:
+        return {"run_seed": run_seed, "scheme": "per batch: torch.manual_seed(derive_seed(run seed, config, 'batch', "
+                "batch index)) over length-sorted batches"}
+
+    def run(self, request: Request) -> Iterator[Message]:
+        import torch
+
+        t0 = time.perf_counter()
+        model, tokenizer, eos = _load(request.checkpoint)
+        yield EngineBuilt(time.perf_counter() - t0)
+        prompts = request.prompts
+        lengths = [len(tokenizer(p)["input_ids"]) for p in prompts]
+        pad = tokenizer.pad_token_id
+        try:
+            for job in request.jobs:
+                max_new = job.params["max_new_tokens"]
+                results: list = [None] * len(prompts)
+                t = time.perf_counter()
+                for b, idx in enumerate(_batches(lengths, request.batch_size)):
+                    enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True)
+                    enc = {k: v.to(model.device) for k, v in enc.items()}
+                    torch.manual_seed(derive_seed(request.seed, job.config, "batch", b))
+                    with torch.no_grad():
+                        out = model.generate(**enc, **job.params, tokenizer=tokenizer)
+                    new = out[:, enc["input_ids"].shape[1]:].tolist()
+                    for row, ids in zip(idx, new):
+                        n, reason = _finish(ids, eos, pad, max_new)
+                        # transformers keeps a stop string that vLLM would have cut: decode_response cuts it.
+                        results[row] = RowResult(decode_response(tokenizer, ids[:n], request.stop), reason, n)
+                wall = time.perf_counter() - t
+                yield ConfigDone(job.config, results, wall, [job.config], sum(r.num_tokens for r in results))
+        finally:
+            del model
+            if self.on_cuda:
+                torch.cuda.empty_cache()

