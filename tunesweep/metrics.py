@@ -90,6 +90,19 @@ class Bleu:
     def aggregate(self, rows: np.ndarray) -> float:
         return self._from_summed(rows.sum(axis=0))
 
+    def per_row(self, rows: np.ndarray) -> np.ndarray:
+        """Sentence BLEU (0-1) of each row from its own statistics: what sacrebleu.sentence_bleu gives
+        for that row's text (exp smoothing, effective order). For reading rows, not for averaging:
+        the table's BLEU is the corpus score, not the mean of these."""
+        from sacrebleu.metrics import BLEU
+
+        rows = np.asarray(rows)
+        orders = (rows.shape[1] - 2) // 2 if rows.ndim == 2 else 4
+        return np.array([BLEU.compute_bleu(
+            correct=[int(x) for x in r[2:2 + orders]], total=[int(x) for x in r[2 + orders:]],
+            sys_len=int(r[0]), ref_len=int(r[1]), smooth_method=self.smooth_method, effective_order=True,
+            max_ngram_order=orders).score / 100.0 for r in rows], dtype=float)
+
     def aggregate_resamples(self, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
         # Summing the per-row statistics of each resample replaces re-tokenizing its text.
         summed = _resample_sums(rows, idx)
@@ -240,6 +253,10 @@ class Rouge:
     def rows(self, hyps: Sequence[str], refs: Sequence[str], groups=None) -> np.ndarray:
         return rouge_rows(hyps, refs, self.rouge_type, workers=self.workers, progress=len(hyps) > 1000)[:, 2]
 
+    def per_row(self, rows: np.ndarray) -> np.ndarray:
+        """Each row's F1 (the table's score is their mean)."""
+        return np.asarray(rows, dtype=float)
+
     def aggregate(self, rows: np.ndarray) -> float:
         return float(np.mean(rows)) if len(rows) else float("nan")
 
@@ -357,6 +374,10 @@ class BertScore:
 
     def rows(self, hyps: Sequence[str], refs: Sequence[str], groups: Optional[Sequence[int]] = None) -> np.ndarray:
         return self.prf(hyps, refs, groups)[:, 2]
+
+    def per_row(self, rows: np.ndarray) -> np.ndarray:
+        """Each row's F1 (the table's score is their mean)."""
+        return np.asarray(rows, dtype=float)
 
     def aggregate(self, rows: np.ndarray) -> float:
         return float(np.mean(rows)) if len(rows) else float("nan")

@@ -7,7 +7,9 @@ sweep, and writes (DESIGN.md contracts):
   human rating from eval_results/human.csv when present;
 - eval_results/all.csv: the same numbers in tidy form (model, config, parameter, value, metric, ...);
 - eval_results/perplexity.csv: perplexity of the test references per target;
-- eval_results/metrics.json: the settings of every metric.
+- eval_results/metrics.json: the settings of every metric;
+- eval_results/rows/<target>.csv: every row's own score per config and metric (`config, id, bleu,
+  rougeL, bertscore`; BLEU there is sentence BLEU), for reading single answers (report.html).
 
 A config whose file is missing, short, or lacks `response` stops the stage with a one-line error:
 a table never silently drops a row. Per-row scores are cached in eval_results/.cache/<target>.json,
@@ -38,6 +40,7 @@ TABLE_COLUMNS = ["config", "mode", "bleu", "bleu_ci_low", "bleu_ci_high", "rouge
                  "bertscore", "bertscore_ci_low", "bertscore_ci_high", "human"]
 TIDY_COLUMNS = ["model", "config", "parameter", "value", "metric", "score", "ci_low", "ci_high"]
 PERPLEXITY_COLUMNS = ["model", "perplexity", "nll", "tokens", "checkpoint"]
+ROW_SCORE_KEYS = ["config", "id"]  # then one column per text metric scored
 HUMAN_COLUMNS = ("model", "config", "human")
 CACHE_VERSION = 1
 PERPLEXITY_SCOPE = ("test references, response tokens only (prompt masked, EOS included); corpus level: "
@@ -319,6 +322,18 @@ def settings_note(settings: dict, n_rows: int) -> str:
     return " ".join(parts)
 
 
+def row_scores(metrics, per_metric_rows: dict, tr: TargetResponses) -> tuple[list[str], list[dict]]:
+    """(columns, rows) of eval_results/rows/<target>.csv: one row per config and test row, in sweep
+    and test order, with each metric's per-row score (BLEU: sentence BLEU of that row)."""
+    columns = ROW_SCORE_KEYS + [m.name for m in metrics]
+    out = []
+    for config, recs in tr.records.items():
+        values = {m.name: m.per_row(per_metric_rows[m.name][config]) for m in metrics}
+        for i, rec in enumerate(recs):
+            out.append({"config": config, "id": rec["id"], **{name: float(v[i]) for name, v in values.items()}})
+    return columns, out
+
+
 # --- the stage ------------------------------------------------------------------------------------
 
 def _merge_rows(path: Path, new_rows: list[dict], order: list[str], key: str = "model") -> list[dict]:
@@ -401,6 +416,8 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
             row["human"] = human.get((target.name, dc.name))
             table.append(row)
         tables[target.name] = table
+        columns, per_row = row_scores(metrics, per_metric_rows, tr)
+        write_text(out_dir / "rows" / f"{target.name}.csv", csv_text(columns, per_row))
         write_text(out_dir / f"{target.name}.csv", csv_text(TABLE_COLUMNS, table))
         write_text(out_dir / f"{target.name}.md",
                    f"# {target.name}\n\n" + markdown_table(TABLE_COLUMNS, table) + "\n"
