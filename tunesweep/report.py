@@ -1,4 +1,4 @@
-"""The report stage: eval_results/report.md and eval_results/plots/*.png from the scored results.
+"""The report stage: eval_results/report.md, report.html and plots/*.png from the scored results.
 
 Reads only files of the stages before it (the contracts of DESIGN.md): eval_results/<target>.csv,
 perplexity.csv, metrics.json, human.csv/human.json, and llm_responses/<target>/manifest.json and
@@ -571,4 +571,8 @@ def report(cfg: ExperimentConfig) -> Path:
     out = eval_dir / "report.md"
     write_text(out, "\n".join(lines))
     log.info("report: %s (%d plots in %s)", out, len(plots), eval_dir / "plots")
+    # The same results as one self-contained page (report.html), with every answer in an explorer.
+    from .report_html import write_html
+
+    write_html(cfg, scored, metrics, plots, manifests, metrics_json, perplexity)
     return out
