@@ -13,9 +13,14 @@ PIP_INDEX := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
 STAMP := $(VENV)/.tunesweep-setup
 DEMO_CONFIG ?= configs/tiny.yaml
 
-.PHONY: setup demo test bench clean-demo
+.PHONY: setup browser demo test bench clean-demo
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# Headless Chromium (Debian's package) for the report.html browser tests; installed only where missing
+# and apt-get can run (root or password-less sudo), else those tests skip saying why. NO_BROWSER=1 skips.
+browser:
+	@bash .ci/install-chromium
 
 # Rebuilt only when the dependencies change: a second `make setup` is a no-op.
 $(STAMP): pyproject.toml
