@@ -45,9 +45,11 @@ test: setup
 # shorten it with e.g. `make bench GEN_BENCH_ARGS="--configs 4 --rows 10"`.
 GEN_BENCH_ARGS ?=
 SCORE_BENCH_ARGS ?=
+HTML_BENCH_ARGS ?=
 bench: setup
 	$(PY) bench/generation.py $(GEN_BENCH_ARGS)
 	$(PY) bench/scoring.py $(SCORE_BENCH_ARGS)
+	$(PY) bench/report_html.py $(HTML_BENCH_ARGS)
 
 clean-demo:
 	rm -rf demo_run
