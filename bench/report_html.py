@@ -163,11 +163,12 @@ def main() -> int:
     page = cfg.path / "eval_results" / "report.html"
     text = page.read_text(encoding="utf-8")
     data = re.search(r'<script type="application/json" id="explorer-data">(.*?)</script>', text, re.S).group(1)
-    images = sum(len(m) for m in re.findall(r'src="data:image/png;base64,[^"]*"', text))
+    pngs = re.findall(r'src="data:image/png;base64,[^"]*"', text)
+    images = sum(len(m) for m in pngs)
     n_resp = sum(len(v) for t in json.loads(data)["resp"].values() for v in t.values())
     print(f"\nstudy: {args.models} models x 13 configs x {args.rows} rows = {n_resp} responses "
           f"(real Alpaca answers, up to 100 words)")
-    print(f"report stage (report.md, 12 plots, report.html): {report_s:.1f} s wall")
+    print(f"report stage (report.md, {len(pngs)} plots, report.html): {report_s:.1f} s wall")
     print(f"report.html: {len(text.encode()) / 1e6:.2f} MB  (explorer JSON {len(data.encode()) / 1e6:.2f} MB, "
           f"plots {images / 1e6:.2f} MB, the rest {(len(text.encode()) - len(data.encode()) - images) / 1e6:.2f} MB)")
     print(f"'http' in the file: {len(re.findall('http', text, re.I))} times")
