@@ -216,13 +216,20 @@ def test_comparisons_section_absent_odd_or_broken(tmp_path):
     assert "has no rows" in _comparisons_section(path)
 
 
-def test_real_run_page_has_no_url_and_renders_without_comparisons(e2e_run, chromium):
-    work, cfg_path, res = e2e_run
-    page = work / "eval_results" / "report.html"
-    text = page.read_text(encoding="utf-8")
-    assert not re.search("http", text, re.I), "report.html must not name any URL"
-    assert not re.search(r"""(?:src|href)\s*=\s*(?!["']?(?:data:|#))""", text, re.I), "every link is local"
+def test_pages_name_no_url_and_link_only_inside_themselves(e2e_run, hostile):
+    """No browser needed: the real run's page, and the copy whose answer holds HTTP://example.org."""
+    work, _, res = e2e_run
     assert "report.html" in res.stdout
+    for page in (work / "eval_results" / "report.html", hostile[0] / "eval_results" / "report.html"):
+        text = page.read_text(encoding="utf-8")
+        assert not re.search("http", text, re.I), f"{page} names a URL"
+        links = [v for n in parse(text).iter() for k, v in n.attrs.items() if k in ("src", "href", "action")]
+        assert links and all(v.startswith(("data:image/png;base64,", "#")) for v in links), "a link leaves the page"
+
+
+def test_real_run_page_renders_without_comparisons(chromium, e2e_run):
+    work, _, _ = e2e_run
+    page = work / "eval_results" / "report.html"
     dom = dump_dom(chromium, page)
     assert dom.find(lambda n: n.tag == "section" and n.attrs.get("id") == "comparisons").text.count(
         "No eval_results/comparisons.csv") == 1
@@ -234,11 +241,9 @@ def test_real_run_page_has_no_url_and_renders_without_comparisons(e2e_run, chrom
     assert len(plots) == len(list((work / "eval_results" / "plots").glob("*.png"))) > 0
 
 
-def test_page_in_chromium_tables_explorer_and_escaping(hostile, chromium):
+def test_page_in_chromium_tables_explorer_and_escaping(chromium, hostile):
     work, cfg, row_id, comparisons = hostile
     page = work / "eval_results" / "report.html"
-    text = page.read_text(encoding="utf-8")
-    assert not re.search("http", text, re.I)
     configs = [dc.name for dc in expand_sweep(cfg.generation)]
     assert len(configs) == 13
     dom = dump_dom(chromium, page, f"#row={row_id}&a={CENTRE}&b={HOSTILE_CONFIG}")
@@ -299,7 +304,7 @@ def test_page_in_chromium_tables_explorer_and_escaping(hostile, chromium):
     assert "<script>alert(1)</script>" in inserted
 
 
-def test_screenshot_of_the_explorer(hostile, chromium, tmp_path_factory):
+def test_screenshot_of_the_explorer(chromium, hostile, tmp_path_factory):
     work, cfg, row_id, _ = hostile
     shot = tmp_path_factory.mktemp("screens") / "report_explorer.png"
     browse(chromium, work / "eval_results" / "report.html",
