@@ -313,3 +313,58 @@ def test_screenshot_of_the_explorer(chromium, hostile, tmp_path_factory):
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 30_000, "the screenshot is missing or blank"
     print(f"screenshot of the explorer: {shot}")
+
+
+# Clicks and typing, as a person would do them, then the outcome written into the page for --dump-dom.
+PROBE = """<script>
+(function () {
+  var out = {};
+  function cells(t, i) { return Array.prototype.map.call(t.tBodies[0].rows, function (r) { return r.cells[i]; }); }
+  try {
+    var t = document.querySelector('table[data-results="tiny"]'), th = t.tHead.rows[0].cells;
+    th[3].click();
+    out.bleu_up = cells(t, 3).map(function (c) { return parseFloat(c.getAttribute("data-v")); });
+    th[3].click();
+    out.bleu_down = cells(t, 3).map(function (c) { return parseFloat(c.getAttribute("data-v")); });
+    th[0].click();
+    out.configs = cells(t, 0).map(function (c) { return c.textContent; });
+    var s = document.getElementById("ex-search");
+    s.value = __ROW_ID__; s.dispatchEvent(new Event("input"));
+    out.listed = Array.prototype.map.call(document.querySelectorAll("#ex-list li"), function (li) { return li.getAttribute("data-row"); });
+    document.querySelector("#ex-list li").click();
+    out.row = document.getElementById("ex-rowid").textContent;
+    out.hash = location.hash;
+    var b = document.getElementById("ex-b");
+    b.value = __B__; b.dispatchEvent(new Event("change"));
+    out.b_row = document.querySelector("#ex-grid tr.is-b").getAttribute("data-config");
+    s.value = ""; s.dispatchEvent(new Event("input"));
+    var o = document.getElementById("ex-order");
+    o.value = "disagree"; o.dispatchEvent(new Event("change"));
+    out.badges = document.querySelectorAll("#ex-list li .badge").length;
+  } catch (e) { out.error = String(e); }
+  var pre = document.createElement("pre"); pre.id = "probe"; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+})();
+</script>"""
+
+
+def test_sorting_search_and_choices_respond_in_chromium(chromium, e2e_run, tmp_path):
+    work, cfg_path, _ = e2e_run
+    configs = [dc.name for dc in expand_sweep(load_config(cfg_path).generation)]
+    row_id = read_jsonl(work / "llm_responses" / "tiny" / f"{CENTRE}.jsonl")[3]["id"]
+    page = tmp_path / "probe.html"
+    probe = PROBE.replace("__ROW_ID__", json.dumps(row_id)).replace("__B__", json.dumps(configs[5]))
+    page.write_text((work / "eval_results" / "report.html").read_text(encoding="utf-8")
+                    .replace("</body></html>", probe + "</body></html>"), encoding="utf-8")
+    dom = dump_dom(chromium, page)
+    out = json.loads(dom.find(lambda n: n.attrs.get("id") == "probe").text)
+    assert "error" not in out, out
+    assert out["bleu_up"] == sorted(out["bleu_up"]) and out["bleu_down"] == sorted(out["bleu_down"], reverse=True)
+    # By name, numbers as numbers: top_k 10 < 25 < 40 < 50 < 75 whatever the sweep order was.
+    assert sorted(out["configs"]) == sorted(configs) and out["configs"] != configs
+    top_k = [c for c in out["configs"] if c.endswith("_num_beams_1_temp_0.8")]
+    assert top_k == [f"top_k_{k}_num_beams_1_temp_0.8" for k in (10, 25, 40, 50, 75)]
+    assert out["listed"] == [row_id] and out["row"] == row_id  # found by its id, then picked
+    assert out["hash"].startswith(f"#row={row_id}&")
+    assert out["b_row"] == configs[5]
+    assert out["badges"] == len(read_jsonl(work / "llm_responses" / "tiny" / f"{CENTRE}.jsonl"))

@@ -427,7 +427,7 @@ def _explorer_section(data: dict) -> str:
         "<p class=note>No per-row scores (<code>eval_results/rows/</code> is missing: rerun "
         "<code>tunesweep score</code> to write them).</p>")
     return f"""<section id="explorer"><h2>Response explorer</h2>
-<p>Pick a test row (search its text or id) to see its instruction, input and reference, and every model ×
+<p>Pick a test row (search its text, its answers or its id) to see its instruction, input and reference, and every model ×
 config answer with that row's own scores (BLEU here is sentence BLEU; ROUGE-L and BERTScore are the row's F1),
 the finish reason and the tokens generated. Choose two configs A and B to see their differences word by word.
 Order the rows by how much the configs disagree to find where decoding matters. The address keeps the choice
