@@ -13,9 +13,14 @@ PIP_INDEX := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
 STAMP := $(VENV)/.tunesweep-setup
 DEMO_CONFIG ?= configs/tiny.yaml
 
-.PHONY: setup demo test bench clean-demo gpu-check
+.PHONY: setup browser demo test bench clean-demo gpu-check
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# Headless Chromium (Debian's package) for the report.html browser tests; installed only where missing
+# and apt-get can run (root or password-less sudo), else those tests skip saying why. NO_BROWSER=1 skips.
+browser:
+	@bash .ci/install-chromium
 
 # Rebuilt only when the dependencies change: a second `make setup` is a no-op.
 $(STAMP): pyproject.toml
@@ -40,9 +45,11 @@ test: setup
 # shorten it with e.g. `make bench GEN_BENCH_ARGS="--configs 4 --rows 10"`.
 GEN_BENCH_ARGS ?=
 SCORE_BENCH_ARGS ?=
+HTML_BENCH_ARGS ?=
 bench: setup
 	$(PY) bench/generation.py $(GEN_BENCH_ARGS)
 	$(PY) bench/scoring.py $(SCORE_BENCH_ARGS)
+	$(PY) bench/report_html.py $(HTML_BENCH_ARGS)
 
 clean-demo:
 	rm -rf demo_run

