@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 
 from helpers import REPO
 from tunesweep.files import read_json

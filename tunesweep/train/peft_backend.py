@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from .job import TrainJob, TrainResult
-from .toolkit import (compute_dtype, describe_device, ensure_distinct_pad, loss_history, run_trainer,
-                      set_generation_ids, sft_config, training_dataset)
+from ..loading import compute_dtype
+from .toolkit import ensure_distinct_pad, run_training, set_generation_ids, sft_config, training_dataset
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +105,8 @@ def train(job: TrainJob) -> TrainResult:
         gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=training_dataset(job), processing_class=tokenizer)
-    runtime, throughput = run_trainer(trainer, job, gradient_checkpointing=(
-        "transformers (non-reentrant)" if checkpointing else "off"))
-    history, step = loss_history(trainer), trainer.state.global_step
-    result = TrainResult(loss_history=history, global_step=step, train_runtime_s=runtime, device=describe_device(),
-                         dtype=str(dtype).split(".")[-1] + (" (nf4 base)" if quantized else ""),
-                         pad_token=tokenizer.pad_token, eos_token=tokenizer.eos_token, throughput=throughput)
+    result = run_training(trainer, job, tokenizer, dtype=str(dtype).split(".")[-1] + (" (nf4 base)" if quantized else ""),
+                          gradient_checkpointing="transformers (non-reentrant)" if checkpointing else "off")
     if not job.merge:
         return result
 

@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from ..loading import compute_dtype  # noqa: F401  (the backends take it from here with the rest)
 from transformers import TrainerCallback
 
-from .job import Throughput, TrainJob
+from .job import Throughput, TrainJob, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +142,8 @@ def loss_history(trainer) -> list[dict]:
     return out
 
 
-def run_trainer(trainer, job: TrainJob, *, gradient_checkpointing: str) -> tuple[float, Throughput]:
-    """Train (resuming when the job says so); returns (train_runtime_s, throughput)."""
+def run_training(trainer, job: TrainJob, tokenizer, *, dtype: str, gradient_checkpointing: str) -> TrainResult:
+    """Train (resuming when the job says so) with the throughput meter attached; the backend's result."""
     meter = ThroughputMeter(job.speed.warmup_steps)
     trainer.add_callback(meter)
     reset_peak_memory()
@@ -152,8 +151,12 @@ def run_trainer(trainer, job: TrainJob, *, gradient_checkpointing: str) -> tuple
         log.info("%s: resuming from %s", job.name, job.resume_from)
     out = trainer.train(resume_from_checkpoint=job.resume_from)
     padding_free = "on" if getattr(trainer.args, "padding_free", False) else "off"
-    throughput = meter.result(trainer.state.num_input_tokens_seen, gradient_checkpointing, padding_free)
-    return round(float(out.metrics.get("train_runtime", 0.0)), 2), throughput
+    return TrainResult(
+        loss_history=loss_history(trainer), global_step=trainer.state.global_step,
+        train_runtime_s=round(float(out.metrics.get("train_runtime", 0.0)), 2), device=describe_device(), dtype=dtype,
+        pad_token=tokenizer.pad_token, eos_token=tokenizer.eos_token,
+        throughput=meter.result(trainer.state.num_input_tokens_seen, gradient_checkpointing, padding_free),
+    )
 
 
 def reset_peak_memory() -> None:

@@ -35,8 +35,8 @@ def train(job: TrainJob) -> TrainResult:
     from transformers import set_seed
     from trl import SFTTrainer
 
-    from .toolkit import (compute_dtype, describe_device, ensure_distinct_pad, loss_history, repair_saved_ids,
-                          run_trainer, sft_config, training_dataset)
+    from ..loading import compute_dtype
+    from .toolkit import ensure_distinct_pad, repair_saved_ids, run_training, sft_config, training_dataset
 
     # Unsloth's own offloaded checkpointing unless a speed comparison asks for plain on/off.
     checkpointing = "unsloth" if job.speed.gradient_checkpointing is None else job.speed.gradient_checkpointing
@@ -68,12 +68,9 @@ def train(job: TrainJob) -> TrainResult:
         gradient_checkpointing=False,  # Unsloth does its own (use_gradient_checkpointing above)
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=training_dataset(job), processing_class=tokenizer)
-    runtime, throughput = run_trainer(trainer, job, gradient_checkpointing={
-        "unsloth": "unsloth (offloaded)", True: "unsloth (plain)", False: "off"}[checkpointing])
-    history, step = loss_history(trainer), trainer.state.global_step
-    result = TrainResult(loss_history=history, global_step=step, train_runtime_s=runtime, device=describe_device(),
-                         dtype=str(dtype).split(".")[-1] + (" (4-bit base)" if m.load_in_4bit else ""),
-                         pad_token=tokenizer.pad_token, eos_token=tokenizer.eos_token, throughput=throughput)
+    result = run_training(trainer, job, tokenizer, dtype=str(dtype).split(".")[-1] + (" (4-bit base)" if m.load_in_4bit else ""),
+                          gradient_checkpointing={"unsloth": "unsloth (offloaded)", True: "unsloth (plain)",
+                                                  False: "off"}[checkpointing])
     if not job.merge:
         return result
 
