@@ -59,16 +59,18 @@ def study(tmp_path_factory, tiny_model_dir) -> Study:
     """split -> generate -> clean -> score on a tiny study, by the stages themselves.
 
     Target `tiny` is the tiny random model standing in for a fine-tuned checkpoint (training has tests
-    of its own), generated with vLLM through the CLI (one engine); `tiny-base` is the same weights as
-    a base row, generated with the hf backend, so the two backends can be compared row by row.
+    of its own), generated with vLLM (one engine); `tiny-base` is the same weights as a base row,
+    generated with the hf backend, so the two backends can be compared row by row. (`generate --model
+    tiny` would take its base rows along, with one backend: the two targets are planned and run one by
+    one here, through the stage's own plan_target / run_target.)
     Read-only for the tests: a test that changes files works on `study.copy_to(tmp_path)`.
     """
-    from helpers import run_tunesweep
     from tunesweep.config import load_config
     from tunesweep.data import split_for_config
     from tunesweep.evaluate.clean import clean
     from tunesweep.evaluate.scoring import score
-    from tunesweep.generate import generate
+    from tunesweep.generate.stage import plan_target, run_target
+    from tunesweep.layout import load_split
 
     root = tmp_path_factory.mktemp("study")
     workdir = root / "work"
@@ -77,12 +79,13 @@ def study(tmp_path_factory, tiny_model_dir) -> Study:
     cfg = load_config(config)
     split_for_config(cfg)
     shutil.copytree(tiny_model_dir, workdir / "finetuned_models" / "tiny")
-    res = run_tunesweep("generate", "--config", config, "--model", "tiny", "--limit", STUDY_ROWS)
-    assert res.returncode == 0, res.stderr[-3000:]
-    generate(cfg, model="tiny-base", backend="hf", limit=STUDY_ROWS)
+    rows = load_split(workdir, "test")[:STUDY_ROWS]
+    summaries = {}
+    for target, backend in zip(cfg.run_targets(), ("vllm", "hf")):
+        summaries[target.name] = run_target(cfg, plan_target(cfg, target, backend, rows, STUDY_ROWS))
     clean(cfg)
     score(cfg)
-    return Study(workdir, config, res.stderr)
+    return Study(workdir, config, summaries)
 
 
 @pytest.fixture(scope="session")

@@ -82,14 +82,14 @@ evaluation:
 class Study:
     root: Path  # the workdir
     config: Path  # the YAML file
-    generate_stderr: str  # what `tunesweep generate` printed for the fine-tuned target
+    summaries: dict  # {target: what run_target returned}
 
     def copy_to(self, dest: Path) -> "Study":
         """An independent copy (tests that change files work on one): workdir and config, re-pointed."""
         shutil.copytree(self.root, dest / "work")
         config = dest / "study.yaml"
         config.write_text(self.config.read_text().replace(str(self.root), str(dest / "work")))
-        return Study(dest / "work", config, self.generate_stderr)
+        return Study(dest / "work", config, self.summaries)
 
 
 

