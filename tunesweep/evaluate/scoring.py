@@ -7,6 +7,8 @@ sweep, and writes (DESIGN.md contracts):
   human rating from eval_results/human.csv when present;
 - eval_results/all.csv: the same numbers in tidy form (model, config, parameter, value, metric, ...);
 - eval_results/perplexity.csv: perplexity of the test references per target;
+- eval_results/comparisons.csv: per target, metric and config the paired-bootstrap difference to the
+  centre config and to the best config, and fine-tuned minus base per config, with 95% CI, p and Holm-adjusted p (compare.py);
 - eval_results/metrics.json: the settings of every metric;
 - eval_results/rows/<target>.csv: every row's own score per config and metric (`config, id, bleu,
   rougeL, bertscore`; BLEU there is sentence BLEU), for reading single answers (report.html).
@@ -29,10 +31,11 @@ import numpy as np
 from ..config import DecodingConfig, expand_sweep, format_temperature
 from ..errors import UserError
 from ..files import fingerprint, read_json, write_json, write_text
-from ..layout import (PERPLEXITY_COLUMNS, ROW_SCORE_KEYS, TABLE_COLUMNS, TIDY_COLUMNS, TargetResponses, Workdir, format_cell,
+from ..layout import (COMPARISON_COLUMNS, PERPLEXITY_COLUMNS, ROW_SCORE_KEYS, TABLE_COLUMNS, TIDY_COLUMNS, TargetResponses, Workdir, format_cell,
                       markdown_table, read_human, read_json_if_present, read_rows, read_frame,
                       read_target_responses, write_table)
 from ..provenance import checkpoint_identity, library_versions
+from .compare import compare_to_base, compare_to_best, compare_to_centre
 from .metrics import CI_LEVEL, TEXT_METRICS, bootstrap_ci, bootstrap_indices, build_metric
 
 log = logging.getLogger(__name__)
@@ -221,6 +224,56 @@ def _merge_rows(path: Path, new_rows: list[dict], order: list[str], key: str = "
     return [rows[t] for t in order if t in rows]
 
 
+def centre_name(cfg) -> str:
+    """The centre config's name: the generation defaults (the point every one-at-a-time factor varies from)."""
+    d = cfg.generation.defaults
+    return DecodingConfig(d.top_k, d.num_beams, float(d.temperature)).name
+
+
+def comparison_rows(cfg, metrics, targets, rows_by_target: dict, loaded: dict) -> list[dict]:
+    """The comparisons.csv rows of the targets scored now: every config minus the centre, and each
+    fine-tuned model minus its base per config when both were scored now on the same test rows (the
+    bootstrap indices are drawn from the study's seed, so both targets resample the same rows)."""
+    centre = centre_name(cfg)
+    resamples = cfg.evaluation.bootstrap
+    out = []
+    for target in targets:
+        tr = loaded[target.name]
+        idx = bootstrap_indices(tr.n_rows, resamples, cfg.seed) if resamples else None
+        per_metric = rows_by_target[target.name]
+        for metric in metrics:
+            out += compare_to_centre(metric, target.name, per_metric[metric.name], centre, idx)
+            out += compare_to_best(metric, target.name, per_metric[metric.name], idx)
+        base = f"{target.name}-base"
+        if target.is_base or base not in rows_by_target:
+            continue
+        ids = [r["id"] for r in next(iter(tr.records.values()))]
+        base_ids = [r["id"] for r in next(iter(loaded[base].records.values()))]
+        if ids != base_ids:
+            log.warning("%s and %s were generated on different test rows: no paired fine-tuned vs base comparison",
+                        target.name, base)
+            continue
+        for metric in metrics:
+            out += compare_to_base(metric, target.name, base, per_metric[metric.name],
+                                   rows_by_target[base][metric.name], idx)
+    return out
+
+
+def _merge_comparisons(path: Path, new_rows: list[dict], rescored: set[str], order: list[str]) -> list[dict]:
+    """comparisons.csv: the old rows of targets not rescored now (and not against a rescored base), then the new."""
+    keep = []
+    if path.is_file():
+        for rec in read_rows(path):
+            if rec.get("model") in rescored or (rec.get("versus") == "base" and rec.get("reference") in rescored):
+                continue
+            if rec.get("model") in order:
+                keep.append(rec)
+    rank = {t: i for i, t in enumerate(order)}
+    merged = keep + new_rows
+    # Stable: within a target, the order the rows were computed in (metric, then sweep order).
+    return sorted(merged, key=lambda r: rank.get(r["model"], len(rank)))
+
+
 def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     """Score every target of the study (or `model`); returns what was computed and the table rows."""
     configs = expand_sweep(cfg.generation)
@@ -236,7 +289,10 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     boot_seed = cfg.seed
     settings["bootstrap"] = {"resamples": cfg.evaluation.bootstrap, "seed": boot_seed, "level": CI_LEVEL,
                              "method": "percentile; paired row resampling: the same resampled rows for every "
-                                       "config, metric and model of a study"}
+                                       "config, metric and model of a study",
+                             "comparisons": "comparisons.csv: paired bootstrap of the difference (same resamples), "
+                                            "percentile CI, two-sided p = min(1, 2 min(P(d<=0), P(d>=0))), Holm "
+                                            "over one model's comparisons of one metric and kind (centre / best / base)"}
     if "perplexity" in wanted:
         settings["perplexity"] = {"scope": PERPLEXITY_SCOPE, "template": cfg.template,
                                   "batch_size": cfg.evaluation.perplexity_batch_size,
@@ -254,6 +310,7 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     summary: dict = {"targets": {}, "settings": settings}
     tables: dict[str, list[dict]] = {}
     ppl_rows: list[dict] = []
+    rows_by_target: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     for target in targets:
         tr = loaded[target.name]
         cache = RowCache.load(paths.score_cache(target.name))
@@ -278,7 +335,9 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
                      row["tokens"], "computed" if fresh else "reused")
         cache.save()
 
-        # The same resampled rows for every config and metric: differences between configs are paired.
+        rows_by_target[target.name] = per_metric_rows
+        # The same resampled rows for every config and metric (and every target with as many rows: the
+        # seed is the study's): differences between configs and targets are paired.
         idx = bootstrap_indices(tr.n_rows, cfg.evaluation.bootstrap, boot_seed) if cfg.evaluation.bootstrap else None
         table = []
         for dc in configs:
@@ -308,6 +367,10 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
         if table is not None:
             tidy.extend(tidy_rows(name, table, configs))
     write_table(paths.tidy_table, TIDY_COLUMNS, tidy)
+    comparisons = comparison_rows(cfg, metrics, targets, rows_by_target, loaded)
+    write_table(paths.comparisons, COMPARISON_COLUMNS,
+                _merge_comparisons(paths.comparisons, comparisons, set(rows_by_target), all_targets))
+    summary["comparisons"] = comparisons
     if "perplexity" in wanted:
         merged = _merge_rows(paths.perplexity_table, ppl_rows, all_targets)
         write_table(paths.perplexity_table, PERPLEXITY_COLUMNS, merged)
