@@ -35,8 +35,8 @@ RECORD_FIELDS = ("id", "prompt", "reference", "response_raw", "response", "finis
 TABLE_COLUMNS = ["config", "mode", "bleu", "bleu_ci_low", "bleu_ci_high", "rougeL", "rougeL_ci_low", "rougeL_ci_high",
                  "bertscore", "bertscore_ci_low", "bertscore_ci_high", "human"]
 TIDY_COLUMNS = ["model", "config", "parameter", "value", "metric", "score", "ci_low", "ci_high"]
-PERPLEXITY_COLUMNS = ["model", "perplexity", "nll", "tokens", "checkpoint"]
-HUMAN_COLUMNS = ["model", "config", "human", "human_n", "raters", "agreement"]
+PERPLEXITY_COLUMNS = ["model", "perplexity", "ppl_ci_low", "ppl_ci_high", "nll", "tokens", "checkpoint"]
+HUMAN_COLUMNS = ["model", "config", "human", "human_ci_low", "human_ci_high", "human_n", "raters", "agreement"]
 # eval_results/comparisons.csv: `config` of `model` minus `reference` (the centre config of the same model when
 # versus = "centre", its best config for that metric when "best", the same config of the base model when
 # "base"), paired bootstrap over the rows.

@@ -36,13 +36,13 @@ from ..layout import (COMPARISON_COLUMNS, PERPLEXITY_COLUMNS, ROW_SCORE_KEYS, TA
                       read_target_responses, write_table)
 from ..provenance import checkpoint_identity, library_versions
 from .compare import compare_to_base, compare_to_best, compare_to_centre
-from .metrics import CI_LEVEL, TEXT_METRICS, bootstrap_ci, bootstrap_indices, build_metric
+from .metrics import CI_LEVEL, TEXT_METRICS, bootstrap_ci, bootstrap_indices, build_metric, percentile_ci
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 PERPLEXITY_SCOPE = ("test references, response tokens only (prompt masked, EOS included); corpus level: "
-                    "exp of the mean token NLL")
+                    "exp of the mean token NLL; CI: bootstrap over test rows of exp(sum NLL / sum tokens)")
 
 
 # --- the per-row cache ----------------------------------------------------------------------------
@@ -125,7 +125,7 @@ def target_perplexity(cfg, target, tr: TargetResponses, cache: RowCache, force: 
                 if tr.manifest.get("checkpoint") == checkpoint else None)
     key = fingerprint({"weights": checkpoint_identity(checkpoint, recorded), "records": records,
                        "template": cfg.template, "torch": versions.get("torch"),
-                       "transformers": versions.get("transformers")})
+                       "transformers": versions.get("transformers"), "per_row": 1})
     cached = None if force else cache.get("perplexity", "corpus", key)
     if cached is not None:
         return cached, False
@@ -140,9 +140,24 @@ def target_perplexity(cfg, target, tr: TargetResponses, cache: RowCache, force: 
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{checkpoint}: cannot load it for the perplexity of {target.name!r} ({first_line})") from None
     row = {"model": target.name, "perplexity": result["perplexity"], "nll": result["nll"],
-           "tokens": result["tokens"], "checkpoint": checkpoint}
+           "tokens": result["tokens"], "checkpoint": checkpoint,
+           "row_nll": result["row_nll"], "row_tokens": result["row_tokens"]}  # per test row, for the CI
     cache.put("perplexity", "corpus", key, row)
     return row, True
+
+
+def perplexity_with_ci(row: dict, idx) -> dict:
+    """The perplexity row with its 95% bootstrap CI over test rows (the same resampled rows as the text
+    metrics): per resample exp(sum of the rows' NLL / sum of their tokens). Blank without resamples."""
+    from .perplexity import perplexity_resamples
+
+    out = {**row, "ppl_ci_low": None, "ppl_ci_high": None}
+    if idx is not None and len(idx) and row.get("row_nll"):
+        if len(row["row_nll"]) != idx.shape[1]:
+            raise ValueError(f"perplexity has {len(row['row_nll'])} rows, the bootstrap {idx.shape[1]}")
+        out["ppl_ci_low"], out["ppl_ci_high"] = percentile_ci(perplexity_resamples(row["row_nll"], row["row_tokens"],
+                                                                                    idx))
+    return out
 
 
 # --- tables ---------------------------------------------------------------------------------------
@@ -182,9 +197,30 @@ def tidy_rows(target: str, table: list[dict], configs: list[DecodingConfig]) -> 
     return out
 
 
-def settings_note(settings: dict, n_rows: int) -> str:
+MIN_ROWS_FOR_CI = 10  # below this many test rows a bootstrap interval says little: the tables say so
+
+
+def empty_counts(tr: TargetResponses) -> dict[str, int]:
+    """Per config, the rows BERTScore scores 0 because the response (or reference) is empty or whitespace."""
+    return {config: sum(1 for r in recs if not r["response"].strip() or not r["reference"].strip())
+            for config, recs in tr.records.items()}
+
+
+def empty_note(empty: dict[str, int]) -> str:
+    """One sentence for next to a BERTScore table: how many empty responses were scored 0, per config."""
+    total = sum(empty.values())
+    if not total:
+        return "BERTScore: no empty responses."
+    per = ", ".join(f"{c} {n}" for c, n in empty.items() if n)
+    return (f"BERTScore: {total} empty responses (or references) scored 0, which lowers the mean; per config: "
+            f"{per}.")
+
+
+def settings_note(settings: dict, n_rows: int, empty: Optional[dict] = None) -> str:
     """The settings printed under each Markdown table, so a pasted table carries them."""
     parts = [f"n = {n_rows} test rows per config."]
+    if n_rows < MIN_ROWS_FOR_CI:
+        parts.append(f"With fewer than {MIN_ROWS_FOR_CI} test rows the CIs are not meaningful.")
     if "bleu" in settings:
         parts.append(f"BLEU: sacrebleu corpus BLEU / 100 ({settings['bleu']['signature']}).")
     if "rougeL" in settings:
@@ -193,6 +229,8 @@ def settings_note(settings: dict, n_rows: int) -> str:
         b = settings["bertscore"]
         parts.append(f"BERTScore: mean F1, {b['model']}, layer {b['num_layers']}, no baseline rescaling "
                      f"(scores depend on the model: MiniLM and roberta-large figures are not comparable).")
+        if empty is not None:
+            parts.append(empty_note(empty))
     boot = settings["bootstrap"]
     if boot["resamples"]:
         parts.append(f"CIs: {int(CI_LEVEL * 100)}% percentile bootstrap, {boot['resamples']} paired row resamples, "
@@ -339,6 +377,8 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
         # The same resampled rows for every config and metric (and every target with as many rows: the
         # seed is the study's): differences between configs and targets are paired.
         idx = bootstrap_indices(tr.n_rows, cfg.evaluation.bootstrap, boot_seed) if cfg.evaluation.bootstrap else None
+        if "perplexity" in wanted:
+            ppl_rows[-1] = perplexity_with_ci(ppl_rows[-1], idx)
         table = []
         for dc in configs:
             row = {"config": dc.name, "mode": dc.mode}
@@ -354,7 +394,7 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
         write_table(paths.table(target.name), TABLE_COLUMNS, table)
         cells = [[format_cell(row.get(c), 4) for c in TABLE_COLUMNS] for row in table]
         write_text(paths.table(target.name, "md"), f"# {target.name}\n\n" + markdown_table(TABLE_COLUMNS, cells)
-                   + "\n\n" + settings_note(settings, tr.n_rows) + "\n")
+                   + "\n\n" + settings_note(settings, tr.n_rows, empty_counts(tr)) + "\n")
         summary["targets"][target.name] = {"rows": tr.n_rows, "computed": computed, "library_calls": library_calls,
                                            "table": table}
 
@@ -379,7 +419,8 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     previous = read_json_if_present(meta_path) or {}
     scored = dict(previous.get("targets", {})) if isinstance(previous, dict) else {}
     for name, tr in loaded.items():
-        scored[name] = {"rows": tr.n_rows, "configs": list(tr.records), "responses": str(tr.folder)}
+        scored[name] = {"rows": tr.n_rows, "configs": list(tr.records), "responses": str(tr.folder),
+                        "bertscore_empty": empty_counts(tr)}
     write_json(meta_path, {"metrics": {k: v for k, v in settings.items()},
                            "targets": {k: scored[k] for k in all_targets if k in scored}})
     return summary

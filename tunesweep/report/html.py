@@ -39,7 +39,7 @@ from .. import __version__
 from ..config import ExperimentConfig, expand_sweep
 from ..errors import UserError
 from ..files import read_json, read_jsonl, write_text
-from ..layout import Workdir
+from ..layout import COMPARISON_COLUMNS, Workdir
 from ..provenance import library_versions
 from .plots import FACTORS
 from .tables import (Scored, bertscore_line, centre_config, metric_settings, scoring_versions, target_label,
@@ -47,7 +47,6 @@ from .tables import (Scored, bertscore_line, centre_config, metric_settings, sco
 
 log = logging.getLogger(__name__)
 
-COMPARISON_COLUMNS = ["model", "metric", "config", "comparison", "diff", "ci_low", "ci_high", "p", "p_holm"]
 SCORE_DECIMALS = 4
 ROW_DECIMALS = 4
 
@@ -193,8 +192,10 @@ def _comparisons_section(path: Path) -> str:
     unknown = [c for c in columns if c not in COMPARISON_COLUMNS]
     missing = [c for c in COMPARISON_COLUMNS if c not in columns]
     head.append("<p>From <code>eval_results/comparisons.csv</code>: per model, metric and config, the paired "
-                "difference (config minus the centre config, or fine-tuned minus base) with its 95% interval, "
-                "p and Holm-adjusted p. Rows whose interval excludes 0 are marked.</p>")
+                "difference (config minus the centre config (versus centre), minus the model's best config for that metric "
+                "(versus best), or fine-tuned minus base (versus base)) with its paired-bootstrap 95% interval, "
+                "two-sided bootstrap p and Holm-adjusted p. Rows whose interval excludes 0 are marked (the interval is "
+                "not Holm-adjusted: p_holm below 0.05 is the corrected verdict).</p>")
     if missing or unknown:
         head.append(f"<p class=note>Columns differ from the expected ones ({esc(', '.join(COMPARISON_COLUMNS))}): "
                     f"{'missing ' + esc(', '.join(missing)) if missing else ''}"
@@ -218,7 +219,7 @@ def _comparisons_section(path: Path) -> str:
             if c in numeric_cols and value:
                 f = float(value)
                 text = f"{f:.3g}" if c == "p" or c.startswith("p_") else f"{f:+.4f}" if c in ("diff", "ci_low", "ci_high") \
-                    else f"{f:.4f}"
+                    else f"{f:.0f}" if c == "resamples" else f"{f:.4f}"
                 cells.append(_td(text, f, "num"))
             else:
                 cells.append(_td(value or "–"))

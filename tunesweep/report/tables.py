@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..config import DecodingConfig, ExperimentConfig, RunTarget
 from ..errors import UserError
-from ..layout import Workdir, read_frame
+from ..layout import COMPARISON_COLUMNS, Workdir, read_frame
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,18 @@ def read_scored(cfg: ExperimentConfig) -> list[Scored]:
     if missing:
         log.warning("not scored yet, left out of the report: %s", ", ".join(missing))
     return out
+
+
+def read_comparisons(cfg: ExperimentConfig) -> Optional[pd.DataFrame]:
+    """eval_results/comparisons.csv (written by the score stage), or None when there is none."""
+    path = Workdir(cfg.path).comparisons
+    if not path.is_file():
+        return None
+    df = read_frame(path)
+    missing = [c for c in COMPARISON_COLUMNS if c not in df.columns]
+    if missing:
+        raise UserError(f"{path}: column(s) {', '.join(missing)} missing; rerun `tunesweep score --config ...`")
+    return df
 
 
 def value_of(s: Scored, config: str, metric: str) -> tuple[Optional[float], Optional[float], Optional[float]]:
