@@ -139,6 +139,9 @@ def test_verdict_sentences_are_generated_from_comparisons_csv(tmp_path):
     text = "\n".join(_comparisons_section(_one_model(table), [("bleu", "BLEU")], pd.DataFrame(rows), "c0"))
     assert ("`c1` (+0.1000 [+0.0200, +0.1800], Holm p 0.03) scores higher than the centre `c0`; "
             "`c2` (-0.1000 [-0.2000, +0.0100], Holm p 0.01) scores lower.") in text
+    rows[0]["p_holm"] = 0.0  # no resample crossed zero: p below 1/200, not 0
+    text = "\n".join(_comparisons_section(_one_model(table), [("bleu", "BLEU")], pd.DataFrame(rows), "c0"))
+    assert "`c1` (+0.1000 [+0.0200, +0.1800], Holm p < 0.005) scores higher" in text
     rows[0]["p_holm"], rows[1]["p_holm"] = 0.2, 0.5
     text = "\n".join(_comparisons_section(_one_model(table), [("bleu", "BLEU")], pd.DataFrame(rows), "c0"))
     assert "no config differs detectably from the centre `c0` (smallest adjusted p 0.2)." in text

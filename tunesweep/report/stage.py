@@ -23,8 +23,8 @@ from ..layout import Workdir, format_cell, markdown_table as md_table, read_fram
 from ..provenance import library_versions
 from .plots import FACTORS, plot_factor
 from .html import write_html
-from .tables import (Scored, bertscore_line, centre_config, metric_settings, read_comparisons, read_scored,
-                     scoring_versions, target_label, to_number, value_of)
+from .tables import (Scored, bertscore_empty_line, bertscore_line, centre_config, metric_settings, read_comparisons,
+                     read_scored, scored_targets, scoring_versions, target_label, to_number, value_of)
 
 log = logging.getLogger(__name__)
 
@@ -63,26 +63,8 @@ def _metrics_present(scored: list[Scored]) -> list[tuple[str, str]]:
 MIN_ROWS_FOR_CI = 10
 
 
-def _scored_targets(metrics_json: Optional[dict]) -> dict:
-    targets = (metrics_json or {}).get("targets")
-    return targets if isinstance(targets, dict) else {}
-
-
-def bertscore_empty_line(metrics_json: Optional[dict], target: str) -> Optional[str]:
-    """The sentence under a BERTScore table: empty responses are scored 0, how many, per config."""
-    empty = _scored_targets(metrics_json).get(target, {}).get("bertscore_empty")
-    if not isinstance(empty, dict):
-        return None
-    total = sum(int(n) for n in empty.values())
-    if not total:
-        return "BERTScore: no empty responses (an empty response would be scored 0)."
-    per = ", ".join(f"`{c}` {n}" for c, n in empty.items() if n)
-    return (f"BERTScore: {total} empty responses (or references) are scored 0, which pulls the mean down; "
-            f"per config: {per}.")
-
-
 def few_rows_note(metrics_json: Optional[dict]) -> Optional[str]:
-    rows = [int(t["rows"]) for t in _scored_targets(metrics_json).values() if isinstance(t, dict) and t.get("rows")]
+    rows = [int(t["rows"]) for t in scored_targets(metrics_json).values() if isinstance(t, dict) and t.get("rows")]
     if rows and min(rows) < MIN_ROWS_FOR_CI:
         return (f"**Only {min(rows)} test rows: with fewer than {MIN_ROWS_FOR_CI}, the confidence intervals and "
                 "paired tests of this report are not meaningful.**")
@@ -131,11 +113,19 @@ def _significant(row: dict) -> bool:
     return p is not None and p < ALPHA
 
 
+def p_text(p: Optional[float], resamples) -> str:
+    """A bootstrap p for reading: 0 means no resample crossed zero, i.e. below 1 / resamples, not zero."""
+    if p is None:
+        return "–"
+    n = to_number(resamples)
+    return f"< {1 / n:.2g}" if p == 0 and n else f"{p:.3g}"
+
+
 def _diff_text(row: dict) -> str:
     """'`config` (+0.0620 [+0.0120, +0.1240], Holm p 0.031)'."""
     d, lo, hi = to_number(row.get("diff")), to_number(row.get("ci_low")), to_number(row.get("ci_high"))
     ci = f" [{lo:+.4f}, {hi:+.4f}]" if lo is not None and hi is not None else ""
-    return f"`{row['config']}` ({d:+.4f}{ci}, Holm p {to_number(row.get('p_holm')):.3g})"
+    return f"`{row['config']}` ({d:+.4f}{ci}, Holm p {p_text(to_number(row.get('p_holm')), row.get('resamples'))})"
 
 
 def _names(items: list[str]) -> str:
@@ -241,9 +231,10 @@ def _finetune_gain_section(cfg: ExperimentConfig, scored: list[Scored], metrics:
             paired = [r for r in _cmp_rows(comparisons, ft.target.name, m, "base") if r["config"] == centre]
             lo, hi, p = ((to_number(paired[0].get(k)) for k in ("ci_low", "ci_high", "p_holm")) if paired
                          else (None, None, None))
+            resamples = paired[0].get("resamples") if paired else None
             ci = f"[{lo:+.{d}f}, {hi:+.{d}f}]" if lo is not None and hi is not None else "–"
             rows.append([ft.target.name, label, fmt(a, d), fmt(b, d), "–" if diff is None else f"{diff:+.{d}f}", ci,
-                         "–" if p is None else f"{p:.3g}"])
+                         p_text(p, resamples)])
         if perplexity is not None:
             ppl = perplexity.set_index("model")["perplexity"]
             a, b = to_number(ppl.get(ft.target.name)), to_number(ppl.get(base.target.name))

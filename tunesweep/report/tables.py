@@ -129,3 +129,21 @@ def bertscore_line(cfg: ExperimentConfig, metrics_json: Optional[dict]) -> str:
     else:
         text += "BERTScores are comparable only between runs that used the same model, layer and rescaling."
     return text
+
+
+def scored_targets(metrics_json: Optional[dict]) -> dict:
+    targets = (metrics_json or {}).get("targets")
+    return targets if isinstance(targets, dict) else {}
+
+
+def bertscore_empty_line(metrics_json: Optional[dict], target: str) -> Optional[str]:
+    """The sentence under a BERTScore table: empty responses are scored 0, how many, per config."""
+    empty = scored_targets(metrics_json).get(target, {}).get("bertscore_empty")
+    if not isinstance(empty, dict):
+        return None
+    total = sum(int(n) for n in empty.values())
+    if not total:
+        return "BERTScore: no empty responses (an empty response would be scored 0)."
+    per = ", ".join(f"`{c}` {n}" for c, n in empty.items() if n)
+    return (f"BERTScore: {total} empty responses (or references) are scored 0, which pulls the mean down; "
+            f"per config: {per}.")
