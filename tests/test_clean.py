@@ -104,6 +104,18 @@ def test_clean_response_flags_say_what_was_done():
     assert clean_response("\n" + PROMPT_A.strip() + " Red", PROMPT_A)[0] == "Red"
 
 
+@pytest.mark.parametrize("raw, expected", [
+    ("Hi there.</s>Extra", "Hi there."),                       # the example: cut, not deleted
+    ("Hi there.<|endoftext|>Extra</s>more", "Hi there."),      # the first end token wins
+    ("Hi<pad> there.<|eot_id|><pad><pad>", "Hi there."),       # other special tokens are only removed
+    ("<s>Hi there.<|im_end|>\n### Response:\nagain", "Hi there."),
+    ("</s>Extra", ""),                                         # ended at once: nothing was answered
+])
+def test_clean_cuts_at_a_leaked_end_of_sequence_token(raw, expected):
+    text, flags = clean_response(raw, PROMPT_A)
+    assert text == expected and flags["special"] and flags["empty"] == (expected == "")
+
+
 def test_clean_missing_config_file_names_it(tmp_path):
     cfg = load_config(write_study(tmp_path))
     missing = cfg.path / "llm_responses" / "m1" / f"{expand_sweep(cfg.generation)[1].name}.jsonl"

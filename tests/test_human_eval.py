@@ -169,19 +169,38 @@ def read_human(cfg) -> dict:
         return {(r["model"], r["config"]): r for r in csv.DictReader(fh)}
 
 
+def item_first_means(cfg, files) -> dict:
+    """{(model, config): mean over items of each item's mean rating}, from the rated sheets themselves."""
+    key = json.loads(key_path(cfg).read_text())
+    ratings: dict[str, list] = {}
+    for path in files:
+        for r in read_sheet(path):
+            if r["rating"].strip():
+                ratings.setdefault(r["item"], []).append(int(r["rating"]))
+    cells: dict[tuple, list] = {}
+    for item, values in ratings.items():
+        e = key["items"][item]
+        cells.setdefault((e["model"], e["config"]), []).append(sum(values) / len(values))
+    return {cell: sum(means) / len(means) for cell, means in cells.items()}
+
+
 def test_import_writes_mean_ratings_and_agreement(exported, rated):
     cfg_path, cfg, _ = exported
     alice, bob, expected, pairs = rated
+    # The cell score averages each item's ratings first (bob skipped one item: it counts once, not half).
+    means = item_first_means(cfg, [alice, bob])
     out = import_ratings(cfg, [alice, bob])
     assert out == cfg.path / "eval_results" / "human.csv"
     human = read_human(cfg)
     assert set(human) == set(expected)
     with open(out, newline="") as fh:
-        assert list(csv.DictReader(fh).fieldnames) == ["model", "config", "human", "human_n", "raters", "agreement"]
+        assert list(csv.DictReader(fh).fieldnames) == ["model", "config", "human", "human_ci_low", "human_ci_high",
+                                                       "human_n", "raters", "agreement"]
     for cell, values in expected.items():
         row = human[cell]
-        assert float(row["human"]) == pytest.approx(sum(values) / len(values), abs=5e-5)
+        assert float(row["human"]) == pytest.approx(means[cell], abs=5e-5)
         assert int(row["human_n"]) == len(values)
+        assert float(row["human_ci_low"]) <= float(row["human"]) <= float(row["human_ci_high"])
         assert int(row["raters"]) == 2
         assert float(row["agreement"]) == pytest.approx(sum(pairs[cell]) / len(pairs[cell]), abs=5e-5)
     summary = json.loads((cfg.path / "eval_results" / "human.json").read_text())
@@ -198,7 +217,7 @@ def test_import_writes_mean_ratings_and_agreement(exported, rated):
         assert list(table) == [dc.name for dc in expand_sweep(cfg.generation)]
         for config, row in table.items():
             values = expected[(target.name, config)]
-            assert float(row["human"]) == pytest.approx(sum(values) / len(values), abs=5e-5)
+            assert float(row["human"]) == pytest.approx(means[(target.name, config)], abs=5e-5)
             assert row["bleu"] != "" and row["rougeL"] != ""
     # ... and the report shows them, with the agreement figures.
     from tunesweep.report import report
@@ -206,8 +225,26 @@ def test_import_writes_mean_ratings_and_agreement(exported, rated):
     text = report(cfg).read_text()
     assert "## Human evaluation" in text and "Krippendorff's alpha" in text
     tiny_row = next(line for line in text.splitlines() if line.startswith("| `top_k_50_num_beams_1_temp_0.8`"))
-    centre = expected[("tiny", "top_k_50_num_beams_1_temp_0.8")]
-    assert tiny_row.rstrip(" |").endswith(f"{sum(centre) / len(centre):.2f}")
+    assert tiny_row.rstrip(" |").endswith(f"{means[('tiny', 'top_k_50_num_beams_1_temp_0.8')]:.2f}")
+
+
+def test_human_ci_on_a_worked_example():
+    """Items rated (5, 3), (2), (4, 4, 4): item means 4, 2, 4, so the cell scores 10/3 (not 22/6, the
+    mean of all six ratings, where the three-rater item would weigh three times). The CI resamples
+    items, recomputed here with plain loops over the same draws."""
+    import numpy as np
+
+    from tunesweep.evaluate.human_eval import human_ci, human_mean
+
+    items = [[5, 3], [2], [4, 4, 4]]
+    assert human_mean(items) == pytest.approx(10 / 3)
+    draws = np.random.default_rng(7).integers(0, 3, size=(400, 3))
+    item_means = [sum(r) / len(r) for r in items]
+    by_hand = sorted(sum(item_means[k] for k in row) / 3 for row in draws)
+    low, high = human_ci(items, 400, seed=7)
+    assert low == pytest.approx(np.percentile(by_hand, 2.5)) and high == pytest.approx(np.percentile(by_hand, 97.5))
+    assert 2 <= low <= 10 / 3 <= high <= 4
+    assert human_ci(items, 0, seed=7) == (None, None)
 
 
 def test_one_rater_has_no_agreement_figure(exported, rated, tmp_path):

@@ -36,7 +36,7 @@ def test_worked_example_uniform_model_has_perplexity_equal_to_vocab_size(tiny_mo
 
 def test_equals_transformers_own_loss_row_by_row_and_ignores_batching(tiny_model_dir, records):
     model, tokenizer = load_for_inference(str(tiny_model_dir))
-    total, count = 0.0, 0
+    total, count, per_row = 0.0, 0, []
     for rec in records:
         pair = build_training_pair(rec)
         prompt_ids = tokenizer(pair["prompt"])["input_ids"]
@@ -47,12 +47,28 @@ def test_equals_transformers_own_loss_row_by_row_and_ignores_batching(tiny_model
         n = len(ids) - len(prompt_ids)
         total += float(loss) * n
         count += n
+        per_row.append((float(loss) * n, n))
     one = corpus_perplexity(str(tiny_model_dir), records, batch_size=1)
     batched = corpus_perplexity(str(tiny_model_dir), records, batch_size=5)
     assert one["tokens"] == batched["tokens"] == count
     assert one["nll"] == pytest.approx(total / count, rel=1e-5)
     assert batched["nll"] == pytest.approx(one["nll"], rel=1e-5)
     assert batched["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
+    # Per row, in the records' order (batches are sorted by length): what the bootstrap resamples.
+    assert batched["row_tokens"] == [n for _, n in per_row]
+    assert batched["row_nll"] == pytest.approx([nll for nll, _ in per_row], rel=1e-5)
+
+
+def test_perplexity_resamples_on_a_worked_example():
+    """Rows (NLL, tokens) = (1, 1), (4, 2), (9, 3): a resample's perplexity is exp(sum NLL / sum tokens),
+    token-weighted, not the mean of per-row perplexities."""
+    import numpy as np
+
+    from tunesweep.evaluate.perplexity import perplexity_resamples
+
+    idx = np.array([[0, 0, 1], [2, 2, 2], [0, 1, 2]])
+    got = perplexity_resamples([1.0, 4.0, 9.0], [1, 2, 3], idx)
+    assert got == pytest.approx([math.exp(6 / 4), math.exp(27 / 9), math.exp(14 / 6)])
 
 
 def test_scores_exactly_the_tokens_trl_trains_on(tiny_model_dir, records, tmp_path):

@@ -95,6 +95,9 @@ def test_every_design_output_exists_and_agrees(run_a):
     assert set(ppl) == {"tiny", "tiny-base"}
     # Even 12 steps of full fine-tuning make the references more likely than under random weights.
     assert ppl["tiny"] < ppl["tiny-base"]
+    cmp = read_csv(work / "eval_results" / "comparisons.csv")
+    assert {(r["model"], r["versus"]) for r in cmp} == {("tiny", "centre"), ("tiny", "best"), ("tiny", "base"),
+                                                         ("tiny-base", "centre"), ("tiny-base", "best")}
 
     report = (work / "eval_results" / "report.md").read_text()
     assert "tiny-base" in report and "top_k_50_num_beams_1_temp_0.8" in report

@@ -95,21 +95,78 @@ def test_report_best_config_and_finetuning_gain(reported):
     assert float(gain["perplexity"][4]) == pytest.approx(ppl["tiny"] - ppl["tiny-base"], abs=1e-3)
 
 
-def test_others_within_ci_counts_the_configs_whose_interval_reaches_the_best():
-    """A worked example: best 0.50; 0.45 [0.30, 0.55] reaches it, 0.30 [0.25, 0.35] does not, and a
-    config whose upper bound equals the best score counts."""
+def _one_model(table: pd.DataFrame):
     from tunesweep.config import ModelConfig, RunTarget
-    from tunesweep.report.stage import _best_section
     from tunesweep.report.tables import Scored
+
+    target = RunTarget("m", ModelConfig(name="m", base="b"), is_base=False)
+    return [Scored(target, table.set_index("config", drop=False), Path("m.csv"))]
+
+
+def _cmp(config, versus, reference, diff, p_holm, lo=-0.1, hi=0.1):
+    return {"model": "m", "metric": "bleu", "config": config, "versus": versus, "reference": reference, "diff": diff,
+            "ci_low": lo, "ci_high": hi, "p": p_holm, "p_holm": p_holm, "resamples": 200}
+
+
+def test_best_config_is_judged_by_the_paired_test_not_by_overlapping_intervals():
+    """A worked example: best b; a's interval reaches the best but a is detectably worse by the paired
+    test, d's does not reach it yet d is not distinguishable from b: the paired verdict decides."""
+    from tunesweep.report.stage import _best_section
 
     table = pd.DataFrame({"config": ["a", "b", "c", "d"], "mode": ["sample"] * 4,
                           "bleu": [0.45, 0.50, 0.30, 0.40],
-                          "bleu_ci_low": [0.30, 0.40, 0.25, 0.35], "bleu_ci_high": [0.55, 0.60, 0.35, 0.50]})
-    target = RunTarget("m", ModelConfig(name="m", base="b"), is_base=False)
-    [row] = table_rows("\n".join(_best_section([Scored(target, table.set_index("config", drop=False), Path("m.csv"))],
-                                               [("bleu", "BLEU")])))
+                          "bleu_ci_low": [0.30, 0.40, 0.25, 0.35], "bleu_ci_high": [0.55, 0.60, 0.35, 0.39]})
+    cmp = pd.DataFrame([_cmp("a", "best", "b", -0.05, 0.01), _cmp("c", "best", "b", -0.20, 0.001),
+                        _cmp("d", "best", "b", -0.10, 0.20)])
+    [row] = table_rows("\n".join(_best_section(_one_model(table), [("bleu", "BLEU")], cmp)))
     assert row[:3] == ["m", "BLEU", "b"]
-    assert row[3] == "0.5000 [0.4000, 0.6000]" and row[4] == "2"
+    assert row[3] == "0.5000 [0.4000, 0.6000]" and row[4] == "2 of 3" and row[5] == "d"
+    # Without comparisons.csv, the best is still named but not judged.
+    [row] = table_rows("\n".join(_best_section(_one_model(table), [("bleu", "BLEU")], None)))
+    assert row[2] == "b" and row[4] == "–" and row[5] == "no paired test"
+
+
+def test_verdict_sentences_are_generated_from_comparisons_csv(tmp_path):
+    """The report's sentence follows comparisons.csv: changing one difference changes it."""
+    from tunesweep.report.stage import _comparisons_section
+
+    table = pd.DataFrame({"config": ["c0", "c1", "c2"], "mode": ["sample"] * 3, "bleu": [0.5, 0.6, 0.4]})
+    rows = [_cmp("c1", "centre", "c0", 0.10, 0.03, 0.02, 0.18), _cmp("c2", "centre", "c0", -0.10, 0.30, -0.2, 0.01)]
+    text = "\n".join(_comparisons_section(_one_model(table), [("bleu", "BLEU")], pd.DataFrame(rows), "c0"))
+    assert ("after Holm correction over 2 comparisons, `c1` (+0.1000 [+0.0200, +0.1800], Holm p 0.03) scores "
+            "higher than the centre `c0`; the other 1 do not differ detectably.") in text
+    rows[1]["p_holm"] = 0.01  # c2 is now detectably lower
+    text = "\n".join(_comparisons_section(_one_model(table), [("bleu", "BLEU")], pd.DataFrame(rows), "c0"))
+    assert ("`c1` (+0.1000 [+0.0200, +0.1800], Holm p 0.03) scores higher than the centre `c0`; "
+            "`c2` (-0.1000 [-0.2000, +0.0100], Holm p 0.01) scores lower.") in text
+    rows[0]["p_holm"] = 0.0  # no resample crossed zero: p below 1/200, not 0
+    text = "\n".join(_comparisons_section(_one_model(table), [("bleu", "BLEU")], pd.DataFrame(rows), "c0"))
+    assert "`c1` (+0.1000 [+0.0200, +0.1800], Holm p < 0.005) scores higher" in text
+    rows[0]["p_holm"], rows[1]["p_holm"] = 0.2, 0.5
+    text = "\n".join(_comparisons_section(_one_model(table), [("bleu", "BLEU")], pd.DataFrame(rows), "c0"))
+    assert "no config differs detectably from the centre `c0` (smallest adjusted p 0.2)." in text
+
+
+def test_bertscore_empty_line_and_few_rows_note():
+    from tunesweep.report.stage import bertscore_empty_line, few_rows_note
+
+    meta = {"targets": {"m": {"rows": 8, "bertscore_empty": {"c0": 0, "c1": 3, "c2": 1}},
+                        "n": {"rows": 60, "bertscore_empty": {"c0": 0}}}}
+    assert bertscore_empty_line(meta, "m") == ("BERTScore: 4 empty responses (or references) are scored 0, which pulls "
+                                               "the mean down; per config: `c1` 3, `c2` 1.")
+    assert bertscore_empty_line(meta, "n").startswith("BERTScore: no empty responses")
+    assert bertscore_empty_line(meta, "other") is None
+    assert "Only 8 test rows" in few_rows_note(meta) and "not meaningful" in few_rows_note(meta)
+    assert few_rows_note({"targets": {"n": {"rows": 60}}}) is None
+
+
+def test_report_verdicts_follow_the_real_comparisons_csv(reported):
+    cfg, _, text = reported
+    cmp = read_csv(Workdir(cfg.path).comparisons)
+    assert {r["versus"] for r in cmp} == {"centre", "best", "base"}
+    assert "## Which configs differ from the centre" in text
+    part = text[text.index("## Which configs differ from the centre"):text.index("## Best config per model")]
+    assert "### tiny" in part and part.count("after Holm correction over 12 comparisons") == 2 * 3
 
 
 def test_report_plots_are_pngs_for_every_factor_and_metric(reported):

@@ -2,7 +2,7 @@
 
 The end-to-end run (conftest.e2e_run: split, finetune, generate with vLLM, clean, score, report) is
 shared with test_pipeline.py. `hostile` copies its workdir, rewrites one response_raw to hold markup,
-adds a comparisons.csv, and reruns the real clean, score and report stages on the copy. Chromium
+and reruns the real clean, score (which writes comparisons.csv) and report stages on the copy. Chromium
 opens each report.html from disk; the tests read the DOM it rendered (--dump-dom) and compare it
 with the CSV and JSONL files, and a screenshot of the explorer is written for a person to look at.
 """
@@ -162,20 +162,11 @@ def hostile(e2e_run, tmp_path_factory):
     recs[1]["response_raw"] = HOSTILE
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
 
-    # comparisons.csv is written by another stage that is not merged yet: here it is written in the
-    # announced format (model, metric, config, comparison, diff, ci_low, ci_high, p, p_holm).
-    configs = [dc.name for dc in expand_sweep(cfg.generation)]
-    rows = [{"model": m, "metric": "bleu", "config": c, "comparison": "centre", "diff": 0.01 * i - 0.05,
-             "ci_low": 0.01 * i - 0.08, "ci_high": 0.01 * i - 0.02, "p": 0.5 / (i + 1), "p_holm": min(1, 6 / (i + 1))}
-            for m in ("tiny", "tiny-base") for i, c in enumerate(configs[1:])]
-    with open(copy / "eval_results" / "comparisons.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-
     clean(cfg)
-    score(cfg)
+    score(cfg)  # writes eval_results/comparisons.csv
     report(cfg)
+    with open(copy / "eval_results" / "comparisons.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
     return copy, cfg, row_id, rows
 
 
@@ -208,7 +199,8 @@ def test_comparisons_section_absent_odd_or_broken(tmp_path):
     assert "No <code>eval_results/comparisons.csv</code>" in _comparisons_section(path)
     path.write_text("model,metric,config,diff,extra\nm,bleu,c1,0.01,x\n")  # columns differ: shown as they are
     out = _comparisons_section(path)
-    assert "missing comparison, ci_low, ci_high, p, p_holm" in out and "extra extra" in out
+    assert "missing versus, reference, score, reference_score, ci_low, ci_high, p, p_holm, resamples" in out
+    assert "extra extra" in out
     assert 'id="cmp-table"' in out and "+0.0100" in out
     path.write_bytes(b"\xff\xfe\x00garbage")
     assert "could not be read" in _comparisons_section(path)
@@ -227,13 +219,13 @@ def test_pages_name_no_url_and_link_only_inside_themselves(e2e_run, hostile):
         assert links and all(v.startswith(("data:image/png;base64,", "#")) for v in links), "a link leaves the page"
 
 
-def test_real_run_page_renders_without_comparisons(chromium, e2e_run):
+def test_real_run_page_renders_with_comparisons(chromium, e2e_run):
     work, _, _ = e2e_run
     page = work / "eval_results" / "report.html"
     dom = dump_dom(chromium, page)
     assert dom.find(lambda n: n.tag == "section" and n.attrs.get("id") == "comparisons").text.count(
-        "No eval_results/comparisons.csv") == 1
-    assert dom.find(lambda n: n.attrs.get("id") == "cmp-table") is None
+        "No eval_results/comparisons.csv") == 0
+    assert dom.find(lambda n: n.attrs.get("id") == "cmp-table") is not None
     # With no row chosen in the address, the explorer opens on the first test row.
     first = read_jsonl(work / "llm_responses" / "tiny" / f"{CENTRE}.jsonl")[0]
     assert dom.find(lambda n: n.attrs.get("id") == "ex-rowid").text == first["id"]
@@ -267,7 +259,7 @@ def test_page_in_chromium_tables_explorer_and_escaping(chromium, hostile):
     cmp = dom.find(lambda n: n.attrs.get("id") == "cmp-table")
     body_rows = cmp.find_all(lambda n: n.tag == "tr" and n.parent.tag == "tbody")
     assert len(body_rows) == len(comparisons)
-    assert body_rows[0].find_all(lambda n: n.tag == "td")[4].text == f"{comparisons[0]['diff']:+.4f}"
+    assert body_rows[0].find_all(lambda n: n.tag == "td")[7].text == f"{float(comparisons[0]['diff']):+.4f}"
 
     # 3. The explorer shows the chosen row: its reference and all 13 answers of each model, with the
     # finish reason, token count and the row's own scores from eval_results/rows/<model>.csv.

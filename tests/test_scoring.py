@@ -143,6 +143,10 @@ def test_full_stage_perplexity_human_and_cache(tmp_path, tiny_model_dir, demo_re
         assert r["human"] == ""
     md = (out / "tiny.md").read_text()
     assert "| config | mode | bleu |" in md and "all-MiniLM-L6-v2" in md and names[3] in md
+    # The two empty responses (EDGE) are scored 0 and counted next to the table; 6 rows: CIs not meaningful.
+    assert f"BERTScore: 2 empty responses (or references) scored 0, which lowers the mean; per config: {names[0]} 2." in md
+    assert "With fewer than 10 test rows the CIs are not meaningful." in md
+    assert read_json(out / "metrics.json")["targets"]["tiny"]["bertscore_empty"] == {names[0]: 2, **{n: 0 for n in names[1:]}}
 
     # Edge responses scored 0 (empty, whitespace) without crashing; the 5,000-word one scored.
     cache = read_json(out / ".cache" / "tiny.json")
@@ -158,6 +162,13 @@ def test_full_stage_perplexity_human_and_cache(tmp_path, tiny_model_dir, demo_re
                                [{"prompt": build_prompt(r), "reference": r["output"]} for r in records])
     assert float(ppl[0]["perplexity"]) == pytest.approx(direct["perplexity"], rel=1e-6)
     assert int(ppl[0]["tokens"]) == direct["tokens"]
+    # Its CI: the study's resampled rows (seed 11, 50 resamples), recomputed by hand with numpy.
+    idx = np.random.default_rng(11).integers(0, len(records), size=(50, len(records)))
+    nll, tok = np.asarray(direct["row_nll"]), np.asarray(direct["row_tokens"])
+    by_hand = np.exp(nll[idx].sum(axis=1) / tok[idx].sum(axis=1))
+    assert float(ppl[0]["ppl_ci_low"]) == pytest.approx(np.percentile(by_hand, 2.5), rel=1e-5)
+    assert float(ppl[0]["ppl_ci_high"]) == pytest.approx(np.percentile(by_hand, 97.5), rel=1e-5)
+    assert float(ppl[0]["ppl_ci_low"]) <= float(ppl[0]["perplexity"]) <= float(ppl[0]["ppl_ci_high"])
 
     # Tidy table: every target, parameter and value of each config.
     tidy = read_csv(out / "all.csv")

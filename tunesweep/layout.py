@@ -4,7 +4,7 @@
     finetuned_models/<model>/ (+ <model>.training/, .<model>.staging/)   finetune -> generate, score
     llm_responses/<target>/<config>.jsonl, manifest.json       generate   -> clean, score, human-eval, report
     llm_responses/<target>/cleaning.json                       clean      -> report
-    eval_results/<target>.csv/.md, all.csv, perplexity.csv, metrics.json, .cache/   score -> report
+    eval_results/<target>.csv/.md, all.csv, perplexity.csv, comparisons.csv, metrics.json, .cache/   score -> report
     eval_results/human_eval/{sheet.csv,rubric.md,key.json}, human.csv/.json         human-eval -> score, report
     eval_results/report.md, plots/<factor>_<metric>.png        report
     logs/<stage>.log                                           pipeline
@@ -35,8 +35,13 @@ RECORD_FIELDS = ("id", "prompt", "reference", "response_raw", "response", "finis
 TABLE_COLUMNS = ["config", "mode", "bleu", "bleu_ci_low", "bleu_ci_high", "rougeL", "rougeL_ci_low", "rougeL_ci_high",
                  "bertscore", "bertscore_ci_low", "bertscore_ci_high", "human"]
 TIDY_COLUMNS = ["model", "config", "parameter", "value", "metric", "score", "ci_low", "ci_high"]
-PERPLEXITY_COLUMNS = ["model", "perplexity", "nll", "tokens", "checkpoint"]
-HUMAN_COLUMNS = ["model", "config", "human", "human_n", "raters", "agreement"]
+PERPLEXITY_COLUMNS = ["model", "perplexity", "ppl_ci_low", "ppl_ci_high", "nll", "tokens", "checkpoint"]
+HUMAN_COLUMNS = ["model", "config", "human", "human_ci_low", "human_ci_high", "human_n", "raters", "agreement"]
+# eval_results/comparisons.csv: `config` of `model` minus `reference` (the centre config of the same model when
+# versus = "centre", its best config for that metric when "best", the same config of the base model when
+# "base"), paired bootstrap over the rows.
+COMPARISON_COLUMNS = ["model", "metric", "config", "versus", "reference", "score", "reference_score", "diff",
+                      "ci_low", "ci_high", "p", "p_holm", "resamples"]
 ROW_SCORE_KEYS = ["config", "id"]  # eval_results/rows/<target>.csv: then one column per text metric scored
 
 

@@ -19,11 +19,18 @@ log = logging.getLogger(__name__)
 
 # Special tokens that can leak into decoded text when a model or tokenizer is misconfigured.
 DEFAULT_SPECIAL_TOKENS = ("<s>", "</s>", "<pad>", "<unk>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "[PAD]")
+# The ones that END a sequence: text after a leaked one was generated past the end (or is padding), so
+# the response is cut there, not merely stripped of the token ("Hi there.</s>Extra" -> "Hi there.").
+END_TOKENS = ("</s>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>")
 
 
 def clean_response(raw: str, prompt: str = "", template: str = "alpaca",
                    special_tokens: Iterable[str] = DEFAULT_SPECIAL_TOKENS) -> tuple[str, dict]:
-    """Return (cleaned text, flags) where flags say what was done: echo, cut, special, empty."""
+    """Return (cleaned text, flags) where flags say what was done: echo, cut, special, empty.
+
+    Order: drop an echoed prompt; cut at the next template section; cut at the first leaked
+    end-of-sequence token (END_TOKENS: what follows it is not part of the answer); remove the other
+    special tokens; trim. `special` is set when an end token was cut at or a special token removed."""
     text = raw or ""
     flags = {"echo": False, "cut": False, "special": False, "empty": False}
     # An echoed prompt (HF decode of output[0], or a model that repeats its input).
@@ -35,6 +42,10 @@ def clean_response(raw: str, prompt: str = "", template: str = "alpaca",
         flags["echo"] = True
     # Cut at the next template section: the model started a new turn.
     text, flags["cut"] = cut_at_first(text, get_template(template).markers)
+    ends = [i for i in (text.find(tok) for tok in END_TOKENS if tok in special_tokens) if i >= 0]
+    if ends:
+        text = text[:min(ends)]
+        flags["special"] = True
     for tok in special_tokens:
         if tok in text:
             text = text.replace(tok, "")
@@ -52,6 +63,7 @@ def cleaning_rules(template: str = "alpaca", special_tokens: Iterable[str] = DEF
         "source": "response_raw (never modified)",
         "echo": "drop a leading copy of the prompt",
         "cut_at": list(get_template(template).markers),
+        "cut_at_end_token": [t for t in END_TOKENS if t in special_tokens],
         "special_tokens": list(special_tokens),
         "whitespace": "trailing spaces before newlines removed, then stripped",
         "template": template,

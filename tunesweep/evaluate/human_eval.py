@@ -15,7 +15,9 @@ an integer on the configured scale, an unknown item, an edited response text or 
 rating an item twice stops the import with the file, the row (as a spreadsheet numbers it: the
 header is row 1) and the value. The result, one row per (model, config) with ratings:
 
-    model, config, human (mean of all ratings of the cell), human_n (ratings counted),
+    model, config, human (mean over the cell's items of each item's mean rating, so an item with more
+    raters does not weigh more), human_ci_low / human_ci_high (95% percentile bootstrap over the
+    cell's items, evaluation.bootstrap resamples, the study's seed), human_n (ratings counted),
     raters (distinct raters in the cell), agreement (mean pairwise exact agreement between raters
     on the cell's items; blank with one rater)
 
@@ -43,6 +45,7 @@ from ..errors import UserError
 from ..files import derive_seed, read_json, read_jsonl, sha256_file, write_json, write_text
 from ..layout import HUMAN_COLUMNS, Workdir, format_cell, load_split, read_target_responses, write_table
 from .agreement import krippendorff_alpha, pairwise_exact_agreement
+from .metrics import bootstrap_indices, percentile_ci
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +290,20 @@ def _check_current(cfg: ExperimentConfig, key: dict, rated_items: set[str]) -> N
                                 f"(regenerated or recleaned); export and rate a new sheet")
 
 
+def human_mean(item_ratings: Sequence[Sequence[float]]) -> float:
+    """The cell's score: each item's ratings averaged first, then the mean over items."""
+    return float(np.mean([np.mean(r) for r in item_ratings]))
+
+
+def human_ci(item_ratings: Sequence[Sequence[float]], resamples: int, seed: int) -> tuple[Optional[float], Optional[float]]:
+    """95% percentile bootstrap CI of `human_mean` over items (None, None without resamples)."""
+    if not resamples or not item_ratings:
+        return None, None
+    means = np.array([np.mean(r) for r in item_ratings], dtype=float)
+    idx = bootstrap_indices(len(means), resamples, seed)
+    return percentile_ci(means[idx].mean(axis=1))
+
+
 def import_ratings(cfg: ExperimentConfig, files: Sequence[str | Path]) -> Path:
     """Read rated sheets, write eval_results/human.csv and human.json, then rescore so the Human
     column of eval_results/<target>.csv is filled. Returns the path of human.csv."""
@@ -341,7 +358,9 @@ def import_ratings(cfg: ExperimentConfig, files: Sequence[str | Path]) -> Path:
         values = [r for item in items for r in by_item[item].values()]
         raters = {rater for item in items for rater in by_item[item]}
         agreement = pairwise_exact_agreement([list(by_item[i].values()) for i in items]) if len(raters) > 1 else None
-        table.append({"model": model, "config": config, "human": float(np.mean(values)), "human_n": len(values),
+        low, high = human_ci([list(by_item[i].values()) for i in items], cfg.evaluation.bootstrap, cfg.seed)
+        table.append({"model": model, "config": config, "human": human_mean([list(by_item[i].values()) for i in items]),
+                      "human_ci_low": low, "human_ci_high": high, "human_n": len(values),
                       "raters": len(raters), "agreement": agreement})
 
     units = [list(r.values()) for r in by_item.values()]
@@ -364,7 +383,9 @@ def import_ratings(cfg: ExperimentConfig, files: Sequence[str | Path]) -> Path:
             "krippendorff_alpha_interval": krippendorff_alpha(units, "interval"),
         },
         "definitions": {
-            "human": "mean of all ratings given to the (model, config) cell",
+            "human": "mean over the cell's items of each item's mean rating (items with more raters do not weigh more)",
+            "human_ci": "95% percentile bootstrap over the cell's items (item means resampled), "
+                        "evaluation.bootstrap resamples, the study's seed; blank with bootstrap 0",
             "human_n": "number of ratings in the cell (items x raters who rated them)",
             "raters": "distinct raters in the cell",
             "agreement": "mean pairwise exact agreement between raters on the cell's items (blank with one rater)",

@@ -1,5 +1,8 @@
 """Perplexity of reference answers under a checkpoint: exp of the mean NLL over response tokens.
 
+Each record's (summed NLL, tokens) is kept, so a bootstrap over test rows resamples those pairs and
+recomputes exp(sum NLL / sum tokens) per resample (`perplexity_resamples`).
+
 The sequence scored is exactly what training sees: `build_prompt(r)` + output + EOS, tokenized
 the way TRL's completion-only loss tokenizes it (prompt and prompt+completion tokenized
 separately; the completion starts where the two token lists diverge). Only completion tokens,
@@ -52,6 +55,13 @@ def encode_for_scoring(tokenizer, record: dict, template: str = "alpaca",
 def response_nll(model, tokenizer, records: list[dict], template: str = "alpaca", batch_size: int = 8,
                  max_length: Optional[int] = None, progress: bool = True) -> tuple[float, int]:
     """(summed NLL in nats, number of scored tokens) of the records' completions under `model`."""
+    nll, tokens = response_nll_rows(model, tokenizer, records, template, batch_size, max_length, progress)
+    return float(sum(nll)), int(sum(tokens))
+
+
+def response_nll_rows(model, tokenizer, records: list[dict], template: str = "alpaca", batch_size: int = 8,
+                      max_length: Optional[int] = None, progress: bool = True) -> tuple[list[float], list[int]]:
+    """Per record, in the order given: (summed NLL in nats, number of scored tokens) of its completion."""
     import torch
     from tqdm.auto import tqdm
 
@@ -62,7 +72,7 @@ def response_nll(model, tokenizer, records: list[dict], template: str = "alpaca"
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
-    total_nll, total_tokens = 0.0, 0
+    row_nll, row_tokens = [0.0] * len(records), [0] * len(records)
     model.eval()
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc="perplexity", unit="batch", disable=not progress or len(batches) < 2):
@@ -83,11 +93,13 @@ def response_nll(model, tokenizer, records: list[dict], template: str = "alpaca"
         shift_labels = labels[:, 1:].to(device)
         nll = torch.nn.functional.cross_entropy(
             shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100,
-            reduction="sum",
-        )
-        total_nll += float(nll)
-        total_tokens += int((shift_labels != -100).sum())
-    return total_nll, total_tokens
+            reduction="none",
+        ).view(shift_labels.shape).sum(dim=1)
+        counts = (shift_labels != -100).sum(dim=1)
+        for row, i in enumerate(batch):
+            row_nll[i] = float(nll[row])
+            row_tokens[i] = int(counts[row])
+    return row_nll, row_tokens
 
 
 def corpus_perplexity(checkpoint: str, records: list[dict], template: str = "alpaca", batch_size: int = 8,
@@ -99,7 +111,21 @@ def corpus_perplexity(checkpoint: str, records: list[dict], template: str = "alp
     if not records:
         raise ValueError("corpus_perplexity needs at least one record")
     model, tokenizer = load_for_inference(str(checkpoint))
-    total_nll, tokens = response_nll(model, tokenizer, records, template, batch_size, max_length)
+    row_nll, row_tokens = response_nll_rows(model, tokenizer, records, template, batch_size, max_length)
     del model
-    mean_nll = total_nll / tokens
-    return {"perplexity": math.exp(mean_nll), "nll": mean_nll, "tokens": tokens}
+    tokens = sum(row_tokens)
+    mean_nll = sum(row_nll) / tokens
+    return {"perplexity": math.exp(mean_nll), "nll": mean_nll, "tokens": tokens, "row_nll": row_nll,
+            "row_tokens": row_tokens}
+
+
+def perplexity_resamples(row_nll, row_tokens, idx) -> "np.ndarray":
+    """The corpus perplexity of every bootstrap resample of the test rows: exp(sum NLL / sum tokens)
+    over the resampled rows (token-weighted, as the corpus figure is; not a mean of per-row perplexities)."""
+    import numpy as np
+
+    rows = np.stack([np.asarray(row_nll, dtype=float), np.asarray(row_tokens, dtype=float)], axis=1)
+    counts = np.zeros((len(idx), len(rows)))
+    np.add.at(counts, (np.arange(len(idx))[:, None], idx), 1)
+    sums = counts @ rows
+    return np.exp(sums[:, 0] / sums[:, 1])

@@ -7,6 +7,8 @@ sweep, and writes (DESIGN.md contracts):
   human rating from eval_results/human.csv when present;
 - eval_results/all.csv: the same numbers in tidy form (model, config, parameter, value, metric, ...);
 - eval_results/perplexity.csv: perplexity of the test references per target;
+- eval_results/comparisons.csv: per target, metric and config the paired-bootstrap difference to the
+  centre config and to the best config, and fine-tuned minus base per config, with 95% CI, p and Holm-adjusted p (compare.py);
 - eval_results/metrics.json: the settings of every metric;
 - eval_results/rows/<target>.csv: every row's own score per config and metric (`config, id, bleu,
   rougeL, bertscore`; BLEU there is sentence BLEU), for reading single answers (report.html).
@@ -29,17 +31,18 @@ import numpy as np
 from ..config import DecodingConfig, expand_sweep, format_temperature
 from ..errors import UserError
 from ..files import fingerprint, read_json, write_json, write_text
-from ..layout import (PERPLEXITY_COLUMNS, ROW_SCORE_KEYS, TABLE_COLUMNS, TIDY_COLUMNS, TargetResponses, Workdir, format_cell,
+from ..layout import (COMPARISON_COLUMNS, PERPLEXITY_COLUMNS, ROW_SCORE_KEYS, TABLE_COLUMNS, TIDY_COLUMNS, TargetResponses, Workdir, format_cell,
                       markdown_table, read_human, read_json_if_present, read_rows, read_frame,
                       read_target_responses, write_table)
 from ..provenance import checkpoint_identity, library_versions
-from .metrics import CI_LEVEL, TEXT_METRICS, bootstrap_ci, bootstrap_indices, build_metric
+from .compare import compare_to_base, compare_to_best, compare_to_centre
+from .metrics import CI_LEVEL, TEXT_METRICS, bootstrap_ci, bootstrap_indices, build_metric, percentile_ci
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 PERPLEXITY_SCOPE = ("test references, response tokens only (prompt masked, EOS included); corpus level: "
-                    "exp of the mean token NLL")
+                    "exp of the mean token NLL; CI: bootstrap over test rows of exp(sum NLL / sum tokens)")
 
 
 # --- the per-row cache ----------------------------------------------------------------------------
@@ -122,7 +125,7 @@ def target_perplexity(cfg, target, tr: TargetResponses, cache: RowCache, force: 
                 if tr.manifest.get("checkpoint") == checkpoint else None)
     key = fingerprint({"weights": checkpoint_identity(checkpoint, recorded), "records": records,
                        "template": cfg.template, "torch": versions.get("torch"),
-                       "transformers": versions.get("transformers")})
+                       "transformers": versions.get("transformers"), "per_row": 1})
     cached = None if force else cache.get("perplexity", "corpus", key)
     if cached is not None:
         return cached, False
@@ -137,9 +140,24 @@ def target_perplexity(cfg, target, tr: TargetResponses, cache: RowCache, force: 
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{checkpoint}: cannot load it for the perplexity of {target.name!r} ({first_line})") from None
     row = {"model": target.name, "perplexity": result["perplexity"], "nll": result["nll"],
-           "tokens": result["tokens"], "checkpoint": checkpoint}
+           "tokens": result["tokens"], "checkpoint": checkpoint,
+           "row_nll": result["row_nll"], "row_tokens": result["row_tokens"]}  # per test row, for the CI
     cache.put("perplexity", "corpus", key, row)
     return row, True
+
+
+def perplexity_with_ci(row: dict, idx) -> dict:
+    """The perplexity row with its 95% bootstrap CI over test rows (the same resampled rows as the text
+    metrics): per resample exp(sum of the rows' NLL / sum of their tokens). Blank without resamples."""
+    from .perplexity import perplexity_resamples
+
+    out = {**row, "ppl_ci_low": None, "ppl_ci_high": None}
+    if idx is not None and len(idx) and row.get("row_nll"):
+        if len(row["row_nll"]) != idx.shape[1]:
+            raise ValueError(f"perplexity has {len(row['row_nll'])} rows, the bootstrap {idx.shape[1]}")
+        out["ppl_ci_low"], out["ppl_ci_high"] = percentile_ci(perplexity_resamples(row["row_nll"], row["row_tokens"],
+                                                                                    idx))
+    return out
 
 
 # --- tables ---------------------------------------------------------------------------------------
@@ -179,9 +197,30 @@ def tidy_rows(target: str, table: list[dict], configs: list[DecodingConfig]) -> 
     return out
 
 
-def settings_note(settings: dict, n_rows: int) -> str:
+MIN_ROWS_FOR_CI = 10  # below this many test rows a bootstrap interval says little: the tables say so
+
+
+def empty_counts(tr: TargetResponses) -> dict[str, int]:
+    """Per config, the rows BERTScore scores 0 because the response (or reference) is empty or whitespace."""
+    return {config: sum(1 for r in recs if not r["response"].strip() or not r["reference"].strip())
+            for config, recs in tr.records.items()}
+
+
+def empty_note(empty: dict[str, int]) -> str:
+    """One sentence for next to a BERTScore table: how many empty responses were scored 0, per config."""
+    total = sum(empty.values())
+    if not total:
+        return "BERTScore: no empty responses."
+    per = ", ".join(f"{c} {n}" for c, n in empty.items() if n)
+    return (f"BERTScore: {total} empty responses (or references) scored 0, which lowers the mean; per config: "
+            f"{per}.")
+
+
+def settings_note(settings: dict, n_rows: int, empty: Optional[dict] = None) -> str:
     """The settings printed under each Markdown table, so a pasted table carries them."""
     parts = [f"n = {n_rows} test rows per config."]
+    if n_rows < MIN_ROWS_FOR_CI:
+        parts.append(f"With fewer than {MIN_ROWS_FOR_CI} test rows the CIs are not meaningful.")
     if "bleu" in settings:
         parts.append(f"BLEU: sacrebleu corpus BLEU / 100 ({settings['bleu']['signature']}).")
     if "rougeL" in settings:
@@ -190,6 +229,8 @@ def settings_note(settings: dict, n_rows: int) -> str:
         b = settings["bertscore"]
         parts.append(f"BERTScore: mean F1, {b['model']}, layer {b['num_layers']}, no baseline rescaling "
                      f"(scores depend on the model: MiniLM and roberta-large figures are not comparable).")
+        if empty is not None:
+            parts.append(empty_note(empty))
     boot = settings["bootstrap"]
     if boot["resamples"]:
         parts.append(f"CIs: {int(CI_LEVEL * 100)}% percentile bootstrap, {boot['resamples']} paired row resamples, "
@@ -221,6 +262,56 @@ def _merge_rows(path: Path, new_rows: list[dict], order: list[str], key: str = "
     return [rows[t] for t in order if t in rows]
 
 
+def centre_name(cfg) -> str:
+    """The centre config's name: the generation defaults (the point every one-at-a-time factor varies from)."""
+    d = cfg.generation.defaults
+    return DecodingConfig(d.top_k, d.num_beams, float(d.temperature)).name
+
+
+def comparison_rows(cfg, metrics, targets, rows_by_target: dict, loaded: dict) -> list[dict]:
+    """The comparisons.csv rows of the targets scored now: every config minus the centre, and each
+    fine-tuned model minus its base per config when both were scored now on the same test rows (the
+    bootstrap indices are drawn from the study's seed, so both targets resample the same rows)."""
+    centre = centre_name(cfg)
+    resamples = cfg.evaluation.bootstrap
+    out = []
+    for target in targets:
+        tr = loaded[target.name]
+        idx = bootstrap_indices(tr.n_rows, resamples, cfg.seed) if resamples else None
+        per_metric = rows_by_target[target.name]
+        for metric in metrics:
+            out += compare_to_centre(metric, target.name, per_metric[metric.name], centre, idx)
+            out += compare_to_best(metric, target.name, per_metric[metric.name], idx)
+        base = f"{target.name}-base"
+        if target.is_base or base not in rows_by_target:
+            continue
+        ids = [r["id"] for r in next(iter(tr.records.values()))]
+        base_ids = [r["id"] for r in next(iter(loaded[base].records.values()))]
+        if ids != base_ids:
+            log.warning("%s and %s were generated on different test rows: no paired fine-tuned vs base comparison",
+                        target.name, base)
+            continue
+        for metric in metrics:
+            out += compare_to_base(metric, target.name, base, per_metric[metric.name],
+                                   rows_by_target[base][metric.name], idx)
+    return out
+
+
+def _merge_comparisons(path: Path, new_rows: list[dict], rescored: set[str], order: list[str]) -> list[dict]:
+    """comparisons.csv: the old rows of targets not rescored now (and not against a rescored base), then the new."""
+    keep = []
+    if path.is_file():
+        for rec in read_rows(path):
+            if rec.get("model") in rescored or (rec.get("versus") == "base" and rec.get("reference") in rescored):
+                continue
+            if rec.get("model") in order:
+                keep.append(rec)
+    rank = {t: i for i, t in enumerate(order)}
+    merged = keep + new_rows
+    # Stable: within a target, the order the rows were computed in (metric, then sweep order).
+    return sorted(merged, key=lambda r: rank.get(r["model"], len(rank)))
+
+
 def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     """Score every target of the study (or `model`); returns what was computed and the table rows."""
     configs = expand_sweep(cfg.generation)
@@ -236,7 +327,10 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     boot_seed = cfg.seed
     settings["bootstrap"] = {"resamples": cfg.evaluation.bootstrap, "seed": boot_seed, "level": CI_LEVEL,
                              "method": "percentile; paired row resampling: the same resampled rows for every "
-                                       "config, metric and model of a study"}
+                                       "config, metric and model of a study",
+                             "comparisons": "comparisons.csv: paired bootstrap of the difference (same resamples), "
+                                            "percentile CI, two-sided p = min(1, 2 min(P(d<=0), P(d>=0))), Holm "
+                                            "over one model's comparisons of one metric and kind (centre / best / base)"}
     if "perplexity" in wanted:
         settings["perplexity"] = {"scope": PERPLEXITY_SCOPE, "template": cfg.template,
                                   "batch_size": cfg.evaluation.perplexity_batch_size,
@@ -254,6 +348,7 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     summary: dict = {"targets": {}, "settings": settings}
     tables: dict[str, list[dict]] = {}
     ppl_rows: list[dict] = []
+    rows_by_target: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     for target in targets:
         tr = loaded[target.name]
         cache = RowCache.load(paths.score_cache(target.name))
@@ -278,8 +373,12 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
                      row["tokens"], "computed" if fresh else "reused")
         cache.save()
 
-        # The same resampled rows for every config and metric: differences between configs are paired.
+        rows_by_target[target.name] = per_metric_rows
+        # The same resampled rows for every config and metric (and every target with as many rows: the
+        # seed is the study's): differences between configs and targets are paired.
         idx = bootstrap_indices(tr.n_rows, cfg.evaluation.bootstrap, boot_seed) if cfg.evaluation.bootstrap else None
+        if "perplexity" in wanted:
+            ppl_rows[-1] = perplexity_with_ci(ppl_rows[-1], idx)
         table = []
         for dc in configs:
             row = {"config": dc.name, "mode": dc.mode}
@@ -295,7 +394,7 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
         write_table(paths.table(target.name), TABLE_COLUMNS, table)
         cells = [[format_cell(row.get(c), 4) for c in TABLE_COLUMNS] for row in table]
         write_text(paths.table(target.name, "md"), f"# {target.name}\n\n" + markdown_table(TABLE_COLUMNS, cells)
-                   + "\n\n" + settings_note(settings, tr.n_rows) + "\n")
+                   + "\n\n" + settings_note(settings, tr.n_rows, empty_counts(tr)) + "\n")
         summary["targets"][target.name] = {"rows": tr.n_rows, "computed": computed, "library_calls": library_calls,
                                            "table": table}
 
@@ -308,6 +407,10 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
         if table is not None:
             tidy.extend(tidy_rows(name, table, configs))
     write_table(paths.tidy_table, TIDY_COLUMNS, tidy)
+    comparisons = comparison_rows(cfg, metrics, targets, rows_by_target, loaded)
+    write_table(paths.comparisons, COMPARISON_COLUMNS,
+                _merge_comparisons(paths.comparisons, comparisons, set(rows_by_target), all_targets))
+    summary["comparisons"] = comparisons
     if "perplexity" in wanted:
         merged = _merge_rows(paths.perplexity_table, ppl_rows, all_targets)
         write_table(paths.perplexity_table, PERPLEXITY_COLUMNS, merged)
@@ -316,7 +419,8 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     previous = read_json_if_present(meta_path) or {}
     scored = dict(previous.get("targets", {})) if isinstance(previous, dict) else {}
     for name, tr in loaded.items():
-        scored[name] = {"rows": tr.n_rows, "configs": list(tr.records), "responses": str(tr.folder)}
+        scored[name] = {"rows": tr.n_rows, "configs": list(tr.records), "responses": str(tr.folder),
+                        "bertscore_empty": empty_counts(tr)}
     write_json(meta_path, {"metrics": {k: v for k, v in settings.items()},
                            "targets": {k: scored[k] for k in all_targets if k in scored}})
     return summary

@@ -39,15 +39,14 @@ from .. import __version__
 from ..config import ExperimentConfig, expand_sweep
 from ..errors import UserError
 from ..files import read_json, read_jsonl, write_text
-from ..layout import Workdir
+from ..layout import COMPARISON_COLUMNS, Workdir
 from ..provenance import library_versions
 from .plots import FACTORS
-from .tables import (Scored, bertscore_line, centre_config, metric_settings, scoring_versions, target_label,
+from .tables import (Scored, bertscore_empty_line, bertscore_line, centre_config, metric_settings, scoring_versions, target_label,
                      to_number as _num)
 
 log = logging.getLogger(__name__)
 
-COMPARISON_COLUMNS = ["model", "metric", "config", "comparison", "diff", "ci_low", "ci_high", "p", "p_holm"]
 SCORE_DECIMALS = 4
 ROW_DECIMALS = 4
 
@@ -128,7 +127,7 @@ def _pre(text: str) -> str:
 # --- sections ------------------------------------------------------------------------------------
 
 def _results_section(cfg: ExperimentConfig, scored: list[Scored], metrics: list[tuple[str, str]],
-                     perplexity) -> str:
+                     perplexity, metrics_json: Optional[dict] = None) -> str:
     configs = expand_sweep(cfg.generation)
     varies = {dc.name: dc.varied or "centre" for dc in configs}
     out = ['<section id="results"><h2>Results per model</h2>',
@@ -158,12 +157,17 @@ def _results_section(cfg: ExperimentConfig, scored: list[Scored], metrics: list[
         out.append(f"<h3>{esc(target_label(s.target))}</h3>")
         out.append(_table(header, rows, attrs=f' data-results="{esc(s.target.name)}"',
                           numeric=range(3, 3 + len(metrics))))
+        empty = bertscore_empty_line(metrics_json, s.target.name) if any(m == "bertscore" for m, _ in metrics) else None
+        if empty:
+            out.append(f"<p class=note>{esc(empty.replace('`', ''))}</p>")
     if perplexity is not None and len(perplexity):
         out.append("<h3>Perplexity of the test references</h3><p>Response tokens only (prompt masked); "
-                   "lower is better. From <code>eval_results/perplexity.csv</code>.</p>")
+                   "lower is better; 95% bootstrap interval over test rows. From <code>eval_results/perplexity.csv</code>.</p>")
         rows = []
         for _, r in perplexity.iterrows():
-            rows.append("<tr>" + _td(r.get("model"), None, "cfg") + _td(_fmt(r.get("perplexity"), 3),
+            lo, hi = _num(r.get("ppl_ci_low")), _num(r.get("ppl_ci_high"))
+            ci = f" [{_fmt(lo, 3)}, {_fmt(hi, 3)}]" if lo is not None and hi is not None else ""
+            rows.append("<tr>" + _td(r.get("model"), None, "cfg") + _td(_fmt(r.get("perplexity"), 3) + ci,
                         r.get("perplexity"), "num") + _td(_fmt(r.get("nll")), r.get("nll"), "num")
                         + _td("–" if _num(r.get("tokens")) is None else int(r["tokens"]), r.get("tokens"), "num")
                         + _td(r.get("checkpoint", "")) + "</tr>")
@@ -193,8 +197,10 @@ def _comparisons_section(path: Path) -> str:
     unknown = [c for c in columns if c not in COMPARISON_COLUMNS]
     missing = [c for c in COMPARISON_COLUMNS if c not in columns]
     head.append("<p>From <code>eval_results/comparisons.csv</code>: per model, metric and config, the paired "
-                "difference (config minus the centre config, or fine-tuned minus base) with its 95% interval, "
-                "p and Holm-adjusted p. Rows whose interval excludes 0 are marked.</p>")
+                "difference (config minus the centre config (versus centre), minus the model's best config for that metric "
+                "(versus best), or fine-tuned minus base (versus base)) with its paired-bootstrap 95% interval, "
+                "two-sided bootstrap p and Holm-adjusted p. Rows whose interval excludes 0 are marked (the interval is "
+                "not Holm-adjusted: p_holm below 0.05 is the corrected verdict).</p>")
     if missing or unknown:
         head.append(f"<p class=note>Columns differ from the expected ones ({esc(', '.join(COMPARISON_COLUMNS))}): "
                     f"{'missing ' + esc(', '.join(missing)) if missing else ''}"
@@ -218,7 +224,7 @@ def _comparisons_section(path: Path) -> str:
             if c in numeric_cols and value:
                 f = float(value)
                 text = f"{f:.3g}" if c == "p" or c.startswith("p_") else f"{f:+.4f}" if c in ("diff", "ci_low", "ci_high") \
-                    else f"{f:.4f}"
+                    else f"{f:.0f}" if c == "resamples" else f"{f:.4f}"
                 cells.append(_td(text, f, "num"))
             else:
                 cells.append(_td(value or "–"))
@@ -481,7 +487,7 @@ def build_html(cfg: ExperimentConfig, scored: list[Scored], metrics: list[tuple[
     body = [
         f"<header><h1>{esc(cfg.name)}</h1><p>{esc(summary)}</p><nav>{nav}</nav></header>",
         "<main>",
-        _results_section(cfg, scored, metrics, perplexity),
+        _results_section(cfg, scored, metrics, perplexity, metrics_json),
         _plots_section(plots),
         _comparisons_section(Workdir(cfg.path).comparisons),
         _explorer_section(data),

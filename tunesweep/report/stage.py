@@ -23,8 +23,8 @@ from ..layout import Workdir, format_cell, markdown_table as md_table, read_fram
 from ..provenance import library_versions
 from .plots import FACTORS, plot_factor
 from .html import write_html
-from .tables import (Scored, bertscore_line, centre_config, metric_settings, read_scored, scoring_versions,
-                     target_label, to_number, value_of)
+from .tables import (Scored, bertscore_empty_line, bertscore_line, centre_config, metric_settings, read_comparisons,
+                     read_scored, scored_targets, scoring_versions, target_label, to_number, value_of)
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,19 @@ def _metrics_present(scored: list[Scored]) -> list[tuple[str, str]]:
 
 # --- sections ------------------------------------------------------------------------------------
 
-def _results_section(scored: list[Scored], metrics: list[tuple[str, str]], configs: list[DecodingConfig]) -> list[str]:
+MIN_ROWS_FOR_CI = 10
+
+
+def few_rows_note(metrics_json: Optional[dict]) -> Optional[str]:
+    rows = [int(t["rows"]) for t in scored_targets(metrics_json).values() if isinstance(t, dict) and t.get("rows")]
+    if rows and min(rows) < MIN_ROWS_FOR_CI:
+        return (f"**Only {min(rows)} test rows: with fewer than {MIN_ROWS_FOR_CI}, the confidence intervals and "
+                "paired tests of this report are not meaningful.**")
+    return None
+
+
+def _results_section(scored: list[Scored], metrics: list[tuple[str, str]], configs: list[DecodingConfig],
+                     metrics_json: Optional[dict] = None) -> list[str]:
     lines = ["## Results per model", "",
              "Score [95% bootstrap CI] per decoding config, in sweep order; from `eval_results/<model>.csv`. "
              "Human is the mean rating (no CI).", ""]
@@ -77,33 +89,126 @@ def _results_section(scored: list[Scored], metrics: list[tuple[str, str]], confi
                     cells.append(fmt_ci(row.get(m), row.get(f"{m}_ci_low"), row.get(f"{m}_ci_high")))
             rows.append(cells)
         lines += [md_table(["config", "mode", "varies"] + [label for _, label in metrics], rows), ""]
+        empty = bertscore_empty_line(metrics_json, s.target.name) if any(m == "bertscore" for m, _ in metrics) else None
+        if empty:
+            lines += [empty, ""]
     return lines
 
 
-def _best_section(scored: list[Scored], metrics: list[tuple[str, str]]) -> list[str]:
+# A Holm-adjusted p below this is reported as a difference (the level of the 95% intervals).
+ALPHA = 0.05
+
+
+def _cmp_rows(comparisons: Optional[pd.DataFrame], model: str, metric: str, versus: str) -> list[dict]:
+    """The comparisons.csv rows of one model, metric and kind, in the order written (sweep order)."""
+    if comparisons is None:
+        return []
+    df = comparisons[(comparisons["model"] == model) & (comparisons["metric"] == metric)
+                     & (comparisons["versus"] == versus)]
+    return df.to_dict(orient="records")
+
+
+def _significant(row: dict) -> bool:
+    p = to_number(row.get("p_holm"))
+    return p is not None and p < ALPHA
+
+
+def p_text(p: Optional[float], resamples) -> str:
+    """A bootstrap p for reading: 0 means no resample crossed zero, i.e. below 1 / resamples, not zero."""
+    if p is None:
+        return "–"
+    n = to_number(resamples)
+    return f"< {1 / n:.2g}" if p == 0 and n else f"{p:.3g}"
+
+
+def _diff_text(row: dict) -> str:
+    """'`config` (+0.0620 [+0.0120, +0.1240], Holm p 0.031)'."""
+    d, lo, hi = to_number(row.get("diff")), to_number(row.get("ci_low")), to_number(row.get("ci_high"))
+    ci = f" [{lo:+.4f}, {hi:+.4f}]" if lo is not None and hi is not None else ""
+    return f"`{row['config']}` ({d:+.4f}{ci}, Holm p {p_text(to_number(row.get('p_holm')), row.get('resamples'))})"
+
+
+def _names(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def verdict_sentence(rows: list[dict], centre: str) -> str:
+    """In words, from comparisons.csv rows (versus centre) of one model and metric: which configs differ
+    from the centre after Holm correction, in which direction, and by how much."""
+    if not rows:
+        return "no paired comparison in `comparisons.csv`."
+    if all(to_number(r.get("p_holm")) is None for r in rows):
+        return "no paired test (evaluation.bootstrap = 0): differences are not judged."
+    higher = [r for r in rows if _significant(r) and to_number(r["diff"]) > 0]
+    lower = [r for r in rows if _significant(r) and to_number(r["diff"]) < 0]
+    n = len(rows)
+    if not higher and not lower:
+        smallest = min(to_number(r.get("p_holm")) for r in rows if to_number(r.get("p_holm")) is not None)
+        return (f"after Holm correction over {n} comparisons, no config differs detectably from the centre "
+                f"`{centre}` (smallest adjusted p {smallest:.3g}).")
+    parts = []
+    if higher:
+        parts.append(f"{_names([_diff_text(r) for r in higher])} score{'s' if len(higher) == 1 else ''} higher "
+                     f"than the centre `{centre}`")
+    if lower:
+        parts.append(f"{_names([_diff_text(r) for r in lower])} score{'s' if len(lower) == 1 else ''} lower")
+    rest = n - len(higher) - len(lower)
+    tail = f"; the other {rest} do not differ detectably" if rest else ""
+    return f"after Holm correction over {n} comparisons, " + "; ".join(parts) + tail + "."
+
+
+def _comparisons_section(scored: list[Scored], metrics: list[tuple[str, str]], comparisons: Optional[pd.DataFrame],
+                         centre: str) -> list[str]:
+    lines = ["## Which configs differ from the centre", ""]
+    if comparisons is None:
+        return lines + ["(`eval_results/comparisons.csv` not found: rerun `tunesweep score` to get paired comparisons.)",
+                        ""]
+    lines += [f"From `eval_results/comparisons.csv`: each config minus the centre config `{centre}` on the same test "
+              "rows, a paired bootstrap of the difference (the same resampled rows for both configs), its 95% "
+              "percentile interval (not adjusted) and a two-sided bootstrap p-value; a config counts as different "
+              f"when its Holm-adjusted p (over the model's comparisons for that metric) is below {ALPHA:g}.", ""]
+    for s in scored:
+        rows = []
+        for m, label in metrics:
+            cmp = _cmp_rows(comparisons, s.target.name, m, "centre")
+            if m == "human":
+                continue  # ratings have no per-row scores to pair
+            rows.append([label, verdict_sentence(cmp, centre)])
+        if rows:
+            lines += [f"### {target_label(s.target)}", "", md_table(["metric", "versus the centre"], rows), ""]
+    return lines
+
+
+def _best_section(scored: list[Scored], metrics: list[tuple[str, str]],
+                  comparisons: Optional[pd.DataFrame] = None) -> list[str]:
     lines = ["## Best config per model and metric", "",
-             "Highest score (the first in sweep order on a tie). `others within CI` counts the other configs whose "
-             "95% CI upper bound reaches the best score: when it is not 0, the best config is not clearly better "
-             "than those.", ""]
+             "Highest score (the first in sweep order on a tie). Judged by a paired test, not by overlapping "
+             "intervals: every other config minus the best on the same resampled rows (`comparisons.csv`, versus "
+             f"best), Holm-corrected over the model's comparisons for that metric; `detectably worse` counts the "
+             f"configs whose adjusted p is below {ALPHA:g}, and `not distinguishable from the best` names the "
+             "others. The best is picked on the same data, so its lead is if anything overstated.", ""]
     rows = []
     for s in scored:
         for m, label in metrics:
             if m not in s.table.columns or s.table[m].isna().all():
                 continue
-            best = s.table[m].astype(float).idxmax()
+            cmp = _cmp_rows(comparisons, s.target.name, m, "best")
+            best = cmp[0]["reference"] if cmp else s.table[m].astype(float).idxmax()
             y, lo, hi = value_of(s, best, m)
-            if m == "human" or f"{m}_ci_high" not in s.table.columns or s.table[f"{m}_ci_high"].isna().all():
-                within = "–"
+            if not cmp or all(to_number(r.get("p_holm")) is None for r in cmp):
+                worse, tied = "–", ("no paired test" if m != "human" else "– (ratings are not paired)")
             else:
-                highs = s.table[f"{m}_ci_high"].astype(float).drop(index=best)
-                within = str(int((highs >= y).sum()))
-            rows.append([target_label(s.target), label, f"`{best}`", fmt_ci(y, lo, hi, decimals_for(m)), within])
-    lines += [md_table(["model", "metric", "best config", "score [95% CI]", "others within CI"], rows), ""]
+                worse = f"{sum(_significant(r) for r in cmp)} of {len(cmp)}"
+                same = [f"`{r['config']}`" for r in cmp if not _significant(r)]
+                tied = ", ".join(same) if same else "none"
+            rows.append([target_label(s.target), label, f"`{best}`", fmt_ci(y, lo, hi, decimals_for(m)), worse, tied])
+    lines += [md_table(["model", "metric", "best config", "score [95% CI]", "detectably worse",
+                        "not distinguishable from the best"], rows), ""]
     return lines
 
 
 def _finetune_gain_section(cfg: ExperimentConfig, scored: list[Scored], metrics: list[tuple[str, str]],
-                           perplexity: Optional[pd.DataFrame]) -> list[str]:
+                           perplexity: Optional[pd.DataFrame], comparisons: Optional[pd.DataFrame] = None) -> list[str]:
     by_name = {s.target.name: s for s in scored}
     centre = centre_config(cfg).name
     pairs = [(by_name[m.name], by_name[f"{m.name}-base"]) for m in cfg.models
@@ -112,7 +217,8 @@ def _finetune_gain_section(cfg: ExperimentConfig, scored: list[Scored], metrics:
         return []
     lines = ["## What fine-tuning bought", "",
              f"Fine-tuned minus base at the centre config `{centre}` (perplexity: lower is better, so a "
-             "negative difference is a gain).", ""]
+             "negative difference is a gain). The paired 95% interval and Holm p (over the configs of that "
+             "model and metric) are from `comparisons.csv` (versus base).", ""]
     rows = []
     for ft, base in pairs:
         for m, label in metrics:
@@ -122,15 +228,21 @@ def _finetune_gain_section(cfg: ExperimentConfig, scored: list[Scored], metrics:
                 continue
             diff = a - b if a is not None and b is not None else None
             d = decimals_for(m)
-            rows.append([ft.target.name, label, fmt(a, d), fmt(b, d), "–" if diff is None else f"{diff:+.{d}f}"])
+            paired = [r for r in _cmp_rows(comparisons, ft.target.name, m, "base") if r["config"] == centre]
+            lo, hi, p = ((to_number(paired[0].get(k)) for k in ("ci_low", "ci_high", "p_holm")) if paired
+                         else (None, None, None))
+            resamples = paired[0].get("resamples") if paired else None
+            ci = f"[{lo:+.{d}f}, {hi:+.{d}f}]" if lo is not None and hi is not None else "–"
+            rows.append([ft.target.name, label, fmt(a, d), fmt(b, d), "–" if diff is None else f"{diff:+.{d}f}", ci,
+                         p_text(p, resamples)])
         if perplexity is not None:
             ppl = perplexity.set_index("model")["perplexity"]
             a, b = to_number(ppl.get(ft.target.name)), to_number(ppl.get(base.target.name))
             if a is not None or b is not None:
                 diff = a - b if a is not None and b is not None else None
                 rows.append([ft.target.name, "perplexity", fmt(a, 3), fmt(b, 3),
-                             "–" if diff is None else f"{diff:+.3f}"])
-    lines += [md_table(["model", "metric", "fine-tuned", "base", "difference"], rows), ""]
+                             "–" if diff is None else f"{diff:+.3f}", "–", "–"])
+    lines += [md_table(["model", "metric", "fine-tuned", "base", "difference", "paired 95% CI", "Holm p"], rows), ""]
     return lines
 
 
@@ -192,13 +304,16 @@ def _perplexity_section(perplexity: Optional[pd.DataFrame], path: Path, targets:
     lines = ["## Perplexity", ""]
     if perplexity is None:
         return lines + [f"(`{path.name}` not found: perplexity was not computed.)", ""]
-    lines += ["Test-set perplexity of the reference answers (response tokens only, prompt masked); lower is better.", ""]
+    lines += ["Test-set perplexity of the reference answers (response tokens only, prompt masked); lower is better. "
+              "The 95% interval is a bootstrap over test rows (the same resampled rows as the text metrics) of "
+              "exp(sum of the rows' NLL / sum of their tokens).", ""]
     rows = []
     for _, r in perplexity.iterrows():
         t = targets.get(str(r["model"]))
-        rows.append([target_label(t) if t else r["model"], fmt(r.get("perplexity"), 3), fmt(r.get("nll")),
+        rows.append([target_label(t) if t else r["model"],
+                     fmt_ci(r.get("perplexity"), r.get("ppl_ci_low"), r.get("ppl_ci_high"), 3), fmt(r.get("nll")),
                      "–" if to_number(r.get("tokens")) is None else int(r["tokens"]), f"`{r.get('checkpoint', '')}`"])
-    return lines + [md_table(["model", "perplexity", "NLL/token", "tokens", "checkpoint"], rows), ""]
+    return lines + [md_table(["model", "perplexity [95% CI]", "NLL/token", "tokens", "checkpoint"], rows), ""]
 
 
 CLEAN_COUNTS = ("echo", "cut", "special", "empty", "length_capped")
@@ -302,7 +417,15 @@ def _human_section(cfg: ExperimentConfig) -> list[str]:
              f"{summary.get('ratings')} ratings on a {lo}-{hi} scale of {summary.get('items_rated')} of "
              f"{summary.get('items_in_sheet')} items in the blinded sheet, by {len(summary.get('raters', {}))} "
              f"rater(s); {summary.get('blank_skipped', 0)} blank ratings skipped. The Human column is the mean "
-             "rating of a model x config cell (`eval_results/human.csv`).", ""]
+             "rating of a model x config cell: each item's ratings averaged first, then the items.", ""]
+    human_csv = Workdir(cfg.path).human_table
+    if human_csv.is_file():
+        cells = read_frame(human_csv)
+        rows = [[r["model"], f"`{r['config']}`", fmt_ci(r.get("human"), r.get("human_ci_low"), r.get("human_ci_high"), 2),
+                 r.get("human_n")] for _, r in cells.iterrows()]
+        lines += ["Per model and config: the mean over items of each item's mean rating, with a 95% bootstrap "
+                  "interval over items (`eval_results/human.csv`).", "",
+                  md_table(["model", "config", "human [95% CI]", "ratings"], rows), ""]
     rows = [[r, v.get("ratings"), fmt(v.get("mean"), 2)] for r, v in summary.get("raters", {}).items()]
     lines += [md_table(["rater", "ratings", "mean rating"], rows), ""]
     if a.get("items_with_2plus_raters"):
@@ -382,9 +505,14 @@ def report(cfg: ExperimentConfig) -> Path:
              "models. Scores are corpus BLEU (sacrebleu, 0-1), ROUGE-L F1 and BERTScore F1 with 95% "
              "bootstrap confidence intervals; see Settings for every metric setting.", "",
              bertscore_line(cfg, metrics_json), ""]
-    lines += _results_section(scored, metrics, configs)
-    lines += _best_section(scored, metrics)
-    lines += _finetune_gain_section(cfg, scored, metrics, perplexity)
+    few = few_rows_note(metrics_json)
+    if few:
+        lines += [few, ""]
+    comparisons = read_comparisons(cfg)
+    lines += _results_section(scored, metrics, configs, metrics_json)
+    lines += _comparisons_section(scored, metrics, comparisons, centre_config(cfg).name)
+    lines += _best_section(scored, metrics, comparisons)
+    lines += _finetune_gain_section(cfg, scored, metrics, perplexity, comparisons)
     training, training_records = _training_section(cfg)
     lines += training
     plot_lines, plots = _plots_section(cfg, scored, metrics, paths.plots_dir)
@@ -396,7 +524,7 @@ def report(cfg: ExperimentConfig) -> Path:
     lines += throughput
     lines += _decoding_section(configs, manifests)
     lines += _settings_section(cfg, metrics_json, manifests)
-    inputs = [s.path for s in scored] + [paths.tidy_table, paths.perplexity_table, paths.metrics_json,
+    inputs = [s.path for s in scored] + [paths.tidy_table, paths.perplexity_table, paths.comparisons, paths.metrics_json,
                                          paths.human_table, paths.human_summary]
     inputs += [p for s in scored for p in (paths.manifest(s.target.name), paths.cleaning(s.target.name))]
     inputs += training_records

@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..config import DecodingConfig, ExperimentConfig, RunTarget
 from ..errors import UserError
-from ..layout import Workdir, read_frame
+from ..layout import COMPARISON_COLUMNS, Workdir, read_frame
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,18 @@ def read_scored(cfg: ExperimentConfig) -> list[Scored]:
     if missing:
         log.warning("not scored yet, left out of the report: %s", ", ".join(missing))
     return out
+
+
+def read_comparisons(cfg: ExperimentConfig) -> Optional[pd.DataFrame]:
+    """eval_results/comparisons.csv (written by the score stage), or None when there is none."""
+    path = Workdir(cfg.path).comparisons
+    if not path.is_file():
+        return None
+    df = read_frame(path)
+    missing = [c for c in COMPARISON_COLUMNS if c not in df.columns]
+    if missing:
+        raise UserError(f"{path}: column(s) {', '.join(missing)} missing; rerun `tunesweep score --config ...`")
+    return df
 
 
 def value_of(s: Scored, config: str, metric: str) -> tuple[Optional[float], Optional[float], Optional[float]]:
@@ -117,3 +129,21 @@ def bertscore_line(cfg: ExperimentConfig, metrics_json: Optional[dict]) -> str:
     else:
         text += "BERTScores are comparable only between runs that used the same model, layer and rescaling."
     return text
+
+
+def scored_targets(metrics_json: Optional[dict]) -> dict:
+    targets = (metrics_json or {}).get("targets")
+    return targets if isinstance(targets, dict) else {}
+
+
+def bertscore_empty_line(metrics_json: Optional[dict], target: str) -> Optional[str]:
+    """The sentence under a BERTScore table: empty responses are scored 0, how many, per config."""
+    empty = scored_targets(metrics_json).get(target, {}).get("bertscore_empty")
+    if not isinstance(empty, dict):
+        return None
+    total = sum(int(n) for n in empty.values())
+    if not total:
+        return "BERTScore: no empty responses (an empty response would be scored 0)."
+    per = ", ".join(f"`{c}` {n}" for c, n in empty.items() if n)
+    return (f"BERTScore: {total} empty responses (or references) are scored 0, which pulls the mean down; "
+            f"per config: {per}.")
