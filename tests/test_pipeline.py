@@ -108,6 +108,7 @@ def test_every_design_output_exists_and_agrees(run_a):
     assert f"{speed['tokens_per_s']:,.0f} (last {speed['measured_steps']} steps; " \
            f"{speed['warmup_steps_excluded']} warm-up excluded)" in row
     assert f"{speed['peak_memory_bytes'] / 2**30:.2f} GiB" in row
+    assert "full fine-tuning: there is no adapter, so nothing to compare" in row  # merge fidelity
     plots = list((work / "eval_results" / "plots").glob("*.png"))
     assert plots and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
     for stage in STAGES:

@@ -140,6 +140,33 @@ def test_post_merge_check_reloads_and_records_eos_and_pad(alpaca_run):
     assert all(s["num_tokens"] <= 16 for s in check["samples"])
 
 
+def test_merge_fidelity_of_the_lora_merge_and_a_corrupted_weight(alpaca_run, tmp_path, caplog):
+    fidelity = alpaca_run["record"]["post_merge_check"]["merge_fidelity"]
+    # fp32 on a CPU: folding the adapter in is exact up to rounding, so greedy answers agree everywhere.
+    assert fidelity["compared"] and fidelity["prompts"] == 4
+    assert fidelity["greedy_agreement"] == 1.0 and fidelity["mean_kl"] < 1e-6
+    assert fidelity["max_abs_logit_diff"] < 1e-3
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from tunesweep.train.check import post_merge_check
+
+    broken = tmp_path / "merged"
+    shutil.copytree(alpaca_run["checkpoint"], broken)
+    weights = load_file(broken / "model.safetensors")
+    name = "model.layers.0.mlp.down_proj.weight"
+    weights[name] = weights[name] + torch.randn_like(weights[name])  # one corrupted matrix
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    cfg = alpaca_run["cfg"]
+    check = post_merge_check(broken, load_split(alpaca_run["work"], "test"), cfg.template, 16,
+                             base=str(alpaca_run["base"]))
+    assert check["merge_fidelity"]["mean_kl"] > 1e-3
+    with caplog.at_level("WARNING"):
+        warn_on_check("tiny-alpaca", check)
+    assert "tiny-alpaca: MERGE FIDELITY CHECK FAILED: THE MERGED CHECKPOINT IS NOT THE MODEL THAT WAS TRAINED" in caplog.text
+
+
 def test_never_stopping_model_is_warned_about_in_capitals(caplog):
     check = {"problems": [], "prompts": 4, "ended_with_eos": 1, "max_new_tokens": 16}
     with caplog.at_level("WARNING"):
@@ -251,6 +278,8 @@ def test_full_finetuning_without_lora(workdir, tiny_model_dir):
     out = workdir / "finetuned_models" / "full"
     assert rec["method"] == "full" and rec["backend"] == "peft"
     assert not (out / "adapter").exists()
+    assert rec["post_merge_check"]["merge_fidelity"] == {
+        "compared": False, "why": "full fine-tuning: there is no adapter, so nothing to compare"}
     from safetensors.torch import load_file
 
     tuned, base = load_file(out / "model.safetensors"), load_file(tiny_model_dir / "model.safetensors")

@@ -285,19 +285,24 @@ def _training_section(cfg: ExperimentConfig) -> tuple[list[str], list[Path]]:
         peak = (f"{t['peak_memory_bytes'] / 2**30:.2f} GiB ({t['peak_memory_kind']})"
                 if t.get("peak_memory_bytes") else "–")
         check = rec.get("post_merge_check") or {}
+        fid = check.get("merge_fidelity") or {}
+        fidelity = (f"greedy {fid['greedy_agreement']:.2f}, KL {fid['mean_kl']:.1e}, max logit diff "
+                    f"{fid['max_abs_logit_diff']:.1e}" if fid.get("compared") else fid.get("why", "–"))
         rows.append([m.name, f"{rec.get('backend')} ({rec.get('backend_reason')})", rec.get("method"),
                      rec.get("global_step"), fmt(rec.get("train_runtime_s"), 1), speed, peak,
                      fmt(rec.get("final_loss"), 4), f"{check.get('ended_with_eos', '–')}/{check.get('prompts', '–')}",
-                     rec.get("device")])
+                     fidelity, rec.get("device")])
     if not rows:
         return [], paths
     return ["## Fine-tuning", "",
             "From each `finetuned_models/<model>/tunesweep.json`. Tokens/s counts the non-padding input tokens the "
             "trainer saw per second of optimizer steps, after the first warm-up steps (compilation, allocator "
             "warm-up) and without checkpoint writing; peak memory is the accelerator's peak allocation, or the "
-            "training process's peak RSS on a CPU.", "",
+            "training process's peak RSS on a CPU. Merge fidelity compares the merged checkpoint with base + "
+            "adapter on the post-merge check's prompts: the share of identical greedy answers, the mean KL of "
+            "the next-token distributions and the largest logit difference.", "",
             md_table(["model", "backend (why)", "method", "steps", "train time (s)", "trained tokens/s", "peak memory",
-                      "final loss", "EOS check", "device"], rows), ""], paths
+                      "final loss", "EOS check", "merge fidelity", "device"], rows), ""], paths
 
 
 def _perplexity_section(perplexity: Optional[pd.DataFrame], path: Path, targets: dict[str, RunTarget]) -> list[str]:

@@ -134,7 +134,8 @@ def finetune_one(cfg: ExperimentConfig, m: ModelConfig, pairs: list[dict], test_
 
     start = time.time()
     log_file = training_dir / LOG_NAME
-    check_args = (test_records[:CHECK_PROMPTS], cfg.template, cfg.generation.max_new_tokens)
+    check_args = (test_records[:CHECK_PROMPTS], cfg.template, cfg.generation.max_new_tokens,
+                  None if m.lora is None else m.base)
     result: TrainResult = run_isolated(train_and_check, job, backend, check_args, name=f"finetune {m.name}",
                                        log_file=log_file)
     check = result.post_merge_check
