@@ -1,0 +1,212 @@
+"""execution.backend: ray on a local Ray started by the tests (2 CPUs, no dashboard), and the promise
+that backend: local never imports ray.
+
+The expensive part is one run of the study's 13-config sweep of `tiny` (20 rows) on 2 replica actors,
+compared byte for byte with the study's single-engine files; the fault test kills one replica actor
+mid-run and checks that it is started again and the files come out the same.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from helpers import REPO, STUDY_ROWS
+from tunesweep.config import load_config, parse_config
+from tunesweep.errors import UserError
+
+RAY_MARK = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+# --- config and CLI (no Ray needed) -------------------------------------------------------------
+
+def test_execution_section_defaults_and_errors_name_the_key():
+    cfg = parse_config({"name": "x", "models": [{"name": "m", "base": "b"}]})
+    ex = cfg.execution
+    assert (ex.backend, ex.address, ex.replicas, ex.retries, ex.engine_gpus, ex.cpus) == ("local", "auto", 1, 1, None,
+                                                                                           1.0)
+    for bad, key in [({"backend": "slurm"}, "execution.backend"), ({"replicas": 0}, "execution.replicas"),
+                     ({"retries": -1}, "execution.retries"), ({"address": " "}, "execution.address"),
+                     ({"engine_gpus": -1}, "execution.engine_gpus")]:
+        with pytest.raises(UserError, match=key.replace(".", r"\.")):
+            parse_config({"name": "x", "models": [{"name": "m", "base": "b"}], "execution": bad})
+    with pytest.raises(UserError, match="unknown key 'execution.replica'"):
+        parse_config({"name": "x", "models": [{"name": "m", "base": "b"}], "execution": {"replica": 2}})
+
+
+def test_command_line_overrides_the_execution_section(tmp_path):
+    from tunesweep.cli import _load, build_parser
+
+    config = tmp_path / "c.yaml"
+    config.write_text("name: x\nmodels: [{name: m, base: b}]\nexecution: {replicas: 3}\n")
+    for cmd in ("run", "generate", "finetune"):
+        args = build_parser().parse_args([cmd, "-c", str(config), "--execution", "ray", "--replicas", "2",
+                                          "--ray-address", "local", "--retries", "0"])
+        ex = _load(args).execution
+        assert (ex.backend, ex.replicas, ex.address, ex.retries) == ("ray", 2, "local", 0)
+    assert load_config(config).execution.replicas == 3
+
+
+def test_backend_local_needs_no_ray(tmp_path, tiny_model_dir):
+    """A local run of the stages (split, the hf generate path, clean) in a fresh interpreter in which
+    `import ray` fails: nothing imports it."""
+    code = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("ray is blocked in this test")
+sys.meta_path.insert(0, Block())
+import shutil
+from pathlib import Path
+from tunesweep.config import parse_config
+from tunesweep.data import split_for_config
+from tunesweep.generate import generate
+from tunesweep.evaluate.clean import clean
+from tunesweep.doctor import doctor_report
+work = Path({str(tmp_path / 'work')!r})
+cfg = parse_config({{"name": "x", "workdir": str(work), "models": [{{"name": "tiny", "base": {str(tiny_model_dir)!r},
+                    "lora": None}}], "dataset": {{"source": "builtin:tasks", "builtin_rows": 100, "test_size": 4}},
+                    "generation": {{"backend": "hf", "max_new_tokens": 4, "sweep": {{"temperature": [0.0]}}}}}})
+split_for_config(cfg)
+shutil.copytree({str(tiny_model_dir)!r}, work / "finetuned_models" / "tiny")
+generate(cfg, limit=2)
+clean(cfg)
+print(doctor_report().splitlines()[-3])
+assert not [m for m in sys.modules if m == "ray" or m.startswith("ray.")]
+print("no ray")
+"""
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "no ray" in res.stdout
+    assert res.stdout.splitlines()[0].startswith("ray")
+
+
+def test_shards_are_contiguous_and_cover_every_row():
+    from tunesweep.generate.sharded import shard_bounds
+
+    assert shard_bounds(20, 2) == [(0, 10), (10, 20)]
+    assert shard_bounds(7, 3) == [(0, 3), (3, 5), (5, 7)]
+    assert shard_bounds(2, 5) == [(0, 1), (1, 2)]
+
+
+# --- generation on Ray --------------------------------------------------------------------------
+
+def _ray_config(study_copy, replicas: int, retries: int = 1):
+    text = study_copy.config.read_text() + f"execution: {{backend: ray, replicas: {replicas}, retries: {retries}}}\n"
+    study_copy.config.write_text(text)
+    return load_config(study_copy.config)
+
+
+def _files(workdir, target="tiny") -> dict:
+    return {p.name: p.read_bytes() for p in sorted((workdir / "llm_responses" / target).glob("*.jsonl"))}
+
+
+@RAY_MARK
+def test_two_replicas_write_the_single_engine_files(ray_local, study, tmp_path):
+    """Acceptance (a): the 13-config sweep on 2 replica actors == the study's one-engine files, byte for byte."""
+    from tunesweep.evaluate.clean import clean
+    from tunesweep.generate import generate
+
+    copy = study.copy_to(tmp_path)
+    cfg = _ray_config(copy, replicas=2)
+    t = time.perf_counter()
+    (summary,) = generate(cfg, model="tiny", limit=STUDY_ROWS, force=True)
+    print(f"13 configs x {STUDY_ROWS} rows on 2 replicas: {time.perf_counter() - t:.1f} s")
+    assert len(summary["generated"]) == 13 and summary["engine_builds"] == 2
+    clean(cfg, model="tiny")
+    ours, theirs = _files(copy.root), _files(study.root)
+    assert len(theirs) == 13 and ours == theirs
+    manifest = json.loads((copy.root / "llm_responses" / "tiny" / "manifest.json").read_text())
+    assert manifest["backend"] == "vllm" and manifest["runs"][-1]["engine_builds"] == 2
+
+
+@RAY_MARK
+def test_a_killed_replica_is_retried_and_the_files_are_the_same(ray_local, study, tmp_path):
+    """Acceptance (c): one replica actor is killed once the first configs are written; it is started
+    again for its undelivered configs and the run ends with the single-engine files."""
+    import os
+
+    from tunesweep.evaluate.clean import clean
+    from tunesweep.generate import generate
+
+    copy = study.copy_to(tmp_path)
+    cfg = _ray_config(copy, replicas=2, retries=1)
+    manifest = copy.root / "llm_responses" / "tiny" / "manifest.json"
+    name = f"tunesweep-tiny-shard1-try0-{os.getpid()}"
+    killed = []
+
+    def kill_after_first_config():
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            try:
+                written = json.loads(manifest.read_text())["runs"][-1]["written"]
+            except (OSError, ValueError, KeyError, IndexError):
+                written = []
+            if written:
+                ray_local.kill(ray_local.get_actor(name))
+                killed.append(len(written))
+                return
+            time.sleep(0.2)
+
+    threading.Thread(target=kill_after_first_config, daemon=True).start()
+    (summary,) = generate(cfg, model="tiny", limit=STUDY_ROWS, force=True)
+    assert killed and killed[0] < 13, "the actor was not killed mid-run"
+    assert len(summary["generated"]) == 13 and summary["engine_builds"] == 3  # 2 replicas + 1 restart
+    clean(cfg, model="tiny")
+    assert _files(copy.root) == _files(study.root)
+
+
+class _DyingBackend:
+    """A generation backend whose every replica process dies at once (made an HfBackend subclass below)."""
+
+    def run(self, request):
+        import os
+
+        os._exit(3)
+        yield
+
+
+@RAY_MARK
+def test_a_replica_that_keeps_dying_fails_with_one_line_naming_model_and_shard(ray_local, study, tmp_path,
+                                                                              monkeypatch):
+    from ray import cloudpickle
+
+    from tunesweep.generate import generate, stage
+    from tunesweep.generate.hf import HfBackend
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import this test module
+    dying = type("Dying", (_DyingBackend, HfBackend), {})
+    monkeypatch.setattr(stage, "get_backend", lambda name, on_cuda: dying(on_cuda))
+    copy = study.copy_to(tmp_path)
+    cfg = _ray_config(copy, replicas=2, retries=1)
+    with pytest.raises(UserError) as exc:
+        generate(cfg, model="tiny", limit=STUDY_ROWS, force=True)
+    text = str(exc.value)
+    assert "\n" not in text
+    assert ("tiny: generation replica 1/2 (test rows 1-10) failed 2 time(s)" in text
+            or "tiny: generation replica 2/2 (test rows 11-20) failed 2 time(s)" in text), text
+    assert "a rerun generates only the configs still missing" in text
+
+
+@RAY_MARK
+def test_a_worker_without_the_workdir_says_a_shared_filesystem_is_needed(ray_local, tmp_path):
+    from tunesweep.cluster import check_shared, write_probe
+
+    workdir, token = write_probe(tmp_path)
+    ray_local.get(ray_local.remote(check_shared).remote(workdir, token, "ok"))
+    with pytest.raises(Exception, match="shared filesystem"):
+        ray_local.get(ray_local.remote(check_shared).remote(workdir, "another-token", "finetune tiny"))
