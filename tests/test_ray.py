@@ -210,3 +210,54 @@ def test_a_worker_without_the_workdir_says_a_shared_filesystem_is_needed(ray_loc
     ray_local.get(ray_local.remote(check_shared).remote(workdir, token, "ok"))
     with pytest.raises(Exception, match="shared filesystem"):
         ray_local.get(ray_local.remote(check_shared).remote(workdir, "another-token", "finetune tiny"))
+
+
+# --- fine-tuning on Ray -------------------------------------------------------------------------
+
+@RAY_MARK
+def test_two_models_fine_tune_as_two_ray_tasks_like_the_local_run(ray_local, tmp_path, tiny_model_dir):
+    """Acceptance (b): two tiny models as two Ray tasks (running at once), merged checkpoints equal to
+    the local run's: the same loss history and weights within float tolerance."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from tunesweep.data import split_dataset
+    from tunesweep.train import finetune
+
+    def config(workdir, backend):
+        lora = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}
+        train = {"max_steps": 3, "batch_size": 4, "grad_accum": 1, "learning_rate": 2e-3, "logging_steps": 1,
+                 "save_steps": 100}
+        models = [{"name": name, "base": str(tiny_model_dir), "backend": "peft", "max_seq_length": 128,
+                   "lora": lora if name == "a" else None, "train": train} for name in ("a", "b")]
+        return parse_config({"name": "t", "workdir": str(workdir), "seed": 0, "models": models,
+                             "generation": {"max_new_tokens": 8}, "execution": {"backend": backend}})
+
+    split_dataset("builtin:tasks", tmp_path / "local", 8, seed=0, builtin_rows=120)
+    shutil.copytree(tmp_path / "local" / "alpaca_data", tmp_path / "ray" / "alpaca_data")
+    local = finetune(config(tmp_path / "local", "local"))
+    t = time.perf_counter()
+    on_ray = finetune(config(tmp_path / "ray", "ray"))
+    print(f"two fine-tunes as Ray tasks: {time.perf_counter() - t:.1f} s")
+    for a, b in zip(local, on_ray):
+        assert a["status"] == b["status"] == "trained"
+        assert [x["loss"] for x in a["loss_history"]] == pytest.approx([x["loss"] for x in b["loss_history"]],
+                                                                        rel=1e-5)
+        wa = load_file(tmp_path / "local" / "finetuned_models" / a["model"] / "model.safetensors")
+        wb = load_file(tmp_path / "ray" / "finetuned_models" / b["model"] / "model.safetensors")
+        assert wa.keys() == wb.keys()
+        assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+    # the rerun is current on either backend: nothing is trained again
+    assert [r["status"] for r in finetune(config(tmp_path / "ray", "ray"))] == ["skipped", "skipped"]
+
+
+@RAY_MARK
+def test_doctor_reports_ray_and_the_clusters_cpus_and_gpus(ray_local):
+    from tunesweep.doctor import doctor_report
+
+    lines = doctor_report(ray_address="auto").splitlines()
+    [line] = [x for x in lines if x.startswith("ray ")]
+    assert line == f"ray           {ray_local.__version__}; cluster auto: 1 node(s), 2 CPUs, 0 GPUs"
+    assert lines[-2].startswith("train   auto -> ")

@@ -33,11 +33,16 @@ class EngineReplica:
     shard, one message per `next()` call (None when the shard is done)."""
 
     def __init__(self, backend: Backend, request: Request, shared: tuple[str, str], what: str):
-        check_shared(*shared, what)
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-        self._messages = backend.run(request)
+        self._args = (backend, request, shared, what)
+        self._messages = None
 
     def next(self) -> Optional[Message]:
+        if self._messages is None:
+            # Here, not in __init__: a UserError from a method reaches the driver as itself (not retried).
+            backend, request, shared, what = self._args
+            check_shared(*shared, what)
+            os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+            self._messages = backend.run(request)
         try:
             return next(self._messages)
         except StopIteration:
