@@ -88,6 +88,9 @@ class _Shard:
 class ShardedBackend(Backend):
     """`inner`'s sweep on `replicas` Ray actors (see the module docstring)."""
 
+    # Called as on_config(shard, config) when a shard delivers a config (tests kill an actor there).
+    on_config = None
+
     def __init__(self, inner: Backend, target: str, replicas: int, retries: int, num_cpus: float,
                  num_gpus: float, shared: tuple[str, str]):
         super().__init__(inner.on_cuda)
@@ -175,6 +178,8 @@ class ShardedBackend(Backend):
                     yield msg
                     continue
                 shard.received[msg.config] = msg
+                if self.on_config is not None:
+                    self.on_config(shard, msg.config)
                 # Hand over every config that all shards have delivered, in sweep order.
                 for config in order:
                     if config not in merged and all(config in s.received for s in shards):
