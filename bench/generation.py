@@ -5,7 +5,11 @@
   (b) the course-repository way: a fresh engine for every config and one prompt per call (same
       decoding parameters and seeds; built in one process, so Python/vLLM imports are paid once:
       a lower bound on what separate script runs cost);
-  (c) tunesweep's hf backend: transformers `generate`, batched, left padding, length-sorted.
+  (c) tunesweep's hf backend: transformers `generate`, batched, left padding, length-sorted;
+  (d) (a) on a local Ray with --replicas R engine replicas (default 2), each generating every config of
+      its shard of the rows; its files must equal (a)'s. On a 2-core machine the replicas share the same
+      cores, so (d) vs (a) is NOT a scaling measurement: it shows the overhead (R engine builds, Ray
+      start); a scaling measurement needs one GPU (or one node's cores) per replica (docs/scaling.md).
 
 Each wall time covers model/engine load through the last response. Prints the times, the ratios,
 the exact settings and the command line. Defaults: the full 13-config sweep of configs/tiny.yaml,
@@ -43,20 +47,25 @@ def course_way(spec: dict, out_queue) -> None:
     from vllm import LLM, SamplingParams
     from vllm.sampling_params import BeamSearchParams
 
+    from tunesweep.templates import decode_response
+
     outputs, builds = {}, []
     for job in spec["jobs"]:
         t = time.perf_counter()
         llm = LLM(**spec["engine_kwargs"])
         builds.append(time.perf_counter() - t)
         texts = []
+        tokenizer = llm.get_tokenizer()
+        # Decoded from the token ids exactly as tunesweep's backend decodes them (decode_response), so
+        # "identical to (a)" compares the generated tokens, not two ways of detokenizing them.
         for row, seed in zip(spec["rows"], job["seeds"]):
             if job["call"] == "beam_search":
                 out = llm.beam_search([{"prompt": row["prompt"]}], BeamSearchParams(**job["params"]))[0].sequences[0]
                 new = out.tokens[len(out.orig_prompt["prompt_token_ids"]):]
-                texts.append(llm.get_tokenizer().decode(new, skip_special_tokens=True))
+                texts.append(decode_response(tokenizer, new, spec["stop"]))
             else:
                 out = llm.generate([row["prompt"]], SamplingParams(**job["params"], seed=seed), use_tqdm=False)
-                texts.append(out[0].outputs[0].text)
+                texts.append(decode_response(tokenizer, out[0].outputs[0].token_ids, spec["stop"]))
         outputs[job["config"]] = texts
         llm.llm_engine.engine_core.shutdown()
         del llm
@@ -83,6 +92,7 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--skip-course", action="store_true", help="skip (b), the slow one")
     ap.add_argument("--workdir", help="keep the bench files here (default: a temporary folder)")
+    ap.add_argument("--replicas", type=int, default=2, help="(d): engine replicas on a local Ray (0 skips (d))")
     args = ap.parse_args()
 
     import yaml
@@ -110,7 +120,7 @@ def main() -> int:
     cfg_path.write_text(yaml.safe_dump(data))
     cfg = load_config(cfg_path)
     configs = expand_sweep(cfg.generation)[: args.configs]
-    workdirs = {k: root / k for k in ("a", "c")}
+    workdirs = {k: root / k for k in ("a", "c", "d")}
     for wd in workdirs.values():
         if not (wd / "alpaca_data" / "test.jsonl").exists():
             split_dataset("builtin:tasks", wd, test_size, seed=42, builtin_rows=500)
@@ -141,7 +151,7 @@ def main() -> int:
     rows = read_jsonl(workdirs["a"] / "alpaca_data" / "test.jsonl")[: args.rows]
     plan = plan_target(cfg_a, cfg_a.run_targets()[0], "vllm", rows, args.rows, force=True)
     if not args.skip_course:
-        spec = {"engine_kwargs": plan.engine,
+        spec = {"engine_kwargs": plan.engine, "stop": plan.stop,
                 "rows": [{"id": r["id"], "prompt": p} for r, p in zip(rows, plan.prompts)],
                 "jobs": [{"config": j.config, "call": j.call, "params": j.params, "seeds": j.seeds} for j in plan.jobs]}
         t = time.perf_counter()
@@ -153,6 +163,29 @@ def main() -> int:
         builds = course["builds"]
         notes["b"] = (f"{len(builds)} engine builds, {min(builds):.1f}-{max(builds):.1f} s each "
                       f"({sum(builds):.1f} s in all); responses identical to (a) in {same} of {len(configs)} configs")
+
+    if args.replicas > 0:
+        try:
+            import ray
+        except ImportError:
+            ray = None
+            print("(d) skipped: ray is not installed", file=sys.stderr)
+        if ray is not None:
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            cfg_d = load_config(cfg_path, {"workdir": str(workdirs["d"]), "generation.sweep": sweep,
+                                           "execution.backend": "ray", "execution.replicas": args.replicas})
+            t = time.perf_counter()
+            summary_d = generate(cfg_d, backend="vllm", limit=args.rows, force=True)[0]
+            times["d"] = time.perf_counter() - t
+            ray.shutdown()
+
+            def generated(wd):
+                return {c.name: [{k: v for k, v in r.items() if k != "response"}
+                                 for r in read_jsonl(wd / "llm_responses" / "tiny" / f"{c.name}.jsonl")]
+                        for c in configs}
+            same_d = generated(workdirs["d"]) == generated(workdirs["a"])
+            notes["d"] = (f"{summary_d['engine_builds']} engine builds on a local Ray with {os.cpu_count()} CPUs; "
+                          f"files {'identical' if same_d else 'DIFFERENT'} to (a)")
 
     print("tunesweep generation benchmark")
     print("command:  " + " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]))
@@ -169,14 +202,18 @@ def main() -> int:
     print()
     labels = {"a": "(a) tunesweep vllm, one engine for the sweep",
               "b": "(b) course way: fresh engine per config, one prompt per call",
-              "c": "(c) tunesweep hf backend (transformers generate, batched)"}
-    for k in ("a", "b", "c"):
+              "c": "(c) tunesweep hf backend (transformers generate, batched)",
+              "d": f"(d) (a) on Ray, {args.replicas} replicas, one engine each"}
+    for k in ("a", "b", "c", "d"):
         if k in times:
             print(f"{labels[k]:<64} {times[k]:8.1f} s   [{notes[k]}]")
     print()
     if "b" in times:
         print(f"ratio (b)/(a): {times['b'] / times['a']:.1f}x  (one engine per sweep vs one per config)")
     print(f"ratio (c)/(a): {times['c'] / times['a']:.2f}x  (transformers vs vLLM, load included)")
+    if "d" in times:
+        print(f"ratio (d)/(a): {times['d'] / times['a']:.2f}x  ({args.replicas} replicas vs 1 engine, load and Ray "
+              f"start included; on {os.cpu_count()} shared cores this is overhead, not scaling)")
     gen_a = summary_a["wall_s"]
     print(f"generation only (no load): (a) {gen_a:.2f} s at {summary_a['tokens_per_s']} tokens/s, "
           f"(c) {summary_c['wall_s']:.2f} s at {summary_c['tokens_per_s']} tokens/s "

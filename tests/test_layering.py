@@ -16,7 +16,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parent.parent / "tunesweep"
 
 BASE = {"__init__", "errors", "files", "config", "templates", "layout", "provenance", "loading", "backends", "stages",
-        "isolation"}
+        "isolation", "cluster"}
 STAGES = {"data", "generate", "evaluate", "report", "train"}
 TOP = {"__main__", "cli", "pipeline", "doctor", "plan", "tinymodel"}
 

@@ -20,13 +20,17 @@ from .stages import STAGES
 def _load(args, **overrides):
     from .config import load_config
 
-    return load_config(args.config, {"workdir": getattr(args, "workdir", None), **overrides})
+    execution = {"execution.backend": getattr(args, "execution", None),
+                 "execution.replicas": getattr(args, "replicas", None),
+                 "execution.address": getattr(args, "ray_address", None),
+                 "execution.retries": getattr(args, "retries", None)}
+    return load_config(args.config, {"workdir": getattr(args, "workdir", None), **execution, **overrides})
 
 
 def cmd_doctor(args) -> int:
     from .doctor import doctor_report
 
-    print(doctor_report())
+    print(doctor_report(ray_address=args.ray_address))
     return 0
 
 
@@ -141,7 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
-    add("doctor", cmd_doctor, "print library versions, CUDA visibility and the backends `auto` picks", config=False)
+    def add_execution(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--execution", choices=["local", "ray"], help="override execution.backend (docs/scaling.md)")
+        sp.add_argument("--ray-address", help="override execution.address (auto, local, or a cluster address)")
+        sp.add_argument("--replicas", type=int, help="override execution.replicas (engine replicas per model)")
+        sp.add_argument("--retries", type=int, help="override execution.retries (restarts of a dead actor or task)")
+
+    sp = add("doctor", cmd_doctor, "print library versions, CUDA visibility and the backends `auto` picks",
+             config=False)
+    sp.add_argument("--ray-address", help="also report this Ray cluster's CPUs and GPUs (auto, local or an address)")
 
     sp = add("plan", cmd_plan, "show the expanded study (models x decoding configs) without running anything")
     sp.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
@@ -167,12 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--backend", choices=["auto", "unsloth", "peft"], help="override each model's backend")
     sp.add_argument("--max-steps", type=int, help="override train.max_steps")
     sp.add_argument("--force", action="store_true", help="retrain even when inputs are unchanged")
+    add_execution(sp)
 
     sp = add("generate", cmd_generate, "generate test-set responses for every decoding config")
     sp.add_argument("--model", help="only this model (or <model>-base)")
     sp.add_argument("--backend", choices=["auto", "vllm", "hf"], help="override generation.backend")
     sp.add_argument("--limit", type=int, help="only the first N test rows (smoke runs)")
     sp.add_argument("--force", action="store_true", help="regenerate even when inputs are unchanged")
+    add_execution(sp)
 
     sp = add("clean", cmd_clean, "derive the cleaned `response` field from `response_raw`")
     sp.add_argument("--model", help="only this model (or <model>-base)")
@@ -196,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--from", dest="from_stage", choices=STAGES, help="start at this stage")
     sp.add_argument("--only", choices=STAGES, help="run only this stage")
     sp.add_argument("--limit", type=int, help="only the first N test rows (smoke runs)")
+    add_execution(sp)
     return p
 
 

@@ -160,6 +160,28 @@ class EvaluationConfig(Strict):
     perplexity_batch_size: int = Field(8, ge=1)
 
 
+class ExecutionConfig(Strict):
+    """Where the stages run: `local` (one process after another, no Ray needed) or `ray` (each model's
+    fine-tune a Ray task, each model's engine replicas Ray actors; see docs/scaling.md)."""
+
+    backend: Literal["local", "ray"] = "local"
+    # auto: join the running cluster (RAY_ADDRESS or `ray start`); local: start a Ray inside this run;
+    # or a cluster address such as ray://head:10001 or head:6379
+    address: str = "auto"
+    replicas: int = Field(1, ge=1)  # engine replicas per model; the test rows are split among them
+    retries: int = Field(1, ge=0)  # how often a dead actor or task is started again
+    train_gpus: float = Field(1.0, ge=0)  # GPUs per fine-tune job on a CUDA cluster (0 on a CPU-only one)
+    engine_gpus: Optional[float] = Field(None, ge=0)  # GPUs per engine replica; null = tensor_parallel_size
+    cpus: float = Field(1.0, gt=0)  # CPUs reserved per task or actor
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v):
+        if not v.strip():
+            raise ValueError("must be auto, local or a cluster address (ray://host:10001 or host:6379)")
+        return v.strip()
+
+
 class ExperimentConfig(Strict):
     name: str
     workdir: str = "."
@@ -169,6 +191,7 @@ class ExperimentConfig(Strict):
     models: list[ModelConfig] = Field(min_length=1)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
     @field_validator("models")
     @classmethod

@@ -284,6 +284,28 @@ def target_backend(chosen: str, requested: str, checkpoint: str) -> tuple[str, O
     return "hf", why + ": generated with the hf backend"
 
 
+def ray_setup(cfg: ExperimentConfig, on_cuda: bool):
+    """execution.backend = ray: join the cluster; returns a function wrapping a target's backend in
+    R replica actors (tunesweep.generate.sharded)."""
+    from ..cluster import connect, engine_gpus, write_probe
+    from .sharded import ShardedBackend
+
+    ray = connect(cfg.execution)
+    gpus = engine_gpus(cfg, on_cuda)
+    have = ray.cluster_resources().get("GPU", 0)
+    if gpus > have:
+        raise UserError(f"execution.engine_gpus = {gpus:g}: the Ray cluster has {have:g} GPUs, no replica could start")
+    shared = write_probe(cfg.path)
+    ex = cfg.execution
+    log.info("generation on Ray: %d replica(s) per model, %g CPUs and %g GPUs each, %d retries", ex.replicas,
+             ex.cpus, gpus, ex.retries)
+
+    def wrap(backend: Backend, target: str) -> Backend:
+        return ShardedBackend(backend, target, ex.replicas, ex.retries, ex.cpus, gpus, shared)
+
+    return wrap
+
+
 def generate(cfg: ExperimentConfig, model: Optional[str] = None, backend: Optional[str] = None,
              limit: Optional[int] = None, force: bool = False) -> list[dict]:
     """Generate every pending config of every run target; one summary dict per target."""
@@ -294,6 +316,8 @@ def generate(cfg: ExperimentConfig, model: Optional[str] = None, backend: Option
         raise UserError("generation.backend = vllm: vllm is not installed; install it or use --backend hf")
     if limit is not None and limit < 1:
         raise UserError(f"--limit = {limit}: must be at least 1 test row")
+    if cfg.execution.backend == "ray":  # Ray workers have other working directories: absolute paths
+        cfg = cfg.model_copy(update={"workdir": str(cfg.path.resolve())})
     targets = cfg.run_targets(model)
     for target in targets:  # fail before any work if a fine-tuned model is missing
         check_checkpoint(target, cfg.path)
@@ -302,12 +326,16 @@ def generate(cfg: ExperimentConfig, model: Optional[str] = None, backend: Option
         rows = rows[:limit]
     log.info("generation backend: %s (%s); %d test rows", chosen, why, len(rows))
     on_cuda = cuda_visible()
+    on_ray = ray_setup(cfg, on_cuda) if cfg.execution.backend == "ray" else None
     summaries = []
     for target in targets:
         backend_here, why_here = target_backend(chosen, requested, target.checkpoint(cfg.path))
         if why_here:
             log.warning("%s: %s", target.name, why_here)
-        plan = plan_target(cfg, target, get_backend(backend_here, on_cuda), rows, limit, force=force)
+        backend_obj = get_backend(backend_here, on_cuda)
+        if on_ray is not None:
+            backend_obj = on_ray(backend_obj, target.name)
+        plan = plan_target(cfg, target, backend_obj, rows, limit, force=force)
         plan.backend_reason = why_here or why
         summary = run_target(cfg, plan)
         summaries.append(summary)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import dataclass
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -84,15 +85,65 @@ def finetune(cfg: ExperimentConfig, model: Optional[str] = None, backend: Option
     if model and model.endswith("-base"):
         log.info("%s is an un-tuned base model: nothing to fine-tune", model)
         return []
+    if cfg.execution.backend == "ray":  # Ray workers have other working directories: absolute paths
+        cfg = cfg.model_copy(update={"workdir": str(cfg.path.resolve())})
     models = cfg.selected_models(model)
     train_records = load_split(cfg.workdir, "train")
     test_records = load_split(cfg.workdir, "test")
     data_sha = sha256_file(Workdir(cfg.workdir).split_file("train"))
     pairs = [build_training_pair(r, cfg.template) for r in train_records]
+    if cfg.execution.backend == "ray":
+        return finetune_on_ray(cfg, models, pairs, test_records, data_sha, backend, max_steps, force)
     results = []
     for m in models:
         results.append(finetune_one(cfg, m, pairs, test_records, data_sha, backend, max_steps, force))
     return results
+
+
+def finetune_on_ray(cfg: ExperimentConfig, models: list[ModelConfig], pairs: list[dict], test_records: list[dict],
+                    data_sha: str, backend_override: Optional[str], max_steps: Optional[int], force: bool) -> list[dict]:
+    """Each model's training job a Ray task on its own GPU(s) (execution.train_gpus), all at once; the
+    task runs the same isolated training process as a local run, in the shared workdir. The records
+    are written here, by the driver, as each job's result comes back."""
+    from ..backends import cuda_visible
+    from ..cluster import connect, train_gpus, write_probe
+
+    ray = connect(cfg.execution)
+    from ray.exceptions import RayTaskError
+
+    gpus = train_gpus(cfg, cuda_visible())
+    have = ray.cluster_resources().get("GPU", 0)
+    if gpus > have:
+        raise UserError(f"execution.train_gpus = {gpus:g}: the Ray cluster has {have:g} GPUs, no fine-tune job could "
+                        "start")
+    shared = write_probe(cfg.path)
+    task = ray.remote(train_job).options(num_cpus=cfg.execution.cpus, num_gpus=gpus,
+                                         max_retries=cfg.execution.retries)
+    prepared, results, failures = [], {}, []
+    for m in models:
+        prep = prepare_one(cfg, m, pairs, test_records, data_sha, backend_override, max_steps, force)
+        if isinstance(prep, dict):
+            results[m.name] = prep
+            continue
+        log.info("%s: submitted as a Ray task (%g CPUs, %g GPUs)", m.name, cfg.execution.cpus, gpus)
+        prepared.append((prep, task.remote(prep.job, prep.backend, prep.check_args, prep.log_file, shared)))
+    for prep, ref in prepared:
+        try:
+            result, check, wall = ray.get(ref)
+        except RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            first = (str(cause or exc).strip().splitlines() or ["failed"])[0]
+            failures.append(first if isinstance(cause, UserError) else f"finetune {prep.model.name}: {first}")
+            continue
+        except Exception as exc:  # the task's worker died more often than execution.retries allows
+            first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:300]
+            failures.append(f"finetune {prep.model.name}: the Ray task failed {cfg.execution.retries + 1} time(s): "
+                            f"{first}")
+            continue
+        results[prep.model.name] = finish_one(cfg, prep, result, check, wall)
+    if failures:
+        raise UserError(failures[0] + (f" (and {len(failures) - 1} more model(s) failed)" if len(failures) > 1 else ""))
+    return [results[m.name] for m in models]
 
 
 def recorded_base_identity(out_dir: Path) -> Optional[dict]:
@@ -103,8 +154,58 @@ def recorded_base_identity(out_dir: Path) -> Optional[dict]:
         return None
 
 
+@dataclass
+class Prepared:
+    """One model's training job, ready to run here or in a Ray task, and what its record needs."""
+
+    model: ModelConfig
+    job: TrainJob
+    backend: str
+    why: str
+    requested: str
+    method: str
+    train: dict
+    inputs: dict
+    inputs_fp: str
+    resume: Optional[str]
+    check_args: tuple
+    log_file: Path
+    out_dir: Path
+    data_sha: str
+
+
+def train_job(job: TrainJob, backend: str, check_args: tuple, log_file: Path,
+              shared: Optional[tuple] = None) -> tuple[TrainResult, dict, float]:
+    """(result, post-merge check, wall seconds) of one job: training in its own spawned process, the
+    check in one that never imported unsloth. Runs in the stage's process, or in a Ray task (`shared`:
+    the workdir probe every Ray worker must see)."""
+    if shared is not None:
+        from ..cluster import check_shared
+
+        check_shared(*shared, f"finetune {job.name}")
+    start = time.time()
+    result: TrainResult = run_isolated(train_and_check, job, backend, check_args, name=f"finetune {job.name}",
+                                       log_file=log_file)
+    check = result.post_merge_check
+    if check is None:  # the training process imported unsloth: check in one that never did
+        check = run_isolated(post_merge_check, job.output_dir, *check_args, name=f"post-merge check {job.name}",
+                             log_file=log_file)
+    return result, check, time.time() - start
+
+
 def finetune_one(cfg: ExperimentConfig, m: ModelConfig, pairs: list[dict], test_records: list[dict],
                  data_sha: str, backend_override: Optional[str], max_steps: Optional[int], force: bool) -> dict:
+    prep = prepare_one(cfg, m, pairs, test_records, data_sha, backend_override, max_steps, force)
+    if isinstance(prep, dict):
+        return prep
+    result, check, wall = train_job(prep.job, prep.backend, prep.check_args, prep.log_file)
+    return finish_one(cfg, prep, result, check, wall)
+
+
+def prepare_one(cfg: ExperimentConfig, m: ModelConfig, pairs: list[dict], test_records: list[dict],
+                data_sha: str, backend_override: Optional[str], max_steps: Optional[int],
+                force: bool) -> "Prepared | dict":
+    """The job of one model, or its record with status "skipped" when it is current."""
     backend, why, requested = resolve_backend(m, backend_override)
     train = effective_train(m, max_steps)
     paths = Workdir(cfg.workdir)
@@ -132,17 +233,19 @@ def finetune_one(cfg: ExperimentConfig, m: ModelConfig, pairs: list[dict], test_
     log.info("%s: %s fine-tuning of %s on %d rows%s", m.name, method, m.base, len(pairs),
              f", resuming from {Path(resume).name}" if resume else "")
 
-    start = time.time()
-    log_file = training_dir / LOG_NAME
     check_args = (test_records[:CHECK_PROMPTS], cfg.template, cfg.generation.max_new_tokens,
                   None if m.lora is None else m.base)
-    result: TrainResult = run_isolated(train_and_check, job, backend, check_args, name=f"finetune {m.name}",
-                                       log_file=log_file)
-    check = result.post_merge_check
-    if check is None:  # the training process imported unsloth: check in one that never did
-        check = run_isolated(post_merge_check, staging, *check_args, name=f"post-merge check {m.name}",
-                             log_file=log_file)
-    wall = time.time() - start
+    return Prepared(model=m, job=job, backend=backend, why=why, requested=requested, method=method, train=train,
+                    inputs=inputs, inputs_fp=inputs_fp, resume=resume, check_args=check_args,
+                    log_file=training_dir / LOG_NAME, out_dir=out_dir, data_sha=data_sha)
+
+
+def finish_one(cfg: ExperimentConfig, prep: Prepared, result: TrainResult, check: dict, wall: float) -> dict:
+    """Write the record into the staging folder and rename it into place."""
+    m, backend, why, requested, method = prep.model, prep.backend, prep.why, prep.requested, prep.method
+    train, inputs, inputs_fp, resume, data_sha = prep.train, prep.inputs, prep.inputs_fp, prep.resume, prep.data_sha
+    pairs, staging, out_dir = prep.job.pairs, prep.job.output_dir, prep.out_dir
+    training_dir = prep.job.training_dir
     warn_on_check(m.name, check)
     losses = result.loss_history
     record = {

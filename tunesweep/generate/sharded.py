@@ -1,0 +1,214 @@
+"""Generation on Ray: one model's sweep on R engine replicas, each a Ray actor with a contiguous shard
+of the test rows (`execution.backend: ray`, `execution.replicas: R`).
+
+`ShardedBackend` wraps the backend the stage picked (vLLM or transformers) and behaves as that
+backend to the stage: same name, same per-config inputs, same messages. Each replica actor runs the
+wrapped backend's own `run` on its shard (for vLLM: the usual engine child process, now a child of
+the actor), so every config of the sweep still goes through one engine per replica. A config's
+`ConfigDone` reaches the stage once every shard has delivered it, merged in row order; the per-request
+seeds are the single-engine run's, sliced with the rows, so the files are the single engine's.
+
+An actor that dies (or whose engine fails) is started again, for the configs its shard has not
+delivered yet, up to `execution.retries` times; after that the stage fails with one line naming the
+model and the shard. A UserError raised by the backend (a prompt too long, ...) is not retried.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Iterator, Optional
+
+from ..cluster import check_shared
+from ..config import DecodingConfig, ExperimentConfig
+from ..errors import UserError
+from .backend import Backend, ConfigDone, EngineBuilt, Message, Request
+
+log = logging.getLogger(__name__)
+
+
+class EngineReplica:
+    """The Ray actor (decorated with ray.remote when a run starts): the wrapped backend's `run` on one
+    shard, one message per `next()` call (None when the shard is done)."""
+
+    def __init__(self, backend: Backend, request: Request, shared: tuple[str, str], what: str):
+        self._args = (backend, request, shared, what)
+        self._messages = None
+
+    def next(self) -> Optional[Message]:
+        if self._messages is None:
+            # Here, not in __init__: a UserError from a method reaches the driver as itself (not retried).
+            backend, request, shared, what = self._args
+            check_shared(*shared, what)
+            os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+            self._messages = backend.run(request)
+        try:
+            return next(self._messages)
+        except StopIteration:
+            return None
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def shard_bounds(n_rows: int, replicas: int) -> list[tuple[int, int]]:
+    """R contiguous [lo, hi) row ranges, sizes differing by at most one (no empty shard)."""
+    r = max(1, min(replicas, n_rows))
+    size, extra = divmod(n_rows, r)
+    bounds, lo = [], 0
+    for i in range(r):
+        hi = lo + size + (1 if i < extra else 0)
+        bounds.append((lo, hi))
+        lo = hi
+    return bounds
+
+
+def merge(parts: list[ConfigDone]) -> ConfigDone:
+    """One config's shards, in row order. The replicas ran side by side: the call's wall time is the
+    slowest shard's, its tokens the sum."""
+    first = parts[0]
+    return ConfigDone(config=first.config, results=[r for p in parts for r in p.results],
+                      call_wall_s=max(p.call_wall_s for p in parts), call_configs=first.call_configs,
+                      call_tokens=sum(p.call_tokens for p in parts))
+
+
+@dataclasses.dataclass
+class _Shard:
+    index: int
+    lo: int
+    hi: int
+    received: dict = dataclasses.field(default_factory=dict)  # config -> ConfigDone
+    failures: int = 0
+    actor: object = None
+    ref: object = None
+    done: bool = False
+
+
+class ShardedBackend(Backend):
+    """`inner`'s sweep on `replicas` Ray actors (see the module docstring)."""
+
+    # Called as on_config(shard, config) when a shard delivers a config (tests kill an actor there).
+    on_config = None
+
+    def __init__(self, inner: Backend, target: str, replicas: int, retries: int, num_cpus: float,
+                 num_gpus: float, shared: tuple[str, str]):
+        super().__init__(inner.on_cuda)
+        self.inner = inner
+        self.name, self.label, self.result_libraries = inner.name, inner.label, inner.result_libraries
+        self.target, self.replicas, self.retries = target, replicas, retries
+        self.num_cpus, self.num_gpus, self.shared = num_cpus, num_gpus, shared
+        self.started: list[str] = []  # actor names, in start order (tests kill one by name)
+
+    # --- everything but `run` is the wrapped backend's: same inputs, so files stay current across backends
+    def engine_settings(self, checkpoint: str, cfg: ExperimentConfig) -> dict:
+        return self.inner.engine_settings(checkpoint, cfg)
+
+    def identity(self, engine: dict, cfg: ExperimentConfig) -> dict:
+        return self.inner.identity(engine, cfg)
+
+    def job_params(self, dc: DecodingConfig, max_new_tokens: int, stop: list[str]):
+        return self.inner.job_params(dc, max_new_tokens, stop)
+
+    def request_seeds(self, run_seed: int, dc: DecodingConfig, row_ids: list[str]):
+        return self.inner.request_seeds(run_seed, dc, row_ids)
+
+    def seed_scheme(self, job_call: str, mode: str, run_seed: int) -> dict:
+        return self.inner.seed_scheme(job_call, mode, run_seed)
+
+    def shared_call_note(self, n_configs: int):
+        return self.inner.shared_call_note(n_configs)
+
+    # --- running
+    def _start(self, ray, actor_cls, request: Request, shard: _Shard) -> None:
+        jobs = [dataclasses.replace(j, seeds=j.seeds[shard.lo:shard.hi] if j.seeds else ())
+                for j in request.jobs if j.config not in shard.received]
+        if not jobs:
+            shard.done = True
+            return
+        sub = dataclasses.replace(request, row_ids=request.row_ids[shard.lo:shard.hi],
+                                  prompts=request.prompts[shard.lo:shard.hi], jobs=jobs, use_tqdm=False)
+        name = f"tunesweep-{self.target}-shard{shard.index}-try{shard.failures}-{os.getpid()}"
+        shard.actor = actor_cls.options(name=name, num_cpus=self.num_cpus, num_gpus=self.num_gpus,
+                                        max_restarts=0).remote(self.inner, sub, self.shared,
+                                                               f"{self.target} shard {self.where(shard)}")
+        self.started.append(name)
+        shard.ref = shard.actor.next.remote()
+        log.info("%s: replica %s started for %d configs (actor %s)", self.target, self.where(shard), len(jobs), name)
+
+    def where(self, shard: _Shard) -> str:
+        return f"{shard.index + 1}/{self.n_shards} (test rows {shard.lo + 1}-{shard.hi})"
+
+    def run(self, request: Request) -> Iterator[Message]:
+        import ray
+        from ray.exceptions import RayActorError, RayError, RayTaskError
+
+        actor_cls = ray.remote(EngineReplica)
+        bounds = shard_bounds(len(request.row_ids), self.replicas)
+        self.n_shards = len(bounds)
+        shards = [_Shard(i, lo, hi) for i, (lo, hi) in enumerate(bounds)]
+        order = [j.config for j in request.jobs]
+        merged: set[str] = set()
+        try:
+            for shard in shards:
+                self._start(ray, actor_cls, request, shard)
+            while True:
+                live = {s.ref: s for s in shards if not s.done and s.ref is not None}
+                if not live:
+                    break
+                ready, _ = ray.wait(list(live), num_returns=1)
+                shard = live[ready[0]]
+                try:
+                    msg = ray.get(ready[0])
+                except RayTaskError as exc:
+                    cause = getattr(exc, "cause", None)
+                    if isinstance(cause, UserError):
+                        raise UserError(str(cause)) from None
+                    self._failed(ray, actor_cls, request, shard, exc)
+                    continue
+                except (RayActorError, RayError) as exc:
+                    self._failed(ray, actor_cls, request, shard, exc)
+                    continue
+                if msg is None:
+                    shard.done = True
+                    ray.kill(shard.actor)  # the engine process has exited; free the actor's CPUs and GPUs
+                    continue
+                shard.ref = shard.actor.next.remote()
+                if isinstance(msg, EngineBuilt):
+                    yield msg
+                    continue
+                shard.received[msg.config] = msg
+                if self.on_config is not None:
+                    self.on_config(shard, msg.config)
+                # Hand over every config that all shards have delivered, in sweep order.
+                for config in order:
+                    if config not in merged and all(config in s.received for s in shards):
+                        merged.add(config)
+                        yield merge([s.received[config] for s in shards])
+            missing = [c for c in order if c not in merged]
+            if missing:
+                raise UserError(f"{self.target}: the replicas finished without configs {', '.join(missing)}")
+        finally:
+            for shard in shards:
+                if shard.actor is not None and not shard.done:
+                    try:
+                        ray.kill(shard.actor)
+                    except Exception:
+                        pass
+
+    def _failed(self, ray, actor_cls, request: Request, shard: _Shard, exc: Exception) -> None:
+        shard.failures += 1
+        cause = getattr(exc, "cause", None) or exc
+        first = (str(cause).strip().splitlines() or [cause.__class__.__name__])[0][:300]
+        try:
+            ray.kill(shard.actor)
+        except Exception:
+            pass
+        if shard.failures > self.retries:
+            raise UserError(f"{self.target}: generation replica {self.where(shard)} failed {shard.failures} "
+                            f"time(s) (execution.retries = {self.retries}): {first}; a rerun generates only "
+                            "the configs still missing")
+        log.warning("%s: replica %s failed (%s); starting it again for its %d undelivered configs (retry %d of %d)",
+                    self.target, self.where(shard), first, len(request.jobs) - len(shard.received),
+                    shard.failures, self.retries)
+        self._start(ray, actor_cls, request, shard)
