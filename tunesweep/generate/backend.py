@@ -5,6 +5,11 @@ The stage plans `Job`s (one per decoding config), hands the pending ones to a ba
 `ConfigDone` per finished config. A backend owns everything library-specific: the exact keyword
 arguments of each config (`job_params`), how requests are seeded (`request_seeds`,
 `seed_scheme`), what engine settings change its numbers (`identity`), and how results are produced.
+
+Batch invariance: when the request names an `InvarianceCheck`, the backend regenerates the greedy
+config for the sample rows in other batch compositions (each row alone, the sample in reversed
+order) in the same loaded model, after the sweep, and yields one `InvarianceDone` with the token ids
+of all three; `batch_invariance_record` compares them for the manifest.
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ from dataclasses import dataclass
 from typing import ClassVar, Iterator, Optional, Union
 
 from ..config import DecodingConfig, ExperimentConfig
+
+# Rows of the greedy config regenerated after a sweep in other batch compositions (the first N test rows).
+INVARIANCE_ROWS = 8
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,14 @@ class Job:
         return self.decoding.name
 
 
+@dataclass(frozen=True)
+class InvarianceCheck:
+    """The greedy config to regenerate after the sweep, and the sample rows (indices into `Request.prompts`)."""
+
+    config: str
+    rows: tuple[int, ...]
+
+
 @dataclass
 class Request:
     """Everything a backend needs to run the pending jobs of one target (picklable: vLLM runs it
@@ -46,6 +62,7 @@ class Request:
     seed: int
     batch_size: int
     use_tqdm: bool = False
+    invariance: Optional[InvarianceCheck] = None
 
 
 @dataclass
@@ -72,7 +89,43 @@ class ConfigDone:
     call_tokens: int
 
 
-Message = Union[EngineBuilt, ConfigDone]
+@dataclass
+class InvarianceDone:
+    """The greedy config's generated token ids for the sample rows, in row order: as the sweep made them
+    (`batched`), each row alone in a call of its own (`alone`), and the sample in one call in reversed
+    order (`reversed`); `how` says each batch composition in words."""
+
+    greedy_config: str  # not `config`: this is no config's results
+    row_ids: list[str]
+    batched: list[list[int]]
+    alone: list[list[int]]
+    reversed: list[list[int]]
+    wall_s: float
+    how: dict
+
+
+Message = Union[EngineBuilt, ConfigDone, InvarianceDone]
+
+
+def identical_fraction(reference: list[list[int]], other: list[list[int]]) -> tuple[float, list[int]]:
+    """(share of rows whose token ids are identical, indices of the rows that differ)."""
+    if len(reference) != len(other) or not reference:
+        raise ValueError(f"cannot compare {len(reference)} rows with {len(other)}")
+    differ = [i for i, (a, b) in enumerate(zip(reference, other)) if list(a) != list(b)]
+    return (len(reference) - len(differ)) / len(reference), differ
+
+
+def batch_invariance_record(done: InvarianceDone, backend: str) -> dict:
+    """What manifest.json's `batch_invariance` holds: the rows compared and, per other batch composition,
+    the share of rows whose generated token ids are identical to the sweep's (and which rows differ)."""
+    record = {"config": done.greedy_config, "backend": backend, "rows_compared": list(done.row_ids)}
+    for name, other in (("alone", done.alone), ("reversed", done.reversed)):
+        share, differ = identical_fraction(done.batched, other)
+        record[f"{name}_identical"] = share
+        record[f"{name}_differs"] = [done.row_ids[i] for i in differ]
+    record["how"] = dict(done.how)
+    record["wall_s"] = round(done.wall_s, 3)
+    return record
 
 
 class Backend(abc.ABC):
@@ -109,7 +162,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def run(self, request: Request) -> Iterator[Message]:
-        """Load the model, yield EngineBuilt, then a ConfigDone per job (in any order)."""
+        """Load the model, yield EngineBuilt, then a ConfigDone per job (in any order), then, when
+        `request.invariance` names a greedy config among the jobs, one InvarianceDone."""
 
 
 def decoding_note(dc: DecodingConfig) -> str:

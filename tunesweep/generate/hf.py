@@ -15,7 +15,7 @@ from ..config import DecodingConfig, ExperimentConfig
 from ..files import derive_seed
 from ..loading import load_for_inference
 from ..templates import decode_response
-from .backend import Backend, ConfigDone, EngineBuilt, Message, Request, RowResult, decoding_note
+from .backend import Backend, ConfigDone, EngineBuilt, InvarianceDone, Message, Request, RowResult, decoding_note
 
 
 def _load(checkpoint: str):
@@ -52,6 +52,21 @@ def _finish(new_ids: list[int], eos: list[int], pad: int, max_new: int) -> tuple
     return n, ("length" if n >= max_new else "stop")
 
 
+def _generate(model, tokenizer, texts: list[str], params: dict, eos: list[int]) -> list[tuple[list[int], str]]:
+    """(new token ids up to EOS or the stop, finish reason) of each prompt, generated in one left-padded batch."""
+    import torch
+
+    enc = tokenizer(texts, return_tensors="pt", padding=True)
+    enc = {k: v.to(model.device) for k, v in enc.items()}
+    with torch.no_grad():
+        out = model.generate(**enc, **params, tokenizer=tokenizer)
+    done = []
+    for ids in out[:, enc["input_ids"].shape[1]:].tolist():
+        n, reason = _finish(ids, eos, tokenizer.pad_token_id, params["max_new_tokens"])
+        done.append((ids[:n], reason))
+    return done
+
+
 class HfBackend(Backend):
     name = "hf"
     label = "transformers model"
@@ -84,25 +99,37 @@ class HfBackend(Backend):
         yield EngineBuilt(time.perf_counter() - t0)
         prompts = request.prompts
         lengths = [len(tokenizer(p)["input_ids"]) for p in prompts]
-        pad = tokenizer.pad_token_id
+        check = request.invariance
+        greedy, reference = None, None
         try:
             for job in request.jobs:
-                max_new = job.params["max_new_tokens"]
                 results: list = [None] * len(prompts)
+                ids_of: list = [None] * len(prompts)
                 t = time.perf_counter()
                 for b, idx in enumerate(_batches(lengths, request.batch_size)):
-                    enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True)
-                    enc = {k: v.to(model.device) for k, v in enc.items()}
                     torch.manual_seed(derive_seed(request.seed, job.config, "batch", b))
-                    with torch.no_grad():
-                        out = model.generate(**enc, **job.params, tokenizer=tokenizer)
-                    new = out[:, enc["input_ids"].shape[1]:].tolist()
-                    for row, ids in zip(idx, new):
-                        n, reason = _finish(ids, eos, pad, max_new)
+                    done = _generate(model, tokenizer, [prompts[i] for i in idx], job.params, eos)
+                    for row, (ids, reason) in zip(idx, done):
                         # transformers keeps a stop string that vLLM would have cut: decode_response cuts it.
-                        results[row] = RowResult(decode_response(tokenizer, ids[:n], request.stop), reason, n)
+                        results[row] = RowResult(decode_response(tokenizer, ids, request.stop), reason, len(ids))
+                        ids_of[row] = ids
                 wall = time.perf_counter() - t
                 yield ConfigDone(job.config, results, wall, [job.config], sum(r.num_tokens for r in results))
+                if check is not None and job.config == check.config:
+                    greedy, reference = job, [ids_of[i] for i in check.rows]
+            if greedy is not None:  # batch invariance: the sample alone (batch of 1), then reversed in one batch
+                rows = list(check.rows)
+                t = time.perf_counter()
+                alone = [_generate(model, tokenizer, [prompts[i]], greedy.params, eos)[0][0] for i in rows]
+                backwards = _generate(model, tokenizer, [prompts[i] for i in rows[::-1]], greedy.params, eos)[::-1]
+                backwards = [ids for ids, _ in backwards]
+                yield InvarianceDone(greedy.config, [request.row_ids[i] for i in rows], reference, alone, backwards,
+                                     time.perf_counter() - t, {
+                                         "sweep": f"length-sorted left-padded batches of up to {request.batch_size} "
+                                                  f"rows ({len(prompts)} rows)",
+                                         "alone": "a batch of 1 per row",
+                                         "reversed": f"one left-padded batch of the {len(rows)} rows in reversed order",
+                                         "engine": "the sweep's loaded model"})
         finally:
             del model
             if self.on_cuda:

@@ -4,7 +4,9 @@ For each run target (a fine-tuned model, or `<model>-base`) this writes
 `llm_responses/<target>/<config>.jsonl` (one record per test row, in test.jsonl order; the cleaned
 `response` is left null for the clean stage, which owns it) and `llm_responses/<target>/manifest.json`
 (per config: the decoding parameters that took effect, seeds, checkpoint hash, backend, library
-versions, wall time, tokens and tokens/s).
+versions, wall time, tokens and tokens/s; and `batch_invariance`: when the greedy config is generated,
+its first INVARIANCE_ROWS rows are generated again, each alone and in reversed order, in the same
+engine, and the share of rows whose token ids match the sweep's is recorded).
 
 Resumable at config granularity: a config whose file still holds what generate wrote (its digest
 matches the manifest) and whose inputs (checkpoint hash, decoding parameters, test rows, seed,
@@ -33,7 +35,8 @@ from ..files import fingerprint, jsonl_dumps, read_jsonl, sha256_bytes, write_js
 from ..layout import RECORD_FIELDS, Workdir, load_split, read_json_if_present
 from ..provenance import checkpoint_identity, library_versions
 from ..templates import build_prompt, stop_strings
-from .backend import Backend, ConfigDone, Job, Request
+from .backend import (INVARIANCE_ROWS, Backend, ConfigDone, EngineBuilt, InvarianceCheck, InvarianceDone, Job,
+                      Request, batch_invariance_record)
 
 log = logging.getLogger(__name__)
 
@@ -198,17 +201,25 @@ def run_target(cfg: ExperimentConfig, plan: TargetPlan) -> dict:
     # Configs from an older checkpoint or row set must not pass as current while we run.
     for name in by_name:
         manifest["configs"].pop(name, None)
+    check = invariance_check(plan, manifest)
     write_json(paths.manifest(target), manifest)
 
     log.info("%s: %d of %d configs to generate (%d current) with %s from %s", target, len(pending),
              len(plan.jobs), len(summary["skipped"]), backend.name, plan.checkpoint)
     request = Request(checkpoint=plan.checkpoint, engine=plan.engine, row_ids=[r["id"] for r in plan.rows],
                       prompts=plan.prompts, jobs=pending, stop=plan.stop, seed=cfg.seed,
-                      batch_size=cfg.generation.hf_batch_size, use_tqdm=sys.stderr.isatty())
+                      batch_size=cfg.generation.hf_batch_size, use_tqdm=sys.stderr.isatty(), invariance=check)
     bar = tqdm(total=len(pending), desc=f"{target}", unit="config", disable=None)
     try:
         for msg in backend.run(request):
-            if not isinstance(msg, ConfigDone):  # EngineBuilt: the model is loaded
+            if isinstance(msg, InvarianceDone):
+                record = manifest["batch_invariance"] = batch_invariance_record(msg, backend.name)
+                write_json(paths.manifest(target), manifest)
+                log.info("%s: batch invariance of %s over %d rows: identical token ids alone %.2f, reversed %.2f",
+                         target, msg.greedy_config, len(msg.row_ids), record["alone_identical"],
+                         record["reversed_identical"])
+                continue
+            if isinstance(msg, EngineBuilt):  # the model is loaded
                 run["engine_builds"] += 1
                 run["engine_build_s"] = round(msg.build_s, 2)
                 manifest["engine_builds"] += 1
@@ -240,6 +251,19 @@ def run_target(cfg: ExperimentConfig, plan: TargetPlan) -> dict:
     if summary["wall_s"]:
         summary["tokens_per_s"] = round(summary["tokens"] / summary["wall_s"], 1)
     return summary
+
+
+def invariance_check(plan: TargetPlan, manifest: dict) -> Optional[InvarianceCheck]:
+    """The batch-invariance check of this run, if any: the sweep's greedy config (temperature 0, num_beams 1)
+    when it is generated now. A current greedy config keeps its recorded check; a sweep without one says so."""
+    greedy = next((j for j in plan.jobs if j.decoding.mode == "greedy"), None)
+    if greedy is None:
+        manifest["batch_invariance"] = {"skipped": "the sweep has no greedy config (temperature 0, num_beams 1)"}
+        return None
+    if greedy not in plan.pending:
+        return None
+    manifest.pop("batch_invariance", None)  # measured again below, with the new responses
+    return InvarianceCheck(greedy.config, tuple(range(min(INVARIANCE_ROWS, len(plan.rows)))))
 
 
 def _config_entry(plan: TargetPlan, cfg: ExperimentConfig, job: Job, done: ConfigDone, tokens: int, wall: float,

@@ -8,7 +8,8 @@ config in flight.
 
 Sampling and greedy configs go in ONE `LLM.generate` call with a SamplingParams per request (each
 with its own seed); beam configs go through `LLM.beam_search`, one call per config (its params are
-per call), with the prompt tokens sliced off the returned sequence.
+per call), with the prompt tokens sliced off the returned sequence. After them, the batch-invariance
+check (tunesweep.generate.backend) reruns the greedy config's sample rows in the same engine.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from ..config import DecodingConfig, ExperimentConfig
 from ..errors import UserError
 from ..files import derive_seed
 from ..templates import decode_response
-from .backend import Backend, ConfigDone, EngineBuilt, Message, Request, RowResult, decoding_note
+from .backend import (Backend, ConfigDone, EngineBuilt, InvarianceDone, Job, Message, Request, RowResult,
+                      decoding_note)
 
 # How long the parent waits for any message before checking that the child is still alive.
 POLL_S = 5.0
@@ -117,6 +119,8 @@ def run_jobs(request: Request, emit) -> None:
                                      f"within max_model_len {limit}; raise generation.engine.max_model_len or "
                                      "shorten the row")
         batched = [j for j in request.jobs if j.call == "generate"]
+        check = request.invariance
+        greedy, reference, sweep_call = None, None, ""
         if batched:
             # Every sampling and greedy config in ONE call: the engine schedules them together.
             req_prompts, req_params = [], []
@@ -136,6 +140,10 @@ def run_jobs(request: Request, emit) -> None:
                 results = [RowResult(decode_response(tokenizer, o.outputs[0].token_ids, request.stop),
                                      o.outputs[0].finish_reason, len(o.outputs[0].token_ids)) for o in chunk]
                 emit(ConfigDone(job.config, results, wall, configs, tokens))
+                if check is not None and job.config == check.config:  # the sweep's token ids of the sample
+                    greedy, reference = job, [list(chunk[i].outputs[0].token_ids) for i in check.rows]
+            sweep_call = (f"one LLM.generate call of {len(req_prompts)} requests ({len(batched)} configs x "
+                          f"{len(prompts)} rows)")
         eos = tokenizer.eos_token_id
         for job in (j for j in request.jobs if j.call == "beam_search"):
             t = time.perf_counter()
@@ -149,11 +157,39 @@ def run_jobs(request: Request, emit) -> None:
                 results.append(RowResult(decode_response(tokenizer, new, request.stop),
                                          "stop" if new and new[-1] == eos else "length", len(new)))
             emit(ConfigDone(job.config, results, wall, [job.config], sum(r.num_tokens for r in results)))
+        if greedy is not None:
+            emit(_invariance(llm, request, greedy, reference, sweep_call))
     finally:
         try:
             llm.llm_engine.engine_core.shutdown()
         except Exception:  # shutdown is best effort: the process exits right after
             pass
+
+
+def _invariance(llm, request: Request, job: Job, reference: list[list[int]], sweep_call: str) -> InvarianceDone:
+    """The greedy config's sample rows again, in the same engine and with the same per-request params and
+    seeds: each row alone (one request per call), then the sample in one call in reversed order."""
+    from vllm import SamplingParams
+
+    rows = list(request.invariance.rows)
+
+    def call(indices: list[int]) -> list[list[int]]:
+        outs = llm.generate([request.prompts[i] for i in indices],
+                            [SamplingParams(**job.params, seed=job.seeds[i]) for i in indices], use_tqdm=False)
+        return [list(o.outputs[0].token_ids) for o in outs]
+
+    t = time.perf_counter()
+    alone = [call([i])[0] for i in rows]
+    backwards = call(rows[::-1])[::-1]
+    wall = time.perf_counter() - t
+    try:
+        prefix = bool(llm.llm_engine.vllm_config.cache_config.enable_prefix_caching)
+    except Exception:
+        prefix = None
+    return InvarianceDone(job.config, [request.row_ids[i] for i in rows], reference, alone, backwards, wall, {
+        "sweep": sweep_call, "alone": "one LLM.generate call per row",
+        "reversed": f"one LLM.generate call of the {len(rows)} rows in reversed order",
+        "engine": "the sweep's engine, prefix caching " + {True: "on", False: "off", None: "unknown"}[prefix]})
 
 
 def worker_main(request: Request, parent_pid: int, out_queue) -> None:

@@ -356,6 +356,17 @@ def _cleaning_section(cfg: ExperimentConfig, scored: list[Scored]) -> list[str]:
     return lines
 
 
+def invariance_text(record: Optional[dict]) -> str:
+    """One line on a manifest's `batch_invariance` record."""
+    if not record:
+        return "not measured (generated before this check existed, or the greedy config's run did not finish)"
+    if "skipped" in record:
+        return f"not measured: {record['skipped']}"
+    n = len(record.get("rows_compared") or [])
+    return (f"`{record.get('config')}` on {n} rows ({record.get('backend')}): identical alone "
+            f"{fmt(record.get('alone_identical'), 2)}, in reversed order {fmt(record.get('reversed_identical'), 2)}")
+
+
 def _throughput_section(cfg: ExperimentConfig, scored: list[Scored]) -> tuple[list[str], dict]:
     lines = ["## Generation throughput", "",
              "From `llm_responses/<model>/manifest.json`: wall time and generated tokens summed over configs.", ""]
@@ -376,6 +387,11 @@ def _throughput_section(cfg: ExperimentConfig, scored: list[Scored]) -> tuple[li
             details.append([s.target.name, f"`{config}`", c.get("mode", "–"), c.get("rows", "–"),
                             fmt(c.get("wall_s"), 2), c.get("tokens", "–"), fmt(c.get("tokens_per_s"), 1)])
     lines += [md_table(["model", "backend", "test rows", "configs", "wall s", "tokens", "tokens/s"], rows), ""]
+    invariance = [f"- {name}: {invariance_text(m.get('batch_invariance'))}" for name, m in manifests.items()]
+    if invariance:
+        lines += ["Batch invariance (manifest `batch_invariance`): the greedy config regenerated for the first test "
+                  "rows in the same engine, each row alone and in reversed order; the share of rows whose generated "
+                  "token ids equal the sweep's.", "", *invariance, ""]
     if details:
         lines += ["<details><summary>per config</summary>", "",
                   "Configs generated together in one call share its wall time by tokens and show its tokens/s.", "",
