@@ -23,7 +23,7 @@ from typing import Iterator, Optional
 from ..cluster import check_shared
 from ..config import DecodingConfig, ExperimentConfig
 from ..errors import UserError
-from .backend import Backend, ConfigDone, EngineBuilt, Message, Request
+from .backend import Backend, ConfigDone, EngineBuilt, InvarianceDone, Message, Request
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +126,12 @@ class ShardedBackend(Backend):
         if not jobs:
             shard.done = True
             return
+        # The batch-invariance sample indexes the full row list: only the shard holding all of it runs it.
+        inv = request.invariance
+        holds_sample = inv is not None and shard.lo == 0 and max(inv.rows, default=0) < shard.hi
         sub = dataclasses.replace(request, row_ids=request.row_ids[shard.lo:shard.hi],
-                                  prompts=request.prompts[shard.lo:shard.hi], jobs=jobs, use_tqdm=False)
+                                  prompts=request.prompts[shard.lo:shard.hi], jobs=jobs, use_tqdm=False,
+                                  invariance=inv if holds_sample else None)
         name = f"tunesweep-{self.target}-shard{shard.index}-try{shard.failures}-{os.getpid()}"
         shard.actor = actor_cls.options(name=name, num_cpus=self.num_cpus, num_gpus=self.num_gpus,
                                         max_restarts=0).remote(self.inner, sub, self.shared,
@@ -174,7 +178,7 @@ class ShardedBackend(Backend):
                     ray.kill(shard.actor)  # the engine process has exited; free the actor's CPUs and GPUs
                     continue
                 shard.ref = shard.actor.next.remote()
-                if isinstance(msg, EngineBuilt):
+                if isinstance(msg, (EngineBuilt, InvarianceDone)):
                     yield msg
                     continue
                 shard.received[msg.config] = msg
