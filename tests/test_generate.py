@@ -387,3 +387,28 @@ def test_bnb_4bit_base_uses_hf_where_vllm_has_no_bitsandbytes(tmp_path, tiny_mod
     for name in ("top_k_50_num_beams_1_temp_0.8", "top_k_50_num_beams_1_temp_0.0"):
         records = read_jsonl(tmp_path / "w" / "llm_responses" / "tiny-base" / f"{name}.jsonl")
         assert len(records) == 4 and all(r["model"] == "tiny-base" and 0 < r["num_tokens"] <= 8 for r in records)
+
+
+def test_a_checkpoint_that_fails_to_load_marks_the_generation_incomplete(tmp_path, tiny_model_dir, monkeypatch):
+    """The manifest says why its configs are missing, and score names that instead of trusting older files."""
+    from tunesweep.evaluate.scoring import score
+    from tunesweep.generate import generate
+    from tunesweep.generate.hf import HfBackend
+
+    def cannot_load(self, request):
+        raise OSError("Error while deserializing header: MetadataIncompleteBuffer")
+        yield
+
+    monkeypatch.setattr(HfBackend, "run", cannot_load)
+    cfg_path = make_study(tmp_path / "w", tiny_model_dir, sweep="{}")
+    cfg = load_config(cfg_path)
+    with pytest.raises(OSError):
+        generate(cfg, backend="hf", limit=2)
+    m = manifest(tmp_path / "w")
+    assert m["configs"] == {} and "MetadataIncompleteBuffer" in m["incomplete"]
+    name = "top_k_50_num_beams_1_temp_0.8"
+    stale = out_dir(tmp_path / "w") / f"{name}.jsonl"
+    stale.write_text("")  # a file from an older run must not be scored
+    with pytest.raises(UserError, match=r"generation of 'tiny' is incomplete \(the generate run started .* failed: "
+                                        r"Error while deserializing header"):
+        score(cfg)

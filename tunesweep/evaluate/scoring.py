@@ -29,7 +29,7 @@ from ..errors import UserError
 from ..files import fingerprint, read_json, write_json, write_text
 from ..layout import (PERPLEXITY_COLUMNS, TABLE_COLUMNS, TIDY_COLUMNS, TargetResponses, Workdir, format_cell,
                       markdown_table, read_human, read_json_if_present, read_rows, read_frame,
-                      read_target_responses, write_table)
+                      read_target_responses, responses_fingerprint, write_table)
 from ..provenance import checkpoint_identity, library_versions
 from .metrics import CI_LEVEL, TEXT_METRICS, bootstrap_ci, bootstrap_indices, build_metric
 
@@ -207,6 +207,19 @@ def _merge_rows(path: Path, new_rows: list[dict], order: list[str], key: str = "
     return [rows[t] for t in order if t in rows]
 
 
+def current_checkpoint_hash(cfg, target) -> str:
+    """The identity of the target's checkpoint as it is now (the hash generate recorded is reused while
+    the files' names, sizes and mtimes are unchanged): responses from another checkpoint are not scored."""
+    checkpoint = target.checkpoint(cfg.path)
+    if not target.is_base and not Path(checkpoint).is_dir():
+        raise UserError(f"{checkpoint}: fine-tuned checkpoint of {target.name!r} not found, so its responses cannot "
+                        f"be vouched for; run `tunesweep finetune --config <config> --model {target.name}` first")
+    manifest = read_json_if_present(Workdir(cfg.path).manifest(target.name)) or {}
+    recorded = ({"sha256": manifest.get("checkpoint_hash"), "stat": manifest.get("checkpoint_stat")}
+                if manifest.get("checkpoint") == checkpoint else None)
+    return checkpoint_identity(checkpoint, recorded)["sha256"]
+
+
 def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     """Score every target of the study (or `model`); returns what was computed and the table rows."""
     configs = expand_sweep(cfg.generation)
@@ -214,7 +227,8 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     all_targets = [t.name for t in cfg.run_targets()]
     # Check every input before any work: a gap must not surface after an hour of scoring.
     names = [dc.name for dc in configs]
-    loaded = {t.name: read_target_responses(cfg.path, t.name, names) for t in targets}
+    loaded = {t.name: read_target_responses(cfg.path, t.name, names, checkpoint_hash=current_checkpoint_hash(cfg, t))
+              for t in targets}
 
     wanted = cfg.evaluation.metrics
     metrics = [build_metric(name, cfg.evaluation) for name in TEXT_METRICS if name in wanted]
@@ -300,7 +314,8 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     previous = read_json_if_present(meta_path) or {}
     scored = dict(previous.get("targets", {})) if isinstance(previous, dict) else {}
     for name, tr in loaded.items():
-        scored[name] = {"rows": tr.n_rows, "configs": list(tr.records), "responses": str(tr.folder)}
+        scored[name] = {"rows": tr.n_rows, "configs": list(tr.records), "responses": str(tr.folder),
+                        "scored_from": responses_fingerprint(tr)}
     write_json(meta_path, {"metrics": {k: v for k, v in settings.items()},
                            "targets": {k: scored[k] for k in all_targets if k in scored}})
     return summary
