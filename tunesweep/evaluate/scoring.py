@@ -30,12 +30,14 @@ from ..files import fingerprint, read_json, write_json, write_text
 from ..layout import (PERPLEXITY_COLUMNS, TABLE_COLUMNS, TIDY_COLUMNS, TargetResponses, Workdir, format_cell,
                       markdown_table, read_human, read_json_if_present, read_rows, read_frame,
                       read_target_responses, responses_fingerprint, write_table)
-from ..provenance import checkpoint_identity, library_versions
+from ..provenance import checkpoint_identity, library_versions, logic, recorded_logic
 from .metrics import CI_LEVEL, TEXT_METRICS, bootstrap_ci, bootstrap_indices, build_metric
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
+# Bump when score computes other numbers from the same responses (tests/test_logic_versions.py pins them).
+SCORE_VERSION = 1
 PERPLEXITY_SCOPE = ("test references, response tokens only (prompt masked, EOS included); corpus level: "
                     "exp of the mean token NLL")
 
@@ -77,14 +79,24 @@ class RowCache:
             self.dirty = False
 
 
-def score_rows(metric, settings: dict, tr: TargetResponses, cache: RowCache, force: bool) -> tuple[dict, list]:
+def score_logic(workdir, target: str) -> dict:
+    """This stage's logic version over what it reads: cleaning.json (which holds generate's and the
+    earlier stages'), or manifest.json where clean has not recorded any."""
+    paths = Workdir(workdir)
+    upstream = recorded_logic(paths.cleaning(target)) or recorded_logic(paths.manifest(target))
+    return logic("score", SCORE_VERSION, upstream)
+
+
+def score_rows(metric, settings: dict, tr: TargetResponses, cache: RowCache, force: bool,
+               logic_versions: Optional[dict] = None) -> tuple[dict, list]:
     """({config: per-row values}, configs computed now): every cache miss scored in ONE metric call."""
     rows: dict[str, np.ndarray] = {}
     missing: list[tuple[str, str, list, list]] = []
     for config, recs in tr.records.items():
         hyps = [r["response"] for r in recs]
         refs = [r["reference"] for r in recs]
-        key = fingerprint({"metric": metric.name, "settings": settings, "responses": hyps, "references": refs})
+        key = fingerprint({"metric": metric.name, "settings": settings, "responses": hyps, "references": refs,
+                           "logic": logic_versions})
         cached = None if force else cache.get(metric.name, config, key)
         if cached is not None:
             rows[config] = np.asarray(cached)
@@ -106,7 +118,8 @@ def score_rows(metric, settings: dict, tr: TargetResponses, cache: RowCache, for
 
 # --- perplexity -----------------------------------------------------------------------------------
 
-def target_perplexity(cfg, target, tr: TargetResponses, cache: RowCache, force: bool) -> tuple[dict, bool]:
+def target_perplexity(cfg, target, tr: TargetResponses, cache: RowCache, force: bool,
+                      logic_versions: Optional[dict] = None) -> tuple[dict, bool]:
     """(perplexity row, computed now?) of the test references under the target's checkpoint."""
     from . import perplexity
 
@@ -120,7 +133,7 @@ def target_perplexity(cfg, target, tr: TargetResponses, cache: RowCache, force: 
                 if tr.manifest.get("checkpoint") == checkpoint else None)
     key = fingerprint({"weights": checkpoint_identity(checkpoint, recorded), "records": records,
                        "template": cfg.template, "torch": versions.get("torch"),
-                       "transformers": versions.get("transformers")})
+                       "transformers": versions.get("transformers"), "logic": logic_versions})
     cached = None if force else cache.get("perplexity", "corpus", key)
     if cached is not None:
         return cached, False
@@ -257,12 +270,13 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     for target in targets:
         tr = loaded[target.name]
         cache = RowCache.load(paths.score_cache(target.name))
+        target_logic = score_logic(cfg.path, target.name)
         computed: dict[str, list[str]] = {}
         per_metric_rows: dict[str, dict[str, np.ndarray]] = {}
         library_calls: dict[str, int] = {}
         for metric in metrics:
             calls_before = getattr(metric, "calls", 0)
-            rows, done = score_rows(metric, settings[metric.name], tr, cache, force)
+            rows, done = score_rows(metric, settings[metric.name], tr, cache, force, target_logic)
             per_metric_rows[metric.name] = rows
             computed[metric.name] = done
             if hasattr(metric, "calls"):  # BERTScorer.score calls: one per target, zero when cached
@@ -271,7 +285,7 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
                      target.name, metric.name, len(configs), tr.n_rows, len(done), len(configs) - len(done))
             cache.save()  # keep finished metrics even if a later one is interrupted
         if "perplexity" in wanted:
-            row, fresh = target_perplexity(cfg, target, tr, cache, force)
+            row, fresh = target_perplexity(cfg, target, tr, cache, force, target_logic)
             computed["perplexity"] = ["corpus"] if fresh else []
             ppl_rows.append(row)
             log.info("%s perplexity %.4f over %d reference tokens (%s)", target.name, row["perplexity"],
@@ -295,7 +309,7 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
         write_text(paths.table(target.name, "md"), f"# {target.name}\n\n" + markdown_table(TABLE_COLUMNS, cells)
                    + "\n\n" + settings_note(settings, tr.n_rows) + "\n")
         summary["targets"][target.name] = {"rows": tr.n_rows, "computed": computed, "library_calls": library_calls,
-                                           "table": table}
+                                           "table": table, "logic": target_logic}
 
     # all.csv covers every target of the study that has a table, not only the ones scored now.
     tidy = []
@@ -315,7 +329,7 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     scored = dict(previous.get("targets", {})) if isinstance(previous, dict) else {}
     for name, tr in loaded.items():
         scored[name] = {"rows": tr.n_rows, "configs": list(tr.records), "responses": str(tr.folder),
-                        "scored_from": responses_fingerprint(tr)}
+                        "scored_from": responses_fingerprint(tr), "logic": summary["targets"][name]["logic"]}
     write_json(meta_path, {"metrics": {k: v for k, v in settings.items()},
                            "targets": {k: scored[k] for k in all_targets if k in scored}})
     return summary

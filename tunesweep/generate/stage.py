@@ -31,13 +31,25 @@ from ..config import ExperimentConfig, RunTarget, expand_sweep
 from ..errors import UserError
 from ..files import fingerprint, write_json, write_jsonl
 from ..layout import RECORD_FIELDS, Workdir, generated_digest, load_split, read_json_if_present, test_set_sha256
-from ..provenance import checkpoint_identity, library_versions
+from ..provenance import checkpoint_identity, library_versions, logic, recorded_logic
 from ..templates import build_prompt, stop_strings
 from .backend import Backend, ConfigDone, Job, Request
 
 log = logging.getLogger(__name__)
 
 MAX_RUNS = 50  # run records kept in the manifest (what each run wrote, engine builds)
+# Bump when generate writes other response files for the same inputs (decoding of token ids, records).
+GENERATE_VERSION = 1
+
+
+def generate_logic(workdir: Path, target: RunTarget) -> dict:
+    """This stage's logic version over those of what it reads: split.json, and for a fine-tuned target
+    its tunesweep.json (which holds split's too)."""
+    paths = Workdir(workdir)
+    upstream = recorded_logic(paths.split_meta)
+    if not target.is_base:
+        upstream = {**upstream, **recorded_logic(paths.model_record(target.model.name))}
+    return logic("generate", GENERATE_VERSION, upstream)
 
 
 def check_checkpoint(target: RunTarget, workdir: Path) -> str:
@@ -97,6 +109,7 @@ class TargetPlan:
     limit: Optional[int]
     backend_reason: Optional[str] = None
     test_sha: Optional[str] = None  # sha256 of alpaca_data/test.jsonl
+    logic: Optional[dict] = None  # provenance.logic of this stage over its inputs
 
 
 def plan_target(cfg: ExperimentConfig, target: RunTarget, backend: str | Backend, rows: list[dict],
@@ -122,6 +135,7 @@ def plan_target(cfg: ExperimentConfig, target: RunTarget, backend: str | Backend
         "backend": backend.name,
         "rows": fingerprint([[r["id"], p, r["output"]] for r, p in zip(rows, prompts)]),
         "test_set_sha256": test_sha,
+        "logic": generate_logic(cfg.path, target),
         "template": cfg.template,
         "run_seed": cfg.seed,
         "versions": {k: v for k, v in versions.items() if k in backend.result_libraries},
@@ -139,7 +153,7 @@ def plan_target(cfg: ExperimentConfig, target: RunTarget, backend: str | Backend
     return TargetPlan(target=target, backend=backend, checkpoint=checkpoint, checkpoint_id=ckpt,
                       out_dir=paths.responses_dir(target.name), manifest=manifest, rows=rows, prompts=prompts,
                       jobs=jobs, pending=pending, engine=engine, versions=versions, stop=stop, limit=limit,
-                      test_sha=test_sha)
+                      test_sha=test_sha, logic=common["logic"])
 
 
 # --- running ------------------------------------------------------------------------------------
@@ -183,7 +197,7 @@ def run_target(cfg: ExperimentConfig, plan: TargetPlan) -> dict:
         "checkpoint_stat": plan.checkpoint_id["stat"], "backend": backend.name,
         "backend_reason": plan.backend_reason, "versions": plan.versions,
         "test_rows": len(plan.rows), "limit": plan.limit, "engine": plan.engine or None,
-        "test_set_sha256": plan.test_sha,
+        "test_set_sha256": plan.test_sha, "logic": plan.logic,
         # Until this run ends, the configs it regenerates are missing: score says so instead of trusting
         # older files. A run that fails (a checkpoint that does not load) leaves the mark and its reason.
         "incomplete": f"a generate run started {_now()} has not finished",
@@ -268,6 +282,7 @@ def _config_entry(plan: TargetPlan, cfg: ExperimentConfig, job: Job, done: Confi
         "backend": plan.backend.name,
         "checkpoint_hash": plan.checkpoint_id["sha256"],
         "test_set_sha256": plan.test_sha,
+        "logic": plan.logic,
         "inputs": job.inputs,
         "generated_sha256": generated_digest(path),
         "written": _now(),
