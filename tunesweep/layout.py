@@ -151,6 +151,58 @@ class Workdir:
     def log(self, stage: str) -> Path:
         return self.logs_dir / f"{stage}.log"
 
+    @property
+    def lock(self) -> Path:
+        """Held by the one tunesweep process that works in this workdir (its pid and command inside)."""
+        return self.root / ".tunesweep.lock"
+
+
+def prepare_workdir(root: str | os.PathLike) -> Path:
+    """The workdir, created if missing; a file in its place or a folder that cannot be written is a UserError."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root}: the workdir is a file, not a folder; set `workdir` (or --workdir) to a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{root}: cannot create the workdir ({exc.strerror or exc})") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise UserError(f"{root}: the workdir is not writable; fix its permissions or set another `workdir`")
+    return root
+
+
+class WorkdirLock:
+    """An exclusive lock on a workdir for the life of one command: a second tunesweep on the same workdir
+    says which process holds it and stops (exit 2) instead of training the same model twice. flock: the
+    kernel releases it when the holder dies, even by SIGKILL, so a stale lock file never blocks a rerun."""
+
+    def __init__(self, root: str | os.PathLike, command: str):
+        self.path = Workdir(prepare_workdir(root)).lock
+        self.command = command
+        self.fd: Optional[int] = None
+
+    def __enter__(self) -> "WorkdirLock":
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise UserError(f"{self.path}: this workdir is in use by {holder}; wait for it to finish "
+                            f"(or stop it) and rerun") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} (`{self.command}`)\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)  # closing releases the flock
+            self.fd = None
+
 
 # --- alpaca_data/ ----------------------------------------------------------------------------------
 

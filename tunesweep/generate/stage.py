@@ -30,6 +30,7 @@ from ..backends import cuda_visible, pick_generation_backend
 from ..config import ExperimentConfig, RunTarget, expand_sweep
 from ..errors import UserError
 from ..files import fingerprint, write_json, write_jsonl
+from ..loading import check_checkpoint_folder
 from ..layout import RECORD_FIELDS, Workdir, generated_digest, load_split, read_json_if_present, test_set_sha256
 from ..provenance import checkpoint_identity, library_versions, logic, recorded_logic
 from ..templates import build_prompt, stop_strings
@@ -57,6 +58,7 @@ def check_checkpoint(target: RunTarget, workdir: Path) -> str:
     if not target.is_base and not (Path(checkpoint) / "config.json").is_file():
         raise UserError(f"{checkpoint}: fine-tuned checkpoint of model {target.name!r} not found; "
                         f"run `tunesweep finetune --config ... --model {target.name}` first")
+    check_checkpoint_folder(checkpoint, "base model" if target.is_base else "fine-tuned checkpoint")
     return checkpoint
 
 

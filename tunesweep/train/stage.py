@@ -39,6 +39,7 @@ from ..errors import UserError
 from ..files import fingerprint, read_json, sha256_file, write_json
 from ..isolation import run_isolated
 from ..layout import Workdir, load_split
+from ..loading import check_checkpoint_folder
 from ..provenance import library_versions, logic, recorded_logic
 from ..templates import build_training_pair
 from .check import CHECK_PROMPTS, post_merge_check, warn_on_check
@@ -92,6 +93,8 @@ def finetune(cfg: ExperimentConfig, model: Optional[str] = None, backend: Option
         log.info("%s is an un-tuned base model: nothing to fine-tune", model)
         return []
     models = cfg.selected_models(model)
+    for m in models:  # a damaged local base is one line now, not a traceback from the training process
+        check_checkpoint_folder(m.base, "base model")
     train_records = load_split(cfg.workdir, "train")
     test_records = load_split(cfg.workdir, "test")
     data_sha = sha256_file(Workdir(cfg.workdir).split_file("train"))
