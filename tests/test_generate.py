@@ -10,6 +10,7 @@ Engine builds are counted from what the stage records (manifest `engine_builds` 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -412,3 +413,45 @@ def test_a_checkpoint_that_fails_to_load_marks_the_generation_incomplete(tmp_pat
     with pytest.raises(UserError, match=r"generation of 'tiny' is incomplete \(the generate run started .* failed: "
                                         r"Error while deserializing header"):
         score(cfg)
+
+
+def test_a_sigkilled_parent_leaves_no_vllm_process_behind(tmp_path, tiny_model_dir):
+    """SIGKILL of `tunesweep generate` (the parent alone, as the OOM killer would) while vLLM starts: the
+    worker, its EngineCore and the engine's workers are all gone within 10 s."""
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    cfg_path = make_study(tmp_path / "w", tiny_model_dir, sweep="{}")
+    proc = subprocess.Popen([sys.executable, "-m", "tunesweep", "generate", "--config", str(cfg_path), "--limit", "2"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    parent = psutil.Process(proc.pid)
+
+    def engine_started() -> list:
+        found = []
+        for p in parent.children(recursive=True):
+            try:
+                found.append((p, p.name() + " " + " ".join(p.cmdline())))
+            except psutil.Error:
+                continue
+        return [p for p, text in found] if any("EngineCore" in text for _, text in found) else []
+
+    survivors = []
+    try:
+        deadline = time.monotonic() + 300
+        while not (descendants := engine_started()):
+            assert proc.poll() is None, "generate ended before vLLM's EngineCore started"
+            assert time.monotonic() < deadline, "no EngineCore process within 300 s"
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        gone, survivors = psutil.wait_procs(descendants, timeout=10)
+        survivors = [p for p in survivors if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert survivors == [], f"still running 10 s after the parent's SIGKILL: {survivors}"
+    finally:
+        for p in survivors:
+            p.kill()
+        if proc.poll() is None:
+            proc.kill()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import queue as queue_mod
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Iterator
 from ..config import DecodingConfig, ExperimentConfig
 from ..errors import UserError
 from ..files import derive_seed
+from ..isolation import _die_with_parent
 from ..templates import decode_response
 from .backend import Backend, ConfigDone, EngineBuilt, Message, Request, RowResult, decoding_note
 
@@ -84,14 +84,6 @@ def engine_kwargs(checkpoint: str, engine, seed: int, on_cuda: bool) -> dict:
 
 
 # --- the child process --------------------------------------------------------------------------
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """If the parent dies (killed run), do not keep an engine generating for nobody."""
-    while True:
-        time.sleep(1.0)
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
 
 class _PromptTooLong(Exception):
     """A test row that leaves no room to generate: reported to the parent as a UserError."""
@@ -158,7 +150,9 @@ def run_jobs(request: Request, emit) -> None:
 
 def worker_main(request: Request, parent_pid: int, out_queue) -> None:
     """Entry point of the spawned child."""
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+    # If the parent dies (a killed run, SIGKILL included), the engine and its own processes (EngineCore,
+    # workers) go with it: an orphaned engine would hold gigabytes (a GPU) for nobody.
+    _die_with_parent(parent_pid, group=True)
     # vLLM's INFO lines (hundreds per engine) drown the progress bar; VLLM_LOGGING_LEVEL=INFO restores them.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     try:
