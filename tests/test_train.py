@@ -292,6 +292,38 @@ def test_resumes_a_killed_run_from_its_last_checkpoint(workdir, tiny_model_dir):
     assert [e["step"] for e in rec["loss_history"]] == sorted({e["step"] for e in rec["loss_history"]})
 
 
+def test_a_run_killed_after_its_last_checkpoint_resumes_to_exactly_max_steps(workdir, tmp_path_factory,
+                                                                             tiny_model_dir, tasks_split):
+    """Killed after saving checkpoint-<max_steps> but before the merge: the resumed run trains no step past
+    max_steps (transformers would train one more), and its weights equal an uninterrupted run's."""
+    import shutil
+
+    import yaml
+    from safetensors.torch import load_file
+
+    model = lora_model("r", tiny_model_dir, max_steps=4, batch_size=2, save_steps=4, logging_steps=1,
+                       lr_scheduler="constant")
+    cfg = make_config(workdir, [model])
+    cfg_file = workdir / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg.model_dump()))
+    last = workdir / "finetuned_models" / "r.training" / "checkpoint-4" / "trainer_state.json"
+    kill_when([sys.executable, str(REPO / "finetuning_scripts" / "finetune.py"), "-c", str(cfg_file), "--model", "r"],
+              last.is_file, timeout=240, what="the last checkpoint")
+    assert not (workdir / "finetuned_models" / "r").exists()
+    [resumed] = finetune(cfg)
+    assert resumed["resumed_from_step"] == 4 and resumed["global_step"] == 4
+
+    other = tmp_path_factory.mktemp("uninterrupted")
+    shutil.copytree(tasks_split, other / "alpaca_data")
+    [whole] = finetune(make_config(other, [model]))
+    assert whole["global_step"] == 4
+    a = load_file(str(workdir / "finetuned_models" / "r" / "model.safetensors"))
+    b = load_file(str(other / "finetuned_models" / "r" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
 def test_checkpoints_from_other_inputs_are_not_resumed(workdir, tiny_model_dir):
     from tunesweep.train.resume import prepare_training_dir
 

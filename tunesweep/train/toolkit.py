@@ -6,9 +6,11 @@ Imported only inside the training process (it imports transformers); nothing her
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
+from typing import Optional
 
 from ..errors import UserError
 from ..loading import compute_dtype  # noqa: F401  (the backends take it from here with the rest)
@@ -143,15 +145,36 @@ def loss_history(trainer) -> list[dict]:
     return out
 
 
+def finished_checkpoint(checkpoint: Optional[str]) -> bool:
+    """Whether a TRL checkpoint already holds every planned optimizer step (global_step >= its max_steps,
+    the total the trainer planned: train.max_steps, or the steps of the configured epochs)."""
+    if not checkpoint:
+        return False
+    try:
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+        return int(state["max_steps"]) > 0 and int(state["global_step"]) >= int(state["max_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def run_trainer(trainer, job: TrainJob, *, gradient_checkpointing: str) -> tuple[float, Throughput]:
     """Train (resuming when the job says so); returns (train_runtime_s, throughput)."""
     meter = ThroughputMeter(job.speed.warmup_steps)
     trainer.add_callback(meter)
     reset_peak_memory()
+    padding_free = "on" if getattr(trainer.args, "padding_free", False) else "off"
+    if finished_checkpoint(job.resume_from):
+        # Killed after saving its last step: transformers would train one optimizer step before it checks
+        # max_steps (global_step max_steps + 1), so load the finished state instead of training.
+        from transformers.trainer_callback import TrainerState
+
+        log.info("%s: %s holds every planned step; loading it, nothing left to train", job.name, job.resume_from)
+        trainer._load_from_checkpoint(job.resume_from)
+        trainer.state = TrainerState.load_from_json(str(Path(job.resume_from) / "trainer_state.json"))
+        return 0.0, meter.result(trainer.state.num_input_tokens_seen, gradient_checkpointing, padding_free)
     if job.resume_from:
         log.info("%s: resuming from %s", job.name, job.resume_from)
     out = trainer.train(resume_from_checkpoint=job.resume_from)
-    padding_free = "on" if getattr(trainer.args, "padding_free", False) else "off"
     throughput = meter.result(trainer.state.num_input_tokens_seen, gradient_checkpointing, padding_free)
     return round(float(out.metrics.get("train_runtime", 0.0)), 2), throughput
 
