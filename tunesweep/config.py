@@ -162,6 +162,10 @@ class EvaluationConfig(Strict):
     )
     bertscore: BertScoreConfig = Field(default_factory=BertScoreConfig)
     bootstrap: int = Field(1000, ge=0)  # resamples for 95% CIs; 0 = off
+    # The references' language, for the BLEU and ROUGE tokenizers: en (13a; rouge-score's English
+    # tokenizer with stemming), zh (sacrebleu zh), ja (ja-mecab where installed, else characters),
+    # intl (space-separated scripts: Cyrillic, Greek, Arabic, ...; Unicode words), other (characters).
+    language: Literal["en", "zh", "ja", "intl", "other"] = "en"
     human: HumanEvalConfig = Field(default_factory=HumanEvalConfig)
     perplexity_batch_size: int = Field(8, ge=1)
 

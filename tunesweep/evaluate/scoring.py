@@ -31,7 +31,7 @@ from ..layout import (PERPLEXITY_COLUMNS, TABLE_COLUMNS, TIDY_COLUMNS, TargetRes
                       markdown_table, read_human, read_json_if_present, read_rows, read_frame,
                       read_target_responses, responses_fingerprint, write_table)
 from ..provenance import checkpoint_identity, library_versions, logic, recorded_logic
-from .metrics import CI_LEVEL, TEXT_METRICS, bootstrap_ci, bootstrap_indices, build_metric
+from .metrics import CI_LEVEL, TEXT_METRICS, bootstrap_ci, bootstrap_indices, build_metric, language_warning
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,9 @@ def settings_note(settings: dict, n_rows: int) -> str:
     if "bleu" in settings:
         parts.append(f"BLEU: sacrebleu corpus BLEU / 100 ({settings['bleu']['signature']}).")
     if "rougeL" in settings:
-        parts.append("ROUGE-L: mean F1 of rouge-score with the Porter stemmer.")
+        r = settings["rougeL"]
+        parts.append(f"ROUGE-L: mean F1 of rouge-score with {r['tokenizer']} (language {r['language']})."
+                     if r.get("language") else "ROUGE-L: mean F1 of rouge-score with the Porter stemmer.")
     if "bertscore" in settings:
         b = settings["bertscore"]
         parts.append(f"BERTScore: mean F1, {b['model']}, layer {b['num_layers']}, no baseline rescaling "
@@ -269,6 +271,9 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     ppl_rows: list[dict] = []
     for target in targets:
         tr = loaded[target.name]
+        if (warning := language_warning([r["reference"] for r in next(iter(tr.records.values()), [])],
+                                        cfg.evaluation.language)):
+            log.warning("%s: %s", target.name, warning)
         cache = RowCache.load(paths.score_cache(target.name))
         target_logic = score_logic(cfg.path, target.name)
         computed: dict[str, list[str]] = {}
