@@ -104,7 +104,7 @@ def train(job: TrainJob) -> TrainResult:
         gradient_checkpointing=checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=training_dataset(job), processing_class=tokenizer)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=training_dataset(job, tokenizer), processing_class=tokenizer)
     runtime, throughput = run_trainer(trainer, job, gradient_checkpointing=(
         "transformers (non-reentrant)" if checkpointing else "off"))
     history, step = loss_history(trainer), trainer.state.global_step

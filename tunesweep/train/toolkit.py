@@ -129,10 +129,46 @@ def sft_config(job: TrainJob, *, bf16: bool, fp16: bool, gradient_checkpointing:
     )
 
 
-def training_dataset(job: TrainJob):
+# More than this share of the training rows too long for max_seq_length stops the stage: the
+# max_seq_length is wrong for the data, not a few outliers.
+MAX_DROP_FRACTION = 0.25
+
+
+def rows_that_fit(pairs: list[dict], tokenizer, max_seq_length: int, name: str) -> tuple[list[dict], Optional[str]]:
+    """The training rows whose prompt + answer + EOS fit max_seq_length, and a note on the ones dropped.
+
+    TRL truncates a longer row from the end, so it loses its EOS (and the model learns not to stop);
+    such rows are dropped with a warning. When more than MAX_DROP_FRACTION of them would go, a
+    UserError says what max_seq_length the data needs."""
+    eos = tokenizer.eos_token_id
+    lengths = []
+    for p in pairs:
+        ids = tokenizer(p["prompt"] + p["completion"])["input_ids"]
+        lengths.append(len(ids) + (0 if ids and ids[-1] == eos else 1))  # TRL appends EOS
+    too_long = sorted(n for n in lengths if n > max_seq_length)
+    if not too_long:
+        return pairs, None
+    need = max(lengths)
+    what = (f"{len(too_long)} of {len(pairs)} training rows ({len(too_long) / len(pairs):.0%}) are longer than "
+            f"max_seq_length {max_seq_length} (prompt + answer + EOS; the longest needs {need} tokens)")
+    if len(too_long) > MAX_DROP_FRACTION * len(pairs):
+        raise UserError(f"models.{name}.max_seq_length = {max_seq_length}: {what}; the data needs max_seq_length "
+                        f"{need} (more than {MAX_DROP_FRACTION:.0%} of the rows would lose their EOS)")
+    note = f"dropped {what}: they would lose their EOS"
+    log.warning("%s: %s", name, note)
+    return [p for p, n in zip(pairs, lengths) if n <= max_seq_length], note
+
+
+def training_dataset(job: TrainJob, tokenizer=None):
+    """The training rows as a datasets.Dataset; with the tokenizer, only those that fit max_seq_length."""
     from datasets import Dataset
 
-    return Dataset.from_list(job.pairs)
+    pairs = job.pairs
+    if tokenizer is not None:
+        pairs, note = rows_that_fit(pairs, tokenizer, job.model.max_seq_length, job.name)
+        if note:
+            job.notes.append(note)
+    return Dataset.from_list(pairs)
 
 
 def loss_history(trainer) -> list[dict]:

@@ -67,7 +67,7 @@ def train(job: TrainJob) -> TrainResult:
         fp16=cuda and dtype == torch.float16,
         gradient_checkpointing=False,  # Unsloth does its own (use_gradient_checkpointing above)
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=training_dataset(job), processing_class=tokenizer)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=training_dataset(job, tokenizer), processing_class=tokenizer)
     runtime, throughput = run_trainer(trainer, job, gradient_checkpointing={
         "unsloth": "unsloth (offloaded)", True: "unsloth (plain)", False: "off"}[checkpointing])
     history, step = loss_history(trainer), trainer.state.global_step
