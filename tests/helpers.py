@@ -135,3 +135,35 @@ def make_study(root: Path, base_src: Path, evaluate_base: bool) -> Path:
     cfg = root / "study.yaml"
     cfg.write_text(CONFIG.format(workdir=root / "work", base=base, evaluate_base=str(evaluate_base).lower()))
     return cfg
+
+
+def vouch_for_responses(workdir: Path, target: str, checkpoint: str | None = None) -> dict:
+    """Make hand-written llm_responses/<target>/*.jsonl pass as the current run's, as generate would:
+    alpaca_data/test.jsonl holds their rows (id, reference as `output`) unless it exists, and manifest.json
+    an entry per file (checkpoint hash, test-set hash, generated_sha256). `checkpoint` defaults to
+    finetuned_models/<target>/, created with a stand-in config.json when missing."""
+    from tunesweep.files import read_jsonl, write_json, write_jsonl
+    from tunesweep.layout import Workdir, generated_digest, test_set_sha256
+    from tunesweep.provenance import checkpoint_identity
+
+    paths = Workdir(workdir)
+    if checkpoint is None:
+        folder = paths.model_dir(target)
+        if not folder.is_dir():
+            folder.mkdir(parents=True)
+            (folder / "config.json").write_text("{}\n")
+        checkpoint = str(folder)
+    files = sorted(p for p in paths.responses_dir(target).glob("*.jsonl"))
+    first = read_jsonl(files[0])
+    if not paths.split_file("test").is_file():
+        write_jsonl(paths.split_file("test"), [{"id": r["id"], "instruction": "", "input": "",
+                                                "output": r["reference"]} for r in first])
+    ident = checkpoint_identity(checkpoint)
+    test_sha = test_set_sha256(workdir)
+    configs = {p.stem: {"checkpoint_hash": ident["sha256"], "test_set_sha256": test_sha,
+                        "generated_sha256": generated_digest(p)} for p in files}
+    manifest = {"model": target, "checkpoint": checkpoint, "checkpoint_hash": ident["sha256"],
+                "checkpoint_stat": ident["stat"], "test_rows": len(first), "limit": None,
+                "test_set_sha256": test_sha, "configs": configs}
+    write_json(paths.manifest(target), manifest)
+    return manifest

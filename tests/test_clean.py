@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
+from helpers import vouch_for_responses, REPO
 from tunesweep.evaluate.clean import clean, clean_response
 from tunesweep.config import expand_sweep, load_config
 from tunesweep.errors import UserError
@@ -48,7 +48,7 @@ def write_study(tmp_path: Path) -> Path:
                          "response": "STALE", "finish_reason": finish, "num_tokens": 4, "config": dc.name,
                          "model": "m1"})
         write_jsonl(folder / f"{dc.name}.jsonl", rows)
-    write_json(folder / "manifest.json", {"model": "m1", "test_rows": len(CASES), "configs": {}})
+    vouch_for_responses(cfg.path, "m1")
     return cfg_path
 
 

@@ -10,6 +10,7 @@ Engine builds are counted from what the stage records (manifest `engine_builds` 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -451,3 +452,70 @@ def test_bnb_4bit_base_uses_hf_where_vllm_has_no_bitsandbytes(tmp_path, tiny_mod
     for name in ("top_k_50_num_beams_1_temp_0.8", "top_k_50_num_beams_1_temp_0.0"):
         records = read_jsonl(tmp_path / "w" / "llm_responses" / "tiny-base" / f"{name}.jsonl")
         assert len(records) == 4 and all(r["model"] == "tiny-base" and 0 < r["num_tokens"] <= 8 for r in records)
+
+
+def test_a_checkpoint_that_fails_to_load_marks_the_generation_incomplete(tmp_path, tiny_model_dir, monkeypatch):
+    """The manifest says why its configs are missing, and score names that instead of trusting older files."""
+    from tunesweep.evaluate.scoring import score
+    from tunesweep.generate import generate
+    from tunesweep.generate.hf import HfBackend
+
+    def cannot_load(self, request):
+        raise OSError("Error while deserializing header: MetadataIncompleteBuffer")
+        yield
+
+    monkeypatch.setattr(HfBackend, "run", cannot_load)
+    cfg_path = make_study(tmp_path / "w", tiny_model_dir, sweep="{}")
+    cfg = load_config(cfg_path)
+    with pytest.raises(OSError):
+        generate(cfg, backend="hf", limit=2)
+    m = manifest(tmp_path / "w")
+    assert m["configs"] == {} and "MetadataIncompleteBuffer" in m["incomplete"]
+    name = "top_k_50_num_beams_1_temp_0.8"
+    stale = out_dir(tmp_path / "w") / f"{name}.jsonl"
+    stale.write_text("")  # a file from an older run must not be scored
+    with pytest.raises(UserError, match=r"generation of 'tiny' is incomplete \(the generate run started .* failed: "
+                                        r"Error while deserializing header"):
+        score(cfg)
+
+
+def test_a_sigkilled_parent_leaves_no_vllm_process_behind(tmp_path, tiny_model_dir):
+    """SIGKILL of `tunesweep generate` (the parent alone, as the OOM killer would) while vLLM starts: the
+    worker, its EngineCore and the engine's workers are all gone within 10 s."""
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    cfg_path = make_study(tmp_path / "w", tiny_model_dir, sweep="{}")
+    proc = subprocess.Popen([sys.executable, "-m", "tunesweep", "generate", "--config", str(cfg_path), "--limit", "2"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    parent = psutil.Process(proc.pid)
+
+    def engine_started() -> list:
+        found = []
+        for p in parent.children(recursive=True):
+            try:
+                found.append((p, p.name() + " " + " ".join(p.cmdline())))
+            except psutil.Error:
+                continue
+        return [p for p, text in found] if any("EngineCore" in text for _, text in found) else []
+
+    survivors = []
+    try:
+        deadline = time.monotonic() + 300
+        while not (descendants := engine_started()):
+            assert proc.poll() is None, "generate ended before vLLM's EngineCore started"
+            assert time.monotonic() < deadline, "no EngineCore process within 300 s"
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        gone, survivors = psutil.wait_procs(descendants, timeout=10)
+        survivors = [p for p in survivors if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert survivors == [], f"still running 10 s after the parent's SIGKILL: {survivors}"
+    finally:
+        for p in survivors:
+            p.kill()
+        if proc.poll() is None:
+            proc.kill()

@@ -16,12 +16,12 @@ import pytest
 import sacrebleu
 from rouge_score import rouge_scorer
 
-from helpers import REPO
+from helpers import REPO, vouch_for_responses
 from tunesweep.config import expand_sweep, load_config
 from tunesweep.errors import UserError
 from tunesweep.evaluate.scoring import score
 from tunesweep.files import read_json, read_jsonl, write_json, write_jsonl
-from tunesweep.layout import TABLE_COLUMNS, TIDY_COLUMNS
+from tunesweep.layout import TABLE_COLUMNS, TIDY_COLUMNS, generated_digest
 from tunesweep.templates import build_prompt
 
 EDGE = ["", "  \n\t ", "これは日本語の応答です。猫が好きです。", " ".join(["cold", "outside", "weather", "today"] * 1250)]
@@ -39,15 +39,21 @@ def write_study(tmp_path: Path, base: str = "unused-base", metrics: str = "[bleu
     return cfg_path
 
 
-def write_responses(workdir: Path, target: str, records: list[dict], responses: dict[str, list[str]]) -> None:
-    """llm_responses/<target>/<config>.jsonl + manifest.json, as the generate and clean stages write them."""
+def write_responses(workdir: Path, target: str, records: list[dict], responses: dict[str, list[str]],
+                    checkpoint: str | None = None) -> None:
+    """llm_responses/<target>/<config>.jsonl + manifest.json, as the generate and clean stages write them
+    (alpaca_data/test.jsonl holds `records`; the manifest vouches for every file)."""
     folder = workdir / "llm_responses" / target
     for config, texts in responses.items():
         rows = [{"id": f"id{i}", "prompt": build_prompt(rec), "reference": rec["output"], "response_raw": text,
                  "response": text, "finish_reason": "stop", "num_tokens": len(text.split()), "config": config,
                  "model": target} for i, (rec, text) in enumerate(zip(records, texts))]
         write_jsonl(folder / f"{config}.jsonl", rows)
-    write_json(folder / "manifest.json", {"model": target, "test_rows": len(records), "limit": None, "configs": {}})
+    if not (workdir / "alpaca_data" / "test.jsonl").is_file():
+        write_jsonl(workdir / "alpaca_data" / "test.jsonl",
+                    [{"id": f"id{i}", "instruction": rec["instruction"], "input": rec["input"], "output": rec["output"]}
+                     for i, rec in enumerate(records)])
+    vouch_for_responses(workdir, target, checkpoint)
 
 
 def perturb(text: str, k: int) -> str:
@@ -127,7 +133,8 @@ def test_full_stage_perplexity_human_and_cache(tmp_path, tiny_model_dir, demo_re
     for j, name in enumerate(names[1:], 2):
         responses[name] = [perturb(r["output"], j) for r in records]
     write_responses(cfg.path, "tiny", records, responses)
-    write_responses(cfg.path, "tiny-base", records, {n: [t[::-1] for t in v] for n, v in responses.items()})
+    write_responses(cfg.path, "tiny-base", records, {n: [t[::-1] for t in v] for n, v in responses.items()},
+                    checkpoint=str(tiny_model_dir))
     out = cfg.path / "eval_results"
 
     summary = score(cfg)
@@ -321,3 +328,83 @@ def test_grid_sweep_is_scored_config_by_config_and_labelled_grid(tmp_path, demo_
     assert [r["mode"] for r in table] == ["greedy", "sample", "greedy", "sample"]
     tidy = read_csv(cfg.path / "eval_results" / "all.csv")
     assert {(t["config"], t["parameter"], t["value"]) for t in tidy} == {(n, "grid", "") for n in names}
+
+
+# --- score reads only what the current run produced ------------------------------------------------
+
+@pytest.mark.parametrize("fault", ["resplit", "tampered_reference", "no_manifest_entry", "incomplete_generation",
+                                   "other_checkpoint_hash", "truncated_checkpoint", "reordered_rows"])
+def test_score_refuses_responses_the_current_run_does_not_vouch_for(tmp_path, demo_records, fault):
+    cfg = load_config(write_study(tmp_path, metrics="[bleu]"))
+    names = [dc.name for dc in expand_sweep(cfg.generation)]
+    records = demo_records[:5]
+    write_responses(cfg.path, "tiny", records, {n: [r["output"] for r in records] for n in names})
+    path = cfg.path / "llm_responses" / "tiny" / f"{names[1]}.jsonl"
+    manifest_path = cfg.path / "llm_responses" / "tiny" / "manifest.json"
+    manifest = read_json(manifest_path)
+    test_path = cfg.path / "alpaca_data" / "test.jsonl"
+    expected = str(path)
+    if fault == "resplit":  # a new split of 6 rows; the responses are of the old 5
+        rows = read_jsonl(test_path)
+        write_jsonl(test_path, rows + [{**rows[0], "id": "new", "output": "new answer"}])
+        expected = str(cfg.path / "llm_responses" / "tiny" / f"{names[0]}.jsonl")
+        why = "generated from another alpaca_data/test.jsonl"
+    elif fault == "tampered_reference":
+        recs = read_jsonl(path)
+        recs[2]["reference"] = recs[2]["response"] = "hand-edited"
+        write_jsonl(path, recs)
+        why = "its content differs from what generate wrote"
+    elif fault == "no_manifest_entry":
+        del manifest["configs"][names[1]]
+        write_json(manifest_path, manifest)
+        why = f"no entry for config {names[1]} in manifest.json (not written by the current run)"
+    elif fault == "incomplete_generation":
+        del manifest["configs"][names[1]]
+        manifest["incomplete"] = "the generate run started X failed: cannot load the checkpoint"
+        write_json(manifest_path, manifest)
+        why = (f"no entry for config {names[1]} in manifest.json (generation of 'tiny' is incomplete (the generate "
+               "run started X failed: cannot load the checkpoint))")
+    elif fault == "other_checkpoint_hash":
+        manifest["configs"][names[1]]["checkpoint_hash"] = "0" * 64
+        write_json(manifest_path, manifest)
+        why = "generated from another checkpoint"
+    elif fault == "truncated_checkpoint":  # the weights changed after generate: every file is stale
+        (cfg.path / "finetuned_models" / "tiny" / "config.json").write_text("{")
+        expected = str(cfg.path / "llm_responses" / "tiny" / f"{names[0]}.jsonl")
+        why = "generated from another checkpoint"
+    else:  # rows in another order, vouched for by the manifest: still not the test set's order
+        recs = read_jsonl(path)
+        write_jsonl(path, recs[::-1])
+        manifest["configs"][names[1]]["generated_sha256"] = generated_digest(path)
+        write_json(manifest_path, manifest)
+        why = "row 1: id 'id4' where alpaca_data/test.jsonl has 'id0'"
+    with pytest.raises(UserError) as err:
+        score(cfg)
+    msg = str(err.value)
+    assert msg.startswith(f"{expected}: {why}"), msg
+    assert "tunesweep generate --config <config> --model tiny" in msg and "\n" not in msg
+    assert not (cfg.path / "eval_results").exists()  # nothing written
+
+
+def test_score_takes_references_from_the_test_set_and_report_refuses_a_stale_table(tmp_path, demo_records):
+    from tunesweep.report.tables import read_scored
+
+    cfg = load_config(write_study(tmp_path, metrics="[bleu]", bootstrap=0))
+    names = [dc.name for dc in expand_sweep(cfg.generation)]
+    records = demo_records[:5]
+    # Every response file says reference "x" (and generate's digest vouches for it): the test set's
+    # answers are what the responses are scored against, so identical responses score BLEU 1.
+    write_responses(cfg.path, "tiny", records, {n: [r["output"] for r in records] for n in names})
+    for n in names:
+        p = cfg.path / "llm_responses" / "tiny" / f"{n}.jsonl"
+        write_jsonl(p, [{**r, "reference": "x"} for r in read_jsonl(p)])
+    vouch_for_responses(cfg.path, "tiny")
+    summary = score(cfg)
+    assert all(row["bleu"] == pytest.approx(1.0) for row in summary["targets"]["tiny"]["table"])
+    assert [s.target.name for s in read_scored(cfg)] == ["tiny"]
+    # Re-split after scoring: the table is from another test set, and report says so.
+    test_path = cfg.path / "alpaca_data" / "test.jsonl"
+    test_path.write_text(test_path.read_text() + json.dumps({"id": "n", "instruction": "i", "input": "",
+                                                             "output": "o"}) + "\n")
+    with pytest.raises(UserError, match=r"tiny\.csv: scored from responses that are not the current run's"):
+        read_scored(cfg)

@@ -60,8 +60,16 @@ def logits_of(model, tokenizer, prompts):
 
 @pytest.fixture(scope="module")
 def alpaca_run(tmp_path_factory, alpaca_demo_path, tiny_alpaca_model_dir):
+    from transformers import AutoTokenizer
+
     work = tmp_path_factory.mktemp("alpaca-run")
-    split_dataset(str(alpaca_demo_path), work, 40, seed=0)
+    # The records whose prompt + answer + EOS fit max_seq_length 128 under the tiny tokenizer (about a third):
+    # training drops longer ones, and stops when more than a quarter would go.
+    tok = AutoTokenizer.from_pretrained(tiny_alpaca_model_dir)
+    pairs = [(r, build_training_pair(r)) for r in json.loads(alpaca_demo_path.read_text())]
+    short = [r for r, p in pairs if len(tok(p["prompt"] + p["completion"])["input_ids"]) + 1 <= 128]
+    (work / "short.json").write_text(json.dumps(short))
+    split_dataset(str(work / "short.json"), work, 40, seed=0)
     model = {
         "name": "tiny-alpaca", "base": str(tiny_alpaca_model_dir), "backend": "auto", "max_seq_length": 128,
         # A random base's frozen LM head caps what LoRA alone can learn in 30 steps: train it too.
@@ -322,6 +330,76 @@ def test_resumes_a_killed_run_from_its_last_checkpoint(workdir, tiny_model_dir):
     # The loss logged before the kill survives in the history: training did not restart at step 0.
     assert rec["loss_history"][0]["step"] == 1
     assert [e["step"] for e in rec["loss_history"]] == sorted({e["step"] for e in rec["loss_history"]})
+
+
+def test_a_run_killed_after_its_last_checkpoint_resumes_to_exactly_max_steps(workdir, tmp_path_factory,
+                                                                             tiny_model_dir, tasks_split):
+    """Killed after saving checkpoint-<max_steps> but before the merge: the resumed run trains no step past
+    max_steps (transformers would train one more), and its weights equal an uninterrupted run's."""
+    import shutil
+
+    import yaml
+    from safetensors.torch import load_file
+
+    model = lora_model("r", tiny_model_dir, max_steps=4, batch_size=2, save_steps=4, logging_steps=1,
+                       lr_scheduler="constant")
+    cfg = make_config(workdir, [model])
+    cfg_file = workdir / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg.model_dump()))
+    last = workdir / "finetuned_models" / "r.training" / "checkpoint-4" / "trainer_state.json"
+    kill_when([sys.executable, str(REPO / "finetuning_scripts" / "finetune.py"), "-c", str(cfg_file), "--model", "r"],
+              last.is_file, timeout=240, what="the last checkpoint")
+    assert not (workdir / "finetuned_models" / "r").exists()
+    [resumed] = finetune(cfg)
+    assert resumed["resumed_from_step"] == 4 and resumed["global_step"] == 4
+
+    other = tmp_path_factory.mktemp("uninterrupted")
+    shutil.copytree(tasks_split, other / "alpaca_data")
+    [whole] = finetune(make_config(other, [model]))
+    assert whole["global_step"] == 4
+    a = load_file(str(workdir / "finetuned_models" / "r" / "model.safetensors"))
+    b = load_file(str(other / "finetuned_models" / "r" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.fixture(scope="module")
+def alpaca_pairs_and_tokenizer(alpaca_demo_path, tiny_alpaca_model_dir):
+    from transformers import AutoTokenizer
+
+    pairs = [build_training_pair(r) for r in json.loads(alpaca_demo_path.read_text())]
+    return pairs, AutoTokenizer.from_pretrained(tiny_alpaca_model_dir)
+
+
+def test_rows_longer_than_max_seq_length_are_dropped_with_a_warning(alpaca_pairs_and_tokenizer, caplog):
+    from tunesweep.train.toolkit import rows_that_fit
+
+    pairs, tok = alpaca_pairs_and_tokenizer
+    lengths = [len(tok(p["prompt"] + p["completion"])["input_ids"]) + 1 for p in pairs]
+    short = [p for p, n in zip(pairs, lengths) if n <= 128][:18]
+    long = sorted((n, i) for i, n in enumerate(lengths) if n > 128)[:2]  # 2 of 20 rows (10%) too long
+    rows = short[:9] + [pairs[long[0][1]]] + short[9:] + [pairs[long[1][1]]]
+    with caplog.at_level("WARNING"):
+        kept, note = rows_that_fit(rows, tok, 128, "m")
+    assert kept == short
+    assert note == (f"dropped 2 of 20 training rows (10%) are longer than max_seq_length 128 (prompt + answer + EOS; "
+                    f"the longest needs {long[1][0]} tokens): they would lose their EOS")
+    assert note in caplog.text
+    assert rows_that_fit(short, tok, 128, "m") == (short, None)  # everything fits: nothing said
+
+
+@pytest.mark.parametrize("max_len", [16, 256])
+def test_max_seq_length_too_short_for_the_data_is_one_line(alpaca_pairs_and_tokenizer, max_len):
+    from tunesweep.train.toolkit import rows_that_fit
+
+    pairs, tok = alpaca_pairs_and_tokenizer
+    need = max(len(tok(p["prompt"] + p["completion"])["input_ids"]) + 1 for p in pairs)
+    with pytest.raises(UserError) as err:
+        rows_that_fit(pairs, tok, max_len, "m")
+    msg = str(err.value)
+    assert msg.startswith(f"models.m.max_seq_length = {max_len}: ") and "\n" not in msg
+    assert f"the data needs max_seq_length {need}" in msg
 
 
 def test_checkpoints_from_other_inputs_are_not_resumed(workdir, tiny_model_dir):

@@ -13,8 +13,12 @@ import sys
 from typing import Callable, Optional
 
 from .errors import UserError
-from .layout import Workdir
+from .layout import Workdir, WorkdirLock
 from .stages import STAGES
+
+
+# Commands that only read the config: no workdir needed, no lock taken.
+READ_ONLY = {"plan"}
 
 
 def _load(args, **overrides):
@@ -24,7 +28,11 @@ def _load(args, **overrides):
                  "execution.replicas": getattr(args, "replicas", None),
                  "execution.address": getattr(args, "ray_address", None),
                  "execution.retries": getattr(args, "retries", None)}
-    return load_config(args.config, {"workdir": getattr(args, "workdir", None), **execution, **overrides})
+    cfg = load_config(args.config, {"workdir": getattr(args, "workdir", None), **execution, **overrides})
+    if args.command not in READ_ONLY and getattr(args, "lock", None) is None:
+        # One tunesweep per workdir: held until the command ends (main closes it).
+        args.lock = WorkdirLock(cfg.path, " ".join(["tunesweep", *args.argv])).__enter__()
+    return cfg
 
 
 def cmd_doctor(args) -> int:
@@ -77,6 +85,9 @@ def cmd_make_tiny_model(args) -> int:
 def cmd_finetune(args) -> int:
     from .train import finetune
 
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UserError(f"--max-steps {args.max_steps}: must be at least 1 (leave it out to train the configured "
+                        "epochs or train.max_steps)")
     finetune(_load(args), model=args.model, backend=args.backend, max_steps=args.max_steps, force=args.force)
     return 0
 
@@ -222,7 +233,17 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # `human-eval import --config C rated.csv` (files after the options, as the README shows): argparse
+    # leaves such positionals over; they are the files. Anything else left over is an error as usual.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command == "human-eval" and not any(e.startswith("-") for e in extra):
+            args.files = [*args.files, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.argv, args.lock = argv, None
     setup_logging(args.verbose)
     try:
         return args.func(args)
@@ -232,6 +253,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("tunesweep: interrupted; finished outputs are kept, a rerun continues", file=sys.stderr)
         return 130
+    finally:
+        if args.lock is not None:
+            args.lock.__exit__(None, None, None)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "
 class Strict(BaseModel):
     """Unknown keys are errors: a typo must not silently fall back to a default."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # strict: no "50" -> 50 or true -> 1.0 coercion (a quoted number is a typo to report, not to guess);
+    # allow_inf_nan=False: every float (temperatures, rates) is finite.
+    model_config = ConfigDict(extra="forbid", validate_default=True, strict=True, allow_inf_nan=False)
 
 
 class DatasetConfig(Strict):
@@ -85,6 +87,10 @@ class ModelConfig(Strict):
     def _name(cls, v):
         if v.endswith("-base"):
             raise ValueError("must not end in '-base' (that suffix names base-model rows)")
+        # finetuned_models/<name>.training/ holds <name>'s checkpoints: a model `a.training` would share it.
+        for suffix in (".training", ".staging", ".old"):
+            if v.endswith(suffix):
+                raise ValueError(f"must not end in {suffix!r} (tunesweep's own folders use that suffix)")
         return v
 
 
@@ -156,6 +162,10 @@ class EvaluationConfig(Strict):
     )
     bertscore: BertScoreConfig = Field(default_factory=BertScoreConfig)
     bootstrap: int = Field(1000, ge=0)  # resamples for 95% CIs; 0 = off
+    # The references' language, for the BLEU and ROUGE tokenizers: en (13a; rouge-score's English
+    # tokenizer with stemming), zh (sacrebleu zh), ja (ja-mecab where installed, else characters),
+    # intl (space-separated scripts: Cyrillic, Greek, Arabic, ...; Unicode words), other (characters).
+    language: Literal["en", "zh", "ja", "intl", "other"] = "en"
     human: HumanEvalConfig = Field(default_factory=HumanEvalConfig)
     perplexity_batch_size: int = Field(8, ge=1)
 
@@ -198,9 +208,10 @@ class ExperimentConfig(Strict):
     def _unique_names(cls, v):
         seen = set()
         for m in v:
-            if m.name in seen:
+            # Case-folded: on a case-insensitive disk `Phi` and `phi` would share one folder.
+            if m.name.casefold() in seen:
                 raise ValueError(f"duplicate model name {m.name!r}")
-            seen.add(m.name)
+            seen.add(m.name.casefold())
         return v
 
     # --- derived views the stages use -------------------------------------------------------

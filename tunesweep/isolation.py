@@ -30,7 +30,34 @@ from .errors import UserError
 LOG_FORMAT = "tunesweep: %(message)s"
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def _kill_group_when_parent_dies(parent_pid: int) -> None:
+    """Wait (without polling where Linux has pidfd) for the parent to die, then SIGKILL this process group:
+    this process and every process it started that did not leave the group."""
+    try:
+        import select
+
+        fd = os.pidfd_open(parent_pid)
+        if os.getppid() == parent_pid:  # still ours after the open: wait for it to exit
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            poller.poll()
+    except (AttributeError, OSError):  # no pidfd (old kernel, not Linux) or the parent is already gone
+        while os.getppid() == parent_pid:
+            time.sleep(0.2)
+    os.killpg(0, signal.SIGKILL)
+
+
+def _die_with_parent(parent_pid: int, group: bool = False) -> None:
+    """Make this (child) process die with its parent, on SIGKILL of the parent too.
+
+    group=True is for a child that starts processes of its own (vLLM's EngineCore and workers):
+    PR_SET_PDEATHSIG is not inherited, so those would outlive it. The child becomes the leader of a
+    process group of its own, and a thread waiting on the parent kills the whole group when it dies."""
+    if group:
+        os.setpgid(0, 0)
+        threading.Thread(target=_kill_group_when_parent_dies, args=(parent_pid,), daemon=True,
+                         name="tunesweep-parent-watch").start()
+        return
     try:
         import ctypes
 

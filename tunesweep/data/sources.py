@@ -104,10 +104,13 @@ def read_source(source: str, seed: int = 42, builtin_rows: int = 3000) -> Loaded
         if not path.is_file():
             raise UserError(f"dataset.source = {source!r}: file not found")
         suffix = path.suffix.lower()
-        if suffix == ".json":
-            return _read_json_file(path)
-        if suffix == ".jsonl":
-            return _read_jsonl_file(path)
+        try:
+            if suffix == ".json":
+                return _read_json_file(path)
+            if suffix == ".jsonl":
+                return _read_jsonl_file(path)
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
         if suffix in (".csv", ".parquet"):
             return _read_table_file(path)
         raise UserError(f"dataset.source = {source!r}: unsupported file type (use .json, .jsonl, .parquet or .csv)")

@@ -15,7 +15,16 @@ from typing import Optional
 from ..errors import UserError
 from ..files import jsonl_dumps, sha256_bytes, sha256_file, write_json, write_text
 from ..layout import Workdir
+from ..provenance import logic
 from .sources import load_usable_records, record_id
+
+
+# Bump when split writes other train/test files for the same inputs (tests/test_logic_versions.py pins them).
+SPLIT_VERSION = 1
+
+
+def split_logic() -> dict:
+    return logic("split", SPLIT_VERSION)
 
 
 def choose_test(records: list[dict], test_size: int, seed: int) -> set[int]:
@@ -78,6 +87,7 @@ def split_dataset(source: str, workdir: str | Path, test_size, seed: int = 42, m
         "test_rows": len(test),
         "train_sha256": sha256_bytes(train_text.encode()),
         "test_sha256": sha256_bytes(test_text.encode()),
+        "logic": split_logic(),
     }
     # Written last: split.json present means the two data files beside it are complete.
     write_text(paths.split_file("train"), train_text)
@@ -103,6 +113,7 @@ def split_for_config(cfg, force: bool = False) -> tuple[dict, bool]:
     meta = split_is_current(cfg.path)
     wanted = {"source": cfg.dataset.source, "seed": cfg.seed, "test_size": cfg.dataset.test_size,
               "max_rows": cfg.dataset.max_rows}
+    wanted["logic"] = split_logic()
     if not force and meta and all(meta.get(k) == v for k, v in wanted.items()):
         if not cfg.dataset.source.startswith("builtin:") and Path(cfg.dataset.source).is_file():
             # A local file edited since the split must be split again.

@@ -13,11 +13,15 @@ from typing import Iterable
 from ..config import expand_sweep
 from ..files import write_json, write_jsonl
 from ..layout import Workdir, read_json_if_present, read_target_responses
+from ..provenance import logic
 from ..templates import cut_at_first, get_template
 
 log = logging.getLogger(__name__)
 
 # Special tokens that can leak into decoded text when a model or tokenizer is misconfigured.
+# Bump when clean derives another `response` from the same `response_raw` (tests/test_logic_versions.py pins it).
+CLEAN_VERSION = 1
+
 DEFAULT_SPECIAL_TOKENS = ("<s>", "</s>", "<pad>", "<unk>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "[PAD]")
 # The ones that END a sequence: text after a leaked one was generated past the end (or is padding), so
 # the response is cut there, not merely stripped of the token ("Hi there.</s>Extra" -> "Hi there.").
@@ -111,7 +115,9 @@ def clean(cfg, model=None) -> dict:
                      "tokens, %d empty, %d hit the token cap; %d responses changed", target.name, config,
                      counts["rows"], counts["echo"], counts["cut"], counts["special"], counts["empty"],
                      counts["length_capped"], counts["changed"])
-        report = {"rules": rules, "configs": per_config}
+        # Score's fingerprint folds this in: a change of cleaning logic rescores what it cleaned.
+        report = {"rules": rules, "configs": per_config,
+                  "logic": logic("clean", CLEAN_VERSION, responses.manifest.get("logic"))}
         if read_json_if_present(paths.cleaning(target.name)) != report:
             write_json(paths.cleaning(target.name), report)
         summary[target.name] = with_changes

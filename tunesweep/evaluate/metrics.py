@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -48,6 +50,66 @@ class MeanOfRows:
 
 
 # --- BLEU -----------------------------------------------------------------------------------------
+
+# --- languages ------------------------------------------------------------------------------------
+
+# Scripts written without spaces between words: scored per character.
+_UNSPACED = ("\u0e00-\u0e7f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af")
+_UNSPACED_CHAR = re.compile(f"[{_UNSPACED}]")
+_WORD_OR_CHAR = re.compile(f"[{_UNSPACED}]|(?:(?![{_UNSPACED}])[^\\W_])+")
+_WORD = re.compile(r"[^\W_]+")
+
+
+def bleu_tokenizer(language: str) -> str:
+    """sacrebleu's tokenizer for evaluation.language (all offline; flores200 would download its model)."""
+    if language == "ja":
+        try:
+            from sacrebleu.tokenizers.tokenizer_ja_mecab import TokenizerJaMecab
+
+            TokenizerJaMecab()
+            return "ja-mecab"
+        except Exception:  # mecab-python3 / ipadic not installed (sacrebleu[ja])
+            log.warning("evaluation.language = ja: sacrebleu's ja-mecab tokenizer is not installed "
+                        "(pip install sacrebleu[ja]); BLEU uses characters (tok:char)")
+            return "char"
+    return {"en": "13a", "zh": "zh", "intl": "intl", "other": "char"}[language]
+
+
+def unicode_tokens(text: str, chars: bool) -> list[str]:
+    """Lower-cased Unicode words (any script, NFKC); with `chars`, each character of an unspaced script
+    (Chinese, Japanese, Korean, Thai) is a token of its own."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    return (_WORD_OR_CHAR if chars else _WORD).findall(text)
+
+
+def _letters(text: str) -> tuple[int, int, int]:
+    """(letters, Latin letters, letters of unspaced scripts) in `text`."""
+    letters = [c for c in text if c.isalpha()]
+    latin = sum(1 for c in letters if c < "\u0250")
+    return len(letters), latin, sum(1 for c in letters if _UNSPACED_CHAR.match(c))
+
+
+def language_warning(refs: Sequence[str], language: str) -> Optional[str]:
+    """A warning when most references are in a script the language's tokenizers do not handle: non-Latin
+    text under `en` (rouge-score drops every non-Latin word), unspaced scripts under `intl` (one sentence
+    would be one token)."""
+    counts = [_letters(r) for r in refs]
+    counts = [c for c in counts if c[0]]
+    if not counts:
+        return None
+    if language == "en":
+        n = sum(1 for total, latin, _ in counts if latin < total / 2)
+        what = "mostly non-Latin script, whose words rouge-score's English tokenizer drops (ROUGE-L 0)"
+    elif language == "intl":
+        n = sum(1 for total, _, unspaced in counts if unspaced >= total / 2)
+        what = "mostly Chinese, Japanese, Korean or Thai, written without spaces between words"
+    else:
+        return None
+    if n <= len(counts) / 2:
+        return None
+    return (f"{n} of {len(counts)} references are {what}: evaluation.language = {language} does not fit them; "
+            "set evaluation.language to zh, ja, intl or other")
+
 
 @dataclass
 class Bleu:
@@ -158,15 +220,31 @@ def _make_tokenizer():
     return CachedStemmingTokenizer()
 
 
+def _make_unicode_tokenizer(chars: bool):
+    from rouge_score import tokenizers
+
+    class UnicodeTokenizer(tokenizers.Tokenizer):
+        """Words of any script (rouge-score's own tokenizer keeps only [a-z0-9]); no stemming."""
+
+        def tokenize(self, text):
+            return unicode_tokens(text, chars)
+
+    return UnicodeTokenizer()
+
+
 @functools.lru_cache(maxsize=8)
-def _rouge_scorer(rouge_type: str):
+def _rouge_scorer(rouge_type: str, language: str = "en"):
     from rouge_score import rouge_scorer
 
+    if language != "en":
+        return rouge_scorer.RougeScorer([rouge_type], use_stemmer=False,
+                                        tokenizer=_make_unicode_tokenizer(chars=language != "intl"))
     return rouge_scorer.RougeScorer([rouge_type], use_stemmer=True, tokenizer=_make_tokenizer())
 
 
-def _rouge_prf(pairs: Sequence[tuple[str, str]], rouge_type: str) -> list[tuple[float, float, float]]:
-    scorer = _rouge_scorer(rouge_type)
+def _rouge_prf(pairs: Sequence[tuple[str, str]], rouge_type: str,
+               language: str = "en") -> list[tuple[float, float, float]]:
+    scorer = _rouge_scorer(rouge_type, language)
     out = []
     for hyp, ref in pairs:
         s = scorer.score(ref, hyp)[rouge_type]  # target = reference, prediction = response
@@ -181,7 +259,8 @@ def clear_caches() -> None:
     _rouge_scorer.cache_clear()
 
 
-def rouge_rows(hyps: Sequence[str], refs: Sequence[str], rouge_type: str = "rougeL") -> np.ndarray:
+def rouge_rows(hyps: Sequence[str], refs: Sequence[str], rouge_type: str = "rougeL",
+               language: str = "en") -> np.ndarray:
     """(N, 3) array of precision, recall, F1 per pair.
 
     Each distinct (response, reference) pair is scored once: configs of a sweep often give the same
@@ -191,7 +270,7 @@ def rouge_rows(hyps: Sequence[str], refs: Sequence[str], rouge_type: str = "roug
         return np.zeros((0, 3))
     slot: dict[tuple[str, str], int] = {}
     where = [slot.setdefault(pair, len(slot)) for pair in zip(hyps, refs)]
-    return np.asarray(_rouge_prf(list(slot), rouge_type), dtype=float)[where]
+    return np.asarray(_rouge_prf(list(slot), rouge_type, language), dtype=float)[where]
 
 
 @dataclass
@@ -200,14 +279,23 @@ class Rouge(MeanOfRows):
 
     name: str = "rougeL"
     rouge_type: str = "rougeL"
+    language: str = "en"
 
     def settings(self) -> dict:
-        return {"library": "rouge-score", "version": _version("rouge-score"), "rouge_type": self.rouge_type,
-                "use_stemmer": True, "statistic": "mean F1 over rows",
-                "call": "RougeScorer([type], use_stemmer=True).score(target=reference, prediction=response)"}
+        out = {"library": "rouge-score", "version": _version("rouge-score"), "rouge_type": self.rouge_type,
+               "use_stemmer": True, "statistic": "mean F1 over rows",
+               "call": "RougeScorer([type], use_stemmer=True).score(target=reference, prediction=response)"}
+        if self.language != "en":
+            chars = self.language != "intl"
+            out.update(use_stemmer=False, language=self.language,
+                       tokenizer="lower-cased NFKC Unicode words" + (", one token per character of Chinese, "
+                                                                     "Japanese, Korean and Thai" if chars else ""),
+                       call="RougeScorer([type], use_stemmer=False, tokenizer=Unicode words).score(target=reference, "
+                            "prediction=response)")
+        return out
 
     def rows(self, hyps: Sequence[str], refs: Sequence[str], groups=None) -> np.ndarray:
-        return rouge_rows(hyps, refs, self.rouge_type)[:, 2]
+        return rouge_rows(hyps, refs, self.rouge_type, self.language)[:, 2]
 
 
 # --- BERTScore ------------------------------------------------------------------------------------
@@ -329,6 +417,11 @@ def build_metric(name: str, evaluation=None):
     if name == "bertscore" and evaluation is not None:
         b = evaluation.bertscore
         return BertScore(model=b.model, num_layers=b.num_layers, batch_size=b.batch_size)
+    language = getattr(evaluation, "language", "en")
+    if name == "bleu":
+        return Bleu(tokenize=bleu_tokenizer(language))
+    if name == "rougeL":
+        return Rouge(language=language)
     return REGISTRY[name]()
 
 

@@ -31,16 +31,20 @@ import numpy as np
 from ..config import DecodingConfig, expand_sweep, format_temperature
 from ..errors import UserError
 from ..files import fingerprint, read_json, write_json, write_text
-from ..layout import (COMPARISON_COLUMNS, PERPLEXITY_COLUMNS, ROW_SCORE_KEYS, TABLE_COLUMNS, TIDY_COLUMNS, TargetResponses, Workdir, format_cell,
+from ..layout import (COMPARISON_COLUMNS, PERPLEXITY_COLUMNS, ROW_SCORE_KEYS, TABLE_COLUMNS, TIDY_COLUMNS,
+                      TargetResponses, Workdir, format_cell,
                       markdown_table, read_human, read_json_if_present, read_rows, read_frame,
-                      read_target_responses, write_table)
-from ..provenance import checkpoint_identity, library_versions
+                      read_target_responses, responses_fingerprint, write_table)
+from ..provenance import checkpoint_identity, library_versions, logic, recorded_logic
 from .compare import compare_to_base, compare_to_best, compare_to_centre
-from .metrics import CI_LEVEL, TEXT_METRICS, bootstrap_ci, bootstrap_indices, build_metric, percentile_ci
+from .metrics import (CI_LEVEL, TEXT_METRICS, bootstrap_ci, bootstrap_indices, build_metric, language_warning,
+                      percentile_ci)
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
+# Bump when score computes other numbers from the same responses (tests/test_logic_versions.py pins them).
+SCORE_VERSION = 1
 PERPLEXITY_SCOPE = ("test references, response tokens only (prompt masked, EOS included); corpus level: "
                     "exp of the mean token NLL; CI: bootstrap over test rows of exp(sum NLL / sum tokens)")
 
@@ -82,14 +86,24 @@ class RowCache:
             self.dirty = False
 
 
-def score_rows(metric, settings: dict, tr: TargetResponses, cache: RowCache, force: bool) -> tuple[dict, list]:
+def score_logic(workdir, target: str) -> dict:
+    """This stage's logic version over what it reads: cleaning.json (which holds generate's and the
+    earlier stages'), or manifest.json where clean has not recorded any."""
+    paths = Workdir(workdir)
+    upstream = recorded_logic(paths.cleaning(target)) or recorded_logic(paths.manifest(target))
+    return logic("score", SCORE_VERSION, upstream)
+
+
+def score_rows(metric, settings: dict, tr: TargetResponses, cache: RowCache, force: bool,
+               logic_versions: Optional[dict] = None) -> tuple[dict, list]:
     """({config: per-row values}, configs computed now): every cache miss scored in ONE metric call."""
     rows: dict[str, np.ndarray] = {}
     missing: list[tuple[str, str, list, list]] = []
     for config, recs in tr.records.items():
         hyps = [r["response"] for r in recs]
         refs = [r["reference"] for r in recs]
-        key = fingerprint({"metric": metric.name, "settings": settings, "responses": hyps, "references": refs})
+        key = fingerprint({"metric": metric.name, "settings": settings, "responses": hyps, "references": refs,
+                           "logic": logic_versions})
         cached = None if force else cache.get(metric.name, config, key)
         if cached is not None:
             rows[config] = np.asarray(cached)
@@ -111,7 +125,8 @@ def score_rows(metric, settings: dict, tr: TargetResponses, cache: RowCache, for
 
 # --- perplexity -----------------------------------------------------------------------------------
 
-def target_perplexity(cfg, target, tr: TargetResponses, cache: RowCache, force: bool) -> tuple[dict, bool]:
+def target_perplexity(cfg, target, tr: TargetResponses, cache: RowCache, force: bool,
+                      logic_versions: Optional[dict] = None) -> tuple[dict, bool]:
     """(perplexity row, computed now?) of the test references under the target's checkpoint."""
     from . import perplexity
 
@@ -125,7 +140,7 @@ def target_perplexity(cfg, target, tr: TargetResponses, cache: RowCache, force: 
                 if tr.manifest.get("checkpoint") == checkpoint else None)
     key = fingerprint({"weights": checkpoint_identity(checkpoint, recorded), "records": records,
                        "template": cfg.template, "torch": versions.get("torch"),
-                       "transformers": versions.get("transformers"), "per_row": 1})
+                       "transformers": versions.get("transformers"), "per_row": 1, "logic": logic_versions})
     cached = None if force else cache.get("perplexity", "corpus", key)
     if cached is not None:
         return cached, False
@@ -224,7 +239,9 @@ def settings_note(settings: dict, n_rows: int, empty: Optional[dict] = None) -> 
     if "bleu" in settings:
         parts.append(f"BLEU: sacrebleu corpus BLEU / 100 ({settings['bleu']['signature']}).")
     if "rougeL" in settings:
-        parts.append("ROUGE-L: mean F1 of rouge-score with the Porter stemmer.")
+        r = settings["rougeL"]
+        parts.append(f"ROUGE-L: mean F1 of rouge-score with {r['tokenizer']} (language {r['language']})."
+                     if r.get("language") else "ROUGE-L: mean F1 of rouge-score with the Porter stemmer.")
     if "bertscore" in settings:
         b = settings["bertscore"]
         parts.append(f"BERTScore: mean F1, {b['model']}, layer {b['num_layers']}, no baseline rescaling "
@@ -312,6 +329,19 @@ def _merge_comparisons(path: Path, new_rows: list[dict], rescored: set[str], ord
     return sorted(merged, key=lambda r: rank.get(r["model"], len(rank)))
 
 
+def current_checkpoint_hash(cfg, target) -> str:
+    """The identity of the target's checkpoint as it is now (the hash generate recorded is reused while
+    the files' names, sizes and mtimes are unchanged): responses from another checkpoint are not scored."""
+    checkpoint = target.checkpoint(cfg.path)
+    if not target.is_base and not Path(checkpoint).is_dir():
+        raise UserError(f"{checkpoint}: fine-tuned checkpoint of {target.name!r} not found, so its responses cannot "
+                        f"be vouched for; run `tunesweep finetune --config <config> --model {target.name}` first")
+    manifest = read_json_if_present(Workdir(cfg.path).manifest(target.name)) or {}
+    recorded = ({"sha256": manifest.get("checkpoint_hash"), "stat": manifest.get("checkpoint_stat")}
+                if manifest.get("checkpoint") == checkpoint else None)
+    return checkpoint_identity(checkpoint, recorded)["sha256"]
+
+
 def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     """Score every target of the study (or `model`); returns what was computed and the table rows."""
     configs = expand_sweep(cfg.generation)
@@ -319,7 +349,8 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     all_targets = [t.name for t in cfg.run_targets()]
     # Check every input before any work: a gap must not surface after an hour of scoring.
     names = [dc.name for dc in configs]
-    loaded = {t.name: read_target_responses(cfg.path, t.name, names) for t in targets}
+    loaded = {t.name: read_target_responses(cfg.path, t.name, names, checkpoint_hash=current_checkpoint_hash(cfg, t))
+              for t in targets}
 
     wanted = cfg.evaluation.metrics
     metrics = [build_metric(name, cfg.evaluation) for name in TEXT_METRICS if name in wanted]
@@ -351,13 +382,17 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     rows_by_target: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     for target in targets:
         tr = loaded[target.name]
+        if (warning := language_warning([r["reference"] for r in next(iter(tr.records.values()), [])],
+                                        cfg.evaluation.language)):
+            log.warning("%s: %s", target.name, warning)
         cache = RowCache.load(paths.score_cache(target.name))
+        target_logic = score_logic(cfg.path, target.name)
         computed: dict[str, list[str]] = {}
         per_metric_rows: dict[str, dict[str, np.ndarray]] = {}
         library_calls: dict[str, int] = {}
         for metric in metrics:
             calls_before = getattr(metric, "calls", 0)
-            rows, done = score_rows(metric, settings[metric.name], tr, cache, force)
+            rows, done = score_rows(metric, settings[metric.name], tr, cache, force, target_logic)
             per_metric_rows[metric.name] = rows
             computed[metric.name] = done
             if hasattr(metric, "calls"):  # BERTScorer.score calls: one per target, zero when cached
@@ -366,7 +401,7 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
                      target.name, metric.name, len(configs), tr.n_rows, len(done), len(configs) - len(done))
             cache.save()  # keep finished metrics even if a later one is interrupted
         if "perplexity" in wanted:
-            row, fresh = target_perplexity(cfg, target, tr, cache, force)
+            row, fresh = target_perplexity(cfg, target, tr, cache, force, target_logic)
             computed["perplexity"] = ["corpus"] if fresh else []
             ppl_rows.append(row)
             log.info("%s perplexity %.4f over %d reference tokens (%s)", target.name, row["perplexity"],
@@ -396,7 +431,7 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
         write_text(paths.table(target.name, "md"), f"# {target.name}\n\n" + markdown_table(TABLE_COLUMNS, cells)
                    + "\n\n" + settings_note(settings, tr.n_rows, empty_counts(tr)) + "\n")
         summary["targets"][target.name] = {"rows": tr.n_rows, "computed": computed, "library_calls": library_calls,
-                                           "table": table}
+                                           "table": table, "logic": target_logic}
 
     # all.csv covers every target of the study that has a table, not only the ones scored now.
     tidy = []
@@ -420,7 +455,8 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     scored = dict(previous.get("targets", {})) if isinstance(previous, dict) else {}
     for name, tr in loaded.items():
         scored[name] = {"rows": tr.n_rows, "configs": list(tr.records), "responses": str(tr.folder),
-                        "bertscore_empty": empty_counts(tr)}
+                        "bertscore_empty": empty_counts(tr), "scored_from": responses_fingerprint(tr),
+                        "logic": summary["targets"][name]["logic"]}
     write_json(meta_path, {"metrics": {k: v for k, v in settings.items()},
                            "targets": {k: scored[k] for k in all_targets if k in scored}})
     return summary

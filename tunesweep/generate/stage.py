@@ -31,9 +31,10 @@ from typing import Optional
 from ..backends import cuda_visible, pick_generation_backend
 from ..config import ExperimentConfig, RunTarget, expand_sweep
 from ..errors import UserError
-from ..files import fingerprint, jsonl_dumps, read_jsonl, sha256_bytes, write_json, write_jsonl
-from ..layout import RECORD_FIELDS, Workdir, load_split, read_json_if_present
-from ..provenance import checkpoint_identity, library_versions
+from ..files import fingerprint, write_json, write_jsonl
+from ..loading import check_checkpoint_folder
+from ..layout import RECORD_FIELDS, Workdir, generated_digest, load_split, read_json_if_present, test_set_sha256
+from ..provenance import checkpoint_identity, library_versions, logic, recorded_logic
 from ..templates import build_prompt, stop_strings
 from .backend import (INVARIANCE_ROWS, Backend, ConfigDone, EngineBuilt, InvarianceCheck, InvarianceDone, Job,
                       Request, batch_invariance_record)
@@ -41,6 +42,18 @@ from .backend import (INVARIANCE_ROWS, Backend, ConfigDone, EngineBuilt, Invaria
 log = logging.getLogger(__name__)
 
 MAX_RUNS = 50  # run records kept in the manifest (what each run wrote, engine builds)
+# Bump when generate writes other response files for the same inputs (decoding of token ids, records).
+GENERATE_VERSION = 1
+
+
+def generate_logic(workdir: Path, target: RunTarget) -> dict:
+    """This stage's logic version over those of what it reads: split.json, and for a fine-tuned target
+    its tunesweep.json (which holds split's too)."""
+    paths = Workdir(workdir)
+    upstream = recorded_logic(paths.split_meta)
+    if not target.is_base:
+        upstream = {**upstream, **recorded_logic(paths.model_record(target.model.name))}
+    return logic("generate", GENERATE_VERSION, upstream)
 
 
 def check_checkpoint(target: RunTarget, workdir: Path) -> str:
@@ -48,6 +61,7 @@ def check_checkpoint(target: RunTarget, workdir: Path) -> str:
     if not target.is_base and not (Path(checkpoint) / "config.json").is_file():
         raise UserError(f"{checkpoint}: fine-tuned checkpoint of model {target.name!r} not found; "
                         f"run `tunesweep finetune --config ... --model {target.name}` first")
+    check_checkpoint_folder(checkpoint, "base model" if target.is_base else "fine-tuned checkpoint")
     return checkpoint
 
 
@@ -65,19 +79,10 @@ def get_backend(name: str, on_cuda: bool) -> Backend:
 
 # --- planning: what is current, what must run ---------------------------------------------------
 
-def generated_digest(path: Path) -> Optional[str]:
-    """sha256 of what generate wrote in a response file: every field but `response`, which the clean
-    stage rewrites. None when the file is missing or damaged."""
-    try:
-        records = read_jsonl(path)
-    except (OSError, UserError):
-        return None
-    return sha256_bytes(jsonl_dumps({k: v for k, v in r.items() if k != "response"} for r in records).encode())
-
-
-def is_current(path: Path, job: Job, manifest: dict) -> bool:
+def is_current(path: Path, job: Job, manifest: dict, test_sha: Optional[str] = None) -> bool:
     entry = (manifest.get("configs") or {}).get(job.config)
     return (bool(entry) and entry.get("inputs") == job.inputs and path.is_file()
+            and (test_sha is None or entry.get("test_set_sha256") == test_sha)
             and generated_digest(path) == entry.get("generated_sha256"))
 
 
@@ -108,6 +113,8 @@ class TargetPlan:
     stop: list[str]
     limit: Optional[int]
     backend_reason: Optional[str] = None
+    test_sha: Optional[str] = None  # sha256 of alpaca_data/test.jsonl
+    logic: Optional[dict] = None  # provenance.logic of this stage over its inputs
 
 
 def plan_target(cfg: ExperimentConfig, target: RunTarget, backend: str | Backend, rows: list[dict],
@@ -126,11 +133,14 @@ def plan_target(cfg: ExperimentConfig, target: RunTarget, backend: str | Backend
     versions = library_versions()
     prompts = [build_prompt(r, cfg.template) for r in rows]
     row_ids = [r["id"] for r in rows]
+    test_sha = test_set_sha256(cfg.path)
     engine = backend.engine_settings(checkpoint, cfg)
     common = {
         "checkpoint_hash": ckpt["sha256"],
         "backend": backend.name,
         "rows": fingerprint([[r["id"], p, r["output"]] for r, p in zip(rows, prompts)]),
+        "test_set_sha256": test_sha,
+        "logic": generate_logic(cfg.path, target),
         "template": cfg.template,
         "run_seed": cfg.seed,
         "versions": {k: v for k, v in versions.items() if k in backend.result_libraries},
@@ -143,11 +153,12 @@ def plan_target(cfg: ExperimentConfig, target: RunTarget, backend: str | Backend
                   seeds=backend.request_seeds(cfg.seed, dc, row_ids),
                   inputs=fingerprint({**common, "call": call, "params": params}))
         jobs.append(job)
-        if force or not is_current(paths.response_file(target.name, dc.name), job, manifest):
+        if force or not is_current(paths.response_file(target.name, dc.name), job, manifest, test_sha):
             pending.append(job)
     return TargetPlan(target=target, backend=backend, checkpoint=checkpoint, checkpoint_id=ckpt,
                       out_dir=paths.responses_dir(target.name), manifest=manifest, rows=rows, prompts=prompts,
-                      jobs=jobs, pending=pending, engine=engine, versions=versions, stop=stop, limit=limit)
+                      jobs=jobs, pending=pending, engine=engine, versions=versions, stop=stop, limit=limit,
+                      test_sha=test_sha, logic=common["logic"])
 
 
 # --- running ------------------------------------------------------------------------------------
@@ -191,6 +202,10 @@ def run_target(cfg: ExperimentConfig, plan: TargetPlan) -> dict:
         "checkpoint_stat": plan.checkpoint_id["stat"], "backend": backend.name,
         "backend_reason": plan.backend_reason, "versions": plan.versions,
         "test_rows": len(plan.rows), "limit": plan.limit, "engine": plan.engine or None,
+        "test_set_sha256": plan.test_sha, "logic": plan.logic,
+        # Until this run ends, the configs it regenerates are missing: score says so instead of trusting
+        # older files. A run that fails (a checkpoint that does not load) leaves the mark and its reason.
+        "incomplete": f"a generate run started {_now()} has not finished",
     })
     manifest.setdefault("configs", {})
     manifest.setdefault("engine_builds", 0)
@@ -245,8 +260,15 @@ def run_target(cfg: ExperimentConfig, plan: TargetPlan) -> dict:
             summary["generated"].append(job.config)
             summary["tokens"] += tokens
             bar.update(1)
+    except BaseException as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        manifest["incomplete"] = f"the generate run started {run['started']} failed: {reason[:300]}"
+        write_json(paths.manifest(target), manifest)
+        raise
     finally:
         bar.close()
+    manifest.pop("incomplete", None)
+    write_json(paths.manifest(target), manifest)
     summary["wall_s"] = round(sum(manifest["configs"][c]["wall_s"] for c in summary["generated"]), 3)
     if summary["wall_s"]:
         summary["tokens_per_s"] = round(summary["tokens"] / summary["wall_s"], 1)
@@ -285,6 +307,8 @@ def _config_entry(plan: TargetPlan, cfg: ExperimentConfig, job: Job, done: Confi
         "batch": {"wall_s": round(done.call_wall_s, 3), "configs": done.call_configs, "tokens": done.call_tokens},
         "backend": plan.backend.name,
         "checkpoint_hash": plan.checkpoint_id["sha256"],
+        "test_set_sha256": plan.test_sha,
+        "logic": plan.logic,
         "inputs": job.inputs,
         "generated_sha256": generated_digest(path),
         "written": _now(),

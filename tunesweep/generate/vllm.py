@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import queue as queue_mod
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Iterator
 from ..config import DecodingConfig, ExperimentConfig
 from ..errors import UserError
 from ..files import derive_seed
+from ..isolation import _die_with_parent
 from ..templates import decode_response
 from .backend import (Backend, ConfigDone, EngineBuilt, InvarianceDone, Job, Message, Request, RowResult,
                       decoding_note)
@@ -86,14 +86,6 @@ def engine_kwargs(checkpoint: str, engine, seed: int, on_cuda: bool) -> dict:
 
 
 # --- the child process --------------------------------------------------------------------------
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """If the parent dies (killed run), do not keep an engine generating for nobody."""
-    while True:
-        time.sleep(1.0)
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
 
 class _PromptTooLong(Exception):
     """A test row that leaves no room to generate: reported to the parent as a UserError."""
@@ -194,7 +186,9 @@ def _invariance(llm, request: Request, job: Job, reference: list[list[int]], swe
 
 def worker_main(request: Request, parent_pid: int, out_queue) -> None:
     """Entry point of the spawned child."""
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+    # If the parent dies (a killed run, SIGKILL included), the engine and its own processes (EngineCore,
+    # workers) go with it: an orphaned engine would hold gigabytes (a GPU) for nobody.
+    _die_with_parent(parent_pid, group=True)
     # vLLM's INFO lines (hundreds per engine) drown the progress bar; VLLM_LOGGING_LEVEL=INFO restores them.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     try:

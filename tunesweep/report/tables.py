@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..config import DecodingConfig, ExperimentConfig, RunTarget
 from ..errors import UserError
-from ..layout import COMPARISON_COLUMNS, Workdir, read_frame
+from ..layout import COMPARISON_COLUMNS, Workdir, read_frame, read_json_if_present, test_set_sha256
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,12 @@ def read_scored(cfg: ExperimentConfig) -> list[Scored]:
     if not eval_dir.is_dir():
         raise UserError(f"{eval_dir}: not found: the study has not been scored yet; {hint}")
     out = []
+    scored_meta = (read_json_if_present(paths.metrics_json) or {}).get("targets") or {}
     for t in cfg.run_targets():
         path = paths.table(t.name)
         if not path.is_file():
             continue
+        check_still_current(cfg, t, path, scored_meta.get(t.name) or {})
         table = read_frame(path)
         for col in ("config", "mode"):
             if col not in table.columns:
@@ -75,6 +77,20 @@ def read_comparisons(cfg: ExperimentConfig) -> Optional[pd.DataFrame]:
     if missing:
         raise UserError(f"{path}: column(s) {', '.join(missing)} missing; rerun `tunesweep score --config ...`")
     return df
+
+
+def check_still_current(cfg: ExperimentConfig, t: RunTarget, path: Path, scored: dict) -> None:
+    """A table is reported only while what it was scored from (metrics.json's `scored_from`) is what
+    manifest.json and alpaca_data/test.jsonl hold now: responses regenerated or a re-split since make it stale."""
+    paths = Workdir(cfg.path)
+    manifest = read_json_if_present(paths.manifest(t.name)) or {}
+    entries = manifest.get("configs") or {}
+    now = {"checkpoint_hash": manifest.get("checkpoint_hash"),
+           "generated_sha256": {c: (entries.get(c) or {}).get("generated_sha256") for c in scored.get("configs", [])},
+           "test_set_sha256": test_set_sha256(cfg.path)}
+    if scored.get("scored_from") != now:
+        raise UserError(f"{path}: scored from responses that are not the current run's (regenerated, re-split or "
+                        f"scored by an older tunesweep since); rerun `tunesweep score --config <config>`")
 
 
 def value_of(s: Scored, config: str, metric: str) -> tuple[Optional[float], Optional[float], Optional[float]]:

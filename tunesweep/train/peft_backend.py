@@ -104,7 +104,7 @@ def train(job: TrainJob) -> TrainResult:
         gradient_checkpointing=checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=training_dataset(job), processing_class=tokenizer)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=training_dataset(job, tokenizer), processing_class=tokenizer)
     result = run_training(trainer, job, tokenizer, dtype=str(dtype).split(".")[-1] + (" (nf4 base)" if quantized else ""),
                           gradient_checkpointing="transformers (non-reentrant)" if checkpointing else "off")
     if not job.merge:

@@ -12,6 +12,8 @@ from typing import Optional
 
 from ..config import ExperimentConfig, ModelConfig
 from ..files import read_json, write_json
+from ..errors import UserError
+from ..loading import check_checkpoint_folder
 from ..provenance import checkpoint_identity
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,11 @@ def is_current(out_dir: Path, inputs_fp: str) -> Optional[dict]:
     except (OSError, json.JSONDecodeError):
         return None
     if record.get("inputs_fingerprint") != inputs_fp or not (out_dir / "config.json").is_file():
+        return None
+    try:
+        check_checkpoint_folder(str(out_dir), "fine-tuned checkpoint")
+    except UserError as exc:  # e.g. a truncated model.safetensors: not "up to date", train it again
+        log.warning("%s; training it again", exc)
         return None
     return record
 

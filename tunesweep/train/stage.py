@@ -40,7 +40,8 @@ from ..errors import UserError
 from ..files import fingerprint, read_json, sha256_file, write_json
 from ..isolation import run_isolated
 from ..layout import Workdir, load_split
-from ..provenance import library_versions
+from ..loading import check_checkpoint_folder
+from ..provenance import library_versions, logic, recorded_logic
 from ..templates import build_training_pair
 from .check import CHECK_PROMPTS, post_merge_check, warn_on_check
 from .job import TrainJob, TrainResult
@@ -50,6 +51,13 @@ from .worker import train_and_check
 
 log = logging.getLogger(__name__)
 LOG_NAME = "train.log"  # in finetuned_models/<model>.training/: the training process's own log
+# Bump when training writes other weights (or another tunesweep.json) for the same inputs.
+TRAIN_VERSION = 1
+
+
+def train_logic(workdir) -> dict:
+    """This stage's logic version over split.json's (the data it trains on)."""
+    return logic("train", TRAIN_VERSION, recorded_logic(Workdir(workdir).split_meta))
 
 
 def check_report_to(report_to: str) -> None:
@@ -88,6 +96,8 @@ def finetune(cfg: ExperimentConfig, model: Optional[str] = None, backend: Option
     if cfg.execution.backend == "ray":  # Ray workers have other working directories: absolute paths
         cfg = cfg.model_copy(update={"workdir": str(cfg.path.resolve())})
     models = cfg.selected_models(model)
+    for m in models:  # a damaged local base is one line now, not a traceback from the training process
+        check_checkpoint_folder(m.base, "base model")
     train_records = load_split(cfg.workdir, "train")
     test_records = load_split(cfg.workdir, "test")
     data_sha = sha256_file(Workdir(cfg.workdir).split_file("train"))
@@ -211,6 +221,7 @@ def prepare_one(cfg: ExperimentConfig, m: ModelConfig, pairs: list[dict], test_r
     paths = Workdir(cfg.workdir)
     out_dir = paths.model_dir(m.name)
     inputs = training_inputs(cfg, m, backend, train, data_sha, previous=recorded_base_identity(out_dir))
+    inputs["logic"] = train_logic(cfg.workdir)
     identity = {k: v for k, v in inputs.items() if k != "base_stat"}  # what decides "same training"
     inputs_fp = fingerprint(identity)
     current = None if force else is_current(out_dir, inputs_fp)
@@ -279,6 +290,7 @@ def finish_one(cfg: ExperimentConfig, prep: Prepared, result: TrainResult, check
         "notes": result.notes,
         "post_merge_check": check,
         "versions": library_versions(),
+        "logic": inputs["logic"],
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     # Written last inside the staging folder, then the folder is renamed into place: a

@@ -6,9 +6,11 @@ Imported only inside the training process (it imports transformers); nothing her
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
+from typing import Optional
 
 from ..errors import UserError
 from transformers import TrainerCallback
@@ -126,10 +128,46 @@ def sft_config(job: TrainJob, *, bf16: bool, fp16: bool, gradient_checkpointing:
     )
 
 
-def training_dataset(job: TrainJob):
+# More than this share of the training rows too long for max_seq_length stops the stage: the
+# max_seq_length is wrong for the data, not a few outliers.
+MAX_DROP_FRACTION = 0.25
+
+
+def rows_that_fit(pairs: list[dict], tokenizer, max_seq_length: int, name: str) -> tuple[list[dict], Optional[str]]:
+    """The training rows whose prompt + answer + EOS fit max_seq_length, and a note on the ones dropped.
+
+    TRL truncates a longer row from the end, so it loses its EOS (and the model learns not to stop);
+    such rows are dropped with a warning. When more than MAX_DROP_FRACTION of them would go, a
+    UserError says what max_seq_length the data needs."""
+    eos = tokenizer.eos_token_id
+    lengths = []
+    for p in pairs:
+        ids = tokenizer(p["prompt"] + p["completion"])["input_ids"]
+        lengths.append(len(ids) + (0 if ids and ids[-1] == eos else 1))  # TRL appends EOS
+    too_long = sorted(n for n in lengths if n > max_seq_length)
+    if not too_long:
+        return pairs, None
+    need = max(lengths)
+    what = (f"{len(too_long)} of {len(pairs)} training rows ({len(too_long) / len(pairs):.0%}) are longer than "
+            f"max_seq_length {max_seq_length} (prompt + answer + EOS; the longest needs {need} tokens)")
+    if len(too_long) > MAX_DROP_FRACTION * len(pairs):
+        raise UserError(f"models.{name}.max_seq_length = {max_seq_length}: {what}; the data needs max_seq_length "
+                        f"{need} (more than {MAX_DROP_FRACTION:.0%} of the rows would lose their EOS)")
+    note = f"dropped {what}: they would lose their EOS"
+    log.warning("%s: %s", name, note)
+    return [p for p, n in zip(pairs, lengths) if n <= max_seq_length], note
+
+
+def training_dataset(job: TrainJob, tokenizer=None):
+    """The training rows as a datasets.Dataset; with the tokenizer, only those that fit max_seq_length."""
     from datasets import Dataset
 
-    return Dataset.from_list(job.pairs)
+    pairs = job.pairs
+    if tokenizer is not None:
+        pairs, note = rows_that_fit(pairs, tokenizer, job.model.max_seq_length, job.name)
+        if note:
+            job.notes.append(note)
+    return Dataset.from_list(pairs)
 
 
 def loss_history(trainer) -> list[dict]:
@@ -142,19 +180,41 @@ def loss_history(trainer) -> list[dict]:
     return out
 
 
+def finished_checkpoint(checkpoint: Optional[str]) -> bool:
+    """Whether a TRL checkpoint already holds every planned optimizer step (global_step >= its max_steps,
+    the total the trainer planned: train.max_steps, or the steps of the configured epochs)."""
+    if not checkpoint:
+        return False
+    try:
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+        return int(state["max_steps"]) > 0 and int(state["global_step"]) >= int(state["max_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def run_training(trainer, job: TrainJob, tokenizer, *, dtype: str, gradient_checkpointing: str) -> TrainResult:
     """Train (resuming when the job says so) with the throughput meter attached; the backend's result."""
     meter = ThroughputMeter(job.speed.warmup_steps)
     trainer.add_callback(meter)
     reset_peak_memory()
-    if job.resume_from:
-        log.info("%s: resuming from %s", job.name, job.resume_from)
-    out = trainer.train(resume_from_checkpoint=job.resume_from)
     padding_free = "on" if getattr(trainer.args, "padding_free", False) else "off"
+    runtime = 0.0
+    if finished_checkpoint(job.resume_from):
+        # Killed after saving its last step: transformers would train one optimizer step before it checks
+        # max_steps (global_step max_steps + 1), so load the finished state instead of training.
+        from transformers.trainer_callback import TrainerState
+
+        log.info("%s: %s holds every planned step; loading it, nothing left to train", job.name, job.resume_from)
+        trainer._load_from_checkpoint(job.resume_from)
+        trainer.state = TrainerState.load_from_json(str(Path(job.resume_from) / "trainer_state.json"))
+    else:
+        if job.resume_from:
+            log.info("%s: resuming from %s", job.name, job.resume_from)
+        out = trainer.train(resume_from_checkpoint=job.resume_from)
+        runtime = round(float(out.metrics.get("train_runtime", 0.0)), 2)
     return TrainResult(
-        loss_history=loss_history(trainer), global_step=trainer.state.global_step,
-        train_runtime_s=round(float(out.metrics.get("train_runtime", 0.0)), 2), device=describe_device(), dtype=dtype,
-        pad_token=tokenizer.pad_token, eos_token=tokenizer.eos_token,
+        loss_history=loss_history(trainer), global_step=trainer.state.global_step, train_runtime_s=runtime,
+        device=describe_device(), dtype=dtype, pad_token=tokenizer.pad_token, eos_token=tokenizer.eos_token,
         throughput=meter.result(trainer.state.num_input_tokens_seen, gradient_checkpointing, padding_free),
     )
 

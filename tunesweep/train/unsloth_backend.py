@@ -67,7 +67,7 @@ def train(job: TrainJob) -> TrainResult:
         fp16=cuda and dtype == torch.float16,
         gradient_checkpointing=False,  # Unsloth does its own (use_gradient_checkpointing above)
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=training_dataset(job), processing_class=tokenizer)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=training_dataset(job, tokenizer), processing_class=tokenizer)
     result = run_training(trainer, job, tokenizer, dtype=str(dtype).split(".")[-1] + (" (4-bit base)" if m.load_in_4bit else ""),
                           gradient_checkpointing={"unsloth": "unsloth (offloaded)", True: "unsloth (plain)",
                                                   False: "off"}[checkpointing])
