@@ -47,14 +47,14 @@ def test_execution_section_defaults_and_errors_name_the_key():
 
 
 def test_command_line_overrides_the_execution_section(tmp_path):
-    from tunesweep.cli import _load, build_parser
+    from tunesweep.cli import build_parser, config_overrides
 
     config = tmp_path / "c.yaml"
     config.write_text("name: x\nmodels: [{name: m, base: b}]\nexecution: {replicas: 3}\n")
     for cmd in ("run", "generate", "finetune"):
         args = build_parser().parse_args([cmd, "-c", str(config), "--execution", "ray", "--replicas", "2",
                                           "--ray-address", "local", "--retries", "0"])
-        ex = _load(args).execution
+        ex = load_config(config, config_overrides(args)).execution
         assert (ex.backend, ex.replicas, ex.address, ex.retries) == ("ray", 2, "local", 0)
     assert load_config(config).execution.replicas == 3
 

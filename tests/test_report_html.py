@@ -161,6 +161,13 @@ def hostile(e2e_run, tmp_path_factory):
     row_id = recs[1]["id"]
     recs[1]["response_raw"] = HOSTILE
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
+    # As if the model had generated it: the manifest vouches for the new content (score refuses edited files).
+    from tunesweep.layout import generated_digest
+
+    manifest_path = copy / "llm_responses" / "tiny" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["configs"][HOSTILE_CONFIG]["generated_sha256"] = generated_digest(path)
+    manifest_path.write_text(json.dumps(manifest))
 
     clean(cfg)
     score(cfg)  # writes eval_results/comparisons.csv

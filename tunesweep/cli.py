@@ -21,14 +21,19 @@ from .stages import STAGES
 READ_ONLY = {"plan"}
 
 
+def config_overrides(args) -> dict:
+    """The config values the command line overrides (None: keep the config's)."""
+    return {"workdir": getattr(args, "workdir", None),
+            "execution.backend": getattr(args, "execution", None),
+            "execution.replicas": getattr(args, "replicas", None),
+            "execution.address": getattr(args, "ray_address", None),
+            "execution.retries": getattr(args, "retries", None)}
+
+
 def _load(args, **overrides):
     from .config import load_config
 
-    execution = {"execution.backend": getattr(args, "execution", None),
-                 "execution.replicas": getattr(args, "replicas", None),
-                 "execution.address": getattr(args, "ray_address", None),
-                 "execution.retries": getattr(args, "retries", None)}
-    cfg = load_config(args.config, {"workdir": getattr(args, "workdir", None), **execution, **overrides})
+    cfg = load_config(args.config, {**config_overrides(args), **overrides})
     if args.command not in READ_ONLY and getattr(args, "lock", None) is None:
         # One tunesweep per workdir: held until the command ends (main closes it).
         args.lock = WorkdirLock(cfg.path, " ".join(["tunesweep", *args.argv])).__enter__()
