@@ -73,21 +73,27 @@ def paired_difference(metric, rows_a: np.ndarray, rows_b: np.ndarray, idx: Optio
     return out
 
 
+def _each_config_versus(metric, target: str, per_config: dict[str, np.ndarray], reference: str, versus: str,
+                        idx: Optional[np.ndarray]) -> list[dict]:
+    """Every config of `target` but `reference`, minus `reference`, with Holm over these comparisons."""
+    rows = []
+    for config, values in per_config.items():
+        if config == reference:
+            continue
+        d = paired_difference(metric, values, per_config[reference], idx)
+        rows.append({"model": target, "metric": metric.name, "config": config, "versus": versus,
+                     "reference": reference, **d})
+    for row, adjusted in zip(rows, holm([r["p"] for r in rows])):
+        row["p_holm"] = adjusted
+    return rows
+
+
 def compare_to_centre(metric, target: str, per_config: dict[str, np.ndarray], centre: str,
                       idx: Optional[np.ndarray]) -> list[dict]:
     """Every other config of `target` minus the centre config, with Holm over these comparisons."""
     if centre not in per_config:
         return []
-    rows = []
-    for config, values in per_config.items():
-        if config == centre:
-            continue
-        d = paired_difference(metric, values, per_config[centre], idx)
-        rows.append({"model": target, "metric": metric.name, "config": config, "versus": "centre",
-                     "reference": centre, **d})
-    for row, adjusted in zip(rows, holm([r["p"] for r in rows])):
-        row["p_holm"] = adjusted
-    return rows
+    return _each_config_versus(metric, target, per_config, centre, "centre", idx)
 
 
 def best_config(metric, per_config: dict[str, np.ndarray]) -> Optional[str]:
@@ -107,16 +113,7 @@ def compare_to_best(metric, target: str, per_config: dict[str, np.ndarray], idx:
     best = best_config(metric, per_config)
     if best is None:
         return []
-    rows = []
-    for config, values in per_config.items():
-        if config == best:
-            continue
-        d = paired_difference(metric, values, per_config[best], idx)
-        rows.append({"model": target, "metric": metric.name, "config": config, "versus": "best",
-                     "reference": best, **d})
-    for row, adjusted in zip(rows, holm([r["p"] for r in rows])):
-        row["p_holm"] = adjusted
-    return rows
+    return _each_config_versus(metric, target, per_config, best, "best", idx)
 
 
 def compare_to_base(metric, target: str, base: str, per_config: dict[str, np.ndarray],
