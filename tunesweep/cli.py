@@ -161,10 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
-    def add_execution(sp: argparse.ArgumentParser) -> None:
+    def add_execution(sp: argparse.ArgumentParser, replicas: bool = True) -> None:
         sp.add_argument("--execution", choices=["local", "ray"], help="override execution.backend (docs/scaling.md)")
         sp.add_argument("--ray-address", help="override execution.address (auto, local, or a cluster address)")
-        sp.add_argument("--replicas", type=int, help="override execution.replicas (engine replicas per model)")
+        if replicas:
+            sp.add_argument("--replicas", type=int, help="override execution.replicas (engine replicas per model)")
         sp.add_argument("--retries", type=int, help="override execution.retries (restarts of a dead actor or task)")
 
     sp = add("doctor", cmd_doctor, "print library versions, CUDA visibility and the backends `auto` picks",
@@ -210,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("score", cmd_score, "BLEU / ROUGE-L / BERTScore / perplexity with bootstrap CIs into eval_results/")
     sp.add_argument("--model", help="only this model (or <model>-base)")
     sp.add_argument("--force", action="store_true", help="rescore even when responses are unchanged")
+    add_execution(sp, replicas=False)
 
     add("report", cmd_report, "write eval_results/report.md and plots")
 

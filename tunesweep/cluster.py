@@ -53,6 +53,26 @@ def connect(execution: ExecutionConfig):
     return ray
 
 
+def join(cfg: ExperimentConfig, key: str, gpus: float, what: str):
+    """A stage's start on Ray: join the cluster, check that `gpus` (execution.<key>) fit on one of its GPUs
+    budget, and write the shared-workdir probe. Returns (ray, shared) for the tasks and actors."""
+    ray = connect(cfg.execution)
+    have = ray.cluster_resources().get("GPU", 0)
+    if gpus > have:
+        raise UserError(f"execution.{key} = {gpus:g}: the Ray cluster has {have:g} GPUs, no {what} could start")
+    return ray, write_probe(cfg.path)
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:300]
+
+
+def user_error(exc: BaseException) -> Optional[UserError]:
+    """The UserError a Ray task or actor method raised (a user's mistake, never retried), else None."""
+    cause = getattr(exc, "cause", None)
+    return UserError(str(cause)) if isinstance(cause, UserError) else None
+
+
 def engine_gpus(cfg: ExperimentConfig, on_cuda: bool) -> float:
     """GPUs one engine replica reserves: execution.engine_gpus, else tensor_parallel_size (0 on CPUs)."""
     if cfg.execution.engine_gpus is not None:
@@ -62,6 +82,10 @@ def engine_gpus(cfg: ExperimentConfig, on_cuda: bool) -> float:
 
 def train_gpus(cfg: ExperimentConfig, on_cuda: bool) -> float:
     return cfg.execution.train_gpus if on_cuda else 0.0
+
+
+def score_gpus(cfg: ExperimentConfig, on_cuda: bool) -> float:
+    return cfg.execution.score_gpus if on_cuda else 0.0
 
 
 def write_probe(workdir: Path) -> tuple[str, str]:

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 # Bump when score computes other numbers from the same responses (tests/test_logic_versions.py pins them).
 SCORE_VERSION = 1
+SLOW_METRICS = ("bertscore",)  # text metrics that load a model: a job of their own (a Ray task on Ray)
 PERPLEXITY_SCOPE = ("test references, response tokens only (prompt masked, EOS included); corpus level: "
                     "exp of the mean token NLL; CI: bootstrap over test rows of exp(sum NLL / sum tokens)")
 
@@ -94,9 +95,9 @@ def score_logic(workdir, target: str) -> dict:
     return logic("score", SCORE_VERSION, upstream)
 
 
-def score_rows(metric, settings: dict, tr: TargetResponses, cache: RowCache, force: bool,
-               logic_versions: Optional[dict] = None) -> tuple[dict, list]:
-    """({config: per-row values}, configs computed now): every cache miss scored in ONE metric call."""
+def plan_rows(metric, settings: dict, tr: TargetResponses, cache: RowCache, force: bool,
+              logic_versions: Optional[dict] = None) -> tuple[dict, list]:
+    """({config: cached per-row values}, [(config, key, hyps, refs)] of the configs still to score)."""
     rows: dict[str, np.ndarray] = {}
     missing: list[tuple[str, str, list, list]] = []
     for config, recs in tr.records.items():
@@ -109,27 +110,36 @@ def score_rows(metric, settings: dict, tr: TargetResponses, cache: RowCache, for
             rows[config] = np.asarray(cached)
         else:
             missing.append((config, key, hyps, refs))
-    if missing:
-        # One pass over all configs: references repeat once per config, and the metric sees them together.
-        flat_hyps = [h for _, _, hyps, _ in missing for h in hyps]
-        flat_refs = [r for _, _, _, refs in missing for r in refs]
-        values = metric.rows(flat_hyps, flat_refs, groups=[len(hyps) for _, _, hyps, _ in missing])
-        start = 0
-        for config, key, hyps, _ in missing:
-            part = values[start:start + len(hyps)]
-            start += len(hyps)
-            rows[config] = part
-            cache.put(metric.name, config, key, part.tolist())
-    return rows, [m[0] for m in missing]
+    return rows, missing
+
+
+def metric_rows_job(metric, missing: list) -> tuple[np.ndarray, int]:
+    """(per-row values of every missing config, flat; library calls made): ONE metric call for all of
+    them, since references repeat once per config and the metric sees them together."""
+    calls_before = getattr(metric, "calls", 0)
+    values = metric.rows([h for _, _, hyps, _ in missing for h in hyps],
+                         [r for _, _, _, refs in missing for r in refs],
+                         groups=[len(hyps) for _, _, hyps, _ in missing])
+    return values, getattr(metric, "calls", 0) - calls_before
+
+
+def fill_rows(metric, missing: list, values: np.ndarray, rows: dict, cache: RowCache) -> list[str]:
+    """Put each missing config's slice of `values` into `rows` and the cache; returns those configs."""
+    start = 0
+    for config, key, hyps, _ in missing:
+        part = values[start:start + len(hyps)]
+        start += len(hyps)
+        rows[config] = part
+        cache.put(metric.name, config, key, part.tolist())
+    return [m[0] for m in missing]
 
 
 # --- perplexity -----------------------------------------------------------------------------------
 
-def target_perplexity(cfg, target, tr: TargetResponses, cache: RowCache, force: bool,
-                      logic_versions: Optional[dict] = None) -> tuple[dict, bool]:
-    """(perplexity row, computed now?) of the test references under the target's checkpoint."""
-    from . import perplexity
-
+def plan_perplexity(cfg, target, tr: TargetResponses, cache: RowCache, force: bool,
+                    logic_versions: Optional[dict] = None) -> tuple[Optional[dict], str, tuple]:
+    """(cached perplexity row or None, cache key, perplexity_job's arguments) of the test references
+    under the target's checkpoint."""
     checkpoint = target.checkpoint(cfg.path)
     # The response records carry exactly the prompt and reference that training used.
     first = next(iter(tr.records.values()))
@@ -142,23 +152,49 @@ def target_perplexity(cfg, target, tr: TargetResponses, cache: RowCache, force: 
                        "template": cfg.template, "torch": versions.get("torch"),
                        "transformers": versions.get("transformers"), "per_row": 1, "logic": logic_versions})
     cached = None if force else cache.get("perplexity", "corpus", key)
-    if cached is not None:
-        return cached, False
-    if not target.is_base and not Path(checkpoint).is_dir():
+    if cached is None and not target.is_base and not Path(checkpoint).is_dir():
         raise UserError(f"{checkpoint}: fine-tuned checkpoint not found (perplexity of {target.name!r} needs it); "
                         f"run `tunesweep finetune` first")
-    log.info("perplexity %s: %d test references under %s", target.name, len(records), checkpoint)
+    return cached, key, (target.name, checkpoint, records, cfg.template, cfg.evaluation.perplexity_batch_size)
+
+
+def perplexity_job(target_name: str, checkpoint: str, records: list[dict], template: str, batch_size: int) -> dict:
+    """The perplexity row of `records`' references under `checkpoint` (with per-row NLL for the CI)."""
+    from . import perplexity
+
+    log.info("perplexity %s: %d test references under %s", target_name, len(records), checkpoint)
     try:
-        result = perplexity.corpus_perplexity(checkpoint, records, template=cfg.template,
-                                              batch_size=cfg.evaluation.perplexity_batch_size)
+        result = perplexity.corpus_perplexity(checkpoint, records, template=template, batch_size=batch_size)
     except OSError as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{checkpoint}: cannot load it for the perplexity of {target.name!r} ({first_line})") from None
-    row = {"model": target.name, "perplexity": result["perplexity"], "nll": result["nll"],
-           "tokens": result["tokens"], "checkpoint": checkpoint,
-           "row_nll": result["row_nll"], "row_tokens": result["row_tokens"]}  # per test row, for the CI
-    cache.put("perplexity", "corpus", key, row)
-    return row, True
+        raise UserError(f"{checkpoint}: cannot load it for the perplexity of {target_name!r} ({first_line})") from None
+    return {"model": target_name, "perplexity": result["perplexity"], "nll": result["nll"],
+            "tokens": result["tokens"], "checkpoint": checkpoint,
+            "row_nll": result["row_nll"], "row_tokens": result["row_tokens"]}  # per test row, for the CI
+
+
+# --- the slow parts: run in turn here, or side by side as Ray tasks --------------------------------
+
+@dataclass
+class SlowJob:
+    """One target's BERTScore (the configs the cache lacks, in one call) or its perplexity: the parts of
+    scoring that load a model. `execution.backend: ray` runs each as a Ray task (evaluate/remote.py)."""
+
+    target: str
+    what: str  # "bertscore" or "perplexity"
+    fn: object  # metric_rows_job or perplexity_job: module-level, so a Ray worker can import it
+    args: tuple
+
+
+def run_jobs(cfg, jobs: list[SlowJob]):
+    """Yield (job, result) as each job finishes: in turn in this process (local), or as Ray tasks."""
+    if cfg.execution.backend == "ray" and jobs:
+        from .remote import run_on_ray
+
+        yield from run_on_ray(cfg, jobs)
+        return
+    for job in jobs:
+        yield job, job.fn(*job.args)
 
 
 def perplexity_with_ci(row: dict, idx) -> dict:
@@ -378,42 +414,82 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
 
     summary: dict = {"targets": {}, "settings": settings}
     tables: dict[str, list[dict]] = {}
-    ppl_rows: list[dict] = []
+    ppl_rows: dict[str, dict] = {}
     rows_by_target: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    caches: dict[str, RowCache] = {}
+    computed: dict[str, dict[str, list[str]]] = {}
+    library_calls: dict[str, dict[str, int]] = {}
+    # 1. What each target still needs. BLEU and ROUGE-L take seconds and are scored here and now; BERTScore
+    #    and perplexity load models and become jobs.
+    jobs: list[SlowJob] = []
+    pending: dict[tuple[str, str], list] = {}
     for target in targets:
         tr = loaded[target.name]
         if (warning := language_warning([r["reference"] for r in next(iter(tr.records.values()), [])],
                                         cfg.evaluation.language)):
             log.warning("%s: %s", target.name, warning)
-        cache = RowCache.load(paths.score_cache(target.name))
+        cache = caches[target.name] = RowCache.load(paths.score_cache(target.name))
         target_logic = score_logic(cfg.path, target.name)
-        computed: dict[str, list[str]] = {}
-        per_metric_rows: dict[str, dict[str, np.ndarray]] = {}
-        library_calls: dict[str, int] = {}
+        summary["targets"][target.name] = {"rows": tr.n_rows, "logic": target_logic}
+        computed[target.name], library_calls[target.name] = {}, {}
+        rows_by_target[target.name] = {}
         for metric in metrics:
-            calls_before = getattr(metric, "calls", 0)
-            rows, done = score_rows(metric, settings[metric.name], tr, cache, force, target_logic)
-            per_metric_rows[metric.name] = rows
-            computed[metric.name] = done
+            rows, missing = plan_rows(metric, settings[metric.name], tr, cache, force, target_logic)
+            rows_by_target[target.name][metric.name] = rows
+            computed[target.name][metric.name] = []
             if hasattr(metric, "calls"):  # BERTScorer.score calls: one per target, zero when cached
-                library_calls[metric.name] = metric.calls - calls_before
-            log.info("%s %s: %d configs x %d rows, %d scored now in one pass, %d reused from the cache",
-                     target.name, metric.name, len(configs), tr.n_rows, len(done), len(configs) - len(done))
-            cache.save()  # keep finished metrics even if a later one is interrupted
+                library_calls[target.name][metric.name] = 0
+            log.info("%s %s: %d configs x %d rows, %d to score in one pass, %d reused from the cache",
+                     target.name, metric.name, len(configs), tr.n_rows, len(missing), len(configs) - len(missing))
+            if not missing:
+                continue
+            if metric.name in SLOW_METRICS:
+                jobs.append(SlowJob(target.name, metric.name, metric_rows_job, (metric, missing)))
+                pending[target.name, metric.name] = missing
+            else:
+                values, _ = metric_rows_job(metric, missing)
+                computed[target.name][metric.name] = fill_rows(metric, missing, values, rows, cache)
+        cache.save()  # keep what is finished even if a later job is interrupted
         if "perplexity" in wanted:
-            row, fresh = target_perplexity(cfg, target, tr, cache, force, target_logic)
-            computed["perplexity"] = ["corpus"] if fresh else []
-            ppl_rows.append(row)
-            log.info("%s perplexity %.4f over %d reference tokens (%s)", target.name, row["perplexity"],
-                     row["tokens"], "computed" if fresh else "reused")
+            row, key, args = plan_perplexity(cfg, target, tr, cache, force, target_logic)
+            computed[target.name]["perplexity"] = []
+            if row is None:
+                jobs.append(SlowJob(target.name, "perplexity", perplexity_job, args))
+                pending[target.name, "perplexity"] = key
+            else:
+                ppl_rows[target.name] = row
+                log.info("%s perplexity %.4f over %d reference tokens (reused)", target.name, row["perplexity"],
+                         row["tokens"])
+
+    # 2. The jobs, each result cached as it arrives: an interrupted or failed run keeps what finished.
+    by_name = {m.name: m for m in metrics}
+    for job, result in run_jobs(cfg, jobs):
+        cache = caches[job.target]
+        if job.what == "perplexity":
+            cache.put("perplexity", "corpus", pending[job.target, "perplexity"], result)
+            ppl_rows[job.target] = result
+            computed[job.target]["perplexity"] = ["corpus"]
+            log.info("%s perplexity %.4f over %d reference tokens (computed)", job.target, result["perplexity"],
+                     result["tokens"])
+        else:
+            values, calls = result
+            metric = by_name[job.what]
+            computed[job.target][job.what] = fill_rows(metric, pending[job.target, job.what], values,
+                                                       rows_by_target[job.target][job.what], cache)
+            library_calls[job.target][job.what] = calls
         cache.save()
 
-        rows_by_target[target.name] = per_metric_rows
+    # 3. The tables, target by target.
+    for target in targets:
+        tr = loaded[target.name]
+        per_metric_rows = rows_by_target[target.name]
+        summary["targets"][target.name].update(computed=computed[target.name],
+                                               library_calls=library_calls[target.name])
         # The same resampled rows for every config and metric (and every target with as many rows: the
         # seed is the study's): differences between configs and targets are paired.
         idx = bootstrap_indices(tr.n_rows, cfg.evaluation.bootstrap, boot_seed) if cfg.evaluation.bootstrap else None
         if "perplexity" in wanted:
-            ppl_rows[-1] = perplexity_with_ci(ppl_rows[-1], idx)
+            ppl_rows[target.name] = perplexity_with_ci(ppl_rows[target.name], idx)
         table = []
         for dc in configs:
             row = {"config": dc.name, "mode": dc.mode}
@@ -430,8 +506,7 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
         cells = [[format_cell(row.get(c), 4) for c in TABLE_COLUMNS] for row in table]
         write_text(paths.table(target.name, "md"), f"# {target.name}\n\n" + markdown_table(TABLE_COLUMNS, cells)
                    + "\n\n" + settings_note(settings, tr.n_rows, empty_counts(tr)) + "\n")
-        summary["targets"][target.name] = {"rows": tr.n_rows, "computed": computed, "library_calls": library_calls,
-                                           "table": table, "logic": target_logic}
+        summary["targets"][target.name]["table"] = table
 
     # all.csv covers every target of the study that has a table, not only the ones scored now.
     tidy = []
@@ -447,7 +522,7 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
                 _merge_comparisons(paths.comparisons, comparisons, set(rows_by_target), all_targets))
     summary["comparisons"] = comparisons
     if "perplexity" in wanted:
-        merged = _merge_rows(paths.perplexity_table, ppl_rows, all_targets)
+        merged = _merge_rows(paths.perplexity_table, [ppl_rows[t.name] for t in targets], all_targets)
         write_table(paths.perplexity_table, PERPLEXITY_COLUMNS, merged)
 
     meta_path = paths.metrics_json

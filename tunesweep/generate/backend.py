@@ -104,7 +104,20 @@ class InvarianceDone:
     how: dict
 
 
-Message = Union[EngineBuilt, ConfigDone, InvarianceDone]
+@dataclass
+class AgreementDone:
+    """Replicas only (generate/sharded.py): every config generated now, regenerated for a check sample of
+    rows spread over all shards by ONE engine, against what the replicas wrote for those rows. A row is
+    identical when its text, token count and finish reason are."""
+
+    replicas: int
+    row_ids: list[str]
+    identical: dict  # config -> share of the sample rows identical to the single engine's
+    differs: dict  # config -> the row ids that differ
+    wall_s: float
+
+
+Message = Union[EngineBuilt, ConfigDone, InvarianceDone, AgreementDone]
 
 
 def identical_fraction(reference: list[list[int]], other: list[list[int]]) -> tuple[float, list[int]]:
@@ -126,6 +139,20 @@ def batch_invariance_record(done: InvarianceDone, backend: str) -> dict:
     record["how"] = dict(done.how)
     record["wall_s"] = round(done.wall_s, 3)
     return record
+
+
+def agreement_record(done: AgreementDone, previous: Optional[dict] = None) -> dict:
+    """What manifest.json's `replica_agreement` holds: per config, the share of the check rows identical to
+    one engine's (configs generated earlier keep their entries when the same rows were compared)."""
+    configs = {}
+    if previous and previous.get("rows_compared") == done.row_ids:
+        configs = dict(previous.get("configs") or {})
+    for config, share in done.identical.items():
+        configs[config] = {"identical": share, "differs": list(done.differs.get(config, []))}
+    return {"replicas": done.replicas, "rows_compared": list(done.row_ids), "configs": configs,
+            "how": "every config of the run regenerated for these rows by one engine (a replica with the sample as "
+                   "its only shard, the same per-request seeds); identical = same text, tokens and finish reason",
+            "wall_s": round(done.wall_s, 3)}
 
 
 class Backend(abc.ABC):

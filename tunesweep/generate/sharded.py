@@ -8,6 +8,11 @@ the actor), so every config of the sweep still goes through one engine per repli
 `ConfigDone` reaches the stage once every shard has delivered it, merged in row order; the per-request
 seeds are the single-engine run's, sliced with the rows, so the files are the single engine's.
 
+With `agreement_rows` > 0 (by default on CUDA, where kernels are not batch-invariant), once every config is
+merged one more actor regenerates them all for a sample of rows spread over every shard, as ONE engine,
+and an `AgreementDone` says per config how many of those rows are identical to the replicas' (the
+manifest's `replica_agreement`).
+
 An actor that dies (or whose engine fails) is started again, for the configs its shard has not
 delivered yet, up to `execution.retries` times; after that the stage fails with one line naming the
 model and the shard. A UserError raised by the backend (a prompt too long, ...) is not retried.
@@ -18,12 +23,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from typing import Iterator, Optional
 
-from ..cluster import check_shared
+from ..cluster import check_shared, first_line, user_error
 from ..config import DecodingConfig, ExperimentConfig
 from ..errors import UserError
-from .backend import Backend, ConfigDone, EngineBuilt, InvarianceDone, Message, Request
+from .backend import AgreementDone, Backend, ConfigDone, EngineBuilt, InvarianceDone, Message, Request
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +70,14 @@ def shard_bounds(n_rows: int, replicas: int) -> list[tuple[int, int]]:
     return bounds
 
 
+def check_sample(n_rows: int, k: int) -> list[int]:
+    """k row indices spread evenly from the first row to the last (so every shard has some), ascending."""
+    k = min(k, n_rows)
+    if k <= 1:
+        return [0][:k]
+    return sorted({round(i * (n_rows - 1) / (k - 1)) for i in range(k)})
+
+
 def merge(parts: list[ConfigDone]) -> ConfigDone:
     """One config's shards, in row order. The replicas ran side by side: the call's wall time is the
     slowest shard's, its tokens the sum."""
@@ -92,12 +106,13 @@ class ShardedBackend(Backend):
     on_config = None
 
     def __init__(self, inner: Backend, target: str, replicas: int, retries: int, num_cpus: float,
-                 num_gpus: float, shared: tuple[str, str]):
+                 num_gpus: float, shared: tuple[str, str], agreement_rows: int = 0):
         super().__init__(inner.on_cuda)
         self.inner = inner
         self.name, self.label, self.result_libraries = inner.name, inner.label, inner.result_libraries
         self.target, self.replicas, self.retries = target, replicas, retries
         self.num_cpus, self.num_gpus, self.shared = num_cpus, num_gpus, shared
+        self.agreement_rows = agreement_rows
         self.started: list[str] = []  # actor names, in start order (tests kill one by name)
 
     # --- everything but `run` is the wrapped backend's: same inputs, so files stay current across backends
@@ -153,6 +168,7 @@ class ShardedBackend(Backend):
         shards = [_Shard(i, lo, hi) for i, (lo, hi) in enumerate(bounds)]
         order = [j.config for j in request.jobs]
         merged: set[str] = set()
+        results: dict[str, list] = {}  # config -> merged RowResults (for the agreement check)
         try:
             for shard in shards:
                 self._start(ray, actor_cls, request, shard)
@@ -165,9 +181,8 @@ class ShardedBackend(Backend):
                 try:
                     msg = ray.get(ready[0])
                 except RayTaskError as exc:
-                    cause = getattr(exc, "cause", None)
-                    if isinstance(cause, UserError):
-                        raise UserError(str(cause)) from None
+                    if (err := user_error(exc)) is not None:
+                        raise err from None
                     self._failed(ray, actor_cls, request, shard, exc)
                     continue
                 except (RayActorError, RayError) as exc:
@@ -188,10 +203,14 @@ class ShardedBackend(Backend):
                 for config in order:
                     if config not in merged and all(config in s.received for s in shards):
                         merged.add(config)
-                        yield merge([s.received[config] for s in shards])
+                        done = merge([s.received[config] for s in shards])
+                        results[config] = done.results
+                        yield done
             missing = [c for c in order if c not in merged]
             if missing:
                 raise UserError(f"{self.target}: the replicas finished without configs {', '.join(missing)}")
+            if self.agreement_rows and self.n_shards > 1:
+                yield from self._agreement(ray, actor_cls, request, results)
         finally:
             for shard in shards:
                 if shard.actor is not None and not shard.done:
@@ -200,10 +219,50 @@ class ShardedBackend(Backend):
                     except Exception:
                         pass
 
+    def _agreement(self, ray, actor_cls, request: Request, results: dict[str, list]) -> Iterator[Message]:
+        """Every config of the request regenerated by one engine for the check sample; one AgreementDone.
+        The responses are written already: a check that fails is a warning, not a failed stage."""
+        from ray.exceptions import RayError
+
+        sample = check_sample(len(request.row_ids), self.agreement_rows)
+        jobs = [dataclasses.replace(j, seeds=tuple(j.seeds[i] for i in sample) if j.seeds else ()) for j in request.jobs]
+        sub = dataclasses.replace(request, row_ids=[request.row_ids[i] for i in sample],
+                                  prompts=[request.prompts[i] for i in sample], jobs=jobs, use_tqdm=False,
+                                  invariance=None)
+        name = f"tunesweep-{self.target}-agreement-{os.getpid()}"
+        log.info("%s: agreement check: %d configs x %d rows (spread over the %d shards) on one engine", self.target,
+                 len(jobs), len(sample), self.n_shards)
+        start = time.perf_counter()
+        actor = actor_cls.options(name=name, num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_restarts=0).remote(
+            self.inner, sub, self.shared, f"{self.target} agreement check")
+        self.started.append(name)
+        single: dict[str, list] = {}
+        try:
+            while (msg := ray.get(actor.next.remote())) is not None:
+                if isinstance(msg, ConfigDone):
+                    single[msg.config] = msg.results
+                elif isinstance(msg, EngineBuilt):
+                    yield msg
+        except RayError as exc:
+            log.warning("%s: the agreement check failed (%s); the responses are written, replica_agreement is not "
+                        "recorded", self.target, first_line(exc))
+            return
+        finally:
+            try:
+                ray.kill(actor)
+            except Exception:
+                pass
+        identical, differs = {}, {}
+        for config, rows in single.items():
+            same = [a == results[config][i] for a, i in zip(rows, sample)]
+            identical[config] = sum(same) / len(same)
+            differs[config] = [request.row_ids[i] for i, ok in zip(sample, same) if not ok]
+        yield AgreementDone(self.n_shards, [request.row_ids[i] for i in sample], identical, differs,
+                            time.perf_counter() - start)
+
     def _failed(self, ray, actor_cls, request: Request, shard: _Shard, exc: Exception) -> None:
         shard.failures += 1
-        cause = getattr(exc, "cause", None) or exc
-        first = (str(cause).strip().splitlines() or [cause.__class__.__name__])[0][:300]
+        first = first_line(getattr(exc, "cause", None) or exc)
         try:
             ray.kill(shard.actor)
         except Exception:

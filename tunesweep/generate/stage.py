@@ -36,8 +36,8 @@ from ..loading import check_checkpoint_folder
 from ..layout import RECORD_FIELDS, Workdir, generated_digest, load_split, read_json_if_present, test_set_sha256
 from ..provenance import checkpoint_identity, library_versions, logic, recorded_logic
 from ..templates import build_prompt, stop_strings
-from .backend import (INVARIANCE_ROWS, Backend, ConfigDone, EngineBuilt, InvarianceCheck, InvarianceDone, Job,
-                      Request, batch_invariance_record)
+from .backend import (INVARIANCE_ROWS, AgreementDone, Backend, ConfigDone, EngineBuilt, InvarianceCheck,
+                      InvarianceDone, Job, Request, agreement_record, batch_invariance_record)
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +216,7 @@ def run_target(cfg: ExperimentConfig, plan: TargetPlan) -> dict:
     # Configs from an older checkpoint or row set must not pass as current while we run.
     for name in by_name:
         manifest["configs"].pop(name, None)
+        ((manifest.get("replica_agreement") or {}).get("configs") or {}).pop(name, None)
     check = invariance_check(plan, manifest)
     write_json(paths.manifest(target), manifest)
 
@@ -227,6 +228,12 @@ def run_target(cfg: ExperimentConfig, plan: TargetPlan) -> dict:
     bar = tqdm(total=len(pending), desc=f"{target}", unit="config", disable=None)
     try:
         for msg in backend.run(request):
+            if isinstance(msg, AgreementDone):
+                manifest["replica_agreement"] = agreement_record(msg, manifest.get("replica_agreement"))
+                write_json(paths.manifest(target), manifest)
+                log.info("%s: %d replicas vs one engine on %d rows: identical in %s", target, msg.replicas,
+                         len(msg.row_ids), ", ".join(f"{c} {v:.2f}" for c, v in msg.identical.items()))
+                continue
             if isinstance(msg, InvarianceDone):
                 record = manifest["batch_invariance"] = batch_invariance_record(msg, backend.name)
                 write_json(paths.manifest(target), manifest)
@@ -332,24 +339,26 @@ def target_backend(chosen: str, requested: str, checkpoint: str) -> tuple[str, O
     return "hf", why + ": generated with the hf backend"
 
 
+# execution.agreement_rows = null on CUDA: rows of the one-engine check after a replicated sweep.
+AGREEMENT_ROWS = 32
+
+
 def ray_setup(cfg: ExperimentConfig, on_cuda: bool):
     """execution.backend = ray: join the cluster; returns a function wrapping a target's backend in
     R replica actors (tunesweep.generate.sharded)."""
-    from ..cluster import connect, engine_gpus, write_probe
+    from ..cluster import engine_gpus, join
     from .sharded import ShardedBackend
 
-    ray = connect(cfg.execution)
     gpus = engine_gpus(cfg, on_cuda)
-    have = ray.cluster_resources().get("GPU", 0)
-    if gpus > have:
-        raise UserError(f"execution.engine_gpus = {gpus:g}: the Ray cluster has {have:g} GPUs, no replica could start")
-    shared = write_probe(cfg.path)
+    _, shared = join(cfg, "engine_gpus", gpus, "replica")
     ex = cfg.execution
     log.info("generation on Ray: %d replica(s) per model, %g CPUs and %g GPUs each, %d retries", ex.replicas,
              ex.cpus, gpus, ex.retries)
 
+    agreement_rows = ex.agreement_rows if ex.agreement_rows is not None else (AGREEMENT_ROWS if on_cuda else 0)
+
     def wrap(backend: Backend, target: str) -> Backend:
-        return ShardedBackend(backend, target, ex.replicas, ex.retries, ex.cpus, gpus, shared)
+        return ShardedBackend(backend, target, ex.replicas, ex.retries, ex.cpus, gpus, shared, agreement_rows)
 
     return wrap
 

@@ -116,17 +116,12 @@ def finetune_on_ray(cfg: ExperimentConfig, models: list[ModelConfig], pairs: lis
     task runs the same isolated training process as a local run, in the shared workdir. The records
     are written here, by the driver, as each job's result comes back."""
     from ..backends import cuda_visible
-    from ..cluster import connect, train_gpus, write_probe
-
-    ray = connect(cfg.execution)
-    from ray.exceptions import RayTaskError
+    from ..cluster import first_line, join, train_gpus
 
     gpus = train_gpus(cfg, cuda_visible())
-    have = ray.cluster_resources().get("GPU", 0)
-    if gpus > have:
-        raise UserError(f"execution.train_gpus = {gpus:g}: the Ray cluster has {have:g} GPUs, no fine-tune job could "
-                        "start")
-    shared = write_probe(cfg.path)
+    ray, shared = join(cfg, "train_gpus", gpus, "fine-tune job")
+    from ray.exceptions import RayTaskError
+
     task = ray.remote(train_job).options(num_cpus=cfg.execution.cpus, num_gpus=gpus,
                                          max_retries=cfg.execution.retries)
     prepared, results, failures = [], {}, []
@@ -146,9 +141,8 @@ def finetune_on_ray(cfg: ExperimentConfig, models: list[ModelConfig], pairs: lis
             failures.append(first if isinstance(cause, UserError) else f"finetune {prep.model.name}: {first}")
             continue
         except Exception as exc:  # the task's worker died more often than execution.retries allows
-            first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:300]
             failures.append(f"finetune {prep.model.name}: the Ray task failed {cfg.execution.retries + 1} time(s): "
-                            f"{first}")
+                            f"{first_line(exc)}")
             continue
         results[prep.model.name] = finish_one(cfg, prep, result, check, wall)
     if failures:
