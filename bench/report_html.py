@@ -49,7 +49,8 @@ def perturb(text: str, rng: random.Random) -> str:
 def synthesize(root: Path, records: list[dict], n_models: int, n_rows: int) -> Path:
     from tunesweep.config import expand_sweep, load_config
     from tunesweep.files import sha256_bytes, write_json, write_jsonl
-    from tunesweep.layout import TABLE_COLUMNS, csv_text
+    from tunesweep.layout import (COMPARISON_COLUMNS, TABLE_COLUMNS, csv_text, generated_digest, read_target_responses,
+                                  responses_fingerprint, test_set_sha256)
 
     names = ["llama2", "mistral", "phi2", "qwen", "gemma", "olmo"][:n_models]
     cfg_path = root / "study.yaml"
@@ -62,6 +63,7 @@ def synthesize(root: Path, records: list[dict], n_models: int, n_rows: int) -> P
     cfg = load_config(cfg_path)
     work = cfg.path
     configs = expand_sweep(cfg.generation)
+    centre = next(dc.name for dc in configs if dc.varied is None)
     test = []
     for i, r in enumerate(records[:n_rows]):
         test.append({"id": sha256_bytes(f"{i}:{json.dumps(r, sort_keys=True)}".encode())[:12], "instruction": r["instruction"],
@@ -91,16 +93,21 @@ def synthesize(root: Path, records: list[dict], n_models: int, n_rows: int) -> P
                 per_row.append({"config": dc.name, "id": row["id"], "bleu": rng.random() * 0.4,
                                 "rougeL": rng.random() * 0.6, "bertscore": 0.5 + rng.random() * 0.4})
             write_jsonl(folder / f"{dc.name}.jsonl", recs)
-            manifest["configs"][dc.name] = {"mode": dc.mode, "rows": n_rows, "wall_s": 10.0, "tokens": 20000}
+            # vouched for as generate would (report reads only responses the manifest vouches for)
+            manifest["configs"][dc.name] = {"mode": dc.mode, "rows": n_rows, "wall_s": 10.0, "tokens": 20000,
+                                            "checkpoint_hash": manifest["checkpoint_hash"],
+                                            "test_set_sha256": test_set_sha256(work),
+                                            "generated_sha256": generated_digest(folder / f"{dc.name}.jsonl")}
             row = {"config": dc.name, "mode": dc.mode}
             for metric, base in (("bleu", 0.15), ("rougeL", 0.35), ("bertscore", 0.85)):
                 y = base + rng.uniform(-0.05, 0.05)
                 row.update({metric: y, f"{metric}_ci_low": y - 0.02, f"{metric}_ci_high": y + 0.02})
                 if dc.varied:
                     d = rng.uniform(-0.03, 0.03)
-                    comparisons.append({"model": m, "metric": metric, "config": dc.name, "comparison": "centre",
+                    comparisons.append({"model": m, "metric": metric, "config": dc.name, "versus": "centre",
+                                        "reference": centre, "score": y, "reference_score": y - d,
                                         "diff": d, "ci_low": d - 0.015, "ci_high": d + 0.015,
-                                        "p": rng.random(), "p_holm": rng.random()})
+                                        "p": rng.random(), "p_holm": rng.random(), "resamples": 1000})
             table.append(row)
         write_json(folder / "manifest.json", manifest)
         (ev / "rows").mkdir(parents=True, exist_ok=True)
@@ -109,9 +116,14 @@ def synthesize(root: Path, records: list[dict], n_models: int, n_rows: int) -> P
     (ev / "perplexity.csv").write_text(csv_text(["model", "perplexity", "nll", "tokens", "checkpoint"], [
         {"model": m, "perplexity": 4.0 + i, "nll": 1.4, "tokens": 30000, "checkpoint": f"finetuned_models/{m}"}
         for i, m in enumerate(names)]))
-    write_json(ev / "metrics.json", {"metrics": {"bleu": {"library": "sacrebleu", "version": "2.6.0"}}})
+    # What score records of the responses it read: report shows only tables still current with them.
+    scored = {}
+    for m in names:
+        tr = read_target_responses(work, m, [dc.name for dc in configs])
+        scored[m] = {"rows": n_rows, "configs": list(tr.records), "scored_from": responses_fingerprint(tr)}
+    write_json(ev / "metrics.json", {"metrics": {"bleu": {"library": "sacrebleu", "version": "2.6.0"}}, "targets": scored})
     with open(ev / "comparisons.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(comparisons[0]))
+        w = csv.DictWriter(fh, fieldnames=COMPARISON_COLUMNS)
         w.writeheader()
         w.writerows(comparisons)
     return cfg_path

@@ -271,3 +271,23 @@ def test_report_before_scoring_is_a_one_line_error(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "not been scored yet" in lines[0] and "tunesweep score" in lines[0]
+
+
+def test_report_stops_on_a_response_file_edited_after_scoring(study, tmp_path):
+    """report.html's explorer shows what score read, checked the same way: a response file edited since
+    (not what generate wrote) stops the report with one line naming it, instead of showing its text."""
+    import json
+
+    from tunesweep.errors import UserError
+    from tunesweep.report import report
+
+    copy = study.copy_to(tmp_path)
+    path = next((copy.root / "llm_responses" / "tiny").glob("*.jsonl"))
+    recs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    recs[0]["response_raw"] = recs[0]["response"] = "an answer nobody generated"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    with pytest.raises(UserError) as exc:
+        report(load_config(copy.config))
+    assert str(exc.value).startswith(f"{path}: its content differs from what generate wrote")
+    assert not (copy.root / "eval_results" / "report.html").exists()  # nor report.md: nothing written
+    assert not (copy.root / "eval_results" / "report.md").exists()

@@ -110,3 +110,52 @@ def test_a_killed_training_process_is_one_line_and_the_rerun_resumes(tmp_path, t
     assert res.returncode == 0, res.stderr[-2000:]
     rec = read_json(models / "then-peft" / "tunesweep.json")
     assert rec["resumed_from_step"] == saved and rec["global_step"] == 40
+
+
+# --- the process-group watchdog of a child that starts processes of its own (the vLLM engine child) ---
+
+GROUP_CHILD = """
+import os, subprocess, sys, time
+from tunesweep.isolation import _die_with_parent
+_die_with_parent(int(sys.argv[1]), group=True)
+sleeper = subprocess.Popen(["sleep", "600"])
+print(os.getpid(), sleeper.pid, flush=True)
+if sys.argv[2] == "stay":
+    time.sleep(600)
+sys.stdin.readline()  # "leave": exit once the test has looked
+"""
+
+
+def _group_child(parent_pid: int, how: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", GROUP_CHILD, str(parent_pid), how], cwd=REPO,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, **popen)
+
+
+def test_the_group_watchdog_kills_the_childs_processes_when_its_parent_is_sigkilled():
+    """A stand-in parent starts the child (which starts `sleep 600`, as vLLM's worker starts EngineCore)
+    and is SIGKILLed: the child and its sleep are gone within 10 s, with no thread of the child involved."""
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    child = _group_child(parent.pid, "stay")
+    try:
+        child_pid, sleeper_pid = map(int, child.stdout.readline().split())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        _, alive = psutil.wait_procs([psutil.Process(child_pid), psutil.Process(sleeper_pid)], timeout=10)
+        assert [p for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
+    finally:
+        for proc in (parent, child):
+            if proc.poll() is None:
+                proc.kill()
+        child.wait()
+
+
+def test_the_group_watchdog_ends_with_a_child_that_ends_normally():
+    """A child that returns leaves neither its processes nor the watchdog behind (a thread watching the
+    parent, as before, died with the child and left `sleep` running)."""
+    child = _group_child(os.getpid(), "leave")
+    child_pid, sleeper_pid = map(int, child.stdout.readline().split())
+    watchdogs = [p for p in psutil.Process(child_pid).children() if "-S" in p.cmdline()]
+    assert len(watchdogs) == 1
+    child.communicate("\n", timeout=30)
+    _, alive = psutil.wait_procs([psutil.Process(sleeper_pid), *watchdogs], timeout=10)
+    assert [p for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []

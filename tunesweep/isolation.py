@@ -30,21 +30,30 @@ from .errors import UserError
 LOG_FORMAT = "tunesweep: %(message)s"
 
 
-def _kill_group_when_parent_dies(parent_pid: int) -> None:
-    """Wait (without polling where Linux has pidfd) for the parent to die, then SIGKILL this process group:
-    this process and every process it started that did not leave the group."""
-    try:
-        import select
-
-        fd = os.pidfd_open(parent_pid)
-        if os.getppid() == parent_pid:  # still ours after the open: wait for it to exit
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            poller.poll()
-    except (AttributeError, OSError):  # no pidfd (old kernel, not Linux) or the parent is already gone
-        while os.getppid() == parent_pid:
-            time.sleep(0.2)
-    os.killpg(0, signal.SIGKILL)
+# The group watchdog: a process of its own (python -S, stdlib only), so that acting needs neither the
+# watched interpreter's GIL nor a turn of its threads: it waits on pidfds for the run's process or its
+# own parent (the engine child) to end, then SIGKILLs its process group, itself included.
+_WATCHDOG = """
+import os, select, signal, sys, time
+pids = [int(p) for p in sys.argv[1:]]
+try:
+    poller = select.poll()
+    for pid in pids:
+        poller.register(os.pidfd_open(pid), select.POLLIN)
+    poller.poll()
+except OSError:  # no pidfd (old kernel, not Linux), or one of them is already gone
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+    while all(alive(pid) for pid in pids):
+        time.sleep(0.2)
+os.killpg(0, signal.SIGKILL)
+"""
 
 
 def _die_with_parent(parent_pid: int, group: bool = False) -> None:
@@ -52,11 +61,14 @@ def _die_with_parent(parent_pid: int, group: bool = False) -> None:
 
     group=True is for a child that starts processes of its own (vLLM's EngineCore and workers):
     PR_SET_PDEATHSIG is not inherited, so those would outlive it. The child becomes the leader of a
-    process group of its own, and a thread waiting on the parent kills the whole group when it dies."""
+    process group of its own, and a watchdog process in that group kills the whole group when the
+    parent or the child ends (a child that ends normally has shut its engine down already)."""
     if group:
+        import subprocess
+
         os.setpgid(0, 0)
-        threading.Thread(target=_kill_group_when_parent_dies, args=(parent_pid,), daemon=True,
-                         name="tunesweep-parent-watch").start()
+        subprocess.Popen([sys.executable, "-S", "-c", _WATCHDOG, str(parent_pid), str(os.getpid())],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return
     try:
         import ctypes

@@ -38,8 +38,8 @@ import yaml
 from .. import __version__
 from ..config import ExperimentConfig, expand_sweep
 from ..errors import UserError
-from ..files import read_json, read_jsonl, write_text
-from ..layout import COMPARISON_COLUMNS, Workdir
+from ..files import read_json, read_jsonl
+from ..layout import COMPARISON_COLUMNS, Workdir, read_target_responses
 from ..provenance import library_versions
 from .plots import FACTORS
 from .tables import (Scored, bertscore_empty_line, bertscore_line, centre_config, metric_settings, scoring_versions, target_label,
@@ -379,25 +379,17 @@ def explorer_data(cfg: ExperimentConfig, scored: list[Scored], metrics: list[tup
     targets = []
     loaded: dict[str, dict[str, dict]] = {}
     for s in scored:
-        per = {}
-        for dc in configs:
-            path = paths.response_file(s.target.name, dc.name)
-            if not path.is_file():
-                continue
-            try:
-                recs = read_jsonl(path)
-            except UserError as exc:
-                log.warning("report.html leaves out %s", exc)
-                continue
-            per[dc.name] = {r.get("id"): r for r in recs}
-            for r in recs:
-                if r.get("id") not in seen:
-                    seen.add(r.get("id"))
-                    ids.append(r.get("id"))
-                    t = test.get(r.get("id"), {})
-                    rows.append({"id": str(r.get("id")),
-                                 "instruction": t.get("instruction", r.get("prompt", "")),
-                                 "input": t.get("input", ""), "reference": r.get("reference", t.get("output", ""))})
+        # What score read, checked the same way (the manifest vouches for every file; references come
+        # from alpaca_data/test.jsonl): the page never shows another run's answers beside this run's tables.
+        tr = read_target_responses(cfg.path, s.target.name, [dc.name for dc in configs], fields=("response",))
+        per = {config: {r["id"]: r for r in recs} for config, recs in tr.records.items()}
+        for r in next(iter(tr.records.values()), []):
+            if r["id"] not in seen:
+                seen.add(r["id"])
+                ids.append(r["id"])
+                t = test.get(r["id"], {})
+                rows.append({"id": str(r["id"]), "instruction": t.get("instruction", r.get("prompt", "")),
+                             "input": t.get("input", ""), "reference": r["reference"]})
         if per:
             loaded[s.target.name] = per
             targets.append({"name": s.target.name, "label": target_label(s.target), "base": s.target.is_base})
@@ -408,8 +400,7 @@ def explorer_data(cfg: ExperimentConfig, scored: list[Scored], metrics: list[tup
         resp[name], finish[name], ntok[name], scores[name] = {}, {}, {}, {m: {} for m, _ in text_metrics}
         for config, by_id in per.items():
             recs = [by_id.get(i) for i in ids]
-            resp[name][config] = [None if r is None else str(r.get("response") if r.get("response") is not None
-                                                             else r.get("response_raw", "")) for r in recs]
+            resp[name][config] = [None if r is None else r["response"] for r in recs]
             finish[name][config] = [None if r is None else r.get("finish_reason") for r in recs]
             ntok[name][config] = [None if r is None else r.get("num_tokens") for r in recs]
             for m, _ in text_metrics:
@@ -499,16 +490,6 @@ def build_html(cfg: ExperimentConfig, scored: list[Scored], metrics: list[tuple[
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{esc(cfg.name)}: tunesweep report</title><style>{_CSS}</style></head>\n<body>\n"
             + "\n".join(body) + f"\n<script>{_JS}</script>\n</body></html>\n")
-
-
-def write_html(cfg: ExperimentConfig, scored: list[Scored], metrics: list[tuple[str, str]], plots: list[Path],
-               manifests: dict, metrics_json: Optional[dict], perplexity) -> Path:
-    """Write eval_results/report.html (atomically) and return its path."""
-    out = Workdir(cfg.path).report_html
-    text = build_html(cfg, scored, metrics, plots, manifests, metrics_json, perplexity)
-    write_text(out, text)
-    log.info("report: %s (%.1f MB, self-contained)", out, len(text.encode("utf-8")) / 1e6)
-    return out
 
 
 # --- the page's own style and script (written for tunesweep; no third-party code) ------------------

@@ -22,7 +22,7 @@ from ..files import sha256_file, write_text
 from ..layout import Workdir, format_cell, markdown_table as md_table, read_frame, read_json_if_present
 from ..provenance import library_versions
 from .plots import FACTORS, plot_factor
-from .html import write_html
+from .html import build_html
 from .tables import (Scored, bertscore_empty_line, bertscore_line, centre_config, metric_settings, read_comparisons,
                      read_scored, scored_targets, scoring_versions, target_label, to_number, value_of)
 
@@ -573,9 +573,13 @@ def report(cfg: ExperimentConfig) -> Path:
     inputs += training_records
     lines += _inputs_section(inputs, cfg.path)
 
+    # The same results as one self-contained page (report.html), with every answer in an explorer. Built
+    # before either file is written: it reads and checks every response file, and a file that fails the
+    # check stops the stage with neither report updated.
+    page = build_html(cfg, scored, metrics, plots, manifests, metrics_json, perplexity)
     out = paths.report
     write_text(out, "\n".join(lines))
     log.info("report: %s (%d plots in %s)", out, len(plots), paths.plots_dir)
-    # The same results as one self-contained page (report.html), with every answer in an explorer.
-    write_html(cfg, scored, metrics, plots, manifests, metrics_json, perplexity)
+    write_text(paths.report_html, page)
+    log.info("report: %s (%.1f MB, self-contained)", paths.report_html, len(page.encode("utf-8")) / 1e6)
     return out
