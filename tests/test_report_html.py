@@ -238,6 +238,21 @@ def test_real_run_page_renders_with_comparisons(chromium, e2e_run):
     assert dom.find(lambda n: n.attrs.get("id") == "ex-rowid").text == first["id"]
     plots = dom.find_all(lambda n: n.tag == "img" and n.attrs.get("src", "").startswith("data:image/png;base64,"))
     assert len(plots) == len(list((work / "eval_results" / "plots").glob("*.png"))) > 0
+    # Each model's checks, as its records hold them: merge fidelity (tunesweep.json), batch invariance and
+    # replica agreement (manifest.json; none here: no Ray).
+    from tunesweep.report.tables import fidelity_text, invariance_text
+
+    table = dom.find(lambda n: n.tag == "table" and n.attrs.get("data-table") == "models")
+    rows = {cells[0]: cells for tr in table.find_all(lambda n: n.tag == "tr")
+            if (cells := [td.text.strip() for td in tr.find_all(lambda n: n.tag == "td")])}
+    record = json.loads((work / "finetuned_models" / "tiny" / "tunesweep.json").read_text())
+    for name in ("tiny", "tiny-base"):
+        [cells] = [c for label, c in rows.items() if label.split()[0] == name]
+        manifest = json.loads((work / "llm_responses" / name / "manifest.json").read_text())
+        assert cells[-2] == invariance_text(manifest["batch_invariance"]) and "identical alone" in cells[-2]
+        assert cells[-1] == "–"
+    [tuned] = [c for label, c in rows.items() if label.split()[0] == "tiny"]
+    assert tuned[-3] == fidelity_text(record) != "–"
 
 
 def test_page_in_chromium_tables_explorer_and_escaping(chromium, hostile):

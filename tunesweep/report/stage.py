@@ -23,7 +23,7 @@ from ..layout import Workdir, format_cell, markdown_table as md_table, read_fram
 from ..provenance import library_versions
 from .plots import FACTORS, plot_factor
 from .html import build_html
-from .tables import (Scored, bertscore_empty_line, bertscore_line, centre_config, metric_settings, read_comparisons,
+from .tables import (Scored, agreement_text, bertscore_empty_line, fidelity_text, invariance_text, bertscore_line, centre_config, metric_settings, read_comparisons,
                      read_scored, scored_targets, scoring_versions, target_label, to_number, value_of)
 
 log = logging.getLogger(__name__)
@@ -285,9 +285,7 @@ def _training_section(cfg: ExperimentConfig) -> tuple[list[str], list[Path]]:
         peak = (f"{t['peak_memory_bytes'] / 2**30:.2f} GiB ({t['peak_memory_kind']})"
                 if t.get("peak_memory_bytes") else "–")
         check = rec.get("post_merge_check") or {}
-        fid = check.get("merge_fidelity") or {}
-        fidelity = (f"greedy {fid['greedy_agreement']:.2f}, KL {fid['mean_kl']:.1e}, max logit diff "
-                    f"{fid['max_abs_logit_diff']:.1e}" if fid.get("compared") else fid.get("why", "–"))
+        fidelity = fidelity_text(rec)
         rows.append([m.name, f"{rec.get('backend')} ({rec.get('backend_reason')})", rec.get("method"),
                      rec.get("global_step"), fmt(rec.get("train_runtime_s"), 1), speed, peak,
                      fmt(rec.get("final_loss"), 4), f"{check.get('ended_with_eos', '–')}/{check.get('prompts', '–')}",
@@ -354,33 +352,6 @@ def _cleaning_section(cfg: ExperimentConfig, scored: list[Scored]) -> list[str]:
     if rules:
         lines += ["Cleaning rules:", "", "```json", json.dumps(rules, indent=2, ensure_ascii=False), "```", ""]
     return lines
-
-
-def invariance_text(record: Optional[dict]) -> str:
-    """One line on a manifest's `batch_invariance` record."""
-    if not record:
-        return "not measured (generated before this check existed, or the greedy config's run did not finish)"
-    if "skipped" in record:
-        return f"not measured: {record['skipped']}"
-    n = len(record.get("rows_compared") or [])
-    return (f"`{record.get('config')}` on {n} rows ({record.get('backend')}): identical alone "
-            f"{fmt(record.get('alone_identical'), 2)}, in reversed order {fmt(record.get('reversed_identical'), 2)}")
-
-
-def agreement_text(record: Optional[dict]) -> Optional[str]:
-    """One line on a manifest's `replica_agreement` record (None when the model was not generated on replicas
-    with the check on)."""
-    configs = (record or {}).get("configs") or {}
-    if not configs:
-        return None
-    shares = {c: v.get("identical") for c, v in configs.items()}
-    lowest = min(shares, key=lambda c: shares[c])
-    n = len(record.get("rows_compared") or [])
-    if shares[lowest] == 1:
-        return f"{record.get('replicas')} replicas vs one engine on {n} rows: identical in all {len(shares)} configs"
-    differ = sum(1 for v in shares.values() if v < 1)
-    return (f"{record.get('replicas')} replicas vs one engine on {n} rows: {differ} of {len(shares)} configs differ; "
-            f"lowest share identical {fmt(shares[lowest], 2)} (`{lowest}`)")
 
 
 def _throughput_section(cfg: ExperimentConfig, scored: list[Scored]) -> tuple[list[str], dict]:

@@ -163,3 +163,46 @@ def bertscore_empty_line(metrics_json: Optional[dict], target: str) -> Optional[
     per = ", ".join(f"`{c}` {n}" for c, n in empty.items() if n)
     return (f"BERTScore: {total} empty responses (or references) are scored 0, which pulls the mean down; "
             f"per config: {per}.")
+
+
+# --- the checks each model's records carry (report.md and report.html print the same lines) ----------
+
+def _two(x) -> str:
+    x = to_number(x)
+    return "–" if x is None else f"{x:.2f}"
+
+
+def fidelity_text(record: Optional[dict]) -> str:
+    """One line on a tunesweep.json's merge fidelity (merged checkpoint vs base + adapter)."""
+    fid = ((record or {}).get("post_merge_check") or {}).get("merge_fidelity") or {}
+    if fid.get("compared"):
+        return (f"greedy {fid['greedy_agreement']:.2f}, KL {fid['mean_kl']:.1e}, max logit diff "
+                f"{fid['max_abs_logit_diff']:.1e}")
+    return fid.get("why", "–")
+
+
+def invariance_text(record: Optional[dict]) -> str:
+    """One line on a manifest's `batch_invariance` record."""
+    if not record:
+        return "not measured (generated before this check existed, or the greedy config's run did not finish)"
+    if "skipped" in record:
+        return f"not measured: {record['skipped']}"
+    n = len(record.get("rows_compared") or [])
+    return (f"`{record.get('config')}` on {n} rows ({record.get('backend')}): identical alone "
+            f"{_two(record.get('alone_identical'))}, in reversed order {_two(record.get('reversed_identical'))}")
+
+
+def agreement_text(record: Optional[dict]) -> Optional[str]:
+    """One line on a manifest's `replica_agreement` record (None when the model was not generated on replicas
+    with the check on)."""
+    configs = (record or {}).get("configs") or {}
+    if not configs:
+        return None
+    shares = {c: v.get("identical") for c, v in configs.items()}
+    lowest = min(shares, key=lambda c: shares[c])
+    n = len(record.get("rows_compared") or [])
+    if shares[lowest] == 1:
+        return f"{record.get('replicas')} replicas vs one engine on {n} rows: identical in all {len(shares)} configs"
+    differ = sum(1 for v in shares.values() if v < 1)
+    return (f"{record.get('replicas')} replicas vs one engine on {n} rows: {differ} of {len(shares)} configs differ; "
+            f"lowest share identical {_two(shares[lowest])} (`{lowest}`)")
