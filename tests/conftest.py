@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import STUDY_CONFIG, STUDY_MAX_NEW, STUDY_ROWS, Study
+from helpers import STUDY_ROWS, Study, study_yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -75,7 +75,7 @@ def study(tmp_path_factory, tiny_model_dir) -> Study:
     root = tmp_path_factory.mktemp("study")
     workdir = root / "work"
     config = root / "study.yaml"
-    config.write_text(STUDY_CONFIG.format(workdir=workdir, base=tiny_model_dir, max_new=STUDY_MAX_NEW))
+    config.write_text(study_yaml(workdir, tiny_model_dir))
     cfg = load_config(config)
     split_for_config(cfg)
     shutil.copytree(tiny_model_dir, workdir / "finetuned_models" / "tiny")

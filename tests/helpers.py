@@ -54,6 +54,7 @@ def exit_at_once(*args) -> None:
 STUDY_ROWS = 20  # --limit: the first 20 of the 24 test rows
 STUDY_MAX_NEW = 16
 # 13 configs; beam width 4 is in the sweep so vLLM's beam search can be compared with transformers'.
+STUDY_SWEEP = "{top_k: [10, 25, 40, 75], num_beams: [2, 4, 5, 10], temperature: [0.0, 0.25, 0.5, 1.0]}"
 STUDY_CONFIG = """\
 name: study
 workdir: {workdir}
@@ -63,19 +64,26 @@ models:
   - name: tiny
     base: {base}
     lora: null
-    evaluate_base: true
+    evaluate_base: {evaluate_base}
 generation:
   backend: vllm
   max_new_tokens: {max_new}
   defaults: {{top_k: 50, num_beams: 1, temperature: 0.8}}
-  sweep: {{top_k: [10, 25, 40, 75], num_beams: [2, 4, 5, 10], temperature: [0.0, 0.25, 0.5, 1.0]}}
-  engine: {{max_model_len: 512, dtype: bfloat16}}   # the CPU path must use float32 anyway
+  sweep: {sweep}
+  engine: {{max_model_len: {max_len}, dtype: bfloat16}}   # the CPU path must use float32 anyway
 evaluation:
   metrics: [bleu, rougeL, bertscore, perplexity]
   bertscore: {{model: null}}
   bootstrap: 50
   human: {{rows_per_config: 3, scale_min: 1, scale_max: 5}}
 """
+
+
+def study_yaml(workdir: Path, base: Path, max_new: int = STUDY_MAX_NEW, sweep: str = STUDY_SWEEP,
+               max_len: int = 512, evaluate_base: bool = True) -> str:
+    """The study's config (conftest.study), or a variant of it (test_generate.py: other sweeps, no base rows)."""
+    return STUDY_CONFIG.format(workdir=workdir, base=base, max_new=max_new, sweep=sweep, max_len=max_len,
+                               evaluate_base=str(evaluate_base).lower())
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from helpers import STUDY_MAX_NEW as MAX_NEW, STUDY_ROWS as ROWS
-from helpers import REPO, exit_at_once, kill_when, run_tunesweep
+from helpers import REPO, exit_at_once, kill_when, run_tunesweep, study_yaml
 from tunesweep.config import expand_sweep, load_config
 from tunesweep.data import split_dataset
 from tunesweep.errors import UserError
@@ -30,23 +30,6 @@ from tunesweep.layout import RECORD_FIELDS
 
 pytestmark = pytest.mark.slow
 
-CONFIG = """\
-name: gen-test
-workdir: {workdir}
-seed: 42
-dataset: {{source: builtin:tasks, builtin_rows: 300, test_size: 24}}
-models:
-  - name: tiny
-    base: {base}
-    lora: null
-generation:
-  backend: vllm
-  max_new_tokens: {max_new}
-  defaults: {{top_k: 50, num_beams: 1, temperature: 0.8}}
-  sweep: {sweep}
-  engine: {{max_model_len: {max_len}, dtype: bfloat16}}
-"""
-
 
 def make_study(root: Path, model_dir: Path, sweep: str, max_new: int = MAX_NEW, max_len: int = 512) -> Path:
     """A workdir whose fine-tuned `tiny` is a copy of the (untrained) tiny model; returns the config."""
@@ -55,7 +38,7 @@ def make_study(root: Path, model_dir: Path, sweep: str, max_new: int = MAX_NEW, 
         shutil.copytree(model_dir, root / "finetuned_models" / "tiny")
         split_dataset("builtin:tasks", root, 24, seed=42, builtin_rows=300)
     cfg = root / "study.yaml"
-    cfg.write_text(CONFIG.format(workdir=root, base=model_dir, sweep=sweep, max_new=max_new, max_len=max_len))
+    cfg.write_text(study_yaml(root, model_dir, max_new=max_new, sweep=sweep, max_len=max_len, evaluate_base=False))
     return cfg
 
 
@@ -441,7 +424,8 @@ def test_bnb_4bit_base_uses_hf_where_vllm_has_no_bitsandbytes(tmp_path, tiny_mod
                                          device_map="cpu").save_pretrained(bnb_dir)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(bnb_dir)
     cfg_path = make_study(tmp_path / "w", tiny_model_dir, sweep="{temperature: [0.0]}", max_new=8)
-    cfg_path.write_text(cfg_path.read_text().replace(f"base: {tiny_model_dir}", f"base: {bnb_dir}\n    evaluate_base: true"))
+    cfg_path.write_text(cfg_path.read_text().replace(f"base: {tiny_model_dir}", f"base: {bnb_dir}")
+                        .replace("evaluate_base: false", "evaluate_base: true"))
     cfg = load_config(cfg_path)
     with pytest.raises(UserError, match="bitsandbytes"):
         generate(cfg, model="tiny-base", backend="vllm", limit=4)
