@@ -70,7 +70,8 @@ def cmd_split(args) -> int:
 
     cfg = _load(args, **{"dataset.source": args.dataset, "dataset.test_size": args.test_size, "seed": args.seed})
     meta, skipped = split_for_config(cfg, force=args.force)
-    print(f"split {meta['source']}: {meta['train_rows']} train + {meta['test_rows']} test rows "
+    commit = f"@{meta['source_commit']}" if meta.get("source_commit") else ""
+    print(f"split {meta['source']}{commit}: {meta['train_rows']} train + {meta['test_rows']} test rows "
           f"({meta['dropped_empty']} empty and {meta['dropped_duplicates']} duplicate records dropped) "
           f"-> {Workdir(cfg.path).data_dir}{' (already current, nothing written)' if skipped else ''}")
     return 0
