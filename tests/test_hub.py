@@ -189,3 +189,21 @@ def test_revision_with_a_local_dataset_file_is_an_error(tmp_path):
     with pytest.raises(UserError, match=r"dataset.revision = 'v1': applies to a hub id only"):
         parse_config({"name": "t", "dataset": {"source": str(data), "revision": "v1"},
                       "models": [{"name": "m", "base": "acme/tiny"}]}, "c.yaml")
+
+
+def test_a_pinned_folder_missing_here_is_the_same_commit_from_this_machines_cache(tmp_path, monkeypatch):
+    """A Ray worker on another node gets the driver's snapshot path; it loads the same commit from its own
+    cache (here: another cache folder holding that commit), and says so in one line when it cannot."""
+    from huggingface_hub import constants
+
+    from tunesweep.hub import local_folder
+
+    driver = tmp_path / "driver-cache" / "models--acme--tiny" / "snapshots" / C1  # not on this machine
+    mine = snapshot(tmp_path / "hub", "model", "acme/tiny", C2)  # main moved on: the pinned commit must win
+    (tmp_path / "hub" / "models--acme--tiny" / "snapshots" / C1).mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert local_folder(str(driver)) == str(tmp_path / "hub" / "models--acme--tiny" / "snapshots" / C1)
+    assert local_folder(str(mine)) == str(mine)  # present: itself
+    assert local_folder(str(tmp_path)) == str(tmp_path)  # not a snapshot folder: itself
+    with pytest.raises(UserError, match="is not on this machine and cannot be fetched here"):
+        local_folder(str(tmp_path / "driver-cache" / "models--acme--other" / "snapshots" / C1))

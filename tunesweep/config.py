@@ -18,7 +18,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
                       model_validator)
 
 from .errors import UserError
-from .hub import Snapshot, is_hub_dataset, is_hub_model, resolve
+from .hub import Snapshot, is_hub_dataset, is_hub_model, local_folder, resolve
 from .layout import Workdir
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -127,9 +127,10 @@ class ModelConfig(Strict):
 
     @property
     def base_checkpoint(self) -> str:
-        """Where the base's weights load from: the pinned snapshot folder of a hub id (pinned on first use),
-        else `base` itself."""
-        return self.pin()._snapshot or self.base
+        """Where the base's weights load from: the pinned snapshot folder of a hub id (pinned on first use; on a
+        machine without that folder, the same commit from its own cache), else `base` itself."""
+        snapshot = self.pin()._snapshot
+        return local_folder(snapshot) if snapshot else self.base
 
     @field_validator("name")
     @classmethod

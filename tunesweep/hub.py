@@ -103,3 +103,19 @@ def snapshot_identity(path: str | Path) -> Optional[str]:
     if not (COMMIT.match(p.name) and p.parent.name == "snapshots" and repo.startswith(PREFIX["model"])):
         return None
     return repo[len(PREFIX["model"]):].replace("--", "/") + "@" + p.name
+
+
+def local_folder(checkpoint: str) -> str:
+    """`checkpoint` itself, unless it is a pinned snapshot folder that this machine lacks (a Ray worker on
+    another node, with a hub cache of its own): then the same commit from this machine's cache (downloaded
+    when online), so every machine loads the very commit the stage pinned."""
+    pinned = snapshot_identity(checkpoint)
+    if pinned is None or Path(checkpoint).is_dir():
+        return checkpoint
+    repo_id, commit = pinned.rsplit("@", 1)
+    try:
+        return resolve(repo_id, commit, "model", "base").path
+    except UserError:
+        raise UserError(f"{checkpoint}: the base pinned to {pinned} is not on this machine and cannot be fetched "
+                        "here; give every machine the same hub cache (HF_HUB_CACHE on a shared disk) or let it reach "
+                        "the hub") from None
