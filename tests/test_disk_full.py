@@ -85,6 +85,7 @@ def test_split_on_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_pa
 
 CHILD = """\
 import sys
+import tempfile
 from pathlib import Path
 
 from tunesweep.errors import UserError
@@ -103,6 +104,12 @@ if __name__ == "__main__":
             run_isolated(func, disk / out, "x" * 200_000, name="finetune tiny")
         except UserError as exc:
             print("CHILD", exc)
+    # The disk is full now (plain.out filled it): the child cannot even hand back its outcome file.
+    tempfile.tempdir = str(disk)
+    try:
+        run_isolated(str, "fine", name="finetune tiny")
+    except UserError as exc:
+        print("OUTCOME", exc)
     print(disk / "done.txt", (disk / "done.txt").read_text().strip())
 """
 
@@ -125,6 +132,8 @@ def test_a_child_process_on_a_full_disk_gives_the_same_one_line(tmp_path, on_ful
     # a library's write that names no file: still one line about the full disk, not "the process died"
     assert child[1].startswith("CHILD the disk is full while writing an output ([Errno 28] No space left on device)")
     assert "rerun" in child[1]
+    [outcome] = [x for x in lines if x.startswith("OUTCOME ")]
+    assert outcome.startswith(f"OUTCOME finetune tiny: {disk}/tunesweep-child-") and ": the disk is full" in outcome
     assert f"{disk / 'done.txt'} finished" in lines  # the finished output is intact
     # No temporary file, nothing of the atomic write; the library's plain write leaves its partial file.
     assert sorted(listing(r.stdout)) == [str(disk / "done.txt"), str(disk / "plain.out")], r.stdout
