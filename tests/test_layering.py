@@ -1,7 +1,8 @@
 """The package's import structure, read from the source (module-level and in-function imports alike):
 
 - no import cycle inside tunesweep/;
-- the shared base (config, layout, provenance, loading, isolation, templates, files, errors, backends, stages)
+- the shared base (config, layout, provenance, loading, isolation, templates, files, errors, backends, stages,
+  hub, cluster)
   imports nothing but the base;
 - a stage package (data, generate, evaluate, report; train) imports the base and its own modules,
   never another stage and never the top layer (cli, pipeline, doctor, plan, tinymodel), which may
@@ -16,7 +17,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parent.parent / "tunesweep"
 
 BASE = {"__init__", "errors", "files", "config", "templates", "layout", "provenance", "loading", "backends", "stages",
-        "isolation", "cluster"}
+        "isolation", "cluster", "hub"}
 STAGES = {"data", "generate", "evaluate", "report", "train"}
 TOP = {"__main__", "cli", "pipeline", "doctor", "plan", "tinymodel"}
 

@@ -1,7 +1,7 @@
 """`tunesweep <stage>`: the console script. Each subcommand parses its flags and calls one
 library function; the stage files (split_dataset.py, inference/..., evaluation/...) call the same.
 
-A UserError prints one line and exits 2; anything else is a bug and keeps its traceback.
+A UserError (or a full disk) prints one line and exits 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Callable, Optional
 
-from .errors import UserError
+from .errors import UserError, disk_full_message
 from .layout import Workdir, WorkdirLock
 from .stages import STAGES
 
@@ -70,7 +70,8 @@ def cmd_split(args) -> int:
 
     cfg = _load(args, **{"dataset.source": args.dataset, "dataset.test_size": args.test_size, "seed": args.seed})
     meta, skipped = split_for_config(cfg, force=args.force)
-    print(f"split {meta['source']}: {meta['train_rows']} train + {meta['test_rows']} test rows "
+    commit = f"@{meta['source_commit']}" if meta.get("source_commit") else ""
+    print(f"split {meta['source']}{commit}: {meta['train_rows']} train + {meta['test_rows']} test rows "
           f"({meta['dropped_empty']} empty and {meta['dropped_duplicates']} duplicate records dropped) "
           f"-> {Workdir(cfg.path).data_dir}{' (already current, nothing written)' if skipped else ''}")
     return 0
@@ -260,6 +261,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("tunesweep: interrupted; finished outputs are kept, a rerun continues", file=sys.stderr)
         return 130
+    except Exception as exc:  # a full disk is no bug: one line (atomic writes name their file as DiskFullError)
+        message = disk_full_message(exc)
+        if message is None:
+            raise
+        print(f"tunesweep: error: {message}", file=sys.stderr)
+        return UserError.exit_code
     finally:
         if args.lock is not None:
             args.lock.__exit__(None, None, None)

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from .errors import UserError
+from .hub import Snapshot, is_hub_dataset, is_hub_model, local_folder, resolve
 from .layout import Workdir
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -30,8 +32,22 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True, strict=True, allow_inf_nan=False)
 
 
+def _hub_revision(v: Optional[str], info: ValidationInfo, key: str, is_hub) -> Optional[str]:
+    """A revision is a non-empty branch, tag or commit, and only means something for a hub id."""
+    if v is None:
+        return v
+    if not v.strip() or v != v.strip():
+        raise ValueError("must be a branch, tag or commit of the hub repo (no blanks)")
+    value = info.data.get(key)
+    if value is not None and not is_hub(value):
+        raise ValueError(f"applies to a hub id only, but {key} {value!r} is a local path or builtin source; "
+                         "remove revision")
+    return v
+
+
 class DatasetConfig(Strict):
     source: str = "tatsu-lab/alpaca"  # hub id, a local .json/.jsonl/.parquet/.csv, or builtin:tasks
+    revision: Optional[str] = None  # hub ids only: branch, tag or commit (default main); the commit is recorded
     test_size: Union[int, float] = 100  # int = rows, float = fraction of the usable rows
     max_rows: Optional[int] = Field(None, ge=2)  # keep only the first N usable rows (smoke runs)
     builtin_rows: int = Field(3000, ge=10)  # how many rows builtin:tasks generates
@@ -46,6 +62,17 @@ class DatasetConfig(Strict):
         if isinstance(v, float) and not 0.0 < v < 1.0:
             raise ValueError("a fraction must lie strictly between 0 and 1")
         return v
+
+    @field_validator("revision")
+    @classmethod
+    def _revision(cls, v, info: ValidationInfo):
+        return _hub_revision(v, info, "source", is_hub_dataset)
+
+    def hub_snapshot(self) -> Optional[Snapshot]:
+        """A hub `source` resolved to its commit and local snapshot folder (tunesweep.hub); None otherwise."""
+        if not is_hub_dataset(self.source):
+            return None
+        return resolve(self.source, self.revision, "dataset", "dataset.source")
 
 
 class LoraConfig(Strict):
@@ -74,6 +101,7 @@ class TrainConfig(Strict):
 class ModelConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     base: str  # hub id or local checkpoint directory
+    revision: Optional[str] = None  # hub ids only: branch, tag or commit (default main); the commit is recorded
     backend: Literal["auto", "unsloth", "peft"] = "auto"
     load_in_4bit: bool = False
     max_seq_length: int = Field(512, ge=16)
@@ -81,6 +109,28 @@ class ModelConfig(Strict):
     lora: Optional[LoraConfig] = Field(default_factory=LoraConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate_base: bool = False  # also generate and score the un-tuned base as `<name>-base`
+    # The local snapshot folder a hub `base` was resolved to by `pin` (not a config key).
+    _snapshot: Optional[str] = PrivateAttr(None)
+
+    @field_validator("revision")
+    @classmethod
+    def _revision(cls, v, info: ValidationInfo):
+        return _hub_revision(v, info, "base", is_hub_model)
+
+    def pin(self) -> "ModelConfig":
+        """Resolve a hub `base` (at `revision`) to its commit's local snapshot folder, once: every later load of
+        the base (training, base-target generation and perplexity, the post-merge check) reads that folder, and
+        its identity is `<repo>@<commit>` (provenance.checkpoint_identity). A local folder is left as it is."""
+        if self._snapshot is None and is_hub_model(self.base):
+            self._snapshot = resolve(self.base, self.revision, "model", f"models.{self.name}.base").path
+        return self
+
+    @property
+    def base_checkpoint(self) -> str:
+        """Where the base's weights load from: the pinned snapshot folder of a hub id (pinned on first use; on a
+        machine without that folder, the same commit from its own cache), else `base` itself."""
+        snapshot = self.pin()._snapshot
+        return local_folder(snapshot) if snapshot else self.base
 
     @field_validator("name")
     @classmethod
@@ -235,6 +285,13 @@ class ExperimentConfig(Strict):
     def selected_models(self, name: Optional[str] = None) -> list[ModelConfig]:
         return [self.model(name)] if name else list(self.models)
 
+    def pin_bases(self, targets: "list[RunTarget] | list[ModelConfig]") -> None:
+        """Pin the hub bases these targets (or models) load (ModelConfig.pin): one resolution per stage."""
+        for t in targets:
+            m = t if isinstance(t, ModelConfig) else t.model
+            if isinstance(t, ModelConfig) or t.is_base:
+                m.pin()
+
     def run_targets(self, name: Optional[str] = None) -> list["RunTarget"]:
         """Everything that generates and is scored: each fine-tuned model, and `<m>-base` rows."""
         targets = []
@@ -261,7 +318,7 @@ class RunTarget:
     def checkpoint(self, workdir: Path) -> str:
         """Where generation and perplexity load weights from."""
         if self.is_base:
-            return self.model.base
+            return self.model.base_checkpoint
         return str(Workdir(workdir).model_dir(self.model.name))
 
 

@@ -14,26 +14,36 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .errors import UserError
+from .errors import DiskFullError, UserError, disk_full_cause
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    A full disk (ENOSPC, EDQUOT) while writing is a DiskFullError naming `path`: the temporary file is
+    removed and `path` keeps what it held before, so nothing half-written is left."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    # mkstemp creates 0600; outputs are shared tables, so give them the usual umask-based mode.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    tmp = Path(tmp)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+        # mkstemp creates 0600; outputs are shared tables, so give them the usual umask-based mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if disk_full_cause(exc) is None:
+            raise
+        if tmp is not None and tmp.exists():
+            tmp.unlink()  # first, so the message counts the space it held as free
+        raise DiskFullError(path, exc) from None
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             tmp.unlink()
 
 

@@ -8,11 +8,12 @@ The child dies with its parent (PR_SET_PDEATHSIG on Linux, a watchdog thread els
 killed run leaves no orphan holding a GPU. Whatever goes wrong in the child reaches the caller as
 one UserError line naming `name` and the log: a UserError raised there keeps its text; any other
 exception, a signal (SIGKILL, the OOM killer) or a non-zero exit says what happened and where the
-traceback is.
+traceback is; a full disk (ENOSPC, EDQUOT) gives the one line `tunesweep <stage>` gives for it, naming the file.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pickle
@@ -25,9 +26,10 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import UserError
+from .errors import UserError, disk_full_cause, disk_full_message
 
 LOG_FORMAT = "tunesweep: %(message)s"
+DISK_FULL_EXIT = 75  # the child's exit code when the disk is too full to hand back even its outcome
 
 
 # The group watchdog: a process of its own (python -S, stdlib only), so that acting needs neither the
@@ -105,13 +107,25 @@ def _child_main(func: Callable, args: tuple, result_path: str, log_file: str, pa
         outcome = ("ok", func(*args))
     except UserError as exc:
         outcome = ("user_error", str(exc))
-    except BaseException as exc:  # a bug or a library failure: keep the traceback in the log
-        logging.getLogger(__name__).error("%s", traceback.format_exc())
-        outcome = ("error", f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
+    except BaseException as exc:
+        full = disk_full_message(exc)
+        if full:  # a full disk is no bug: the one line the command line gives (the traceback with -v)
+            logging.getLogger(__name__).debug("%s", traceback.format_exc())
+            outcome = ("user_error", full)
+        else:  # a bug or a library failure: keep the traceback in the log
+            logging.getLogger(__name__).error("%s", traceback.format_exc())
+            outcome = ("error", f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
     tmp = result_path + ".tmp"
-    with open(tmp, "wb") as fh:
-        pickle.dump(outcome, fh)
-    os.replace(tmp, result_path)
+    try:
+        with open(tmp, "wb") as fh:
+            pickle.dump(outcome, fh)
+        os.replace(tmp, result_path)
+    except OSError as exc:
+        if disk_full_cause(exc) is None:
+            raise
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        os._exit(DISK_FULL_EXIT)  # not even the outcome fits: the parent says so by this exit code
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -149,6 +163,9 @@ def run_isolated(func: Callable[..., Any], *args, name: str, log_file: str | os.
         with open(result_path, "rb") as fh:
             status, value = pickle.load(fh)
     except FileNotFoundError:
+        if proc.exitcode == DISK_FULL_EXIT:
+            raise UserError(f"{name}: " + disk_full_message(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+                                                            result_path)) from None
         raise UserError(f"{name}: the process {describe_exit(proc.exitcode)} before finishing{where}") from None
     finally:
         if os.path.exists(result_path):

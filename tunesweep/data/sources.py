@@ -1,6 +1,6 @@
 """Reading a dataset: Alpaca-format records from any source, checked and normalised.
 
-Sources: a hub id (through `datasets`), a local .json / .jsonl / .parquet / .csv file, or
+Sources: a hub id (resolved to one commit's snapshot folder by tunesweep.hub, read with `datasets`), a local .json / .jsonl / .parquet / .csv file, or
 `builtin:tasks` (the embedded offline demo set of tunesweep.data.builtin).
 
 Structural faults (unparseable JSON, a missing `instruction` or `output`, a value that is not
@@ -18,13 +18,14 @@ from typing import Optional
 
 from ..errors import UserError
 from ..files import fingerprint, read_jsonl_rows, sha256_bytes, sha256_file
+from ..hub import DATASET_FILE_SUFFIXES, Snapshot, resolve
 
 log = logging.getLogger(__name__)
 
 REQUIRED = ("instruction", "output")
 TEXT_FIELDS = ("instruction", "input", "output")
 MAX_FAULTS_SHOWN = 20
-LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
+LOCAL_SUFFIXES = DATASET_FILE_SUFFIXES
 
 
 @dataclass
@@ -77,20 +78,25 @@ def _read_table_file(path: Path) -> LoadedRecords:
     return LoadedRecords(str(path), [(i + offset, r) for i, r in enumerate(records)], source_hash=sha256_file(path))
 
 
-def _read_hub(source: str) -> LoadedRecords:
+def _read_hub(source: str, snapshot: Snapshot) -> LoadedRecords:
+    """The train split of a hub dataset, read from the snapshot folder it was resolved to (tunesweep.hub);
+    its identity is `<repo>@<commit>`."""
     try:
         import datasets
 
-        ds = datasets.load_dataset(source, split="train")
+        ds = datasets.load_dataset(snapshot.path, split="train")
     except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise UserError(
-            f"dataset.source = {source!r}: cannot load it from the hub ({exc.__class__.__name__}: {str(exc)[:200]}); "
-            "offline, point dataset.source at a local .json/.jsonl/.parquet/.csv file or use builtin:tasks"
-        ) from None
-    return LoadedRecords(source, [(i, r) for i, r in enumerate(ds, 1)], source_hash=getattr(ds, "_fingerprint", None))
+            f"dataset.source = {source!r} (revision {snapshot.revision!r}, commit {snapshot.commit}): cannot read its "
+            f"train split from {snapshot.path} ({exc.__class__.__name__}: {first}); point dataset.source at a local "
+            ".json/.jsonl/.parquet/.csv file or use builtin:tasks") from None
+    return LoadedRecords(source, [(i, r) for i, r in enumerate(ds, 1)], source_hash=snapshot.identity)
 
 
-def read_source(source: str, seed: int = 42, builtin_rows: int = 3000) -> LoadedRecords:
+def read_source(source: str, seed: int = 42, builtin_rows: int = 3000, revision: Optional[str] = None,
+                snapshot: Optional[Snapshot] = None) -> LoadedRecords:
+    """The records of `source`; a hub id is read at `snapshot` (or resolved at `revision` here)."""
     if source.startswith("builtin:"):
         from .builtin import generate_records
 
@@ -114,7 +120,7 @@ def read_source(source: str, seed: int = 42, builtin_rows: int = 3000) -> Loaded
         if suffix in (".csv", ".parquet"):
             return _read_table_file(path)
         raise UserError(f"dataset.source = {source!r}: unsupported file type (use .json, .jsonl, .parquet or .csv)")
-    return _read_hub(source)
+    return _read_hub(source, snapshot or resolve(source, revision, "dataset", "dataset.source"))
 
 
 def check_records(loaded: LoadedRecords) -> tuple[list[dict], list[str]]:
@@ -175,8 +181,9 @@ def drop_unusable(records: list[dict], source: str) -> tuple[list[dict], int, in
     return kept, len(empty), len(dupes)
 
 
-def load_usable_records(source: str, seed: int = 42, builtin_rows: int = 3000) -> tuple[LoadedRecords, list[dict], dict]:
-    loaded = read_source(source, seed=seed, builtin_rows=builtin_rows)
+def load_usable_records(source: str, seed: int = 42, builtin_rows: int = 3000, revision: Optional[str] = None,
+                        snapshot: Optional[Snapshot] = None) -> tuple[LoadedRecords, list[dict], dict]:
+    loaded = read_source(source, seed=seed, builtin_rows=builtin_rows, revision=revision, snapshot=snapshot)
     records, faults = check_records(loaded)
     if faults:
         raise UserError(fault_report(faults))

@@ -14,6 +14,7 @@ from typing import Optional
 
 from ..errors import UserError
 from ..files import jsonl_dumps, sha256_bytes, sha256_file, write_json, write_text
+from ..hub import Snapshot, is_hub_dataset, resolve
 from ..layout import Workdir
 from ..provenance import logic
 from .sources import load_usable_records, record_id
@@ -55,9 +56,12 @@ def resolve_test_size(test_size, n_usable: int) -> int:
 
 
 def split_dataset(source: str, workdir: str | Path, test_size, seed: int = 42, max_rows: Optional[int] = None,
-                  builtin_rows: int = 3000) -> dict:
-    """Write alpaca_data/{train,test}.jsonl and split.json; same inputs give byte-identical files."""
-    loaded, usable, stats = load_usable_records(source, seed=seed, builtin_rows=builtin_rows)
+                  builtin_rows: int = 3000, revision: Optional[str] = None, snapshot: Optional[Snapshot] = None) -> dict:
+    """Write alpaca_data/{train,test}.jsonl and split.json; same inputs give byte-identical files.
+    A hub `source` is read at `snapshot` (or resolved at `revision` here); split.json records its commit."""
+    if snapshot is None and is_hub_dataset(source):
+        snapshot = resolve(source, revision, "dataset", "dataset.source")
+    loaded, usable, stats = load_usable_records(source, seed=seed, builtin_rows=builtin_rows, snapshot=snapshot)
     if max_rows is not None:
         usable = usable[:max_rows]
     n_test = resolve_test_size(test_size, len(usable))
@@ -77,6 +81,9 @@ def split_dataset(source: str, workdir: str | Path, test_size, seed: int = 42, m
     paths = Workdir(workdir)
     meta = {
         "source": source,
+        "revision": revision,
+        # a hub dataset: the commit it resolved to; source_hash is then `<repo>@<commit>`
+        "source_commit": snapshot.commit if snapshot else None,
         "source_hash": loaded.source_hash,
         "seed": seed,
         "test_size": test_size,
@@ -111,9 +118,15 @@ def split_is_current(workdir: str | Path) -> Optional[dict]:
 def split_for_config(cfg, force: bool = False) -> tuple[dict, bool]:
     """Split the config's dataset unless alpaca_data/ already holds this exact split; (meta, skipped)."""
     meta = split_is_current(cfg.path)
+    # A hub dataset is resolved once, here: upstream moving `main` to another commit splits again.
+    snapshot = cfg.dataset.hub_snapshot()
     wanted = {"source": cfg.dataset.source, "seed": cfg.seed, "test_size": cfg.dataset.test_size,
               "max_rows": cfg.dataset.max_rows}
     wanted["logic"] = split_logic()
+    if cfg.dataset.revision is not None:  # (split.json files of local sources hold no revision)
+        wanted["revision"] = cfg.dataset.revision
+    if snapshot is not None:
+        wanted["source_hash"] = snapshot.identity
     if not force and meta and all(meta.get(k) == v for k, v in wanted.items()):
         if not cfg.dataset.source.startswith("builtin:") and Path(cfg.dataset.source).is_file():
             # A local file edited since the split must be split again.
@@ -122,5 +135,6 @@ def split_for_config(cfg, force: bool = False) -> tuple[dict, bool]:
         if meta:
             return meta, True
     meta = split_dataset(cfg.dataset.source, cfg.path, cfg.dataset.test_size, seed=cfg.seed,
-                         max_rows=cfg.dataset.max_rows, builtin_rows=cfg.dataset.builtin_rows)
+                         max_rows=cfg.dataset.max_rows, builtin_rows=cfg.dataset.builtin_rows,
+                         revision=cfg.dataset.revision, snapshot=snapshot)
     return meta, False

@@ -382,6 +382,7 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     """Score every target of the study (or `model`); returns what was computed and the table rows."""
     configs = expand_sweep(cfg.generation)
     targets = cfg.run_targets(model)
+    cfg.pin_bases(targets)  # hub bases of base targets: one commit's snapshot folder for this whole stage
     all_targets = [t.name for t in cfg.run_targets()]
     # Check every input before any work: a gap must not surface after an hour of scoring.
     names = [dc.name for dc in configs]

@@ -199,6 +199,8 @@ def run_target(cfg: ExperimentConfig, plan: TargetPlan) -> dict:
 
     manifest.update({
         "model": target, "checkpoint": plan.checkpoint, "checkpoint_hash": plan.checkpoint_id["sha256"],
+        # <repo>@<commit> of a hub base (its snapshot folder is `checkpoint`); the folder itself otherwise
+        "checkpoint_identity": plan.checkpoint_id["checkpoint"],
         "checkpoint_stat": plan.checkpoint_id["stat"], "backend": backend.name,
         "backend_reason": plan.backend_reason, "versions": plan.versions,
         "test_rows": len(plan.rows), "limit": plan.limit, "engine": plan.engine or None,
@@ -376,6 +378,7 @@ def generate(cfg: ExperimentConfig, model: Optional[str] = None, backend: Option
     if cfg.execution.backend == "ray":  # Ray workers have other working directories: absolute paths
         cfg = cfg.model_copy(update={"workdir": str(cfg.path.resolve())})
     targets = cfg.run_targets(model)
+    cfg.pin_bases(targets)  # hub bases of base targets: one commit's snapshot folder for this whole stage
     for target in targets:  # fail before any work if a fine-tuned model is missing
         check_checkpoint(target, cfg.path)
     rows = load_split(cfg.path, "test")

@@ -25,6 +25,7 @@ from typing import Iterator
 from ..config import DecodingConfig, ExperimentConfig
 from ..errors import UserError
 from ..files import derive_seed
+from ..hub import local_folder
 from ..isolation import _die_with_parent
 from ..templates import decode_response
 from .backend import (Backend, ConfigDone, EngineBuilt, InvarianceDone, Job, Message, Request, RowResult,
@@ -97,7 +98,9 @@ def run_jobs(request: Request, emit) -> None:
     from vllm.sampling_params import BeamSearchParams
 
     t0 = time.perf_counter()
-    llm = LLM(**request.engine)
+    # A pinned hub snapshot: the same commit on this machine (an engine actor on another node).
+    folder = local_folder(request.engine["model"])
+    llm = LLM(**{**request.engine, "model": folder, "tokenizer": folder})
     emit(EngineBuilt(time.perf_counter() - t0))
     prompts = request.prompts
     try:

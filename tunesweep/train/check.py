@@ -71,9 +71,10 @@ def base_with_adapter(base: str, adapter_dir: Path, vocab_size: int, device):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from ..hub import local_folder
     from ..loading import compute_dtype
 
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=compute_dtype(), device_map=str(device))
+    model = AutoModelForCausalLM.from_pretrained(local_folder(base), dtype=compute_dtype(), device_map=str(device))
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         model = model.dequantize()  # a pre-quantized base was merged dequantized: compare like with like
     if model.get_input_embeddings().weight.shape[0] < vocab_size:

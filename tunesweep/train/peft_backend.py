@@ -76,8 +76,8 @@ def train(job: TrainJob) -> TrainResult:
     set_seed(job.seed)
     cuda = torch.cuda.is_available()
     dtype = compute_dtype()
-    tokenizer = load_tokenizer(m.base, m.name)
-    model = load_causal_lm(m.base, dtype, quantize_4bit=m.load_in_4bit, name=m.name)
+    tokenizer = load_tokenizer(m.base_checkpoint, m.name)
+    model = load_causal_lm(m.base_checkpoint, dtype, quantize_4bit=m.load_in_4bit, name=m.name)
     job.notes.append(ensure_distinct_pad(tokenizer, model))
     quantized = is_quantized(model)
     # Gradient checkpointing: on CUDA by default (memory); on a CPU the tiny models gain nothing from it
@@ -118,7 +118,7 @@ def train(job: TrainJob) -> TrainResult:
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
-        merged = merge_adapter(m.base, job.adapter_dir, tokenizer, dtype, m.name)
+        merged = merge_adapter(m.base_checkpoint, job.adapter_dir, tokenizer, dtype, m.name)
         if quantized:
             job.notes.append(f"trained on nf4 weights; merged into the base reloaded in {str(dtype).split('.')[-1]}")
     else:

@@ -33,11 +33,14 @@ def training_inputs(cfg: ExperimentConfig, m: ModelConfig, backend: str, train: 
                     previous: Optional[dict] = None) -> dict:
     """Everything that changes the trained weights (evaluate_base does not, so it is left out).
 
-    The base is identified as every stage identifies a checkpoint (provenance.checkpoint_identity);
+    The base is identified as every stage identifies a checkpoint (provenance.checkpoint_identity; a hub
+    base, pinned by ModelConfig.pin, as `<repo>@<commit>`, so upstream moving `main` retrains);
     `previous`, the base identity recorded by the last training, lets an unchanged 14 GB base skip
     rehashing; base_stat (names, sizes, mtimes) is that shortcut's key, not part of the fingerprint."""
-    section = m.model_dump(exclude={"evaluate_base", "train", "backend"})
-    base = checkpoint_identity(m.base, previous)
+    # revision is left out: the base identity holds the commit it resolved to (the same commit asked as `main` or
+    # by its hash trains the same weights).
+    section = m.model_dump(exclude={"evaluate_base", "train", "backend", "revision"})
+    base = checkpoint_identity(m.base_checkpoint, previous)
     return {"model": section, "train": train, "backend": backend,
             "base": {"checkpoint": base["checkpoint"], "sha256": base["sha256"]}, "base_stat": base["stat"],
             "train_sha256": data_sha, "template": cfg.template, "seed": cfg.seed}

@@ -96,8 +96,9 @@ def finetune(cfg: ExperimentConfig, model: Optional[str] = None, backend: Option
     if cfg.execution.backend == "ray":  # Ray workers have other working directories: absolute paths
         cfg = cfg.model_copy(update={"workdir": str(cfg.path.resolve())})
     models = cfg.selected_models(model)
+    cfg.pin_bases(models)  # hub bases: resolved to one commit's snapshot folder for this whole stage
     for m in models:  # a damaged local base is one line now, not a traceback from the training process
-        check_checkpoint_folder(m.base, "base model")
+        check_checkpoint_folder(m.base_checkpoint, "base model")
     train_records = load_split(cfg.workdir, "train")
     test_records = load_split(cfg.workdir, "test")
     data_sha = sha256_file(Workdir(cfg.workdir).split_file("train"))
@@ -239,7 +240,7 @@ def prepare_one(cfg: ExperimentConfig, m: ModelConfig, pairs: list[dict], test_r
              f", resuming from {Path(resume).name}" if resume else "")
 
     check_args = (test_records[:CHECK_PROMPTS], cfg.template, cfg.generation.max_new_tokens,
-                  None if m.lora is None else m.base)
+                  None if m.lora is None else m.base_checkpoint)
     return Prepared(model=m, job=job, backend=backend, why=why, requested=requested, method=method, train=train,
                     inputs=inputs, inputs_fp=inputs_fp, resume=resume, check_args=check_args,
                     log_file=training_dir / LOG_NAME, out_dir=out_dir, data_sha=data_sha)
@@ -256,6 +257,8 @@ def finish_one(cfg: ExperimentConfig, prep: Prepared, result: TrainResult, check
     record = {
         "model": m.name,
         "base": m.base,
+        "base_revision": m.revision,
+        "base_identity": inputs["base"]["checkpoint"],  # <repo>@<commit> for a hub base, else the folder
         "backend": backend,
         "backend_reason": why,
         "backend_requested": requested,

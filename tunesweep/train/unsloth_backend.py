@@ -46,7 +46,7 @@ def train(job: TrainJob) -> TrainResult:
     set_seed(job.seed)  # get_peft_model's random_state seeds the LoRA init; this seeds the rest
     try:
         model, tokenizer = FastLanguageModel.from_pretrained(
-            model_name=m.base, max_seq_length=m.max_seq_length, load_in_4bit=m.load_in_4bit, dtype=None,
+            model_name=m.base_checkpoint, max_seq_length=m.max_seq_length, load_in_4bit=m.load_in_4bit, dtype=None,
         )
     except OSError as exc:
         raise UserError(f"models.{m.name}.base = {m.base!r}: cannot load it ({str(exc).splitlines()[0][:200]})") from None
