@@ -258,14 +258,17 @@ def killed_once(pattern: str):
 
 
 @RAY_MARK
-def test_score_on_ray_equals_the_local_scores_even_when_a_task_is_killed(ray_local, study, tmp_path):
+def test_score_on_ray_equals_the_local_scores_even_when_a_task_is_killed(ray_local, study, tmp_path, monkeypatch):
     """Item 4 (and 5 for tasks): with backend: ray, each target's BERTScore and perplexity are Ray tasks
     (4 here: tiny and tiny-base). The worker running tiny's perplexity is SIGKILLed while it runs; Ray
-    starts the task again and every table equals the study's local scoring."""
+    starts the task again and every table equals the study's local scoring. The workdir is given
+    relative to the current directory, which Ray's workers do not share."""
     from tunesweep.evaluate.scoring import score
 
     copy = study.copy_to(tmp_path)
-    copy.config.write_text(copy.config.read_text() + "execution: {backend: ray, retries: 1}\n")
+    monkeypatch.chdir(tmp_path)
+    copy.config.write_text(copy.config.read_text().replace(f"workdir: {copy.root}", "workdir: work")
+                           + "execution: {backend: ray, retries: 1}\n")
     cfg = load_config(copy.config)
     with killed_once("ray::tunesweep-score-perplexity-tiny$") as killed:
         t = time.perf_counter()

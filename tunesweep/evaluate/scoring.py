@@ -160,11 +160,14 @@ def plan_perplexity(cfg, target, tr: TargetResponses, cache: RowCache, force: bo
 
 def perplexity_job(target_name: str, checkpoint: str, records: list[dict], template: str, batch_size: int) -> dict:
     """The perplexity row of `records`' references under `checkpoint` (with per-row NLL for the CI)."""
+    from ..hub import local_folder
     from . import perplexity
 
     log.info("perplexity %s: %d test references under %s", target_name, len(records), checkpoint)
     try:
-        result = perplexity.corpus_perplexity(checkpoint, records, template=template, batch_size=batch_size)
+        # A Ray task on another node loads the pinned base commit from its own hub cache.
+        result = perplexity.corpus_perplexity(local_folder(checkpoint), records, template=template,
+                                              batch_size=batch_size)
     except OSError as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{checkpoint}: cannot load it for the perplexity of {target_name!r} ({first_line})") from None
@@ -380,6 +383,8 @@ def current_checkpoint_hash(cfg, target) -> str:
 
 def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     """Score every target of the study (or `model`); returns what was computed and the table rows."""
+    if cfg.execution.backend == "ray":  # Ray workers have other working directories: absolute paths
+        cfg = cfg.model_copy(update={"workdir": str(cfg.path.resolve())})
     configs = expand_sweep(cfg.generation)
     targets = cfg.run_targets(model)
     cfg.pin_bases(targets)  # hub bases of base targets: one commit's snapshot folder for this whole stage
