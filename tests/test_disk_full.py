@@ -85,6 +85,7 @@ def test_split_on_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_pa
 CHILD = """\
 import sys
 import tempfile
+from pathlib import Path
 
 from tunesweep.errors import UserError
 from tunesweep.files import write_text
