@@ -96,15 +96,18 @@ def test_no_resamples_gives_the_difference_without_interval_or_p():
 
 def test_score_writes_comparisons_csv_to_the_centre_and_to_the_base(tmp_path, demo_records):
     records = demo_records[:25]
-    cfg = load_config(write_study(tmp_path, metrics="[bleu, rougeL]", bootstrap=60, sweep="{top_k: [10, 20]}",
-                                  evaluate_base=True))
+    base = tmp_path / "base"  # a local stand-in (a hub id would be resolved to a cached commit)
+    base.mkdir()
+    (base / "config.json").write_text("{}\n")
+    cfg = load_config(write_study(tmp_path, base=str(base), metrics="[bleu, rougeL]", bootstrap=60,
+                                  sweep="{top_k: [10, 20]}", evaluate_base=True))
     names = [dc.name for dc in expand_sweep(cfg.generation)]
     centre = names[0]
     write_responses(cfg.path, "tiny", records, {centre: [perturb(r["output"], 3) for r in records],
                                                 names[1]: [perturb(r["output"], 3) for r in records],
                                                 names[2]: [perturb(r["output"], 2) for r in records]})
     write_responses(cfg.path, "tiny-base", records, {n: ["no idea"] * len(records) for n in names},
-                    checkpoint="unused-base")  # a base row is generated from the base itself
+                    checkpoint=str(base))  # a base row is generated from the base itself
     score(cfg)
     path = cfg.path / "eval_results" / "comparisons.csv"
     with open(path, newline="") as fh:
