@@ -152,3 +152,16 @@ def test_rouge_repeated_pairs_keep_their_place_and_scores():
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     want = [[s.precision, s.recall, s.fmeasure] for s in (scorer.score(r, h)["rougeL"] for h, r in zip(hyps, refs))]
     assert got.tolist() == want
+
+
+def test_a_pickled_bertscore_leaves_its_loaded_scorer_behind():
+    """A Ray scoring task gets the metric pickled: it must load its own BERTScorer, not carry the driver's."""
+    import pickle
+
+    from tunesweep.evaluate.metrics import BertScore
+
+    metric = BertScore(model=None, num_layers=6, batch_size=8)
+    metric._scorer = object()  # as if loaded here
+    copy = pickle.loads(pickle.dumps(metric))
+    assert copy._scorer is None and metric._scorer is not None
+    assert (copy.model, copy.num_layers, copy.batch_size) == (None, 6, 8)

@@ -285,6 +285,13 @@ class ExperimentConfig(Strict):
     def selected_models(self, name: Optional[str] = None) -> list[ModelConfig]:
         return [self.model(name)] if name else list(self.models)
 
+    def for_execution(self) -> "ExperimentConfig":
+        """This config as a stage runs it: under execution.backend ray with the workdir made absolute (Ray's
+        workers have other working directories), else itself."""
+        if self.execution.backend != "ray":
+            return self
+        return self.model_copy(update={"workdir": str(self.path.resolve())})
+
     def pin_bases(self, targets: "list[RunTarget] | list[ModelConfig]") -> None:
         """Pin the hub bases these targets (or models) load (ModelConfig.pin): one resolution per stage."""
         for t in targets:

@@ -349,6 +349,10 @@ class BertScore(MeanOfRows):
             self._resolved = resolve_bertscore_model(self.model, self.num_layers)
         return self._resolved
 
+    def __getstate__(self) -> dict:
+        # A loaded BERTScorer stays in its process: a pickled copy (a Ray task's) loads its own.
+        return {**self.__dict__, "_scorer": None}
+
     def settings(self) -> dict:
         path, layers, label = self.resolved()
         return {"library": "bert-score", "version": _version("bert-score"), "model": label, "model_path": path,

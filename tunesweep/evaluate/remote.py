@@ -9,7 +9,6 @@ naming the model and the metric, and a rerun scores only what the cache still la
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 from ..cluster import check_shared, first_line, user_error
@@ -18,10 +17,10 @@ from ..errors import UserError
 log = logging.getLogger(__name__)
 
 
-def run_job(job, shared: tuple[str, str]):
+def run_job(fn, args: tuple, shared: tuple[str, str], what: str):
     """Inside the Ray task: the job's own function, after checking that this node sees the workdir."""
-    check_shared(*shared, f"score {job.target} ({job.what})")
-    return job.fn(*job.args)
+    check_shared(*shared, what)
+    return fn(*args)
 
 
 def task_name(job) -> str:
@@ -41,12 +40,9 @@ def run_on_ray(cfg, jobs: list):
     task = ray.remote(run_job)
     refs = {}
     for job in jobs:
-        if job.what != "perplexity":
-            # A metric is sent without a scorer it may have loaded here: each task loads its own.
-            metric, missing = job.args
-            job = dataclasses.replace(job, args=(dataclasses.replace(metric, _scorer=None, calls=0), missing))
         ref = task.options(name=task_name(job), num_cpus=cfg.execution.cpus, num_gpus=gpus,
-                           max_retries=cfg.execution.retries, retry_exceptions=False).remote(job, shared)
+                           max_retries=cfg.execution.retries, retry_exceptions=False).remote(
+            job.fn, job.args, shared, f"score {job.target} ({job.what})")
         refs[ref] = job
         log.info("%s: %s submitted as a Ray task (%g CPUs, %g GPUs)", job.target, job.what, cfg.execution.cpus, gpus)
     try:

@@ -187,6 +187,7 @@ class SlowJob:
     what: str  # "bertscore" or "perplexity"
     fn: object  # metric_rows_job or perplexity_job: module-level, so a Ray worker can import it
     args: tuple
+    cached_as: object  # where the driver caches the result: the metric's missing configs, or the perplexity key
 
 
 def run_jobs(cfg, jobs: list[SlowJob]):
@@ -383,8 +384,7 @@ def current_checkpoint_hash(cfg, target) -> str:
 
 def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     """Score every target of the study (or `model`); returns what was computed and the table rows."""
-    if cfg.execution.backend == "ray":  # Ray workers have other working directories: absolute paths
-        cfg = cfg.model_copy(update={"workdir": str(cfg.path.resolve())})
+    cfg = cfg.for_execution()
     configs = expand_sweep(cfg.generation)
     targets = cfg.run_targets(model)
     cfg.pin_bases(targets)  # hub bases of base targets: one commit's snapshot folder for this whole stage
@@ -428,7 +428,6 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     # 1. What each target still needs. BLEU and ROUGE-L take seconds and are scored here and now; BERTScore
     #    and perplexity load models and become jobs.
     jobs: list[SlowJob] = []
-    pending: dict[tuple[str, str], list] = {}
     for target in targets:
         tr = loaded[target.name]
         if (warning := language_warning([r["reference"] for r in next(iter(tr.records.values()), [])],
@@ -450,8 +449,7 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
             if not missing:
                 continue
             if metric.name in SLOW_METRICS:
-                jobs.append(SlowJob(target.name, metric.name, metric_rows_job, (metric, missing)))
-                pending[target.name, metric.name] = missing
+                jobs.append(SlowJob(target.name, metric.name, metric_rows_job, (metric, missing), missing))
             else:
                 values, _ = metric_rows_job(metric, missing)
                 computed[target.name][metric.name] = fill_rows(metric, missing, values, rows, cache)
@@ -460,8 +458,7 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
             row, key, args = plan_perplexity(cfg, target, tr, cache, force, target_logic)
             computed[target.name]["perplexity"] = []
             if row is None:
-                jobs.append(SlowJob(target.name, "perplexity", perplexity_job, args))
-                pending[target.name, "perplexity"] = key
+                jobs.append(SlowJob(target.name, "perplexity", perplexity_job, args, key))
             else:
                 ppl_rows[target.name] = row
                 log.info("%s perplexity %.4f over %d reference tokens (reused)", target.name, row["perplexity"],
@@ -472,7 +469,7 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     for job, result in run_jobs(cfg, jobs):
         cache = caches[job.target]
         if job.what == "perplexity":
-            cache.put("perplexity", "corpus", pending[job.target, "perplexity"], result)
+            cache.put("perplexity", "corpus", job.cached_as, result)
             ppl_rows[job.target] = result
             computed[job.target]["perplexity"] = ["corpus"]
             log.info("%s perplexity %.4f over %d reference tokens (computed)", job.target, result["perplexity"],
@@ -480,7 +477,7 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
         else:
             values, calls = result
             metric = by_name[job.what]
-            computed[job.target][job.what] = fill_rows(metric, pending[job.target, job.what], values,
+            computed[job.target][job.what] = fill_rows(metric, job.cached_as, values,
                                                        rows_by_target[job.target][job.what], cache)
             library_calls[job.target][job.what] = calls
         cache.save()

@@ -375,8 +375,7 @@ def generate(cfg: ExperimentConfig, model: Optional[str] = None, backend: Option
         raise UserError("generation.backend = vllm: vllm is not installed; install it or use --backend hf")
     if limit is not None and limit < 1:
         raise UserError(f"--limit = {limit}: must be at least 1 test row")
-    if cfg.execution.backend == "ray":  # Ray workers have other working directories: absolute paths
-        cfg = cfg.model_copy(update={"workdir": str(cfg.path.resolve())})
+    cfg = cfg.for_execution()
     targets = cfg.run_targets(model)
     cfg.pin_bases(targets)  # hub bases of base targets: one commit's snapshot folder for this whole stage
     for target in targets:  # fail before any work if a fine-tuned model is missing

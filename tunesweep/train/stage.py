@@ -93,8 +93,7 @@ def finetune(cfg: ExperimentConfig, model: Optional[str] = None, backend: Option
     if model and model.endswith("-base"):
         log.info("%s is an un-tuned base model: nothing to fine-tune", model)
         return []
-    if cfg.execution.backend == "ray":  # Ray workers have other working directories: absolute paths
-        cfg = cfg.model_copy(update={"workdir": str(cfg.path.resolve())})
+    cfg = cfg.for_execution()
     models = cfg.selected_models(model)
     cfg.pin_bases(models)  # hub bases: resolved to one commit's snapshot folder for this whole stage
     for m in models:  # a damaged local base is one line now, not a traceback from the training process
