@@ -225,13 +225,19 @@ def test_full_stage_perplexity_human_and_cache(tmp_path, tiny_model_dir, demo_re
     assert [p["model"] for p in read_csv(out / "perplexity.csv")] == ["tiny", "tiny-base"]
 
 
-@pytest.mark.parametrize("fault", ["missing", "short", "no_response"])
-def test_missing_or_incomplete_config_fails_loudly(tmp_path, demo_records, fault):
+def bleu_study_of_five(tmp_path, demo_records):
+    """(config, config names, the second config's response file) of a BLEU-only study whose every config
+    answers 5 records with their references, vouched for as generate writes them."""
     cfg = load_config(write_study(tmp_path, metrics="[bleu]"))
     names = [dc.name for dc in expand_sweep(cfg.generation)]
     records = demo_records[:5]
     write_responses(cfg.path, "tiny", records, {n: [r["output"] for r in records] for n in names})
-    path = cfg.path / "llm_responses" / "tiny" / f"{names[1]}.jsonl"
+    return cfg, names, cfg.path / "llm_responses" / "tiny" / f"{names[1]}.jsonl"
+
+
+@pytest.mark.parametrize("fault", ["missing", "short", "no_response"])
+def test_missing_or_incomplete_config_fails_loudly(tmp_path, demo_records, fault):
+    cfg, names, path = bleu_study_of_five(tmp_path, demo_records)
     recs = read_jsonl(path)
     if fault == "missing":
         path.unlink()
@@ -335,11 +341,7 @@ def test_grid_sweep_is_scored_config_by_config_and_labelled_grid(tmp_path, demo_
 @pytest.mark.parametrize("fault", ["resplit", "tampered_reference", "no_manifest_entry", "incomplete_generation",
                                    "other_checkpoint_hash", "truncated_checkpoint", "reordered_rows"])
 def test_score_refuses_responses_the_current_run_does_not_vouch_for(tmp_path, demo_records, fault):
-    cfg = load_config(write_study(tmp_path, metrics="[bleu]"))
-    names = [dc.name for dc in expand_sweep(cfg.generation)]
-    records = demo_records[:5]
-    write_responses(cfg.path, "tiny", records, {n: [r["output"] for r in records] for n in names})
-    path = cfg.path / "llm_responses" / "tiny" / f"{names[1]}.jsonl"
+    cfg, names, path = bleu_study_of_five(tmp_path, demo_records)
     manifest_path = cfg.path / "llm_responses" / "tiny" / "manifest.json"
     manifest = read_json(manifest_path)
     test_path = cfg.path / "alpaca_data" / "test.jsonl"
