@@ -29,7 +29,8 @@ from typing import Iterator, Optional
 from ..cluster import check_shared, first_line, user_error
 from ..config import DecodingConfig, ExperimentConfig
 from ..errors import UserError
-from .backend import AgreementDone, Backend, ConfigDone, EngineBuilt, InvarianceDone, Message, Request
+from .backend import (AgreementDone, Backend, ConfigDone, EngineBuilt, InvarianceDone, Message, Request,
+                      identical_fraction)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,16 @@ def check_sample(n_rows: int, k: int) -> list[int]:
     if k <= 1:
         return [0][:k]
     return sorted({round(i * (n_rows - 1) / (k - 1)) for i in range(k)})
+
+
+def rows_of(request: Request, rows, jobs: list, invariance=None) -> Request:
+    """`request` for the given rows only (indices into its rows, in order) and `jobs`: each job keeps its
+    per-request seeds of those rows, so a row gets exactly what the full request would ask for it."""
+    rows = list(rows)
+    return dataclasses.replace(
+        request, row_ids=[request.row_ids[i] for i in rows], prompts=[request.prompts[i] for i in rows],
+        jobs=[dataclasses.replace(j, seeds=tuple(j.seeds[i] for i in rows) if j.seeds else ()) for j in jobs],
+        use_tqdm=False, invariance=invariance)
 
 
 def merge(parts: list[ConfigDone]) -> ConfigDone:
@@ -136,17 +147,14 @@ class ShardedBackend(Backend):
 
     # --- running
     def _start(self, ray, actor_cls, request: Request, shard: _Shard) -> None:
-        jobs = [dataclasses.replace(j, seeds=j.seeds[shard.lo:shard.hi] if j.seeds else ())
-                for j in request.jobs if j.config not in shard.received]
+        jobs = [j for j in request.jobs if j.config not in shard.received]
         if not jobs:
             shard.done = True
             return
         # The batch-invariance sample indexes the full row list: only the shard holding all of it runs it.
         inv = request.invariance
         holds_sample = inv is not None and shard.lo == 0 and max(inv.rows, default=0) < shard.hi
-        sub = dataclasses.replace(request, row_ids=request.row_ids[shard.lo:shard.hi],
-                                  prompts=request.prompts[shard.lo:shard.hi], jobs=jobs, use_tqdm=False,
-                                  invariance=inv if holds_sample else None)
+        sub = rows_of(request, range(shard.lo, shard.hi), jobs, inv if holds_sample else None)
         name = f"tunesweep-{self.target}-shard{shard.index}-try{shard.failures}-{os.getpid()}"
         shard.actor = actor_cls.options(name=name, num_cpus=self.num_cpus, num_gpus=self.num_gpus,
                                         max_restarts=0).remote(self.inner, sub, self.shared,
@@ -225,13 +233,10 @@ class ShardedBackend(Backend):
         from ray.exceptions import RayError
 
         sample = check_sample(len(request.row_ids), self.agreement_rows)
-        jobs = [dataclasses.replace(j, seeds=tuple(j.seeds[i] for i in sample) if j.seeds else ()) for j in request.jobs]
-        sub = dataclasses.replace(request, row_ids=[request.row_ids[i] for i in sample],
-                                  prompts=[request.prompts[i] for i in sample], jobs=jobs, use_tqdm=False,
-                                  invariance=None)
+        sub = rows_of(request, sample, request.jobs)
         name = f"tunesweep-{self.target}-agreement-{os.getpid()}"
         log.info("%s: agreement check: %d configs x %d rows (spread over the %d shards) on one engine", self.target,
-                 len(jobs), len(sample), self.n_shards)
+                 len(sub.jobs), len(sample), self.n_shards)
         start = time.perf_counter()
         actor = actor_cls.options(name=name, num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_restarts=0).remote(
             self.inner, sub, self.shared, f"{self.target} agreement check")
@@ -254,9 +259,10 @@ class ShardedBackend(Backend):
                 pass
         identical, differs = {}, {}
         for config, rows in single.items():
-            same = [a == results[config][i] for a, i in zip(rows, sample)]
-            identical[config] = sum(same) / len(same)
-            differs[config] = [request.row_ids[i] for i, ok in zip(sample, same) if not ok]
+            # A row is the same when its text, finish reason and token count are.
+            identical[config], differ = identical_fraction([dataclasses.astuple(r) for r in rows],
+                                                           [dataclasses.astuple(results[config][i]) for i in sample])
+            differs[config] = [sub.row_ids[k] for k in differ]
         yield AgreementDone(self.n_shards, [request.row_ids[i] for i in sample], identical, differs,
                             time.perf_counter() - start)
 
