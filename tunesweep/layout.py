@@ -272,6 +272,11 @@ def generated_digest(path: Path) -> Optional[str]:
         records = read_jsonl(path)
     except (OSError, UserError):
         return None
+    return records_digest(records)
+
+
+def records_digest(records: list[dict]) -> str:
+    """generated_digest of records already read from a response file."""
     return sha256_bytes(jsonl_dumps({k: v for k, v in r.items() if k != "response"} for r in records).encode())
 
 
@@ -347,7 +352,7 @@ def read_target_responses(workdir: str | os.PathLike, target: str, configs: Sequ
             raise UserError(f"{path}: generated from another checkpoint than {manifest.get('checkpoint')!r} is now "
                             f"(checkpoint hash {str(entry.get('checkpoint_hash'))[:12]}, now "
                             f"{str(checkpoint_hash or manifest.get('checkpoint_hash'))[:12]}); {_regenerate(target)}")
-        if generated_digest(path) != entry.get("generated_sha256"):
+        if records_digest(recs) != entry.get("generated_sha256"):
             raise UserError(f"{path}: its content differs from what generate wrote ({manifest_path.name}'s "
                             f"generated_sha256): edited or left from another run; {_regenerate(target)}")
         ids = [rec.get("id") for rec in recs]
