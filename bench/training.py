@@ -70,6 +70,7 @@ def training_pairs(data: str, rows: int, seed: int) -> list[dict]:
 def make_job(args, backend: str, base: str, pairs: list[dict], root: Path, cuda: bool):
     from tunesweep.config import ModelConfig
     from tunesweep.train.job import SpeedSettings, TrainJob
+    from tunesweep.train.resume import effective_train
 
     four_bit = args.quant == "4bit" or (args.quant == "auto" and cuda)
     model = ModelConfig(name=f"bench-{backend}", base=base, backend=backend, load_in_4bit=four_bit,
@@ -77,7 +78,7 @@ def make_job(args, backend: str, base: str, pairs: list[dict], root: Path, cuda:
                         lora={"r": args.r, "alpha": args.r, "dropout": 0.0, "target_modules": ALL_LINEAR},
                         train={"max_steps": args.steps, "batch_size": args.batch_size, "grad_accum": 1,
                                "learning_rate": 2e-4, "logging_steps": 5, "save_steps": args.steps + 1})
-    train = {**model.train.model_dump()}
+    train = effective_train(model, None, os.cpu_count() or 1)  # both backends on every core
     speed = SpeedSettings(gradient_checkpointing=args.gradient_checkpointing == "on",
                           padding_free=args.padding_free == "on", warmup_steps=args.warmup_steps)
     return TrainJob(name=model.name, model=model, train=train, seed=0, template="alpaca", pairs=pairs,

@@ -96,6 +96,10 @@ class TrainConfig(Strict):
     logging_steps: int = Field(10, ge=1)
     save_steps: int = Field(50, ge=1)
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
+    # Intra-op CPU threads of the training process. The thread count can change the order of float
+    # reductions, hence the weights, so it is part of the checkpoint's identity and the same wherever the job
+    # runs: null = the CPUs reserved for the job (execution.cpus, at least 1), locally and as a Ray task.
+    threads: Optional[int] = Field(None, ge=1)
 
 
 class ModelConfig(Strict):

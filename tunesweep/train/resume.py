@@ -22,10 +22,14 @@ RECORD_NAME = "tunesweep.json"
 INPUTS_NAME = "inputs.json"
 
 
-def effective_train(m: ModelConfig, max_steps: Optional[int]) -> dict:
+def effective_train(m: ModelConfig, max_steps: Optional[int], reserved_cpus: float) -> dict:
+    """The train settings as they take effect: --max-steps applied, and `threads` resolved to a number
+    (null = the CPUs reserved for the job), so the identity and the record hold what ran."""
     t = m.train.model_dump()
     if max_steps is not None:
         t["max_steps"] = max_steps
+    if t["threads"] is None:
+        t["threads"] = max(1, int(reserved_cpus))
     return t
 
 

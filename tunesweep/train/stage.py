@@ -211,7 +211,7 @@ def prepare_one(cfg: ExperimentConfig, m: ModelConfig, pairs: list[dict], test_r
                 force: bool) -> "Prepared | dict":
     """The job of one model, or its record with status "skipped" when it is current."""
     backend, why, requested = resolve_backend(m, backend_override)
-    train = effective_train(m, max_steps)
+    train = effective_train(m, max_steps, cfg.execution.cpus)
     paths = Workdir(cfg.workdir)
     out_dir = paths.model_dir(m.name)
     inputs = training_inputs(cfg, m, backend, train, data_sha, previous=recorded_base_identity(out_dir))

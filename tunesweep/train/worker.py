@@ -16,6 +16,11 @@ from .job import TrainJob, TrainResult
 
 
 def train_backend(job: TrainJob, backend: str) -> TrainResult:
+    import torch
+
+    # Before any work: the same thread count wherever this process runs (a Ray worker's OMP_NUM_THREADS is
+    # the task's num_cpus, a local process gets one thread per core), since it is part of the identity.
+    torch.set_num_threads(job.train["threads"])
     if backend == "unsloth":
         from .unsloth_backend import train
     else:
