@@ -13,7 +13,7 @@ PIP_INDEX := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
 STAMP := $(VENV)/.tunesweep-setup
 DEMO_CONFIG ?= configs/tiny.yaml
 
-.PHONY: setup browser demo test bench clean-demo gpu-check
+.PHONY: setup browser demo test test-fast bench clean-demo gpu-check
 
 setup: $(STAMP) browser
 
@@ -40,6 +40,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The unit tier for iteration: no vLLM engine, training run, pipeline or Ray (tests marked slow, or
+# needing a fixture that builds one: tests/conftest.py). `make test` still runs everything.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 # The generation bench takes about 10 minutes on 2 cores (13 fresh engines for the course-style run);
 # shorten it with e.g. `make bench GEN_BENCH_ARGS="--configs 4 --rows 10"`.

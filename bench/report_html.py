@@ -49,8 +49,9 @@ def perturb(text: str, rng: random.Random) -> str:
 def synthesize(root: Path, records: list[dict], n_models: int, n_rows: int) -> Path:
     from tunesweep.config import expand_sweep, load_config
     from tunesweep.files import sha256_bytes, write_json, write_jsonl
-    from tunesweep.layout import (COMPARISON_COLUMNS, TABLE_COLUMNS, csv_text, generated_digest, read_target_responses,
-                                  responses_fingerprint, test_set_sha256)
+    from tunesweep.layout import (COMPARISON_COLUMNS, TABLE_COLUMNS, cleaned_digest, csv_text, generated_digest,
+                                  read_target_responses, response_settings, responses_fingerprint, test_set_sha256,
+                                  vouch_files)
 
     names = ["llama2", "mistral", "phi2", "qwen", "gemma", "olmo"][:n_models]
     cfg_path = root / "study.yaml"
@@ -80,7 +81,7 @@ def synthesize(root: Path, records: list[dict], n_models: int, n_rows: int) -> P
         manifest = {"model": m, "checkpoint": str(work / "finetuned_models" / m), "checkpoint_hash": "ab" * 32,
                     "backend": "vllm", "versions": {"vllm": "0.33.0", "torch": "2.14.0", "transformers": "5.17.0"},
                     "test_rows": n_rows, "configs": {}, "runs": [{"started": "2026-11-26T10:00:00+00:00"}]}
-        table, per_row = [], []
+        table, per_row, cleaning = [], [], {"configs": {}}
         for c, dc in enumerate(configs):
             recs = []
             for i, row in enumerate(test):
@@ -96,8 +97,10 @@ def synthesize(root: Path, records: list[dict], n_models: int, n_rows: int) -> P
             # vouched for as generate would (report reads only responses the manifest vouches for)
             manifest["configs"][dc.name] = {"mode": dc.mode, "rows": n_rows, "wall_s": 10.0, "tokens": 20000,
                                             "checkpoint_hash": manifest["checkpoint_hash"],
-                                            "test_set_sha256": test_set_sha256(work),
+                                            "test_set_sha256": test_set_sha256(work), "backend": "vllm",
+                                            "settings": response_settings(cfg, "vllm"),
                                             "generated_sha256": generated_digest(folder / f"{dc.name}.jsonl")}
+            cleaning["configs"][dc.name] = {"cleaned_sha256": cleaned_digest(recs)}
             row = {"config": dc.name, "mode": dc.mode}
             for metric, base in (("bleu", 0.15), ("rougeL", 0.35), ("bertscore", 0.85)):
                 y = base + rng.uniform(-0.05, 0.05)
@@ -110,6 +113,7 @@ def synthesize(root: Path, records: list[dict], n_models: int, n_rows: int) -> P
                                         "p": rng.random(), "p_holm": rng.random(), "resamples": 1000})
             table.append(row)
         write_json(folder / "manifest.json", manifest)
+        write_json(folder / "cleaning.json", cleaning)  # what the clean stage vouches for
         (ev / "rows").mkdir(parents=True, exist_ok=True)
         (ev / f"{m}.csv").write_text(csv_text(TABLE_COLUMNS, table))
         (ev / "rows" / f"{m}.csv").write_text(csv_text(["config", "id", "bleu", "rougeL", "bertscore"], per_row))
@@ -119,13 +123,17 @@ def synthesize(root: Path, records: list[dict], n_models: int, n_rows: int) -> P
     # What score records of the responses it read: report shows only tables still current with them.
     scored = {}
     for m in names:
-        tr = read_target_responses(work, m, [dc.name for dc in configs])
-        scored[m] = {"rows": n_rows, "configs": list(tr.records), "scored_from": responses_fingerprint(tr)}
-    write_json(ev / "metrics.json", {"metrics": {"bleu": {"library": "sacrebleu", "version": "2.6.0"}}, "targets": scored})
+        tr = read_target_responses(work, m, [dc.name for dc in configs], cfg=cfg)
+        scored[m] = {"rows": n_rows, "configs": list(tr.records),
+                     "scored_from": responses_fingerprint(work, m, list(tr.records))}
     with open(ev / "comparisons.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=COMPARISON_COLUMNS)
         w.writeheader()
         w.writerows(comparisons)
+    # and the eval_results files score would vouch for
+    files = vouch_files(work, None, [p for p in ev.rglob("*.csv")])
+    write_json(ev / "metrics.json", {"metrics": {"bleu": {"library": "sacrebleu", "version": "2.6.0"}},
+                                     "targets": scored, "files": files})
     return cfg_path
 
 

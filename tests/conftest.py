@@ -102,3 +102,19 @@ def e2e_run(tmp_path_factory, tiny_model_dir):
     res = subprocess.run(pipeline_cmd(cfg), cwd=REPO, env=pipeline_env(), capture_output=True, text=True, timeout=1500)
     assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
     return root / "work", cfg, res
+
+
+# --- tiers: `make test-fast` (-m "not slow") and the slow tail of `make test` --------------------------
+
+# Fixtures that start a vLLM engine, train, run the pipeline or start Ray: a test that needs one, even
+# through another fixture, is slow, so the fast tier never builds them.
+SLOW_FIXTURES = {"study", "e2e_run", "ray_local", "alpaca_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+    # Slow tests last (a stable sort keeps each module's order): a broken unit test shows in the first
+    # minutes of `make test`, before the engines and pipelines run.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)

@@ -145,13 +145,15 @@ def make_study(root: Path, base_src: Path, evaluate_base: bool) -> Path:
     return cfg
 
 
-def vouch_for_responses(workdir: Path, target: str, checkpoint: str | None = None) -> dict:
-    """Make hand-written llm_responses/<target>/*.jsonl pass as the current run's, as generate would:
-    alpaca_data/test.jsonl holds their rows (id, reference as `output`) unless it exists, and manifest.json
-    an entry per file (checkpoint hash, test-set hash, generated_sha256). `checkpoint` defaults to
-    finetuned_models/<target>/, created with a stand-in config.json when missing."""
+def vouch_for_responses(workdir: Path, target: str, checkpoint: str | None = None, cfg=None) -> dict:
+    """Make hand-written llm_responses/<target>/*.jsonl pass as the current run's, as generate and clean
+    would: alpaca_data/test.jsonl holds their rows (id, reference as `output`) unless it exists, manifest.json
+    an entry per file (checkpoint hash, test-set hash, generated_sha256, and with `cfg` the settings that
+    shape responses, as a vLLM run of `cfg` records them), and cleaning.json the digest of every file's
+    `response` fields where they are filled. `checkpoint` defaults to finetuned_models/<target>/, created
+    with a stand-in config.json when missing."""
     from tunesweep.files import read_jsonl, write_json, write_jsonl
-    from tunesweep.layout import Workdir, generated_digest, test_set_sha256
+    from tunesweep.layout import Workdir, cleaned_digest, generated_digest, response_settings, test_set_sha256
     from tunesweep.provenance import checkpoint_identity
 
     paths = Workdir(workdir)
@@ -168,10 +170,16 @@ def vouch_for_responses(workdir: Path, target: str, checkpoint: str | None = Non
                                                 "output": r["reference"]} for r in first])
     ident = checkpoint_identity(checkpoint)
     test_sha = test_set_sha256(workdir)
+    settings = {} if cfg is None else {"backend": "vllm", "settings": response_settings(cfg, "vllm")}
     configs = {p.stem: {"checkpoint_hash": ident["sha256"], "test_set_sha256": test_sha,
-                        "generated_sha256": generated_digest(p)} for p in files}
+                        "generated_sha256": generated_digest(p), **settings} for p in files}
     manifest = {"model": target, "checkpoint": checkpoint, "checkpoint_hash": ident["sha256"],
                 "checkpoint_stat": ident["stat"], "test_rows": len(first), "limit": None,
                 "test_set_sha256": test_sha, "configs": configs}
     write_json(paths.manifest(target), manifest)
+    written = {p.stem: read_jsonl(p) for p in files}
+    cleaned = {c: {"cleaned_sha256": cleaned_digest(recs)} for c, recs in written.items()
+               if any(isinstance(r.get("response"), str) for r in recs)}
+    if cleaned:
+        write_json(paths.cleaning(target), {"configs": cleaned})
     return manifest

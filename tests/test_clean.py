@@ -14,6 +14,7 @@ from tunesweep.config import expand_sweep, load_config
 from tunesweep.errors import UserError
 from tunesweep.files import read_json, read_jsonl, write_json, write_jsonl
 from tunesweep.templates import build_prompt
+from tunesweep.layout import cleaned_digest
 
 PROMPT_A = build_prompt({"instruction": "Name a colour.", "input": ""})
 PROMPT_B = build_prompt({"instruction": "Translate to French.", "input": "cat"})
@@ -48,7 +49,7 @@ def write_study(tmp_path: Path) -> Path:
                          "response": "STALE", "finish_reason": finish, "num_tokens": 4, "config": dc.name,
                          "model": "m1"})
         write_jsonl(folder / f"{dc.name}.jsonl", rows)
-    vouch_for_responses(cfg.path, "m1")
+    vouch_for_responses(cfg.path, "m1", cfg=cfg)
     return cfg_path
 
 
@@ -71,8 +72,11 @@ def test_clean_rewrites_response_counts_and_keeps_raw(tmp_path):
     report = read_json(folder / "cleaning.json")
     assert report["rules"]["cut_at"] == ["### Instruction:", "### Input:", "### Response:"]
     assert "</s>" in report["rules"]["special_tokens"]
-    assert report["configs"][names[0]] == {"rows": 6, "echo": 1, "cut": 1, "special": 1, "empty": 1, "length_capped": 1}
-    assert report["configs"][names[1]] == {"rows": 6, "echo": 2, "cut": 1, "special": 1, "empty": 1, "length_capped": 1}
+    # and what it wrote: the digest score checks the `response` fields against
+    assert report["configs"][names[0]] == {"rows": 6, "echo": 1, "cut": 1, "special": 1, "empty": 1, "length_capped": 1,
+                                           "cleaned_sha256": cleaned_digest(after[names[0]])}
+    assert report["configs"][names[1]] == {"rows": 6, "echo": 2, "cut": 1, "special": 1, "empty": 1, "length_capped": 1,
+                                           "cleaned_sha256": cleaned_digest(after[names[1]])}
     assert summary["m1"][names[0]]["changed"] == 6  # every row held "STALE"
 
 

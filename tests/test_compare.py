@@ -103,10 +103,10 @@ def test_score_writes_comparisons_csv_to_the_centre_and_to_the_base(tmp_path, de
                                   sweep="{top_k: [10, 20]}", evaluate_base=True))
     names = [dc.name for dc in expand_sweep(cfg.generation)]
     centre = names[0]
-    write_responses(cfg.path, "tiny", records, {centre: [perturb(r["output"], 3) for r in records],
+    write_responses(cfg, "tiny", records, {centre: [perturb(r["output"], 3) for r in records],
                                                 names[1]: [perturb(r["output"], 3) for r in records],
                                                 names[2]: [perturb(r["output"], 2) for r in records]})
-    write_responses(cfg.path, "tiny-base", records, {n: ["no idea"] * len(records) for n in names},
+    write_responses(cfg, "tiny-base", records, {n: ["no idea"] * len(records) for n in names},
                     checkpoint=str(base))  # a base row is generated from the base itself
     score(cfg)
     path = cfg.path / "eval_results" / "comparisons.csv"

@@ -148,3 +148,105 @@ def test_truncated_safetensors_stop_generate_and_finetune_in_one_line(tmp_path, 
 
     with pytest.raises(UserError, match="not a safetensors file"):
         check_checkpoint_folder(str(ckpt))
+
+
+# --- what a stage reads is what the stage before it wrote (issue 18 item 1) ------------------------------
+
+@pytest.fixture
+def scored_bleu_study(tmp_path, alpaca_demo_path):
+    """A BLEU-only study of 5 real Alpaca rows and 2 configs, as generate and clean vouch for it, scored."""
+    from test_scoring import write_responses, write_study
+    from tunesweep.config import expand_sweep, load_config
+    from tunesweep.evaluate.scoring import score
+
+    records = json.loads(alpaca_demo_path.read_text())[:5]
+    cfg_path = write_study(tmp_path, metrics="[bleu]", bootstrap=20)
+    cfg = load_config(cfg_path)
+    names = [dc.name for dc in expand_sweep(cfg.generation)]
+    write_responses(cfg, "tiny", records, {n: [r["output"][: 20 + 10 * i] for r in records]
+                                           for i, n in enumerate(names)})
+    score(cfg)
+    return cfg_path, cfg, names
+
+
+def test_a_response_edited_after_clean_is_not_scored(scored_bleu_study, capsys):
+    from tunesweep.files import read_jsonl, write_jsonl
+
+    cfg_path, cfg, names = scored_bleu_study
+    path = cfg.path / "llm_responses" / "tiny" / f"{names[1]}.jsonl"
+    recs = read_jsonl(path)
+    write_jsonl(path, [{**r, "response": r["reference"]} for r in recs])  # BLEU 1.0 if it were scored
+    for stage in ("score", "report"):
+        err = one_line_exit_2(capsys, [stage, "--config", cfg_path])
+        assert f"{path}: its `response` fields are not what the clean stage wrote" in err or (
+            stage == "report" and "scored from responses that are not the current run's" in err), err
+
+
+@pytest.mark.parametrize("change, what", [
+    (("generation:", "generation: {max_new_tokens: 64, "), "max_new_tokens 128 -> 64"),
+    (("seed: 11", "seed: 12"), "seed 11 -> 12"),
+])
+def test_changed_generation_settings_stop_score_and_report(scored_bleu_study, capsys, change, what):
+    cfg_path, cfg, names = scored_bleu_study
+    text = cfg_path.read_text()
+    if change[0] == "generation:":
+        text = text.replace("generation: {", "generation: {max_new_tokens: 64, ")
+    else:
+        text = text.replace(*change)
+    cfg_path.write_text(text)
+    for stage in ("score", "report"):
+        err = one_line_exit_2(capsys, [stage, "--config", cfg_path])
+        assert "generated with other settings than the config has now" in err and what in err, err
+
+
+def test_an_hf_batch_size_change_stops_score_only_for_hf_responses(scored_bleu_study, capsys):
+    from tunesweep.config import load_config
+    from tunesweep.evaluate.scoring import score
+    from tunesweep.files import read_json, write_json
+    from tunesweep.layout import Workdir, response_settings
+
+    cfg_path, cfg, names = scored_bleu_study
+    cfg_path.write_text(cfg_path.read_text().replace("generation: {", "generation: {hf_batch_size: 3, "))
+    score(load_config(cfg_path))  # vLLM responses: the hf batch size does not shape them
+    manifest_path = Workdir(cfg.path).manifest("tiny")
+    manifest = read_json(manifest_path)
+    for entry in manifest["configs"].values():  # as an hf run with the default batch size records them
+        entry.update(backend="hf", settings=response_settings(cfg, "hf"))
+    write_json(manifest_path, manifest)
+    capsys.readouterr()  # what the score above logged
+    err = one_line_exit_2(capsys, ["score", "--config", cfg_path])
+    assert "hf_batch_size 16 -> 3" in err, err
+
+
+@pytest.mark.parametrize("edit", ["score", "deleted row", "comparison", "perplexity-less metrics.json"])
+def test_report_refuses_eval_results_edited_since_score(scored_bleu_study, capsys, edit):
+    from tunesweep.files import read_json, write_json
+    from tunesweep.layout import Workdir
+
+    cfg_path, cfg, names = scored_bleu_study
+    paths = Workdir(cfg.path)
+    assert main(["report", "--config", str(cfg_path)]) == 0  # as score wrote them: reported
+    capsys.readouterr()
+    table, comparisons = paths.table("tiny"), paths.comparisons
+    if edit == "score":
+        lines = table.read_text().splitlines()
+        cells = lines[2].split(",")
+        cells[2] = "0.999000"
+        table.write_text("\n".join(lines[:2] + [",".join(cells)] + lines[3:]) + "\n")
+        path = table
+    elif edit == "deleted row":
+        lines = table.read_text().splitlines()
+        table.write_text("\n".join(lines[:-1]) + "\n")
+        path = table
+    elif edit == "comparison":
+        lines = comparisons.read_text().splitlines()
+        lines[1] = lines[1].replace(",", ",", 1)[:-1] + "9"  # the last cell of the first row changed
+        comparisons.write_text("\n".join(lines) + "\n")
+        path = comparisons
+    else:  # metrics.json from before files were vouched for
+        meta = read_json(paths.metrics_json)
+        del meta["files"]
+        write_json(paths.metrics_json, meta)
+        path = table
+    err = one_line_exit_2(capsys, ["report", "--config", cfg_path])
+    assert err.startswith(f"tunesweep: error: {path}: ") and "rerun `tunesweep score" in err, err

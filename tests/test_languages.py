@@ -62,7 +62,7 @@ def test_score_warns_when_the_references_do_not_fit_the_language(tmp_path, caplo
     cfg = load_config(write_study(tmp_path, metrics="[bleu, rougeL]", bootstrap=0))
     names = [dc.name for dc in expand_sweep(cfg.generation)]
     records = [{"instruction": f"q{i}", "input": "", "output": t} for i, t in enumerate(ZH + RU)]
-    write_responses(cfg.path, "tiny", records, {n: [r["output"] for r in records] for n in names})
+    write_responses(cfg, "tiny", records, {n: [r["output"] for r in records] for n in names})
     with caplog.at_level(logging.WARNING):
         table = score(cfg)["targets"]["tiny"]["table"]
     assert "tiny: 4 of 4 references are mostly non-Latin script" in caplog.text

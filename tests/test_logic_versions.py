@@ -62,7 +62,7 @@ def run_stages(cfg) -> dict:
                     [{k: {"id": r["id"], "prompt": "p", "reference": r["output"], "response_raw": r["output"],
                           "response": None, "finish_reason": "stop", "num_tokens": 1, "config": dc.name,
                           "model": "tiny"}[k] for k in RECORD_FIELDS} for r in rows])
-    manifest = vouch_for_responses(cfg.path, "tiny")
+    manifest = vouch_for_responses(cfg.path, "tiny", cfg=cfg)
     write_json(paths.manifest("tiny"), {**manifest, "logic": plan.logic})
     clean(cfg)
     out["clean"] = read_json(paths.cleaning("tiny"))["logic"]

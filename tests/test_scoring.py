@@ -39,10 +39,11 @@ def write_study(tmp_path: Path, base: str = "unused-base", metrics: str = "[bleu
     return cfg_path
 
 
-def write_responses(workdir: Path, target: str, records: list[dict], responses: dict[str, list[str]],
+def write_responses(cfg, target: str, records: list[dict], responses: dict[str, list[str]],
                     checkpoint: str | None = None) -> None:
     """llm_responses/<target>/<config>.jsonl + manifest.json, as the generate and clean stages write them
-    (alpaca_data/test.jsonl holds `records`; the manifest vouches for every file)."""
+    (alpaca_data/test.jsonl holds `records`; the manifest and cleaning.json vouch for every file)."""
+    workdir = cfg.path
     folder = workdir / "llm_responses" / target
     for config, texts in responses.items():
         rows = [{"id": f"id{i}", "prompt": build_prompt(rec), "reference": rec["output"], "response_raw": text,
@@ -53,7 +54,7 @@ def write_responses(workdir: Path, target: str, records: list[dict], responses: 
         write_jsonl(workdir / "alpaca_data" / "test.jsonl",
                     [{"id": f"id{i}", "instruction": rec["instruction"], "input": rec["input"], "output": rec["output"]}
                      for i, rec in enumerate(records)])
-    vouch_for_responses(workdir, target, checkpoint)
+    vouch_for_responses(workdir, target, checkpoint, cfg=cfg)
 
 
 def perturb(text: str, k: int) -> str:
@@ -83,7 +84,7 @@ def test_stage_equals_the_libraries_on_100_real_pairs(tmp_path, demo_records):
     records = short[:100]
     responses = {names[0]: [perturb(r["output"], 3) for r in records],             # near misses
                  names[1]: [r["output"] for r in short[1:101]]}                     # another record's answer
-    write_responses(cfg.path, "tiny", records, responses)
+    write_responses(cfg, "tiny", records, responses)
 
     summary = score(cfg)
 
@@ -132,8 +133,8 @@ def test_full_stage_perplexity_human_and_cache(tmp_path, tiny_model_dir, demo_re
     responses = {names[0]: EDGE + [records[4]["output"], perturb(records[5]["output"], 2)]}
     for j, name in enumerate(names[1:], 2):
         responses[name] = [perturb(r["output"], j) for r in records]
-    write_responses(cfg.path, "tiny", records, responses)
-    write_responses(cfg.path, "tiny-base", records, {n: [t[::-1] for t in v] for n, v in responses.items()},
+    write_responses(cfg, "tiny", records, responses)
+    write_responses(cfg, "tiny-base", records, {n: [t[::-1] for t in v] for n, v in responses.items()},
                     checkpoint=str(tiny_model_dir))
     out = cfg.path / "eval_results"
 
@@ -208,11 +209,13 @@ def test_full_stage_perplexity_human_and_cache(tmp_path, tiny_model_dir, demo_re
     assert [r["human"] for r in rows] == ["3.500000", "", "", ""]
     assert [t["score"] for t in read_csv(out / "all.csv") if t["metric"] == "human"] == ["3.500000"]
 
-    # One changed response: only that config is rescored; the other target stays in the shared files.
+    # One changed response (regenerated and cleaned, as the stages vouch for it): only that config is
+    # rescored; the other target stays in the shared files.
     path = cfg.path / "llm_responses" / "tiny" / f"{names[2]}.jsonl"
     recs = read_jsonl(path)
-    recs[4]["response"] = "A different answer."
+    recs[4]["response_raw"] = recs[4]["response"] = "A different answer."
     write_jsonl(path, recs)
+    vouch_for_responses(cfg.path, "tiny", cfg=cfg)
     third = score(cfg, model="tiny")
     assert third["targets"]["tiny"]["computed"] == {"bleu": [names[2]], "rougeL": [names[2]],
                                                    "bertscore": [names[2]], "perplexity": []}
@@ -231,7 +234,7 @@ def bleu_study_of_five(tmp_path, demo_records):
     cfg = load_config(write_study(tmp_path, metrics="[bleu]"))
     names = [dc.name for dc in expand_sweep(cfg.generation)]
     records = demo_records[:5]
-    write_responses(cfg.path, "tiny", records, {n: [r["output"] for r in records] for n in names})
+    write_responses(cfg, "tiny", records, {n: [r["output"] for r in records] for n in names})
     return cfg, names, cfg.path / "llm_responses" / "tiny" / f"{names[1]}.jsonl"
 
 
@@ -260,7 +263,7 @@ def test_front_script_reports_a_gap_in_one_line(tmp_path, demo_records):
     cfg_path = write_study(tmp_path, metrics="[bleu]")
     cfg = load_config(cfg_path)
     names = [dc.name for dc in expand_sweep(cfg.generation)]
-    write_responses(cfg.path, "tiny", demo_records[:3], {names[0]: ["a", "b", "c"]})
+    write_responses(cfg, "tiny", demo_records[:3], {names[0]: ["a", "b", "c"]})
     proc = subprocess.run([sys.executable, str(REPO / "evaluation" / "compute_metrics.py"), "--config", str(cfg_path)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
@@ -276,7 +279,7 @@ def test_bootstrap_off_blank_and_seeded_cis_repeat(tmp_path, demo_records):
         study.mkdir()
         cfg = load_config(write_study(study, metrics="[bleu, rougeL]", bootstrap=resamples))
         names = [dc.name for dc in expand_sweep(cfg.generation)]
-        write_responses(cfg.path, "tiny", records, {n: [perturb(r["output"], k) for r in records]
+        write_responses(cfg, "tiny", records, {n: [perturb(r["output"], k) for r in records]
                                                     for k, n in enumerate(names, 2)})
         score(cfg)
         first = (cfg.path / "eval_results" / "tiny.csv").read_text()
@@ -298,7 +301,7 @@ def test_bootstrap_resamples_the_same_rows_for_every_config(tmp_path, demo_recor
     cfg = load_config(write_study(tmp_path, metrics="[rougeL]", bootstrap=40, sweep="{top_k: [10, 20]}"))
     names = [dc.name for dc in expand_sweep(cfg.generation)]
     texts = [perturb(r["output"], 2) for r in records]
-    write_responses(cfg.path, "tiny", records, {names[0]: texts, names[1]: texts,
+    write_responses(cfg, "tiny", records, {names[0]: texts, names[1]: texts,
                                                 names[2]: [perturb(r["output"], 3) for r in records]})
     score(cfg)
     rows = {r["config"]: r for r in read_csv(cfg.path / "eval_results" / "tiny.csv")}
@@ -326,7 +329,7 @@ def test_grid_sweep_is_scored_config_by_config_and_labelled_grid(tmp_path, demo_
     names = [dc.name for dc in expand_sweep(cfg.generation)]
     assert names == ["top_k_10_num_beams_1_temp_0.0", "top_k_10_num_beams_1_temp_0.8",
                      "top_k_50_num_beams_1_temp_0.0", "top_k_50_num_beams_1_temp_0.8"]
-    write_responses(cfg.path, "tiny", records, {n: [perturb(r["output"], k) for r in records]
+    write_responses(cfg, "tiny", records, {n: [perturb(r["output"], k) for r in records]
                                                 for k, n in enumerate(names, 2)})
     score(cfg)
     table = read_csv(cfg.path / "eval_results" / "tiny.csv")
@@ -396,11 +399,11 @@ def test_score_takes_references_from_the_test_set_and_report_refuses_a_stale_tab
     records = demo_records[:5]
     # Every response file says reference "x" (and generate's digest vouches for it): the test set's
     # answers are what the responses are scored against, so identical responses score BLEU 1.
-    write_responses(cfg.path, "tiny", records, {n: [r["output"] for r in records] for n in names})
+    write_responses(cfg, "tiny", records, {n: [r["output"] for r in records] for n in names})
     for n in names:
         p = cfg.path / "llm_responses" / "tiny" / f"{n}.jsonl"
         write_jsonl(p, [{**r, "reference": "x"} for r in read_jsonl(p)])
-    vouch_for_responses(cfg.path, "tiny")
+    vouch_for_responses(cfg.path, "tiny", cfg=cfg)
     summary = score(cfg)
     assert all(row["bleu"] == pytest.approx(1.0) for row in summary["targets"]["tiny"]["table"])
     assert [s.target.name for s in read_scored(cfg)] == ["tiny"]

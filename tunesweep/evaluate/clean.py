@@ -12,7 +12,7 @@ from typing import Iterable
 
 from ..config import expand_sweep
 from ..files import write_json, write_jsonl
-from ..layout import Workdir, read_json_if_present, read_target_responses
+from ..layout import Workdir, cleaned_digest, read_json_if_present, read_target_responses
 from ..provenance import logic
 from ..templates import cut_at_first, get_template
 
@@ -109,7 +109,8 @@ def clean(cfg, model=None) -> dict:
             if counts["changed"]:
                 write_jsonl(responses.paths[config], records)
             # "changed" describes this run, not the files: keep it out of cleaning.json.
-            per_config[config] = {k: v for k, v in counts.items() if k != "changed"}
+            per_config[config] = {**{k: v for k, v in counts.items() if k != "changed"},
+                                  "cleaned_sha256": cleaned_digest(records)}
             with_changes[config] = counts
             log.info("clean %s %s: %d rows, %d echoed the prompt, %d cut at a template marker, %d held special "
                      "tokens, %d empty, %d hit the token cap; %d responses changed", target.name, config,

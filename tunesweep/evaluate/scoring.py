@@ -34,7 +34,7 @@ from ..files import fingerprint, read_json, write_json, write_text
 from ..layout import (COMPARISON_COLUMNS, PERPLEXITY_COLUMNS, ROW_SCORE_KEYS, TABLE_COLUMNS, TIDY_COLUMNS,
                       TargetResponses, Workdir, format_cell,
                       markdown_table, read_human, read_json_if_present, read_rows, read_frame,
-                      read_target_responses, responses_fingerprint, write_table)
+                      read_target_responses, responses_fingerprint, vouch_files, write_table)
 from ..provenance import checkpoint_identity, library_versions, logic, recorded_logic
 from .compare import compare_to_base, compare_to_best, compare_to_centre
 from .metrics import (CI_LEVEL, TEXT_METRICS, bootstrap_ci, bootstrap_indices, build_metric, language_warning,
@@ -391,8 +391,8 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     all_targets = [t.name for t in cfg.run_targets()]
     # Check every input before any work: a gap must not surface after an hour of scoring.
     names = [dc.name for dc in configs]
-    loaded = {t.name: read_target_responses(cfg.path, t.name, names, checkpoint_hash=current_checkpoint_hash(cfg, t))
-              for t in targets}
+    loaded = {t.name: read_target_responses(cfg.path, t.name, names, checkpoint_hash=current_checkpoint_hash(cfg, t),
+                                            cfg=cfg) for t in targets}
 
     wanted = cfg.evaluation.metrics
     metrics = [build_metric(name, cfg.evaluation) for name in TEXT_METRICS if name in wanted]
@@ -533,8 +533,11 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     scored = dict(previous.get("targets", {})) if isinstance(previous, dict) else {}
     for name, tr in loaded.items():
         scored[name] = {"rows": tr.n_rows, "configs": list(tr.records), "responses": str(tr.folder),
-                        "bertscore_empty": empty_counts(tr), "scored_from": responses_fingerprint(tr),
+                        "bertscore_empty": empty_counts(tr), "scored_from": responses_fingerprint(cfg.path, name, names),
                         "logic": summary["targets"][name]["logic"]}
+    written = [p for t in targets for p in (paths.table(t.name), paths.table(t.name, "md"), paths.row_scores(t.name))]
+    written += [paths.tidy_table, paths.comparisons, paths.perplexity_table, human_path]
+    files = vouch_files(cfg.path, previous.get("files") if isinstance(previous, dict) else None, written)
     write_json(meta_path, {"metrics": {k: v for k, v in settings.items()},
-                           "targets": {k: scored[k] for k in all_targets if k in scored}})
+                           "targets": {k: scored[k] for k in all_targets if k in scored}, "files": files})
     return summary

@@ -33,7 +33,8 @@ from ..config import ExperimentConfig, RunTarget, expand_sweep
 from ..errors import UserError
 from ..files import fingerprint, write_json, write_jsonl
 from ..loading import check_checkpoint_folder
-from ..layout import RECORD_FIELDS, Workdir, generated_digest, load_split, read_json_if_present, test_set_sha256
+from ..layout import (RECORD_FIELDS, Workdir, generated_digest, load_split, read_json_if_present, response_settings,
+                      test_set_sha256)
 from ..provenance import checkpoint_identity, library_versions, logic, recorded_logic
 from ..templates import build_prompt, stop_strings
 from .backend import (INVARIANCE_ROWS, AgreementDone, Backend, ConfigDone, EngineBuilt, InvarianceCheck,
@@ -143,6 +144,7 @@ def plan_target(cfg: ExperimentConfig, target: RunTarget, backend: str | Backend
         "logic": generate_logic(cfg.path, target),
         "template": cfg.template,
         "run_seed": cfg.seed,
+        "settings": response_settings(cfg, backend.name),
         "versions": {k: v for k, v in versions.items() if k in backend.result_libraries},
         **backend.identity(engine, cfg),
     }
@@ -319,6 +321,7 @@ def _config_entry(plan: TargetPlan, cfg: ExperimentConfig, job: Job, done: Confi
         "test_set_sha256": plan.test_sha,
         "logic": plan.logic,
         "inputs": job.inputs,
+        "settings": response_settings(cfg, plan.backend.name),
         "generated_sha256": generated_digest(path),
         "written": _now(),
     }

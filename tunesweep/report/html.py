@@ -39,7 +39,7 @@ from .. import __version__
 from ..config import ExperimentConfig, expand_sweep
 from ..errors import UserError
 from ..files import read_json, read_jsonl
-from ..layout import COMPARISON_COLUMNS, Workdir, read_target_responses
+from ..layout import COMPARISON_COLUMNS, Workdir, check_vouched, read_target_responses
 from ..provenance import library_versions
 from .plots import FACTORS
 from .tables import (Scored, agreement_text, bertscore_empty_line, fidelity_text, invariance_text, bertscore_line, centre_config, metric_settings, scoring_versions, target_label,
@@ -387,7 +387,7 @@ def explorer_data(cfg: ExperimentConfig, scored: list[Scored], metrics: list[tup
     for s in scored:
         # What score read, checked the same way (the manifest vouches for every file; references come
         # from alpaca_data/test.jsonl): the page never shows another run's answers beside this run's tables.
-        tr = read_target_responses(cfg.path, s.target.name, [dc.name for dc in configs], fields=("response",))
+        tr = read_target_responses(cfg.path, s.target.name, [dc.name for dc in configs], fields=("response",), cfg=cfg)
         per = {config: {r["id"]: r for r in recs} for config, recs in tr.records.items()}
         for r in next(iter(tr.records.values()), []):
             if r["id"] not in seen:
@@ -402,7 +402,7 @@ def explorer_data(cfg: ExperimentConfig, scored: list[Scored], metrics: list[tup
     for t in targets:
         name = t["name"]
         per = loaded[name]
-        row_scores = _read_row_scores(paths.row_scores(name), [m for m, _ in text_metrics])
+        row_scores = _read_row_scores(check_vouched(cfg.path, paths.row_scores(name)), [m for m, _ in text_metrics])
         resp[name], finish[name], ntok[name], scores[name] = {}, {}, {}, {m: {} for m, _ in text_metrics}
         for config, by_id in per.items():
             recs = [by_id.get(i) for i in ids]

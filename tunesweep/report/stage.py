@@ -19,7 +19,7 @@ import yaml
 
 from ..config import DecodingConfig, ExperimentConfig, RunTarget, expand_sweep
 from ..files import sha256_file, write_text
-from ..layout import Workdir, format_cell, markdown_table as md_table, read_frame, read_json_if_present
+from ..layout import Workdir, check_vouched, format_cell, markdown_table as md_table, read_frame, read_json_if_present
 from ..provenance import library_versions
 from .plots import FACTORS, plot_factor
 from .html import build_html
@@ -434,7 +434,7 @@ def _human_section(cfg: ExperimentConfig) -> list[str]:
              "rating of a model x config cell: each item's ratings averaged first, then the items.", ""]
     human_csv = Workdir(cfg.path).human_table
     if human_csv.is_file():
-        cells = read_frame(human_csv)
+        cells = read_frame(check_vouched(cfg.path, human_csv))
         rows = [[r["model"], f"`{r['config']}`", fmt_ci(r.get("human"), r.get("human_ci_low"), r.get("human_ci_high"), 2),
                  r.get("human_n")] for _, r in cells.iterrows()]
         lines += ["Per model and config: the mean over items of each item's mean rating, with a 95% bootstrap "
@@ -510,7 +510,7 @@ def report(cfg: ExperimentConfig) -> Path:
     metrics = _metrics_present(scored)
     metrics_json = read_json_if_present(paths.metrics_json)
     ppl_path = paths.perplexity_table
-    perplexity = read_frame(ppl_path) if ppl_path.is_file() else None
+    perplexity = read_frame(check_vouched(cfg.path, ppl_path)) if ppl_path.is_file() else None
     targets = {t.name: t for t in cfg.run_targets()}
 
     lines = [f"# {cfg.name}: results", "",

@@ -13,7 +13,8 @@ import pandas as pd
 
 from ..config import DecodingConfig, ExperimentConfig, RunTarget
 from ..errors import UserError
-from ..layout import COMPARISON_COLUMNS, Workdir, read_frame, read_json_if_present, test_set_sha256
+from ..layout import (COMPARISON_COLUMNS, Workdir, check_vouched, read_frame, read_json_if_present,
+                      responses_fingerprint, settings_change)
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def read_scored(cfg: ExperimentConfig) -> list[Scored]:
         if not path.is_file():
             continue
         check_still_current(cfg, t, path, scored_meta.get(t.name) or {})
-        table = read_frame(path)
+        table = read_frame(check_vouched(cfg.path, path))
         for col in ("config", "mode"):
             if col not in table.columns:
                 raise UserError(f"{path}: column {col!r} is missing; rerun `tunesweep score --config ... --force`")
@@ -72,7 +73,7 @@ def read_comparisons(cfg: ExperimentConfig) -> Optional[pd.DataFrame]:
     path = Workdir(cfg.path).comparisons
     if not path.is_file():
         return None
-    df = read_frame(path)
+    df = read_frame(check_vouched(cfg.path, path))
     missing = [c for c in COMPARISON_COLUMNS if c not in df.columns]
     if missing:
         raise UserError(f"{path}: column(s) {', '.join(missing)} missing; rerun `tunesweep score --config ...`")
@@ -80,17 +81,18 @@ def read_comparisons(cfg: ExperimentConfig) -> Optional[pd.DataFrame]:
 
 
 def check_still_current(cfg: ExperimentConfig, t: RunTarget, path: Path, scored: dict) -> None:
-    """A table is reported only while what it was scored from (metrics.json's `scored_from`) is what
-    manifest.json and alpaca_data/test.jsonl hold now: responses regenerated or a re-split since make it stale."""
-    paths = Workdir(cfg.path)
-    manifest = read_json_if_present(paths.manifest(t.name)) or {}
-    entries = manifest.get("configs") or {}
-    now = {"checkpoint_hash": manifest.get("checkpoint_hash"),
-           "generated_sha256": {c: (entries.get(c) or {}).get("generated_sha256") for c in scored.get("configs", [])},
-           "test_set_sha256": test_set_sha256(cfg.path)}
+    """A table is reported only while what it was scored from (metrics.json's `scored_from`) is what the
+    responses' manifest.json, cleaning.json and alpaca_data/test.jsonl hold now (regenerated, re-cleaned or
+    re-split since: stale), and while the config's settings are those the responses were generated with."""
+    now = responses_fingerprint(cfg.path, t.name, scored.get("configs", []))
     if scored.get("scored_from") != now:
-        raise UserError(f"{path}: scored from responses that are not the current run's (regenerated, re-split or "
-                        f"scored by an older tunesweep since); rerun `tunesweep score --config <config>`")
+        raise UserError(f"{path}: scored from responses that are not the current run's (regenerated, re-cleaned, "
+                        f"re-split or scored by an older tunesweep since); rerun `tunesweep score --config <config>`")
+    manifest = read_json_if_present(Workdir(cfg.path).manifest(t.name)) or {}
+    for config, entry in (manifest.get("configs") or {}).items():
+        if config in scored.get("configs", []) and (change := settings_change(cfg, entry)):
+            raise UserError(f"{path}: {config} was generated with other settings than the config has now "
+                            f"({change}); rerun `tunesweep generate` and `tunesweep score` before the report")
 
 
 def value_of(s: Scored, config: str, metric: str) -> tuple[Optional[float], Optional[float], Optional[float]]:
