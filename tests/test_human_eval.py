@@ -406,3 +406,9 @@ def test_a_sheet_from_an_earlier_export_is_refused_by_name(tmp_path):
     got = {cell: float(row["human"]) for cell, row in read_human(cfg).items()}
     assert got == pytest.approx({cell: sum(v) / len(v) for cell, v in expected.items()}, abs=5e-5)  # 4 digits
     assert json.loads(Workdir(cfg.path).human_summary.read_text())["export"] == new_key["export"]
+    # A key as sheets had before export ids is another export too; a typo is an unknown item of this one.
+    for item, message in (("k0123abcd", "is from another export"), ("deadbeef", "unknown item 'deadbeef'")):
+        rows = read_sheet(new_rated)
+        rows[1]["item"] = item
+        with pytest.raises(UserError, match=f"alice.csv: row 3: (item '{item}' )?{message}"):
+            import_ratings(cfg, [write_sheet(tmp_path / "alice.csv", rows)])

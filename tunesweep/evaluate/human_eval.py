@@ -38,6 +38,7 @@ import io
 import json
 import logging
 import random
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Optional, Sequence
@@ -147,10 +148,11 @@ def export_id(entries: list[tuple[str, str, dict]], scale: tuple[int, int]) -> s
 
 
 def item_export(item: str) -> Optional[str]:
-    """The export id an item key names (`<export>-<8 hex>`); None for a key without one (sheets exported before
-    export ids had keys `k<8 hex>`)."""
-    head, sep, _ = item.partition("-")
-    return head if sep and head.startswith("e") else None
+    """The export an item key names: `<export>` of `<export>-<8 hex>`; "" for a key of a sheet exported before
+    export ids (`k<8 hex>`); None for anything else (a typo names no export)."""
+    if match := re.fullmatch(r"(e[0-9a-f]{8})-[0-9a-f]{8}", item):
+        return match.group(1)
+    return "" if re.fullmatch(r"k[0-9a-f]{8}", item) else None
 
 
 def export_sheet(cfg: ExperimentConfig, out: Optional[str | Path] = None,
@@ -275,11 +277,11 @@ def _read_sheet(path: Path, key: dict, lo: int, hi: int, errors: list[str]) -> t
             errors.append(f"{where}: has more cells than the header has columns")
             continue
         if item not in key["items"]:
-            if item_export(item) != key.get("export"):
+            if (export := item_export(item)) is not None and export != key.get("export", ""):
                 # A key of another export: that export's items are other rows and configs, so no row of this
                 # file can be trusted; the file is refused, not the row.
                 raise UserError(f"{where}: item {item!r} is from another export of the rating sheet "
-                                f"({item_export(item) or 'one without an export id'}; the current one is "
+                                f"({export or 'one without an export id'}; the current one is "
                                 f"{key.get('export') or 'without an export id'}, {key.get('sheet', 'sheet.csv')}): "
                                 f"{path.name} was exported before the last `human-eval export`; rate the current sheet")
             errors.append(f"{where}: unknown item {item!r} (not in {key.get('sheet', 'the exported sheet')}'s key)")
