@@ -212,3 +212,56 @@ def test_outputs_get_the_umask_mode_not_mkstemps_0600(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE((tmp_path / "x.csv").stat().st_mode) == 0o666 & ~umask
+
+
+def _variant(rec: dict, kind: int) -> dict:
+    """The same prompt to a model, written another way: padded, re-spaced or re-cased (and another answer, so
+    it is not an exact duplicate that loading drops)."""
+    instruction, inp = rec["instruction"], rec["input"]
+    if kind == 0:
+        instruction = f"  {instruction}\n"
+    elif kind == 1:
+        instruction = instruction.upper()
+    elif kind == 2:
+        instruction = instruction.replace(" ", "  \t", 2)
+    else:
+        inp = f"\n{inp.lower()}  " if inp else " "
+    return {"instruction": instruction, "input": inp, "output": rec["output"] + " Indeed."}
+
+
+def test_whitespace_and_case_variants_of_a_prompt_stay_on_one_side(tmp_path, alpaca_demo_path):
+    """Acceptance: real Alpaca records plus planted near-duplicates; no prompt, as the template builds it and
+    compared with whitespace collapsed and case folded, is on both sides of the split, for any seed."""
+    from tunesweep.templates import build_prompt
+
+    records = json.loads(alpaca_demo_path.read_text())
+    planted = [_variant(rec, i % 4) for i, rec in enumerate(records[::5])]
+    source = tmp_path / "planted.json"
+    source.write_text(json.dumps(records + planted))
+
+    def seen(rows):
+        return {" ".join(build_prompt(r).split()).casefold() for r in rows}
+
+    base = split_dataset(str(alpaca_demo_path), tmp_path / "base", 100, seed=42)
+    for seed in (1, 42, 7):
+        meta = split_dataset(str(source), tmp_path / f"s{seed}", 100, seed=seed)
+        rows = {name: [json.loads(l) for l in (tmp_path / f"s{seed}" / "alpaca_data" / f"{name}.jsonl").open()]
+                for name in ("train", "test")}
+        assert len(rows["test"]) == 100 and meta["usable"] == base["usable"] + len(planted)
+        assert seen(rows["train"]).isdisjoint(seen(rows["test"])), f"seed {seed}: a prompt is on both sides"
+        # split.json says how many it grouped: the planted ones, beside any the sample holds itself
+        assert meta["near_duplicates"] == base["near_duplicates"] + len(planted)
+        assert meta["prompt_groups"] == base["prompt_groups"]
+
+
+def test_the_split_says_how_many_near_duplicates_it_grouped(tmp_path):
+    src = tmp_path / "data.json"
+    recs = [{"instruction": f"q{i}", "input": "", "output": f"a{i}"} for i in range(20)]
+    src.write_text(json.dumps(recs + [{"instruction": " Q3 ", "input": "", "output": "other"},
+                                      {"instruction": "q4", "input": "", "output": "again"}]))
+    r = run_tunesweep("split", "--config", write_cfg(tmp_path, src, test_size=5))
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "work" / "alpaca_data" / "split.json").read_text())
+    # " Q3 " is a near-duplicate of q3; the second q4 repeats q4 exactly (same prompt, other answer)
+    assert meta["near_duplicates"] == 1 and meta["prompt_groups"] == 20 and meta["usable"] == 22
+    assert "1 record(s) differ from another only in whitespace or case" in r.stderr

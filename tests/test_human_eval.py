@@ -339,3 +339,76 @@ def test_cli_rejects_a_seven_in_one_line(exported, rated, tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{bad}: row 4" in lines[0] and "rating '7' is outside the scale 1-5" in lines[0]
+
+
+# --- re-exports: item keys are unique per export --------------------------------------------------
+
+def small_study(tmp_path: Path):
+    """Two configs of one target whose every response is the same text (a tiny model often answers
+    everything alike): the response check at import then cannot tell rows apart, only the keys can.
+    Written by hand and vouched for as generate would (no engine)."""
+    from helpers import vouch_for_responses
+    from tunesweep.evaluate.clean import clean
+    from tunesweep.templates import build_prompt
+
+    cfg_path = tmp_path / "study.yaml"
+    cfg_path.write_text(f"name: reexport\nworkdir: {tmp_path / 'work'}\nseed: 5\n"
+                        "models: [{name: tiny, base: unused-base}]\ngeneration: {sweep: {top_k: [10]}}\n"
+                        "evaluation: {metrics: [bleu], bootstrap: 0, human: {rows_per_config: 2}}\n")
+    cfg = load_config(cfg_path)
+    rows = [{"id": f"id{i}", "instruction": f"Task {i}.", "input": "", "output": f"Answer {i}."} for i in range(6)]
+    write_jsonl(Workdir(cfg.path).split_file("test"), rows)
+    for dc in expand_sweep(cfg.generation):
+        write_jsonl(Workdir(cfg.path).response_file("tiny", dc.name),
+                    [{"id": r["id"], "prompt": build_prompt(r), "reference": r["output"], "response_raw": "Done.",
+                      "response": None, "finish_reason": "stop", "num_tokens": 2, "config": dc.name, "model": "tiny"}
+                     for r in rows])
+    vouch_for_responses(cfg.path, "tiny")
+    clean(cfg)
+    return cfg_path, cfg
+
+
+def rated_copy(sheet: Path, key: dict, path: Path) -> Path:
+    return write_sheet(path, [{**r, "rating": str(rate(key, r["item"], "alice")), "rater": "alice"}
+                              for r in read_sheet(sheet)])
+
+
+def test_a_sheet_from_an_earlier_export_is_refused_by_name(tmp_path):
+    """Export, rate, re-export with other rows: the old sheet's ratings are refused naming the file, not
+    booked to whatever rows and configs now hold its keys; the current sheet imports and its ratings land on
+    the rows the key says."""
+    cfg_path, cfg = small_study(tmp_path)
+    old_sheet = export_sheet(cfg)
+    old_key = json.loads(key_path(cfg).read_text())
+    old_rated = rated_copy(old_sheet, old_key, tmp_path / "alice-old.csv")
+    # Re-exported after a change that reselects and reorders the items (3 rows per config instead of 2).
+    new_sheet = export_sheet(cfg, rows_per_config=3)
+    new_key = json.loads(key_path(cfg).read_text())
+    with pytest.raises(UserError) as exc:
+        import_ratings(cfg, [old_rated])
+    text = str(exc.value)
+    assert "\n" not in text and f"{old_rated}: row 2" in text and "another export" in text
+    assert set(old_key["items"]).isdisjoint(new_key["items"]), "an item key was reused by another export"
+    assert all(item.startswith(new_key["export"] + "-") for item in new_key["items"])
+    assert old_key["export"] != new_key["export"] and old_key["export"] in text and new_key["export"] in text
+    assert not Workdir(cfg.path).human_table.exists(), "nothing may be booked from a refused sheet"
+    # The same refusal on the command line: one line, exit 2.
+    proc = run_tunesweep("human-eval", "import", old_rated, "--config", cfg_path, timeout=300)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "another export" in proc.stderr and str(old_rated) in proc.stderr
+
+    # The current sheet imports, and each cell's mean is that of the ratings its key's items got.
+    new_rated = rated_copy(new_sheet, new_key, tmp_path / "alice.csv")
+    import_ratings(cfg, [new_rated])
+    expected: dict[tuple, list] = {}
+    for item, entry in new_key["items"].items():
+        expected.setdefault((entry["model"], entry["config"]), []).append(rate(new_key, item, "alice"))
+    got = {cell: float(row["human"]) for cell, row in read_human(cfg).items()}
+    assert got == pytest.approx({cell: sum(v) / len(v) for cell, v in expected.items()}, abs=5e-5)  # 4 digits
+    assert json.loads(Workdir(cfg.path).human_summary.read_text())["export"] == new_key["export"]
+    # A key as sheets had before export ids is another export too; a typo is an unknown item of this one.
+    for item, message in (("k0123abcd", "is from another export"), ("deadbeef", "unknown item 'deadbeef'")):
+        rows = read_sheet(new_rated)
+        rows[1]["item"] = item
+        with pytest.raises(UserError, match=f"alice.csv: row 3: (item '{item}' )?{message}"):
+            import_ratings(cfg, [write_sheet(tmp_path / "alice.csv", rows)])

@@ -170,7 +170,7 @@ def test_scoring_of_fixed_responses_is_pinned():
     assert _hash(got) == SCORE_PIN, f"scores changed ({got}): bump SCORE_VERSION if this change is intended"
 
 
-SPLIT_PIN = "3c5900c100bd4f27"
+SPLIT_PIN = "7ce8df35f767e178"  # split 2: groups by the normalised prompt
 CLEAN_PIN = "d6db3692667a2cda"
 DECODE_PIN = "9b6c21a92888f569"
 SCORE_PIN = "aca9767fb6ccfdd4"

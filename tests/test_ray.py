@@ -112,6 +112,37 @@ def test_shards_are_contiguous_and_cover_every_row():
     assert shard_bounds(2, 5) == [(0, 1), (1, 2)]
 
 
+def test_rows_that_depend_on_their_batch_are_sharded_by_whole_batches():
+    """hf's batches (length-sorted, so any rows) go to replicas whole, each with its one-engine index; the
+    merged results are in row order; the batch-invariance check goes to the shard holding most of its rows."""
+    from tunesweep.generate.backend import InvarianceCheck, Job, Request
+    from tunesweep.generate.sharded import merge, plan_shards, rows_of, shard_invariance
+
+    batches = [[4, 0], [2, 5], [1, 3], [6]]
+    shards = plan_shards(7, 2, batches)
+    assert [(s.rows, s.batches) for s in shards] == [([0, 2, 4, 5], [(0, [4, 0]), (1, [2, 5])]),
+                                                     ([1, 3, 6], [(2, [1, 3]), (3, [6])])]
+    # rows independent of each other (vLLM): contiguous ranges as before
+    assert [s.rows for s in plan_shards(5, 2)] == [[0, 1, 2], [3, 4]] and plan_shards(5, 2)[0].batches is None
+    request = Request(checkpoint="c", engine={}, row_ids=[f"r{i}" for i in range(7)],
+                      prompts=[f"p{i}" for i in range(7)], jobs=[Job(None, "generate", {}, "", tuple(range(10, 17)), "x")],
+                      stop=[], seed=1, batch_size=2)
+    sub = rows_of(request, shards[1].rows, request.jobs, batches=shards[1].batches)
+    assert sub.row_ids == ["r1", "r3", "r6"] and sub.jobs[0].seeds == (11, 13, 16)
+    assert sub.batches == [(2, [0, 1]), (3, [2])]  # the full request's batch indices, rows of the shard
+    done = [config_done_of(s.rows) for s in shards]
+    assert merge([(s.rows, d) for s, d in zip(shards, done)], 7).results == [f"row{i}" for i in range(7)]
+    checks = shard_invariance(InvarianceCheck("greedy", (0, 1, 2, 3, 4)), shards)
+    assert checks == {0: InvarianceCheck("greedy", (0, 1, 2))}  # rows 0, 2, 4 are the shard's 1st, 2nd, 3rd
+    assert shard_invariance(None, shards) == {}
+
+
+def config_done_of(rows):
+    from tunesweep.generate.backend import ConfigDone
+
+    return ConfigDone("c", [f"row{i}" for i in rows], 1.0, ["c"], len(rows))
+
+
 def test_the_agreement_check_samples_every_shard_and_counts_rows_that_differ():
     from tunesweep.generate.backend import AgreementDone, agreement_record
     from tunesweep.generate.sharded import check_sample
@@ -190,6 +221,48 @@ def test_two_replicas_write_the_single_engine_files_even_when_one_is_killed(ray_
     assert {c: v["identical"] for c, v in agreement["configs"].items()} == {name[:-6]: 1.0 for name in theirs}
 
 
+@RAY_MARK
+def test_hf_on_two_replicas_writes_the_local_runs_files(ray_local, tmp_path, tiny_model_dir):
+    """transformers seeds and pads per batch, so a row's response depends on its batch: replicas run whole
+    batches of the full row list with their one-process index, and their files are the local run's byte for
+    byte (sampling configs included); the one-engine agreement check, run on whole batches too, agrees."""
+    import shutil
+
+    from tunesweep.data import split_for_config
+    from tunesweep.generate import generate
+
+    def study(name, execution):
+        workdir = tmp_path / name
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(f"name: hf-ray\nworkdir: {workdir}\nseed: 3\n"
+                        "dataset: {source: builtin:tasks, builtin_rows: 60, test_size: 7}\n"
+                        f"models: [{{name: tiny, base: {tiny_model_dir}, lora: null}}]\n"
+                        "generation: {backend: hf, hf_batch_size: 2, max_new_tokens: 8, defaults: {top_k: 50, "
+                        "num_beams: 1, temperature: 0.8}, sweep: {temperature: [0.0, 1.5]}}\n" + execution)
+        cfg = load_config(path)
+        split_for_config(cfg)
+        shutil.copytree(tiny_model_dir, workdir / "finetuned_models" / "tiny")
+        return cfg
+
+    local = study("local", "")
+    (summary,) = generate(local, model="tiny")
+    assert len(summary["generated"]) == 3
+    on_ray = study("ray", "execution: {backend: ray, replicas: 2, retries: 0, agreement_rows: 4}\n")
+    (summary,) = generate(on_ray, model="tiny")
+    # 7 rows in 4 batches of 2: replica 1 has batches 1-2, replica 2 batches 3-4; then the agreement engine
+    assert len(summary["generated"]) == 3 and summary["engine_builds"] == 3
+    ours, theirs = _files(on_ray.path), _files(local.path)
+    assert len(theirs) == 3 and ours == theirs
+    manifest = json.loads((on_ray.path / "llm_responses" / "tiny" / "manifest.json").read_text())
+    agreement = manifest["replica_agreement"]
+    assert len(agreement["rows_compared"]) == 3  # batches 1 and 4 (2 rows and 1): one of each replica
+    assert {c: v["identical"] for c, v in agreement["configs"].items()} == {n[:-6]: 1.0 for n in theirs}
+    # The local run's files stay current for a local generate: nothing is regenerated.
+    (again,) = generate(load_config(tmp_path / "ray.yaml").model_copy(update={"execution": local.execution}),
+                        model="tiny")
+    assert again["generated"] == [] and again["engine_builds"] == 0
+
+
 class _DyingBackend:
     """A generation backend whose every replica process dies at once (made an HfBackend subclass below)."""
 
@@ -217,8 +290,9 @@ def test_a_replica_that_keeps_dying_fails_with_one_line_naming_model_and_shard(r
         generate(cfg, model="tiny", limit=STUDY_ROWS, force=True)
     text = str(exc.value)
     assert "\n" not in text
-    assert ("tiny: generation replica 1/2 (test rows 1-10) failed 2 time(s)" in text
-            or "tiny: generation replica 2/2 (test rows 11-20) failed 2 time(s)" in text), text
+    # hf batches of 16 (length-sorted) go to replicas whole: 16 rows and 4
+    assert ("tiny: generation replica 1/2 (batch 1 of 2: 16 test rows) failed 2 time(s)" in text
+            or "tiny: generation replica 2/2 (batch 2 of 2: 4 test rows) failed 2 time(s)" in text), text
     assert "a rerun generates only the configs still missing" in text
 
 

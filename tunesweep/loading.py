@@ -68,10 +68,9 @@ def compute_dtype():
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def load_for_inference(checkpoint: str):
-    """(model, tokenizer) of a local folder or hub id, ready to generate or score."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(checkpoint: str):
+    """The tokenizer of a local folder or hub id, as load_for_inference sets it up (left padding, a pad token)."""
+    from transformers import AutoTokenizer
 
     checkpoint = local_folder(checkpoint)  # a pinned hub snapshot: the same commit on this machine
     check_checkpoint_folder(checkpoint)
@@ -79,6 +78,16 @@ def load_for_inference(checkpoint: str):
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_for_inference(checkpoint: str):
+    """(model, tokenizer) of a local folder or hub id, ready to generate or score."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(checkpoint)
+    checkpoint = local_folder(checkpoint)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=compute_dtype(), device_map=device)
     model.eval()

@@ -1,13 +1,16 @@
 """The split stage: dataset -> alpaca_data/{train,test}.jsonl and split.json.
 
-Test rows are held out by a seeded shuffle of prompt groups, so no (instruction, input) pair is in
-both sets; same inputs give byte-identical files. `split_for_config` skips the work when
+Test rows are held out by a seeded shuffle of prompt groups, so no prompt is in both sets; same
+inputs give byte-identical files. A group is every record whose prompt is the same once normalised
+(`prompt_key`): the templates build prompts from the stripped instruction and input, and a model
+trained on "Name a colour." has in effect seen "name  a colour. " too. `split_for_config` skips the work when
 alpaca_data/ already holds this exact split.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 from pathlib import Path
 from typing import Optional
@@ -19,20 +22,46 @@ from ..layout import Workdir
 from ..provenance import logic
 from .sources import load_usable_records, record_id
 
+log = logging.getLogger(__name__)
 
 # Bump when split writes other train/test files for the same inputs (tests/test_logic_versions.py pins them).
-SPLIT_VERSION = 1
+# 2: rows grouped by the normalised prompt (prompt_key), not the raw (instruction, input).
+SPLIT_VERSION = 2
 
 
 def split_logic() -> dict:
     return logic("split", SPLIT_VERSION)
 
 
-def choose_test(records: list[dict], test_size: int, seed: int) -> set[int]:
-    """Pick test rows by seeded shuffle of prompt groups, so no (instruction, input) is in both sets."""
+def normalised(text: str) -> str:
+    """Whitespace runs collapsed to one space, ends stripped, case folded."""
+    return " ".join(text.split()).casefold()
+
+
+def prompt_key(rec: dict) -> tuple[str, str]:
+    """What makes two records the same prompt: every template formats the stripped instruction and input,
+    so records whose fields differ only in whitespace or case are one prompt to a model."""
+    return normalised(rec["instruction"]), normalised(rec.get("input") or "")
+
+
+def prompt_groups(records: list[dict]) -> dict[tuple, list[int]]:
+    """Record indices by prompt_key, in first-seen order."""
     groups: dict[tuple, list[int]] = {}
     for i, rec in enumerate(records):
-        groups.setdefault((rec["instruction"], rec["input"]), []).append(i)
+        groups.setdefault(prompt_key(rec), []).append(i)
+    return groups
+
+
+def near_duplicates(records: list[dict], groups: dict[tuple, list[int]]) -> int:
+    """Records grouped with another record of a different raw (instruction, input): the rows a split on the
+    raw text would have been free to put on the other side."""
+    return sum(len({(records[i]["instruction"], records[i]["input"]) for i in idx}) - 1 for idx in groups.values())
+
+
+def choose_test(records: list[dict], test_size: int, seed: int,
+                groups: Optional[dict[tuple, list[int]]] = None) -> set[int]:
+    """Pick test rows by seeded shuffle of prompt groups, so no normalised prompt is in both sets."""
+    groups = prompt_groups(records) if groups is None else groups
     keys = sorted(groups)
     random.Random(seed).shuffle(keys)
     chosen: set[int] = set()
@@ -65,7 +94,12 @@ def split_dataset(source: str, workdir: str | Path, test_size, seed: int = 42, m
     if max_rows is not None:
         usable = usable[:max_rows]
     n_test = resolve_test_size(test_size, len(usable))
-    test_idx = choose_test(usable, n_test, seed)
+    groups = prompt_groups(usable)
+    n_near = near_duplicates(usable, groups)
+    if n_near:
+        log.info("%s: %d record(s) differ from another only in whitespace or case of the instruction or input; "
+                 "each is kept on the same side of the split as its prompt group", source, n_near)
+    test_idx = choose_test(usable, n_test, seed, groups)
     if len(test_idx) != n_test:
         raise UserError(
             f"dataset.test_size = {test_size!r}: cannot hold out {n_test} rows without splitting a repeated prompt "
@@ -90,6 +124,10 @@ def split_dataset(source: str, workdir: str | Path, test_size, seed: int = 42, m
         "max_rows": max_rows,
         **stats,
         "usable": len(usable),
+        # Rows sharing a normalised prompt stay on one side (prompt_key); near_duplicates of them differ
+        # from another only in whitespace or case.
+        "prompt_groups": len(groups),
+        "near_duplicates": n_near,
         "train_rows": len(train),
         "test_rows": len(test),
         "train_sha256": sha256_bytes(train_text.encode()),

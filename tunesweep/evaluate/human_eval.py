@@ -7,6 +7,9 @@ never a difference between two sets of questions. The rows are shuffled (seed `c
 gets an opaque item key; which model, config and test row an item came from is written only to a
 private key file, `eval_results/human_eval/key.json`, which stays in the workdir wherever the sheet
 goes. The rubric (`rubric.md`) is written beside the sheet.
+Every item key starts with the export's id (a digest of what the sheet holds), so keys are unique per
+export: a re-export that picks or orders other items gets other keys, and a sheet rated before it is
+refused by name at import instead of booking its ratings to whatever rows now hold its keys.
 
 Import (`import_ratings`) reads one or more rated copies of the sheet. The rater of a row is its
 `rater` cell, or the file's name without extension when that cell is blank (a rater per file).
@@ -32,8 +35,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import logging
 import random
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Optional, Sequence
@@ -134,6 +139,22 @@ def rubric_text(scale_min: int, scale_max: int, sheet_name: str) -> str:
     return "\n".join(lines)
 
 
+def export_id(entries: list[tuple[str, str, dict]], scale: tuple[int, int]) -> str:
+    """The id of an export: a digest of its items in sheet order (model, config, row, response) and the
+    scale, behind a letter. Same sheet, same id; a sheet with other items or another order, another id."""
+    digest = hashlib.sha256(json.dumps([list(scale)] + [[t, c, r["id"], text_sha256(r.get("response", ""))]
+                                                        for t, c, r in entries]).encode()).hexdigest()
+    return f"e{digest[:8]}"
+
+
+def item_export(item: str) -> Optional[str]:
+    """The export an item key names: `<export>` of `<export>-<8 hex>`; "" for a key of a sheet exported before
+    export ids (`k<8 hex>`); None for anything else (a typo names no export)."""
+    if match := re.fullmatch(r"(e[0-9a-f]{8})-[0-9a-f]{8}", item):
+        return match.group(1)
+    return "" if re.fullmatch(r"k[0-9a-f]{8}", item) else None
+
+
 def export_sheet(cfg: ExperimentConfig, out: Optional[str | Path] = None,
                  rows_per_config: Optional[int] = None) -> Path:
     """Write the blinded sheet (default eval_results/human_eval/sheet.csv), rubric.md beside it, and
@@ -166,7 +187,9 @@ def export_sheet(cfg: ExperimentConfig, out: Optional[str | Path] = None,
                     entries.append((target, config, rec))
     random.Random(cfg.seed).shuffle(entries)
 
-    key_rng = random.Random(derive_seed(cfg.seed, "human-eval", "keys"))
+    scale = cfg.evaluation.human
+    export = export_id(entries, (scale.scale_min, scale.scale_max))
+    key_rng = random.Random(derive_seed(cfg.seed, "human-eval", "keys", export))
     keys: set[str] = set()
     items: dict[str, dict] = {}
     buf = io.StringIO()
@@ -175,9 +198,10 @@ def export_sheet(cfg: ExperimentConfig, out: Optional[str | Path] = None,
     writer = csv.writer(buf, lineterminator="\r\n")
     writer.writerow(SHEET_COLUMNS)
     for target, config, rec in entries:
-        # Opaque keys: 8 random hex digits (a typo is very unlikely to hit another item) behind a
-        # letter, so a spreadsheet cannot read one as a number (00012345, 1234e567).
-        while (item := f"k{key_rng.getrandbits(32):08x}") in keys:
+        # Opaque keys: the export id (it starts with a letter, so a spreadsheet cannot read a key as a
+        # number such as 00012345 or 1234e567), then 8 random hex digits (a typo is very unlikely to hit
+        # another item).
+        while (item := f"{export}-{key_rng.getrandbits(32):08x}") in keys:
             pass
         keys.add(item)
         row = test_rows[rec["id"]]
@@ -186,10 +210,10 @@ def export_sheet(cfg: ExperimentConfig, out: Optional[str | Path] = None,
         writer.writerow([item, row.get("instruction", ""), row.get("input", ""), rec.get("reference", row.get("output", "")),
                          rec.get("response", ""), "", ""])
 
-    scale = cfg.evaluation.human
     key = {
         "about": "PRIVATE: which model and decoding config wrote each item. Raters must not see this file.",
         "sheet": sheet.name,
+        "export": export,
         "seed": cfg.seed,
         "rows_per_config": n_rows,
         "scale": [scale.scale_min, scale.scale_max],
@@ -204,8 +228,8 @@ def export_sheet(cfg: ExperimentConfig, out: Optional[str | Path] = None,
     write_json(kp, key)
     write_text(sheet, buf.getvalue())
     write_text(sheet.parent / "rubric.md", rubric_text(scale.scale_min, scale.scale_max, sheet.name))
-    log.info("rating sheet: %d items (%d rows x %d configs x %d models) -> %s; rubric %s; private key %s",
-             len(items), n_rows, len(key["configs"]), len(responses), sheet, sheet.parent / "rubric.md", kp)
+    log.info("rating sheet: export %s, %d items (%d rows x %d configs x %d models) -> %s; rubric %s; private key %s",
+             export, len(items), n_rows, len(key["configs"]), len(responses), sheet, sheet.parent / "rubric.md", kp)
     return sheet
 
 
@@ -253,6 +277,13 @@ def _read_sheet(path: Path, key: dict, lo: int, hi: int, errors: list[str]) -> t
             errors.append(f"{where}: has more cells than the header has columns")
             continue
         if item not in key["items"]:
+            if (export := item_export(item)) is not None and export != key.get("export", ""):
+                # A key of another export: that export's items are other rows and configs, so no row of this
+                # file can be trusted; the file is refused, not the row.
+                raise UserError(f"{where}: item {item!r} is from another export of the rating sheet "
+                                f"({export or 'one without an export id'}; the current one is "
+                                f"{key.get('export') or 'without an export id'}, {key.get('sheet', 'sheet.csv')}): "
+                                f"{path.name} was exported before the last `human-eval export`; rate the current sheet")
             errors.append(f"{where}: unknown item {item!r} (not in {key.get('sheet', 'the exported sheet')}'s key)")
             continue
         where += f" (item {item})"
@@ -369,6 +400,7 @@ def import_ratings(cfg: ExperimentConfig, files: Sequence[str | Path]) -> Path:
         "scale": [lo, hi],
         "files": {str(f): sha256_file(f) for f in files},
         "key_sha256": sha256_file(kp),
+        "export": key.get("export"),
         "raters": {r: {"ratings": sum(1 for (_, rr) in ratings if rr == r),
                        "mean": round(float(np.mean([v for (_, rr), (v, _) in ratings.items() if rr == r])), 4)}
                    for r in raters_all},

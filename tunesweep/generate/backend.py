@@ -63,6 +63,9 @@ class Request:
     batch_size: int
     use_tqdm: bool = False
     invariance: Optional[InvarianceCheck] = None
+    # (batch index, row indices into `prompts`) to run instead of the backend's own batching: a replica's share
+    # of the whole request's `Backend.row_batches`, so each row keeps its one-engine companions and seed.
+    batches: Optional[list[tuple[int, list[int]]]] = None
 
 
 @dataclass
@@ -182,6 +185,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def seed_scheme(self, job_call: str, mode: str, run_seed: int) -> dict:
         """How the responses of a config were seeded (recorded in the manifest)."""
+
+    def row_batches(self, request: Request) -> Optional[list[list[int]]]:
+        """The batches (row indices, in run order) the backend runs `request` in, where a row's result depends
+        on its batch (shared padding, one seed per batch); None where each row's result is its own (vLLM's
+        per-request seeds). Replicas split such a request at batch boundaries (generate/sharded.py)."""
+        return None
 
     def shared_call_note(self, n_configs: int) -> Optional[str]:
         """A note for configs that shared one library call with others (None: never happens)."""

@@ -3,7 +3,9 @@
 Batched `generate` with left padding over length-sorted batches, the same decoding parameters as
 the vLLM backend, decoding only the new tokens. In-process (transformers frees its memory on `del`).
 Seeds: one `torch.manual_seed` per batch (a batched `generate` has no per-row seeds), derived from
-the run seed, the config and the batch index, so a rerun gives the same responses.
+the run seed, the config and the batch index, so a rerun gives the same responses. A row's response
+thus depends on its batch: replicas on Ray run whole batches of the full row list (`row_batches`,
+`Request.batches`), each with its index, so their files are the one-process run's.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Iterator
 
 from ..config import DecodingConfig, ExperimentConfig
 from ..files import derive_seed
-from ..loading import load_for_inference
+from ..loading import load_for_inference, load_tokenizer
 from ..templates import decode_response
 from .backend import Backend, ConfigDone, EngineBuilt, InvarianceDone, Message, Request, RowResult, decoding_note
 
@@ -38,6 +40,10 @@ def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Row indices grouped longest first, so a batch pads little."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _prompt_batches(tokenizer, prompts: list[str], batch_size: int) -> list[list[int]]:
+    return _batches([len(tokenizer(p)["input_ids"]) for p in prompts], batch_size)
 
 
 def _finish(new_ids: list[int], eos: list[int], pad: int, max_new: int) -> tuple[int, str]:
@@ -87,6 +93,10 @@ class HfBackend(Backend):
             params.update({"temperature": dc.temperature, "top_k": dc.top_k, "top_p": 1.0})
         return "generate", params, decoding_note(dc)
 
+    def row_batches(self, request: Request) -> list[list[int]]:
+        # The tokenizer alone (the driver of a Ray run loads no model): the batches `run` would form.
+        return _prompt_batches(load_tokenizer(request.checkpoint), request.prompts, request.batch_size)
+
     def seed_scheme(self, job_call: str, mode: str, run_seed: int) -> dict:
         return {"run_seed": run_seed, "scheme": "per batch: torch.manual_seed(derive_seed(run seed, config, 'batch', "
                 "batch index)) over length-sorted batches"}
@@ -98,7 +108,9 @@ class HfBackend(Backend):
         model, tokenizer, eos = _load(request.checkpoint)
         yield EngineBuilt(time.perf_counter() - t0)
         prompts = request.prompts
-        lengths = [len(tokenizer(p)["input_ids"]) for p in prompts]
+        batches = request.batches
+        if batches is None:
+            batches = list(enumerate(_prompt_batches(tokenizer, prompts, request.batch_size)))
         check = request.invariance
         greedy, reference = None, None
         try:
@@ -106,7 +118,7 @@ class HfBackend(Backend):
                 results: list = [None] * len(prompts)
                 ids_of: list = [None] * len(prompts)
                 t = time.perf_counter()
-                for b, idx in enumerate(_batches(lengths, request.batch_size)):
+                for b, idx in batches:
                     torch.manual_seed(derive_seed(request.seed, job.config, "batch", b))
                     done = _generate(model, tokenizer, [prompts[i] for i in idx], job.params, eos)
                     for row, (ids, reason) in zip(idx, done):

@@ -1,5 +1,8 @@
-"""Generation on Ray: one model's sweep on R engine replicas, each a Ray actor with a contiguous shard
-of the test rows (`execution.backend: ray`, `execution.replicas: R`).
+"""Generation on Ray: one model's sweep on R engine replicas, each a Ray actor with a shard of the test
+rows (`execution.backend: ray`, `execution.replicas: R`): a contiguous range of rows, or, for a backend
+whose rows depend on their batch (transformers: shared padding, one seed per batch; `row_batches`),
+a contiguous run of the whole row list's batches, each run with its one-engine index, so every row
+has the companions, padding and seed it has in one process and the files are the same.
 
 `ShardedBackend` wraps the backend the stage picked (vLLM or transformers) and behaves as that
 backend to the stage: same name, same per-config inputs, same messages. Each replica actor runs the
@@ -29,8 +32,8 @@ from typing import Iterator, Optional
 from ..cluster import check_shared, first_line, user_error
 from ..config import DecodingConfig, ExperimentConfig
 from ..errors import UserError
-from .backend import (AgreementDone, Backend, ConfigDone, EngineBuilt, InvarianceDone, Message, Request,
-                      identical_fraction)
+from .backend import (AgreementDone, Backend, ConfigDone, EngineBuilt, InvarianceCheck, InvarianceDone, Message,
+                      Request, identical_fraction)
 
 log = logging.getLogger(__name__)
 
@@ -79,35 +82,62 @@ def check_sample(n_rows: int, k: int) -> list[int]:
     return sorted({round(i * (n_rows - 1) / (k - 1)) for i in range(k)})
 
 
-def rows_of(request: Request, rows, jobs: list, invariance=None) -> Request:
-    """`request` for the given rows only (indices into its rows, in order) and `jobs`: each job keeps its
-    per-request seeds of those rows, so a row gets exactly what the full request would ask for it."""
+def rows_of(request: Request, rows, jobs: list, invariance=None, batches=None) -> Request:
+    """`request` for the given rows only (indices into its rows, ascending) and `jobs`: each job keeps its
+    per-request seeds of those rows, so a row gets exactly what the full request would ask for it.
+    `batches`, (batch index, rows of the full request), become the sub-request's own batches, by the same index."""
     rows = list(rows)
+    local = {row: k for k, row in enumerate(rows)}
     return dataclasses.replace(
         request, row_ids=[request.row_ids[i] for i in rows], prompts=[request.prompts[i] for i in rows],
         jobs=[dataclasses.replace(j, seeds=tuple(j.seeds[i] for i in rows) if j.seeds else ()) for j in jobs],
-        use_tqdm=False, invariance=invariance)
+        use_tqdm=False, invariance=invariance,
+        batches=None if batches is None else [(b, [local[r] for r in idx]) for b, idx in batches])
 
 
-def merge(parts: list[ConfigDone]) -> ConfigDone:
-    """One config's shards, in row order. The replicas ran side by side: the call's wall time is the
-    slowest shard's, its tokens the sum."""
-    first = parts[0]
-    return ConfigDone(config=first.config, results=[r for p in parts for r in p.results],
-                      call_wall_s=max(p.call_wall_s for p in parts), call_configs=first.call_configs,
-                      call_tokens=sum(p.call_tokens for p in parts))
+def merge(parts: list[tuple[list[int], ConfigDone]], n_rows: int) -> ConfigDone:
+    """One config's shards, (rows of the full request, results), in row order. The replicas ran side by side:
+    the call's wall time is the slowest shard's, its tokens the sum."""
+    results: list = [None] * n_rows
+    for rows, part in parts:
+        for row, result in zip(rows, part.results):
+            results[row] = result
+    first = parts[0][1]
+    return ConfigDone(config=first.config, results=results,
+                      call_wall_s=max(p.call_wall_s for _, p in parts), call_configs=first.call_configs,
+                      call_tokens=sum(p.call_tokens for _, p in parts))
 
 
 @dataclasses.dataclass
 class _Shard:
     index: int
-    lo: int
-    hi: int
+    rows: list[int]  # indices into the full request's rows, ascending
+    batches: Optional[list[tuple[int, list[int]]]] = None  # (batch index, rows) where rows depend on their batch
     received: dict = dataclasses.field(default_factory=dict)  # config -> ConfigDone
     failures: int = 0
     actor: object = None
     ref: object = None
     done: bool = False
+
+
+def plan_shards(n_rows: int, replicas: int, batches: Optional[list[list[int]]] = None) -> list[_Shard]:
+    """Contiguous row ranges (shard_bounds) when each row's result is its own; with `batches` (row indices in
+    run order), contiguous runs of whole batches, so no batch is split between replicas."""
+    if batches is None:
+        return [_Shard(i, list(range(lo, hi))) for i, (lo, hi) in enumerate(shard_bounds(n_rows, replicas))]
+    return [_Shard(i, sorted(r for b in range(lo, hi) for r in batches[b]), [(b, batches[b]) for b in range(lo, hi)])
+            for i, (lo, hi) in enumerate(shard_bounds(len(batches), replicas))]
+
+
+def shard_invariance(check, shards: list[_Shard]) -> dict[int, InvarianceCheck]:
+    """The batch-invariance check (sample rows of the full request) for the shard holding most of its rows
+    (the first on a tie), on the rows it holds, as indices into that shard's rows; {} without a check."""
+    if check is None:
+        return {}
+    held = [[r for r in check.rows if r in rows] for rows in (set(s.rows) for s in shards)]
+    best = max(range(len(shards)), key=lambda i: (len(held[i]), -i))
+    local = {row: k for k, row in enumerate(shards[best].rows)}
+    return {best: InvarianceCheck(check.config, tuple(local[r] for r in held[best]))} if held[best] else {}
 
 
 class ShardedBackend(Backend):
@@ -145,16 +175,16 @@ class ShardedBackend(Backend):
     def shared_call_note(self, n_configs: int):
         return self.inner.shared_call_note(n_configs)
 
+    def row_batches(self, request: Request):
+        return self.inner.row_batches(request)
+
     # --- running
     def _start(self, ray, actor_cls, request: Request, shard: _Shard) -> None:
         jobs = [j for j in request.jobs if j.config not in shard.received]
         if not jobs:
             shard.done = True
             return
-        # The batch-invariance sample indexes the full row list: only the shard holding all of it runs it.
-        inv = request.invariance
-        holds_sample = inv is not None and shard.lo == 0 and max(inv.rows, default=0) < shard.hi
-        sub = rows_of(request, range(shard.lo, shard.hi), jobs, inv if holds_sample else None)
+        sub = rows_of(request, shard.rows, jobs, self.invariance.get(shard.index), shard.batches)
         name = f"tunesweep-{self.target}-shard{shard.index}-try{shard.failures}-{os.getpid()}"
         shard.actor = actor_cls.options(name=name, num_cpus=self.num_cpus, num_gpus=self.num_gpus,
                                         max_restarts=0).remote(self.inner, sub, self.shared,
@@ -164,16 +194,26 @@ class ShardedBackend(Backend):
         log.info("%s: replica %s started for %d configs (actor %s)", self.target, self.where(shard), len(jobs), name)
 
     def where(self, shard: _Shard) -> str:
-        return f"{shard.index + 1}/{self.n_shards} (test rows {shard.lo + 1}-{shard.hi})"
+        if shard.batches is None:
+            return f"{shard.index + 1}/{self.n_shards} (test rows {shard.rows[0] + 1}-{shard.rows[-1] + 1})"
+        first, last = shard.batches[0][0] + 1, shard.batches[-1][0] + 1
+        span = f"batch {first}" if first == last else f"batches {first}-{last}"
+        return f"{shard.index + 1}/{self.n_shards} ({span} of {self.n_batches}: {len(shard.rows)} test rows)"
 
     def run(self, request: Request) -> Iterator[Message]:
         import ray
         from ray.exceptions import RayActorError, RayError, RayTaskError
 
         actor_cls = ray.remote(EngineReplica)
-        bounds = shard_bounds(len(request.row_ids), self.replicas)
-        self.n_shards = len(bounds)
-        shards = [_Shard(i, lo, hi) for i, (lo, hi) in enumerate(bounds)]
+        batches = self.inner.row_batches(request)
+        shards = plan_shards(len(request.row_ids), self.replicas, batches)
+        self.n_shards, self.n_batches = len(shards), len(batches or [])
+        if batches is not None and len(batches) < self.replicas:
+            log.info("%s: %d %s batch(es) of up to %d rows: %d replica(s), not %d (a row's response depends on "
+                     "its batch, so batches are not split)", self.target, len(batches), self.name,
+                     request.batch_size, len(shards), self.replicas)
+        # The batch-invariance sample indexes the full row list: the shard holding most of it runs it.
+        self.invariance = shard_invariance(request.invariance, shards)
         order = [j.config for j in request.jobs]
         merged: set[str] = set()
         results: dict[str, list] = {}  # config -> merged RowResults (for the agreement check)
@@ -211,14 +251,14 @@ class ShardedBackend(Backend):
                 for config in order:
                     if config not in merged and all(config in s.received for s in shards):
                         merged.add(config)
-                        done = merge([s.received[config] for s in shards])
+                        done = merge([(s.rows, s.received[config]) for s in shards], len(request.row_ids))
                         results[config] = done.results
                         yield done
             missing = [c for c in order if c not in merged]
             if missing:
                 raise UserError(f"{self.target}: the replicas finished without configs {', '.join(missing)}")
             if self.agreement_rows and self.n_shards > 1:
-                yield from self._agreement(ray, actor_cls, request, results)
+                yield from self._agreement(ray, actor_cls, request, results, batches)
         finally:
             for shard in shards:
                 if shard.actor is not None and not shard.done:
@@ -227,13 +267,20 @@ class ShardedBackend(Backend):
                     except Exception:
                         pass
 
-    def _agreement(self, ray, actor_cls, request: Request, results: dict[str, list]) -> Iterator[Message]:
+    def _agreement(self, ray, actor_cls, request: Request, results: dict[str, list],
+                   batches: Optional[list[list[int]]]) -> Iterator[Message]:
         """Every config of the request regenerated by one engine for the check sample; one AgreementDone.
-        The responses are written already: a check that fails is a warning, not a failed stage."""
+        The responses are written already: a check that fails is a warning, not a failed stage. Where rows
+        depend on their batch, the sample is whole batches (about agreement_rows rows), each with its index."""
         from ray.exceptions import RayError
 
-        sample = check_sample(len(request.row_ids), self.agreement_rows)
-        sub = rows_of(request, sample, request.jobs)
+        if batches is None:
+            sample = check_sample(len(request.row_ids), self.agreement_rows)
+            sub = rows_of(request, sample, request.jobs)
+        else:
+            picked = check_sample(len(batches), -(-self.agreement_rows // max(map(len, batches))))
+            sample = sorted(r for b in picked for r in batches[b])
+            sub = rows_of(request, sample, request.jobs, batches=[(b, batches[b]) for b in picked])
         name = f"tunesweep-{self.target}-agreement-{os.getpid()}"
         log.info("%s: agreement check: %d configs x %d rows (spread over the %d shards) on one engine", self.target,
                  len(sub.jobs), len(sample), self.n_shards)
