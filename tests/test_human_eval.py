@@ -363,7 +363,7 @@ def small_study(tmp_path: Path):
                     [{"id": r["id"], "prompt": build_prompt(r), "reference": r["output"], "response_raw": "Done.",
                       "response": None, "finish_reason": "stop", "num_tokens": 2, "config": dc.name, "model": "tiny"}
                      for r in rows])
-    vouch_for_responses(cfg.path, "tiny")
+    vouch_for_responses(cfg.path, "tiny", cfg=cfg)
     clean(cfg)
     return cfg_path, cfg
 
