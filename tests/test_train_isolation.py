@@ -110,6 +110,11 @@ def test_a_killed_training_process_is_one_line_and_the_rerun_resumes(tmp_path, t
     assert res.returncode == 0, res.stderr[-2000:]
     rec = read_json(models / "then-peft" / "tunesweep.json")
     assert rec["resumed_from_step"] == saved and rec["global_step"] == 40
+    # The loss logged before the kill survives in the history: training did not restart at step 0.
+    # (A kill of the whole process group, before and after the last checkpoint: test_train.py.)
+    assert rec["loss_history"][0]["step"] <= saved
+    steps = [e["step"] for e in rec["loss_history"]]
+    assert steps == sorted(set(steps)) and steps[-1] == 40
 
 
 # --- the process-group watchdog of a child that starts processes of its own (the vLLM engine child) ---
