@@ -185,6 +185,7 @@ def test_builtin_tasks_are_seeded_and_checkable():
             assert r["output"].split() == sorted(r["input"].split())
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_split_is_skipped_when_current_and_redone_when_source_changes(tmp_path):
     src = tmp_path / "data.json"
     recs = [{"instruction": f"q{i}", "input": "", "output": f"a{i}"} for i in range(20)]

@@ -68,6 +68,7 @@ def imports_in_a_fresh_process(module: str) -> bool:
     return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_doctor_command_follows_the_documented_rule_on_this_machine():
     r = run_tunesweep("doctor")
     assert r.returncode == 0, r.stderr
@@ -87,6 +88,7 @@ def test_doctor_command_follows_the_documented_rule_on_this_machine():
     assert gen_line.startswith(f"generate auto -> {expected_gen} (")
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_unsloth_is_probed_in_another_process_and_never_imported_here(tmp_path, monkeypatch):
     stand_in = Path(__file__).resolve().parent / "unsloth_stand_in"  # patches transformers when imported
     monkeypatch.syspath_prepend(str(stand_in))

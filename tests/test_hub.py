@@ -62,6 +62,7 @@ def model_config(tmp_path: Path, revision: str = "") -> Path:
     return path
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_hub_base_is_pinned_to_its_commit_and_moving_main_makes_generate_stale(tmp_path, tiny_model_dir,
                                                                                 monkeypatch):
     """Base-target generation loads the snapshot folder and records `acme/tiny@<commit of main>`; refs/main
@@ -115,6 +116,7 @@ def test_hub_base_is_pinned_to_its_commit_and_moving_main_makes_generate_stale(t
     assert training_inputs(pinned, m3, "peft", m3.train.model_dump(), "data")["base"] == trained_from
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_hub_dataset_split_records_the_commit_and_follows_main(tmp_path):
     """split.json records `acme/alpaca@<commit>`; a rerun is current until main moves to other data;
     `revision: <first commit>` gives the first split back, byte for byte."""

@@ -51,6 +51,7 @@ def test_bleu_toy_corpus_and_signature():
     assert m.signature() == ref_metric.get_signature().format()
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_bleu_resamples_from_summed_statistics_equal_corpus_bleu(alpaca_demo_path):
     recs = json.loads(alpaca_demo_path.read_text())
     refs = [r["output"] for r in recs[:60]]
@@ -84,6 +85,7 @@ def test_bertscore_identical_strings_score_one(minilm_bertscore):
     assert minilm_bertscore.settings()["num_layers"] == 6
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_edge_responses_score_without_crash(minilm_bertscore):
     ref = "It is cold outside, so wear a warm coat."
     refs = [ref] * len(EDGE_RESPONSES)
@@ -116,6 +118,7 @@ LONG_HYP = ("A much longer response that goes on and on about many unrelated thi
             "the batch well beyond the first one, and then some more words.")
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_bertscore_of_a_config_does_not_depend_on_the_configs_beside_it(minilm_bertscore):
     scorer = minilm_bertscore.scorer()
     alone = float(scorer.score([NEIGHBOUR_HYP], [NEIGHBOUR_REF])[2][0])
@@ -125,6 +128,7 @@ def test_bertscore_of_a_config_does_not_depend_on_the_configs_beside_it(minilm_b
     assert ours[0] == pytest.approx(alone, abs=1e-6)
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_bertscore_blocks_equal_separate_calls(minilm_bertscore, alpaca_demo_path):
     recs = [r for r in json.loads(alpaca_demo_path.read_text()) if len(r["output"].split()) <= 30]
     refs = [r["output"] for r in recs[:14]]

@@ -20,6 +20,7 @@ def records():
     return recs
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_worked_example_uniform_model_has_perplexity_equal_to_vocab_size(tiny_model_dir, tmp_path, records):
     # A model whose logits are all zero predicts the uniform distribution over V tokens:
     # every token costs ln V nats, so perplexity is exactly V whatever the text.
@@ -34,6 +35,7 @@ def test_worked_example_uniform_model_has_perplexity_equal_to_vocab_size(tiny_mo
     assert out["nll"] == pytest.approx(math.log(vocab), rel=1e-6)
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_equals_transformers_own_loss_row_by_row_and_ignores_batching(tiny_model_dir, records):
     model, tokenizer = load_for_inference(str(tiny_model_dir))
     total, count, per_row = 0.0, 0, []
@@ -71,6 +73,7 @@ def test_perplexity_resamples_on_a_worked_example():
     assert got == pytest.approx([math.exp(6 / 4), math.exp(27 / 9), math.exp(14 / 6)])
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_scores_exactly_the_tokens_trl_trains_on(tiny_model_dir, records, tmp_path):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -88,6 +91,7 @@ def test_scores_exactly_the_tokens_trl_trains_on(tiny_model_dir, records, tmp_pa
         assert ids[-1] == tokenizer.eos_token_id  # EOS is scored, as it is trained
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_response_records_score_like_test_rows(tiny_model_dir, records):
     responses = [{"prompt": build_prompt(r), "reference": r["output"]} for r in records]
     a = corpus_perplexity(str(tiny_model_dir), records)

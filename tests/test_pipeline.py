@@ -167,6 +167,7 @@ def test_failed_stage_is_named_with_its_log(tmp_path):
     assert not (tmp_path / "work" / "alpaca_data").exists()
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_python_entry_point_runs_the_same_stages(tmp_path):
     from helpers import run_tunesweep
 

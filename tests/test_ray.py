@@ -69,6 +69,7 @@ def test_command_line_overrides_the_execution_section(tmp_path):
     assert load_config(config).execution.replicas == 3
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_backend_local_needs_no_ray(tmp_path, tiny_model_dir):
     """A local run of the stages (split, the hf generate path, clean) in a fresh interpreter in which
     `import ray` fails: nothing imports it."""

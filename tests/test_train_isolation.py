@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from helpers import REPO
 from tunesweep.files import read_json
@@ -58,6 +59,7 @@ def tunesweep(*args, env: dict, **kwargs) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, **kwargs)
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_unsloth_patches_reach_no_later_model_or_stage(tmp_path, tiny_model_dir):
     """The H100 failure, on a CPU: the stand-in patches LlamaForCausalLM.forward at import as Unsloth does.
     Trained in the stage's process, the post-merge check, the next (peft) model, hf generation and
@@ -81,6 +83,7 @@ def test_unsloth_patches_reach_no_later_model_or_stage(tmp_path, tiny_model_dir)
         assert len(rows) == 6
 
 
+@pytest.mark.slow  # trains, loads a model or runs a stage in a fresh interpreter
 def test_a_killed_training_process_is_one_line_and_the_rerun_resumes(tmp_path, tiny_model_dir):
     env = {**os.environ}
     cfg = write_study(tmp_path, tiny_model_dir, peft_steps=40)
