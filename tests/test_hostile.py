@@ -148,3 +148,168 @@ def test_truncated_safetensors_stop_generate_and_finetune_in_one_line(tmp_path, 
 
     with pytest.raises(UserError, match="not a safetensors file"):
         check_checkpoint_folder(str(ckpt))
+
+
+# --- values the libraries would reject later: refused at load time, one line naming the key ------------------
+
+def load_text(tmp_path, text: str):
+    from tunesweep.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return load_config(path)
+
+
+def cfg_text(tmp_path, extra="", models="[{name: m, base: unused-base}]", workdir=None) -> str:
+    return write_cfg(tmp_path, workdir=workdir, models=models, extra=extra).read_text()
+
+
+@pytest.mark.parametrize("section, bad", [
+    ("seed: -1", "seed = -1"),
+    (f"seed: {2**32}", f"seed = {2**32}"),
+    ("generation: {defaults: {temperature: 1.0e-7}}", "generation.defaults.temperature = 1e-07"),
+    ("generation: {sweep: {temperature: [0.5, 0.000001]}}", "generation.sweep.temperature"),
+    ("generation: {engine: {dtype: fp32}}", "generation.engine.dtype = 'fp32'"),
+    ("generation: {engine: {dtype: Float16}}", "generation.engine.dtype = 'Float16'"),
+])
+def test_values_the_libraries_reject_are_refused_at_load(tmp_path, section, bad):
+    with pytest.raises(UserError) as err:
+        load_text(tmp_path, cfg_text(tmp_path) + section + "\n")
+    assert bad in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_edges_of_those_ranges_still_load(tmp_path):
+    cfg = load_text(tmp_path, cfg_text(tmp_path) + f"seed: {2**32 - 1}\ngeneration: {{defaults: {{temperature: 1.0e-5}}, "
+                    "sweep: {temperature: [0.0]}, engine: {dtype: half}}\n")
+    assert cfg.seed == 2**32 - 1 and cfg.generation.defaults.temperature == 1e-5
+
+
+def test_unknown_lr_scheduler_is_refused_and_the_known_ones_are_the_libraries(tmp_path):
+    from transformers.trainer_utils import SchedulerType
+
+    from tunesweep.config import LR_SCHEDULERS
+
+    assert set(LR_SCHEDULERS) == {s.value for s in SchedulerType}
+    models = "[{name: m, base: unused-base, train: {lr_scheduler: cosine_annealing}}]"
+    with pytest.raises(UserError, match=r"models\[0\]\.train\.lr_scheduler = 'cosine_annealing'"):
+        load_text(tmp_path, cfg_text(tmp_path, models=models))
+    models = "[{name: m, base: unused-base, train: {lr_scheduler: warmup_stable_decay}}]"
+    assert load_text(tmp_path, cfg_text(tmp_path, models=models)).models[0].train.lr_scheduler == "warmup_stable_decay"
+
+
+def test_engine_dtypes_are_the_ones_vllm_accepts():
+    from vllm.config.model import _STR_DTYPE_TO_TORCH_DTYPE
+
+    from tunesweep.config import ENGINE_DTYPES
+
+    assert set(ENGINE_DTYPES) == {"auto", *_STR_DTYPE_TO_TORCH_DTYPE}
+
+
+@pytest.mark.parametrize("name", ["all", "comparisons", "human", "perplexity", "report", "Report", "metrics"])
+def test_model_names_of_eval_results_tables_are_refused(tmp_path, name):
+    with pytest.raises(UserError, match=rf"models\[0\]\.name = '{name}': is the name of a table in eval_results/"):
+        load_text(tmp_path, cfg_text(tmp_path, models=f"[{{name: {name}, base: unused-base}}]"))
+
+
+def test_positions_of_a_local_base_bound_the_lengths(tmp_path, tiny_model_dir):
+    from tunesweep.config import max_positions
+
+    limit = max_positions(str(tiny_model_dir))
+    assert limit == json.loads((tiny_model_dir / "config.json").read_text())["max_position_embeddings"]
+    models = f"[{{name: m, base: {tiny_model_dir}}}]"
+    for extra, bad in ((f"generation: {{max_new_tokens: {limit}}}", f"generation.max_new_tokens = {limit}"),
+                       (f"generation: {{engine: {{max_model_len: {limit + 1}}}}}", "generation.engine.max_model_len"),
+                       ):
+        with pytest.raises(UserError) as err:
+            load_text(tmp_path, cfg_text(tmp_path, models=models, extra=extra))
+        assert bad in str(err.value) and f"beyond the {limit} positions" in str(err.value)
+    models = f"[{{name: m, base: {tiny_model_dir}, max_seq_length: {limit * 2}}}]"
+    with pytest.raises(UserError, match=r"models\[0\]\.max_seq_length"):
+        load_text(tmp_path, cfg_text(tmp_path, models=models))
+    ok = load_text(tmp_path, cfg_text(tmp_path, models=f"[{{name: m, base: {tiny_model_dir}}}]",
+                                      extra=f"generation: {{max_new_tokens: {limit - 1}, engine: {{max_model_len: {limit}}}}}"))
+    assert ok.generation.max_new_tokens == limit - 1
+
+
+def test_workdir_inside_the_base_model_folder_is_refused(tmp_path, tiny_model_dir):
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    models = f"[{{name: m, base: {base}}}]"
+    for workdir in (base / "work", base):
+        with pytest.raises(UserError, match=r"lies inside models\[0\]\.base"):
+            load_text(tmp_path, cfg_text(tmp_path, models=models, workdir=workdir))
+    assert load_text(tmp_path, cfg_text(tmp_path, models=models, workdir=tmp_path / "work")).workdir
+
+
+def test_duplicate_yaml_keys_are_an_error_at_any_depth(tmp_path, capsys):
+    text = cfg_text(tmp_path)
+    for dup, key in ((text + "seed: 1\nseed: 2\n", "'seed'"),
+                     (text + "generation: {max_new_tokens: 8, max_new_tokens: 9}\n", "'max_new_tokens'")):
+        (tmp_path / "d.yaml").write_text(dup)
+        err = one_line_exit_2(capsys, ["plan", "--config", tmp_path / "d.yaml"])
+        assert f"duplicate key {key}" in err and "line" in err
+
+
+def test_non_utf8_config_is_one_line(tmp_path, capsys):
+    (tmp_path / "l1.yaml").write_bytes(cfg_text(tmp_path).replace("hostile", "caf\xe9").encode("latin-1"))
+    err = one_line_exit_2(capsys, ["plan", "--config", tmp_path / "l1.yaml"])
+    assert "l1.yaml: not UTF-8 text" in err
+
+
+def test_configs_that_differ_only_in_ignored_parameters_are_merged_and_the_plan_says_which(tmp_path, capsys):
+    from tunesweep.config import expand_sweep, sweep_merges
+
+    text = cfg_text(tmp_path, extra="generation: {mode: grid, defaults: {top_k: 50, num_beams: 1, temperature: 0.8}, "
+                                    "sweep: {top_k: [10, 50], num_beams: [1, 3], temperature: [0.0, 0.8]}}\n")
+    cfg = load_text(tmp_path, text)
+    names = [c.name for c in expand_sweep(cfg.generation)]
+    # Greedy ignores top_k (2 -> 1), beam search ignores top_k and temperature (4 -> 1); sampling keeps both.
+    assert names == ["top_k_50_num_beams_1_temp_0.0", "top_k_10_num_beams_1_temp_0.8", "top_k_50_num_beams_3_temp_0.8",
+                     "top_k_50_num_beams_1_temp_0.8"]
+    assert sweep_merges(cfg.generation) == {
+        "top_k_50_num_beams_1_temp_0.0": ["top_k_10_num_beams_1_temp_0.0"],
+        "top_k_50_num_beams_3_temp_0.8": ["top_k_10_num_beams_3_temp_0.0", "top_k_10_num_beams_3_temp_0.8",
+                                          "top_k_50_num_beams_3_temp_0.0"]}
+    assert main(["plan", "--config", str(tmp_path / "c.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "top_k_50_num_beams_3_temp_0.8 <- top_k_10_num_beams_3_temp_0.0" in out
+    # one_at_a_time around a greedy centre: a top_k sweep would only repeat the centre.
+    cfg = load_text(tmp_path, cfg_text(tmp_path, extra="generation: {defaults: {temperature: 0.0}, "
+                                                       "sweep: {top_k: [10, 25], temperature: [0.5]}}\n"))
+    assert [c.name for c in expand_sweep(cfg.generation)] == ["top_k_50_num_beams_1_temp_0.0",
+                                                              "top_k_50_num_beams_1_temp_0.5"]
+
+
+def test_a_huge_grid_warns_with_its_size(tmp_path, caplog, capsys):
+    big = "sweep: {top_k: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], temperature: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1]}"
+    with caplog.at_level("WARNING"):
+        load_text(tmp_path, cfg_text(tmp_path, extra=f"generation: {{mode: grid, max_new_tokens: 10, {big}}}\n"))
+    assert "110 decoding configs x 1 model(s) x 4 test rows x max_new_tokens 10 = up to 4,400 new tokens" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_text(tmp_path, cfg_text(tmp_path, extra="generation: {mode: grid, sweep: {top_k: [1, 2]}}\n"))
+    assert "decoding configs" not in caplog.text
+
+
+def test_test_size_that_rounds_to_no_rows_says_the_test_set_is_empty(tmp_path, capsys):
+    err = one_line_exit_2(capsys, ["split", "--config", write_cfg(tmp_path), "--test-size", "0.0001"])
+    assert "dataset.test_size = 0.0001: the test set would be empty" in err and "training row" not in err
+
+
+@pytest.mark.parametrize("content", ["[]", "[1, 2]", "\"text\"", "{\"configs\": [1], \"test_rows\": 4}",
+                                     "{\"configs\": {\"c\": [1]}, \"test_rows\": 4}"])
+def test_manifest_of_the_wrong_shape_is_one_line_or_regenerated(tmp_path, content):
+    from tunesweep.generate.stage import is_current, load_manifest
+    from tunesweep.layout import read_target_responses
+
+    cfg = write_cfg(tmp_path)
+    assert main(["split", "--config", str(cfg)]) == 0
+    folder = tmp_path / "work" / "llm_responses" / "m"
+    folder.mkdir(parents=True)
+    (folder / "c.jsonl").write_text("")
+    (folder / "manifest.json").write_text(content)
+    with pytest.raises(UserError) as err:  # score, report, human-eval read through this
+        read_target_responses(tmp_path / "work", "m", ["c"])
+    assert "manifest.json" in str(err.value) and "\n" not in str(err.value)
+    manifest = load_manifest(folder / "manifest.json")  # generate: everything is redone
+    assert manifest == {} or not is_current(folder / "c.jsonl", type("Job", (), {"config": "c", "inputs": {}}), manifest)

@@ -240,9 +240,13 @@ def read_json_if_present(path: Path) -> Optional[dict]:
     if not path.is_file():
         return None
     try:
-        return read_json(path)
+        data = read_json(path)
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a JSON {type(data).__name__} where tunesweep writes an object (edited or written by "
+                        "something else); delete it and rerun the stage that writes it")
+    return data
 
 
 @dataclass
@@ -321,6 +325,9 @@ def read_target_responses(workdir: str | os.PathLike, target: str, configs: Sequ
     test_ids = [r.get("id") for r in test_rows]
     why = manifest.get("incomplete")  # set by generate while it runs, and left by a run that failed
     entries = manifest.get("configs") or {}
+    if not isinstance(entries, dict):
+        raise UserError(f"{manifest_path}: configs = a JSON {type(entries).__name__}, not an object of configs (edited "
+                        f"or written by something else); {_regenerate(target)}")
     records: dict[str, list[dict]] = {}
     files: dict[str, Path] = {}
     for config in configs:
