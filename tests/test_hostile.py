@@ -313,3 +313,102 @@ def test_manifest_of_the_wrong_shape_is_one_line_or_regenerated(tmp_path, conten
     assert "manifest.json" in str(err.value) and "\n" not in str(err.value)
     manifest = load_manifest(folder / "manifest.json")  # generate: everything is redone
     assert manifest == {} or not is_current(folder / "c.jsonl", type("Job", (), {"config": "c", "inputs": {}}), manifest)
+
+
+# --- nothing is written outside the workdir ------------------------------------------------------------------
+
+def test_workdir_and_paths_expand_home_and_variables(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("STUDY_ROOT", str(tmp_path / "root"))
+    monkeypatch.chdir(tmp_path)
+    for given, expected in (("~/w", tmp_path / "home" / "w"), ("$STUDY_ROOT/w", tmp_path / "root" / "w"),
+                            ("${STUDY_ROOT}/x", tmp_path / "root" / "x")):
+        cfg = write_cfg(tmp_path, workdir=given)
+        assert main(["plan", "--config", str(cfg), "--get", "workdir"]) == 0
+        assert capsys.readouterr().out.strip() == str(expected)
+        assert main(["split", "--config", str(cfg)]) == 0
+        assert (expected / "alpaca_data" / "test.jsonl").is_file()
+        capsys.readouterr()
+    assert not any(p.name.startswith(("~", "$")) for p in tmp_path.rglob("*"))
+    # other path keys too: a dataset file under ~
+    (tmp_path / "home" / "d.jsonl").write_text((tmp_path / "root" / "w" / "alpaca_data" / "train.jsonl").read_text())
+    cfg = write_cfg(tmp_path, workdir=tmp_path / "w2")
+    cfg.write_text(cfg.read_text().replace("builtin:tasks", "~/d.jsonl"))
+    assert main(["split", "--config", str(cfg)]) == 0
+    err = one_line_exit_2(capsys, ["plan", "--config", write_cfg(tmp_path, workdir="$NOT_SET_ANYWHERE/w")])
+    assert "workdir = '$NOT_SET_ANYWHERE/w': names an environment variable that is not set" in err
+
+
+@pytest.mark.parametrize("workdir", ["/", "/etc", "/usr/../", "/proc/self", "/var"])
+def test_system_folders_are_refused_as_workdir(tmp_path, capsys, workdir):
+    err = one_line_exit_2(capsys, ["split", "--config", write_cfg(tmp_path, workdir=workdir)])
+    assert f"workdir = '{workdir}': resolves to the system folder" in err
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A file outside the workdir that no command may modify, and what it holds."""
+    path = tmp_path / "outside" / "precious.txt"
+    path.parent.mkdir()
+    path.write_text("keep me\n")
+    return path
+
+
+def assert_untouched(outside):
+    assert outside.read_text() == "keep me\n"
+    assert sorted(p.name for p in outside.parent.iterdir()) == ["precious.txt"]
+
+
+@pytest.mark.parametrize("link", [".tunesweep.lock", "logs/split.log", "alpaca_data/train.jsonl",
+                                  "eval_results/report.md"])
+def test_a_link_to_a_file_outside_is_never_written_through(tmp_path, capsys, outside, link):
+    cfg = write_cfg(tmp_path)
+    where = tmp_path / "work" / link
+    where.parent.mkdir(parents=True, exist_ok=True)
+    where.symlink_to(outside)
+    for argv in (["run", "--config", cfg, "--only", "split"], ["split", "--config", cfg, "--force"],
+                 ["report", "--config", cfg]):
+        err = one_line_exit_2(capsys, argv)
+        assert f"{where}: a symlink that leads out of the workdir" in err
+        assert_untouched(outside)
+
+
+@pytest.mark.parametrize("folder", ["alpaca_data", "logs", "eval_results/plots", "finetuned_models"])
+def test_a_linked_folder_leading_outside_is_refused(tmp_path, capsys, outside, folder):
+    cfg = write_cfg(tmp_path)
+    where = tmp_path / "work" / folder
+    where.parent.mkdir(parents=True, exist_ok=True)
+    where.symlink_to(outside.parent, target_is_directory=True)
+    err = one_line_exit_2(capsys, ["run", "--config", cfg, "--only", "split"])
+    assert f"{where}: a symlink that leads out of the workdir" in err
+    assert_untouched(outside)
+
+
+def test_links_that_stay_inside_the_workdir_are_fine(tmp_path):
+    cfg = write_cfg(tmp_path)
+    (tmp_path / "work" / "elsewhere").mkdir(parents=True)
+    (tmp_path / "work" / "logs").symlink_to(tmp_path / "work" / "elsewhere", target_is_directory=True)
+    assert main(["run", "--config", str(cfg), "--only", "split"]) == 0
+    assert (tmp_path / "work" / "elsewhere" / "split.log").is_file()
+
+
+def test_writers_refuse_links_made_after_the_lock_was_taken(tmp_path, outside):
+    """The check at the lock covers what exists then; a link planted while a command runs is refused by the
+    writers themselves (atomic writes check the resolved folder, logs and the lock open with O_NOFOLLOW)."""
+    from tunesweep.files import LogFileHandler, write_text
+
+    work = tmp_path / "work"
+    with WorkdirLock(work, "test"):
+        (work / "eval_results").symlink_to(outside.parent, target_is_directory=True)
+        with pytest.raises(UserError, match="a symlink that leads out of the workdir"):
+            write_text(work / "eval_results" / "all.csv", "x\n")
+        (work / "logs").mkdir()
+        (work / "logs" / "run.log").symlink_to(outside)
+        with pytest.raises(UserError, match="a symlink that leads out of the workdir"):
+            LogFileHandler(work / "logs" / "run.log")
+    assert_untouched(outside)
+    # Outside any locked workdir (a training child process) a log that is a link is still not followed.
+    (tmp_path / "child.log").symlink_to(outside)
+    with pytest.raises(UserError, match="is a symlink"):
+        LogFileHandler(tmp_path / "child.log").emit(__import__("logging").makeLogRecord({"msg": "x"}))
+    assert_untouched(outside)

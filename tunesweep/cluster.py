@@ -16,9 +16,11 @@ from typing import Optional
 
 from .config import ExecutionConfig, ExperimentConfig
 from .errors import UserError
+from .files import write_text
+from .layout import RAY_PROBE
 
 log = logging.getLogger(__name__)
-PROBE_NAME = ".tunesweep-ray-probe"  # written in the workdir by the driver, read by every task and actor
+PROBE_NAME = RAY_PROBE  # written in the workdir by the driver, read by every task and actor
 
 
 def import_ray():
@@ -93,7 +95,7 @@ def write_probe(workdir: Path) -> tuple[str, str]:
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(8)
-    (workdir / PROBE_NAME).write_text(token)
+    write_text(workdir / PROBE_NAME, token)
     return str(workdir), token
 
 

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import UserError
-from .files import jsonl_dumps, read_json, read_jsonl, sha256_bytes, sha256_file, write_text
+from .files import (confine_to, escaping_link, jsonl_dumps, open_no_follow, read_json, read_jsonl, sha256_bytes,
+                    sha256_file, write_text)
 
 # --- column names of the inter-stage files ----------------------------------------------------------
 
@@ -42,6 +43,7 @@ HUMAN_COLUMNS = ["model", "config", "human", "human_ci_low", "human_ci_high", "h
 # "base"), paired bootstrap over the rows.
 COMPARISON_COLUMNS = ["model", "metric", "config", "versus", "reference", "score", "reference_score", "diff",
                       "ci_low", "ci_high", "p", "p_holm", "resamples"]
+RAY_PROBE = ".tunesweep-ray-probe"  # the workdir's name for the file execution: ray checks its workers see
 ROW_SCORE_KEYS = ["config", "id"]  # eval_results/rows/<target>.csv: then one column per text metric scored
 
 
@@ -190,20 +192,40 @@ def prepare_workdir(root: str | os.PathLike) -> Path:
     return root
 
 
+def check_links(root: Path) -> None:
+    """Before a command writes: no symlink among tunesweep's files and folders in the workdir leads out of it (its
+    writers, TRL's and vLLM's included, would follow it and write elsewhere). One line naming the first."""
+    paths = Workdir(root)
+    tops = [paths.data_dir, paths.models_dir, paths.responses_root, paths.eval_dir, paths.logs_dir, paths.lock,
+            root / RAY_PROBE]
+    for top in tops:
+        found = [top] if top.is_symlink() else []
+        if not found and top.is_dir():
+            for folder, dirs, files in os.walk(top):  # followlinks=False: a linked folder is seen, not entered
+                found += [Path(folder) / n for n in dirs + files if os.path.islink(os.path.join(folder, n))]
+        for link in found:
+            if escaping_link(link, root) is not None:
+                raise UserError(f"{link}: a symlink that leads out of the workdir {root} (to {os.path.realpath(link)}); "
+                                "tunesweep writes only inside its workdir: remove the link (or copy what it points to)")
+
+
 class WorkdirLock:
     """An exclusive lock on a workdir for the life of one command: a second tunesweep on the same workdir
     says which process holds it and stops (exit 2) instead of training the same model twice. flock: the
     kernel releases it when the holder dies, even by SIGKILL, so a stale lock file never blocks a rerun."""
 
     def __init__(self, root: str | os.PathLike, command: str):
-        self.path = Workdir(prepare_workdir(root)).lock
+        root = prepare_workdir(root)
+        check_links(root)
+        confine_to(root)
+        self.path = Workdir(root).lock
         self.command = command
         self.fd: Optional[int] = None
 
     def __enter__(self) -> "WorkdirLock":
         import fcntl
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_no_follow(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
