@@ -412,3 +412,97 @@ def test_writers_refuse_links_made_after_the_lock_was_taken(tmp_path, outside):
     with pytest.raises(UserError, match="is a symlink"):
         LogFileHandler(tmp_path / "child.log").emit(__import__("logging").makeLogRecord({"msg": "x"}))
     assert_untouched(outside)
+
+
+# --- Ray: an address that does not answer ends the run in one line, and SIGTERM ends it too -----------------
+
+def ray_cfg(tmp_path, tiny_model_dir, timeout: float):
+    """A split study whose finetune runs on Ray (and so first joins the cluster)."""
+    cfg = write_cfg(tmp_path, models=f"[{{name: m, base: {tiny_model_dir}, lora: null}}]",
+                    extra=f"execution: {{backend: ray, connect_timeout: {timeout}}}\n")
+    assert main(["split", "--config", str(cfg)]) == 0
+    return cfg
+
+
+@pytest.fixture
+def silent_port():
+    """A TCP port that accepts connections (the kernel completes the handshake) and never says a word: Ray
+    cannot tell it from a slow head and, left alone, retries it for minutes."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("", 0))
+    sock.listen(64)
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+def lock_is_free(workdir) -> bool:
+    try:
+        with WorkdirLock(workdir, "test"):
+            return True
+    except UserError:
+        return False
+
+
+def test_an_unreachable_ray_address_is_one_line_and_frees_the_lock(tmp_path, tiny_model_dir):
+    from helpers import run_tunesweep
+
+    cfg = ray_cfg(tmp_path, tiny_model_dir, 30)
+    r = run_tunesweep("finetune", "--config", cfg, "--ray-address", "127.0.0.1:1", timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "tunesweep: error: execution.address = '127.0.0.1:1': cannot reach a Ray cluster at 127.0.0.1:1 within 30 s "
+        "(Connection refused); start one with `ray start --head`, fix the address, or raise execution.connect_timeout"]
+    assert lock_is_free(tmp_path / "work")
+    assert not (tmp_path / "work" / "finetuned_models").exists()
+
+
+def test_a_ray_address_that_never_answers_ends_at_the_connect_timeout(tmp_path, tiny_model_dir, silent_port):
+    from helpers import run_tunesweep
+
+    cfg = ray_cfg(tmp_path, tiny_model_dir, 5)
+    r = run_tunesweep("finetune", "--config", cfg, "--ray-address", f"127.0.0.1:{silent_port}", timeout=300)
+    assert r.returncode == 2, r.stderr
+    # Ray logs its own retries on stderr as they happen; tunesweep's last word is one line.
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"tunesweep: error: execution.address = '127.0.0.1:{silent_port}': no answer from the Ray cluster within 5 s "
+        "(execution.connect_timeout); is it a Ray head's address?")
+    assert "Traceback" not in r.stderr and lock_is_free(tmp_path / "work")
+
+
+def test_sigterm_while_joining_ray_ends_the_run_and_frees_the_lock(tmp_path, tiny_model_dir, silent_port):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import REPO
+
+    cfg = ray_cfg(tmp_path, tiny_model_dir, 600)
+    err = tmp_path / "stderr.txt"
+    with open(err, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "tunesweep", "finetune", "--config", str(cfg), "--ray-address",
+                                 f"127.0.0.1:{silent_port}"], cwd=REPO, stderr=fh, stdout=subprocess.DEVNULL,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        # Inside ray.init (native code, where a Python signal handler cannot run) before the signal is sent.
+        while "Connecting to existing Ray cluster" not in err.read_text():
+            assert proc.poll() is None, err.read_text()
+            time.sleep(0.5)
+        time.sleep(2)
+        assert not lock_is_free(tmp_path / "work")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    assert "stopped by SIGTERM while joining the Ray cluster" in err.read_text().strip().splitlines()[-1]
+    assert lock_is_free(tmp_path / "work")
+
+
+def test_doctor_with_an_unreachable_ray_address_reports_it_and_ends(tmp_path):
+    from tunesweep.cluster import cluster_summary
+
+    text = cluster_summary("127.0.0.1:1")
+    assert "cluster 127.0.0.1:1: not reachable" in text and "Connection refused" in text

@@ -290,6 +290,8 @@ class ExecutionConfig(Strict):
     agreement_rows: Optional[int] = Field(None, ge=0)
     score_gpus: float = Field(1.0, ge=0)  # GPUs per scoring task (a model's BERTScore or perplexity) on CUDA
     cpus: float = Field(1.0, gt=0)  # CPUs reserved per task or actor
+    # Seconds to reach the cluster's address and join it; then one line and exit 2 (Ray itself retries for minutes)
+    connect_timeout: float = Field(30.0, gt=0)
 
     @field_validator("address")
     @classmethod
