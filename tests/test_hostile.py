@@ -506,3 +506,72 @@ def test_doctor_with_an_unreachable_ray_address_reports_it_and_ends(tmp_path):
 
     text = cluster_summary("127.0.0.1:1")
     assert "cluster 127.0.0.1:1: not reachable" in text and "Connection refused" in text
+
+
+# --- spreadsheet formulas: text cells of every CSV a person opens are inert, numbers stay numbers -------------
+
+HOSTILE_TEXTS = ["=HYPERLINK(\"http://x\",\"click\")", "+1+1", "-2+3", "@SUM(A1:A2)", "\t=1", "\r=1", "'quoted",
+                 "''=", "-0.03", "plain text", "", "a=b"]
+
+
+def test_text_cells_are_escaped_and_read_back_as_written(tmp_path):
+    from tunesweep.layout import FORMULA_STARTS, read_frame, read_human, read_rows, write_table
+
+    # (a lone CR is left to the rating sheet's test: tables hold tunesweep's own names, written with LF rows)
+    texts = [t for t in HOSTILE_TEXTS if "\r" not in t]
+    rows = [{"model": text, "config": f"c{i}", "human": -0.03 * i, "human_n": i} for i, text in enumerate(texts)]
+    path = tmp_path / "human.csv"
+    write_table(path, ["model", "config", "human", "human_n"], rows)
+    with open(path, newline="", encoding="utf-8") as fh:
+        cells = list(__import__("csv").reader(fh))[1:]
+    assert not any(row[0].startswith(FORMULA_STARTS) for row in cells)
+    assert [row[2] for row in cells][1] == "-0.030000"  # a negative number is a number, not a formula
+    assert [r["model"] for r in read_rows(path)] == texts
+    assert read_frame(path)["model"].fillna("").tolist() == texts
+    assert read_frame(path)["human"].tolist() == pytest.approx([-0.03 * i for i in range(len(texts))])
+    assert set(read_human(path)) == {(t, f"c{i}") for i, t in enumerate(texts)}
+
+
+def test_rating_sheet_cells_are_inert_and_the_rated_sheet_imports(tmp_path):
+    import csv
+
+    from helpers import vouch_for_responses
+    from tunesweep.config import expand_sweep, load_config
+    from tunesweep.evaluate.human_eval import SHEET_COLUMNS, export_sheet, import_ratings
+    from tunesweep.files import write_jsonl
+    from tunesweep.layout import FORMULA_STARTS
+
+    cfg = load_config(write_cfg(tmp_path, extra="evaluation: {metrics: [bleu], bootstrap: 0, human: {rows_per_config: 12}}\n"))
+    work = cfg.path
+    texts = [t or "empty" for t in HOSTILE_TEXTS]
+    write_jsonl(work / "alpaca_data" / "test.jsonl", [{"id": f"id{i}", "instruction": f"=cmd|' /C calc'!A{i}",
+                                                        "input": "@x", "output": f"-{i}"} for i in range(len(texts))])
+    for dc in expand_sweep(cfg.generation):
+        write_jsonl(work / "llm_responses" / "m" / f"{dc.name}.jsonl",
+                    [{"id": f"id{i}", "prompt": "p", "reference": f"-{i}", "response_raw": t, "response": t,
+                      "finish_reason": "stop", "num_tokens": 1, "config": dc.name, "model": "m"}
+                     for i, t in enumerate(texts)])
+    vouch_for_responses(work, "m")
+    sheet = export_sheet(cfg)
+    with open(sheet, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        for column in ("instruction", "input", "reference", "response"):
+            assert not row[column].startswith(FORMULA_STARTS), (column, row[column])
+    assert {r["response"] for r in rows} >= {"'=HYPERLINK(\"http://x\",\"click\")", "'-0.03", "'''=", "plain text"}
+    for row in rows:
+        row["rating"] = "3"
+    rated = tmp_path / "rated.csv"
+    with open(rated, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=SHEET_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    import_ratings(cfg, [str(rated)])  # the escaped responses match the exported ones
+    # A spreadsheet that dropped the apostrophes when it saved the sheet: still the same responses.
+    for row in rows:
+        row["response"] = row["response"].removeprefix("'")
+    with open(rated, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=SHEET_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    import_ratings(cfg, [str(rated)])

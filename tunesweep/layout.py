@@ -425,12 +425,36 @@ def format_cell(x, digits: int = 6, blank: str = "") -> str:
     return str(x)
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (tab and CR: some strip them first). Text
+# cells so starting get a leading apostrophe, which spreadsheets show as text and sheet_text removes again; a
+# text cell that starts with an apostrophe gets one more, so every text reads back as it was written.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def sheet_cell(text: str) -> str:
+    """A text cell of a CSV a person opens, made inert (numbers are not text cells: -0.03 stays a number)."""
+    return "'" + text if text.startswith(FORMULA_STARTS + ("'",)) else text
+
+
+def sheet_text(cell):
+    """The text a sheet_cell was made from (anything that is not a string is returned as it is)."""
+    return cell[1:] if isinstance(cell, str) and cell.startswith("'") else cell
+
+
+class TableReader(csv.DictReader):
+    """csv.DictReader over a table tunesweep wrote: every cell as sheet_text."""
+
+    def __next__(self) -> dict:
+        return {k: sheet_text(v) for k, v in super().__next__().items()}
+
+
 def csv_text(columns: Sequence[str], rows: Sequence[dict], digits: int = 6) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([format_cell(row.get(c), digits) for c in columns])
+        writer.writerow([sheet_cell(v) if isinstance(v, str) else format_cell(v, digits)
+                         for v in (row.get(c) for c in columns)])
     return buf.getvalue()
 
 
@@ -452,14 +476,18 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
 def read_rows(path: Path) -> list[dict]:
     """A CSV table as it is written: one dict of cell texts per row."""
     with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
+        return list(TableReader(fh))
 
 
 def read_frame(path: Path):
     """A table of eval_results/ (<target>.csv, perplexity.csv) as a pandas DataFrame (blank cells NaN)."""
     import pandas as pd
 
-    return pd.read_csv(path)
+    frame = pd.read_csv(path)
+    for column in frame.columns:
+        if not pd.api.types.is_numeric_dtype(frame[column]):  # text (object, or pandas' str dtype)
+            frame[column] = frame[column].map(sheet_text)
+    return frame
 
 
 def read_human(path: Path) -> dict[tuple[str, str], float]:
@@ -467,7 +495,7 @@ def read_human(path: Path) -> dict[tuple[str, str], float]:
     if not path.is_file():
         return {}
     with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
+        reader = TableReader(fh)
         needed = HUMAN_COLUMNS[:3]
         missing = [c for c in needed if c not in (reader.fieldnames or [])]
         if missing:
