@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -575,3 +576,116 @@ def test_rating_sheet_cells_are_inert_and_the_rated_sheet_imports(tmp_path):
         writer.writeheader()
         writer.writerows(rows)
     import_ratings(cfg, [str(rated)])
+
+
+# --- late failures that are the machine's, not tunesweep's: one line, exit 2 ---------------------------------
+
+TORCH_CHILD = """\
+import sys
+from pathlib import Path
+
+import torch
+
+from tunesweep.errors import UserError, disk_full_message
+from tunesweep.isolation import run_isolated
+
+if __name__ == "__main__":
+    disk = Path(sys.argv[1])
+    state = {"exp_avg": torch.zeros(100_000)}  # an optimizer state as TRL checkpoints it, 400 KB
+    try:
+        torch.save(state, disk / "optimizer.pt")
+    except RuntimeError as exc:
+        print("HERE", disk_full_message(exc))
+    try:
+        run_isolated(torch.save, state, disk / "checkpoint-2" / "optimizer.pt", name="finetune tiny")
+    except UserError as exc:
+        print("CHILD", exc)
+"""
+
+
+def test_disk_full_while_torch_saves_a_checkpoint_is_the_disk_full_line(tmp_path):
+    import shlex
+    import sys
+
+    from test_disk_full import namespace_problem
+
+    problem = namespace_problem()
+    if problem:
+        pytest.skip(f"no real full disk to test on: {problem}")
+    from helpers import REPO
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    (disk / "checkpoint-2").mkdir()
+    script = tmp_path / "child.py"
+    script.write_text(TORCH_CHILD)
+    full = (f"mount -t tmpfs -o size=64k tmpfs {shlex.quote(str(disk))} && mkdir {shlex.quote(str(disk))}/checkpoint-2 "
+            f"&& {shlex.quote(sys.executable)} {shlex.quote(str(script))} {shlex.quote(str(disk))}")
+    r = __import__("subprocess").run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", full],
+                                     capture_output=True, text=True, timeout=300,
+                                     env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    lines = r.stdout.splitlines()
+    assert [x.split(" ", 1)[0] for x in lines] == ["HERE", "CHILD"], (r.stdout, r.stderr)
+    assert lines[0].startswith("HERE the disk is full while writing an output (") and "unexpected pos" in lines[0]
+    assert lines[1].startswith("CHILD the disk is full while writing an output (") and "rerun" in lines[1]
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("folder", ["alpaca_data", "eval_results", "logs"])
+def test_a_file_where_a_workdir_folder_belongs_is_one_line_before_any_work(tmp_path, capsys, folder):
+    cfg = write_cfg(tmp_path)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / folder).write_text("a file\n")
+    err = one_line_exit_2(capsys, ["run", "--config", cfg, "--only", "split"])
+    assert f"{tmp_path / 'work' / folder}: a file where tunesweep keeps a folder" in err
+    assert (tmp_path / "work" / folder).read_text() == "a file\n"
+
+
+def test_a_workdir_folder_this_user_cannot_write_is_one_line_before_any_work(tmp_path):
+    """For real, as a user without root's powers (root writes anywhere): as root, the command runs in a user
+    namespace of its own (`unshare --user`, no uid mapped), where the owner's permission bits bind it too."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    prefix = []
+    if os.getuid() == 0:
+        if shutil.which("unshare") is None:
+            pytest.skip("running as root and the unshare command is missing: no way to drop root's powers here")
+        prefix = ["unshare", "--user"]
+    cfg = write_cfg(tmp_path)
+
+    def run(*argv):
+        return subprocess.run([*prefix, sys.executable, "-m", "tunesweep", *argv, "--config", str(cfg)],
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"})
+
+    assert main(["split", "--config", str(cfg)]) == 0
+    probe = subprocess.run([*prefix, sys.executable, "-c", "import os; print(os.getuid())"], capture_output=True,
+                           text=True, timeout=60)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot drop root's powers here: {probe.stderr.strip()[-200:]}")
+    uid = probe.stdout.strip()
+    for folder, argv in (("alpaca_data", ["split", "--force"]), ("logs", ["run", "--only", "split"]),
+                         ("llm_responses/m", ["clean"])):
+        where = tmp_path / "work" / folder
+        where.mkdir(parents=True, exist_ok=True)
+        where.chmod(0o555)
+        try:
+            r = run(*argv)
+        finally:
+            where.chmod(0o755)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip().splitlines() == [
+            f"tunesweep: error: {where}: not writable by this user (uid {uid}); fix its permissions (or set another "
+            "workdir)"], r.stderr
+    # Whatever else this user may not read or write (here the dataset file): one line naming it, no traceback.
+    data = tmp_path / "data.jsonl"
+    data.write_text((tmp_path / "work" / "alpaca_data" / "train.jsonl").read_text())
+    data.chmod(0)
+    cfg.write_text(cfg.read_text().replace("builtin:tasks", str(data)))
+    r = run("split", "--force")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"tunesweep: error: {data}: permission denied for this user; fix its permissions"], r.stderr

@@ -273,6 +273,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         print(f"tunesweep: {how}; finished outputs are kept, a rerun continues", file=sys.stderr)
         return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130
+    except PermissionError as exc:  # the machine's permissions, not a bug: one line naming the path
+        print(f"tunesweep: error: {exc.filename or ''}: {(exc.strerror or 'permission denied').lower()} for this user; "
+              "fix its permissions", file=sys.stderr)
+        return UserError.exit_code
     except Exception as exc:  # a full disk is no bug: one line (atomic writes name their file as DiskFullError)
         message = disk_full_message(exc)
         if message is None:

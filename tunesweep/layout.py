@@ -192,16 +192,21 @@ def prepare_workdir(root: str | os.PathLike) -> Path:
     return root
 
 
-def check_links(root: Path) -> None:
-    """Before a command writes: no symlink among tunesweep's files and folders in the workdir leads out of it (its
-    writers, TRL's and vLLM's included, would follow it and write elsewhere). One line naming the first."""
+def check_tree(root: Path) -> None:
+    """Before a command writes, one line naming the first problem among tunesweep's files and folders in the
+    workdir: a symlink that leads out of it (its writers, TRL's and vLLM's included, would follow it and write
+    elsewhere), a file where a folder belongs, a folder this user cannot write (a stage would fail halfway)."""
     paths = Workdir(root)
-    tops = [paths.data_dir, paths.models_dir, paths.responses_root, paths.eval_dir, paths.logs_dir, paths.lock,
-            root / RAY_PROBE]
-    for top in tops:
+    folders = [paths.data_dir, paths.models_dir, paths.responses_root, paths.eval_dir, paths.logs_dir]
+    for top in folders + [paths.lock, root / RAY_PROBE]:
         found = [top] if top.is_symlink() else []
+        if not found and top in folders and top.exists() and not top.is_dir():
+            raise UserError(f"{top}: a file where tunesweep keeps a folder; move it away (or set another workdir)")
         if not found and top.is_dir():
             for folder, dirs, files in os.walk(top):  # followlinks=False: a linked folder is seen, not entered
+                if not os.access(folder, os.W_OK | os.X_OK):
+                    raise UserError(f"{folder}: not writable by this user (uid {os.getuid()}); fix its permissions "
+                                    "(or set another workdir)")
                 found += [Path(folder) / n for n in dirs + files if os.path.islink(os.path.join(folder, n))]
         for link in found:
             if escaping_link(link, root) is not None:
@@ -216,7 +221,7 @@ class WorkdirLock:
 
     def __init__(self, root: str | os.PathLike, command: str):
         root = prepare_workdir(root)
-        check_links(root)
+        check_tree(root)
         confine_to(root)
         self.path = Workdir(root).lock
         self.command = command
