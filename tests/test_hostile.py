@@ -206,7 +206,7 @@ def test_engine_dtypes_are_the_ones_vllm_accepts():
     assert set(ENGINE_DTYPES) == {"auto", *_STR_DTYPE_TO_TORCH_DTYPE}
 
 
-@pytest.mark.parametrize("name", ["all", "comparisons", "human", "perplexity", "report", "Report", "metrics"])
+@pytest.mark.parametrize("name", ["all", "comparisons", "human", "perplexity", "report", "Report", "race"])
 def test_model_names_of_eval_results_tables_are_refused(tmp_path, name):
     with pytest.raises(UserError, match=rf"models\[0\]\.name = '{name}': is the name of a table in eval_results/"):
         load_text(tmp_path, cfg_text(tmp_path, models=f"[{{name: {name}, base: unused-base}}]"))

@@ -37,7 +37,7 @@ ENGINE_DTYPES = ("auto", "half", "float16", "float", "float32", "bfloat16")
 MIN_SAMPLING_TEMPERATURE = 1e-5
 SEED_MAX = 2**32 - 1  # numpy's and vLLM's seeds are unsigned 32-bit
 # eval_results/<model>.csv would overwrite these tables (race.csv is coming).
-RESERVED_MODEL_NAMES = ("all", "comparisons", "human", "perplexity", "report", "metrics", "race")
+RESERVED_MODEL_NAMES = ("all", "comparisons", "human", "perplexity", "report", "race")
 # A workdir here would put tunesweep's folders among the system's (or write where nobody should).
 SYSTEM_ROOTS = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run", "/sbin", "/sys",
                 "/usr", "/var")
