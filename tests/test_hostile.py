@@ -525,12 +525,17 @@ def test_text_cells_are_escaped_and_read_back_as_written(tmp_path):
     write_table(path, ["model", "config", "human", "human_n"], rows)
     with open(path, newline="", encoding="utf-8") as fh:
         cells = list(__import__("csv").reader(fh))[1:]
-    assert not any(row[0].startswith(FORMULA_STARTS) for row in cells)
+    assert [row[0] for row in cells if row[0].startswith(FORMULA_STARTS)] == ["-0.03"]  # a number: no formula
     assert [row[2] for row in cells][1] == "-0.030000"  # a negative number is a number, not a formula
     assert [r["model"] for r in read_rows(path)] == texts
     assert read_frame(path)["model"].fillna("").tolist() == texts
     assert read_frame(path)["human"].tolist() == pytest.approx([-0.03 * i for i in range(len(texts))])
     assert set(read_human(path)) == {(t, f"c{i}") for i, t in enumerate(texts)}
+    # score merges the rows of targets it did not rescore: read back as text and written again, they do not change
+    # (a number read back as "-0.030000" is still a number, not a text cell to escape).
+    before = path.read_bytes()
+    write_table(path, ["model", "config", "human", "human_n"], read_rows(path))
+    assert path.read_bytes() == before
 
 
 def test_rating_sheet_cells_are_inert_and_the_rated_sheet_imports(tmp_path):
@@ -558,8 +563,8 @@ def test_rating_sheet_cells_are_inert_and_the_rated_sheet_imports(tmp_path):
         rows = list(csv.DictReader(fh))
     for row in rows:
         for column in ("instruction", "input", "reference", "response"):
-            assert not row[column].startswith(FORMULA_STARTS), (column, row[column])
-    assert {r["response"] for r in rows} >= {"'=HYPERLINK(\"http://x\",\"click\")", "'-0.03", "'''=", "plain text"}
+            assert not row[column].startswith(FORMULA_STARTS) or float(row[column]) <= 0, (column, row[column])
+    assert {r["response"] for r in rows} >= {"'=HYPERLINK(\"http://x\",\"click\")", "-0.03", "'''=", "plain text"}
     for row in rows:
         row["rating"] = "3"
     rated = tmp_path / "rated.csv"

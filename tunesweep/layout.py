@@ -436,9 +436,20 @@ def format_cell(x, digits: int = 6, blank: str = "") -> str:
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def sheet_cell(text: str) -> str:
-    """A text cell of a CSV a person opens, made inert (numbers are not text cells: -0.03 stays a number)."""
-    return "'" + text if text.startswith(FORMULA_STARTS + ("'",)) else text
+    """A text cell of a CSV a person opens, made inert. A number is no formula: -0.03 stays -0.03, also as text
+    (a table row read back and written again, a response that is just a number)."""
+    if text.startswith("'") or (text.startswith(FORMULA_STARTS) and not _is_number(text)):
+        return "'" + text
+    return text
 
 
 def sheet_text(cell):
