@@ -694,3 +694,14 @@ def test_a_workdir_folder_this_user_cannot_write_is_one_line_before_any_work(tmp
     r = run("split", "--force")
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         f"tunesweep: error: {data}: permission denied for this user; fix its permissions"], r.stderr
+
+
+def test_scaled_rope_claims_no_position_limit(tmp_path, tiny_model_dir):
+    from tunesweep.config import max_positions
+
+    base = tmp_path / "scaled"
+    shutil.copytree(tiny_model_dir, base)
+    conf = json.loads((base / "config.json").read_text())
+    conf["rope_scaling"] = {"rope_type": "linear", "factor": 4.0}
+    (base / "config.json").write_text(json.dumps(conf))
+    assert max_positions(str(base)) is None and max_positions(str(tiny_model_dir)) == conf["max_position_embeddings"]

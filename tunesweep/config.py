@@ -566,6 +566,9 @@ def max_positions(checkpoint: str) -> Optional[int]:
     if not isinstance(conf, dict):
         return None
     conf = conf.get("text_config") if isinstance(conf.get("text_config"), dict) else conf
+    rope = conf.get("rope_scaling") or conf.get("rope_parameters")
+    if isinstance(rope, dict) and rope.get("rope_type", rope.get("type")) not in (None, "default"):
+        return None  # scaled RoPE stretches the positions (vLLM derives the length itself): no limit claimed here
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         if isinstance(conf.get(key), int) and not isinstance(conf.get(key), bool):
             return conf[key]
