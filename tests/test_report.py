@@ -216,7 +216,7 @@ def test_report_factor_lines_in_grid_mode_hold_the_other_factors_at_their_defaul
     cfg = parse_config({"name": "g", "models": [{"name": "m", "base": "b"}], "generation": {
         "mode": "grid", "defaults": {"top_k": 50, "num_beams": 1, "temperature": 0.8},
         "sweep": {"top_k": [10, 50], "num_beams": [1, 2], "temperature": [0.0, 0.8]}}})
-    assert len(expand_sweep(cfg.generation)) == 8
+    assert len(expand_sweep(cfg.generation)) == 4  # 8 combinations; the greedy pair and the beam four merge
     assert [dc.name for dc in factor_slice(cfg, "top_k")] == ["top_k_10_num_beams_1_temp_0.8",
                                                               "top_k_50_num_beams_1_temp_0.8"]
     assert [dc.name for dc in factor_slice(cfg, "num_beams")] == ["top_k_50_num_beams_1_temp_0.8",

@@ -331,14 +331,14 @@ def test_grid_sweep_is_scored_config_by_config_and_labelled_grid(tmp_path, demo_
     cfg_path.write_text(cfg_path.read_text().replace("generation: {", "generation: {mode: grid, "))
     cfg = load_config(cfg_path)
     names = [dc.name for dc in expand_sweep(cfg.generation)]
-    assert names == ["top_k_10_num_beams_1_temp_0.0", "top_k_10_num_beams_1_temp_0.8",
-                     "top_k_50_num_beams_1_temp_0.0", "top_k_50_num_beams_1_temp_0.8"]
+    # greedy ignores top_k: the two greedy combinations are one config, named with the default top_k
+    assert names == ["top_k_50_num_beams_1_temp_0.0", "top_k_10_num_beams_1_temp_0.8", "top_k_50_num_beams_1_temp_0.8"]
     write_responses(cfg, "tiny", records, {n: [perturb(r["output"], k) for r in records]
                                                 for k, n in enumerate(names, 2)})
     score(cfg)
     table = read_csv(cfg.path / "eval_results" / "tiny.csv")
     assert [r["config"] for r in table] == names
-    assert [r["mode"] for r in table] == ["greedy", "sample", "greedy", "sample"]
+    assert [r["mode"] for r in table] == ["greedy", "sample", "sample"]
     tidy = read_csv(cfg.path / "eval_results" / "all.csv")
     assert {(t["config"], t["parameter"], t["value"]) for t in tidy} == {(n, "grid", "") for n in names}
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 from typing import Callable, Optional
 
 from .errors import UserError, disk_full_message
@@ -233,6 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C: `finally` blocks run (children stopped, the lock freed)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="tunesweep: %(message)s",
                         stream=sys.stderr, force=True)
@@ -253,14 +263,20 @@ def main(argv: Optional[list[str]] = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv, args.lock = argv, None
     setup_logging(args.verbose)
+    previous_sigterm = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
     try:
         return args.func(args)
     except UserError as exc:
         print(f"tunesweep: error: {exc}", file=sys.stderr)
         return UserError.exit_code
-    except KeyboardInterrupt:
-        print("tunesweep: interrupted; finished outputs are kept, a rerun continues", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"tunesweep: {how}; finished outputs are kept, a rerun continues", file=sys.stderr)
+        return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130
+    except PermissionError as exc:  # the machine's permissions, not a bug: one line naming the path
+        print(f"tunesweep: error: {exc.filename or ''}: {(exc.strerror or 'permission denied').lower()} for this user; "
+              "fix its permissions", file=sys.stderr)
+        return UserError.exit_code
     except Exception as exc:  # a full disk is no bug: one line (atomic writes name their file as DiskFullError)
         message = disk_full_message(exc)
         if message is None:
@@ -268,6 +284,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"tunesweep: error: {message}", file=sys.stderr)
         return UserError.exit_code
     finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
         if args.lock is not None:
             args.lock.__exit__(None, None, None)
 

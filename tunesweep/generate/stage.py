@@ -89,7 +89,11 @@ def is_current(path: Path, job: Job, manifest: dict, test_sha: Optional[str] = N
 
 def load_manifest(path: Path) -> dict:
     try:
-        return read_json_if_present(path) or {}
+        manifest = read_json_if_present(path) or {}
+        entries = manifest.get("configs") or {}
+        if isinstance(entries, dict) and all(isinstance(e, dict) for e in entries.values()):
+            return manifest
+        raise UserError(f"{path}: configs is not an object of config entries")
     except (OSError, UserError):
         log.warning("%s: unreadable, every config of this model will be regenerated", path)
         return {}

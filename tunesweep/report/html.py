@@ -39,7 +39,7 @@ from .. import __version__
 from ..config import ExperimentConfig, expand_sweep
 from ..errors import UserError
 from ..files import read_json, read_jsonl
-from ..layout import COMPARISON_COLUMNS, Workdir, check_vouched, read_target_responses
+from ..layout import COMPARISON_COLUMNS, TableReader, Workdir, check_vouched, read_target_responses
 from ..provenance import library_versions
 from .plots import FACTORS
 from .tables import (Scored, agreement_text, bertscore_empty_line, fidelity_text, invariance_text, bertscore_line, centre_config, metric_settings, scoring_versions, target_label,
@@ -185,7 +185,7 @@ def _comparisons_section(path: Path) -> str:
                                "computed).</p></section>"])
     try:
         with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
+            reader = TableReader(fh)
             columns = list(reader.fieldnames or [])
             records = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
@@ -357,7 +357,7 @@ def _read_row_scores(path: Path, metrics: list[str]) -> dict:
         return out
     try:
         with open(path, newline="", encoding="utf-8") as fh:
-            for rec in csv.DictReader(fh):
+            for rec in TableReader(fh):
                 out[(rec.get("config"), rec.get("id"))] = {m: _num(rec.get(m)) for m in metrics if m in rec}
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         log.warning("%s: per-row scores not shown (%s)", path, exc)
