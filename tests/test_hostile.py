@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import struct
-from pathlib import Path
 
 import pytest
 
@@ -557,7 +556,7 @@ def test_rating_sheet_cells_are_inert_and_the_rated_sheet_imports(tmp_path):
                     [{"id": f"id{i}", "prompt": "p", "reference": f"-{i}", "response_raw": t, "response": t,
                       "finish_reason": "stop", "num_tokens": 1, "config": dc.name, "model": "m"}
                      for i, t in enumerate(texts)])
-    vouch_for_responses(work, "m")
+    vouch_for_responses(work, "m", cfg=cfg)
     sheet = export_sheet(cfg)
     with open(sheet, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
