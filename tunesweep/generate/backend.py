@@ -63,6 +63,7 @@ class Request:
     batch_size: int
     use_tqdm: bool = False
     invariance: Optional[InvarianceCheck] = None
+    beam_impl: str = "tunesweep"  # generation.beam_impl: which beam search runs the vllm backend's beam configs
 
 
 @dataclass
@@ -87,6 +88,8 @@ class ConfigDone:
     call_wall_s: float
     call_configs: list[str]
     call_tokens: int
+    beam_impl: Optional[str] = None  # the beam search that ran (vllm backend's beam configs), for the manifest
+    call_note: Optional[str] = None  # how configs shared the call, where the backend's shared_call_note is not it
 
 
 @dataclass

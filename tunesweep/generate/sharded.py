@@ -95,7 +95,8 @@ def merge(parts: list[ConfigDone]) -> ConfigDone:
     first = parts[0]
     return ConfigDone(config=first.config, results=[r for p in parts for r in p.results],
                       call_wall_s=max(p.call_wall_s for p in parts), call_configs=first.call_configs,
-                      call_tokens=sum(p.call_tokens for p in parts))
+                      call_tokens=sum(p.call_tokens for p in parts), beam_impl=first.beam_impl,
+                      call_note=first.call_note)
 
 
 @dataclasses.dataclass
