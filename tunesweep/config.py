@@ -241,6 +241,9 @@ class GenerationConfig(Strict):
     mode: Literal["one_at_a_time", "grid"] = "one_at_a_time"
     hf_batch_size: int = Field(16, ge=1)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    # vllm backend, beam configs: tunesweep = every beam config in one step loop (generate/beams.py), with the
+    # same tokens as vllm = one LLM.beam_search call per config. Recorded per config in the manifest.
+    beam_impl: Literal["tunesweep", "vllm"] = "tunesweep"
 
 
 class BertScoreConfig(Strict):

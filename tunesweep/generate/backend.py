@@ -66,6 +66,7 @@ class Request:
     # (batch index, row indices into `prompts`) to run instead of the backend's own batching: a replica's share
     # of the whole request's `Backend.row_batches`, so each row keeps its one-engine companions and seed.
     batches: Optional[list[tuple[int, list[int]]]] = None
+    beam_impl: str = "tunesweep"  # generation.beam_impl: which beam search runs the vllm backend's beam configs
 
 
 @dataclass
@@ -90,6 +91,8 @@ class ConfigDone:
     call_wall_s: float
     call_configs: list[str]
     call_tokens: int
+    beam_impl: Optional[str] = None  # the beam search that ran (vllm backend's beam configs), for the manifest
+    call_note: Optional[str] = None  # how configs shared the call, where the backend's shared_call_note is not it
 
 
 @dataclass

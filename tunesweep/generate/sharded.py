@@ -105,7 +105,8 @@ def merge(parts: list[tuple[list[int], ConfigDone]], n_rows: int) -> ConfigDone:
     first = parts[0][1]
     return ConfigDone(config=first.config, results=results,
                       call_wall_s=max(p.call_wall_s for _, p in parts), call_configs=first.call_configs,
-                      call_tokens=sum(p.call_tokens for _, p in parts))
+                      call_tokens=sum(p.call_tokens for _, p in parts), beam_impl=first.beam_impl,
+                      call_note=first.call_note)
 
 
 @dataclasses.dataclass

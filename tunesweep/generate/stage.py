@@ -232,7 +232,8 @@ def run_target(cfg: ExperimentConfig, plan: TargetPlan) -> dict:
              len(plan.jobs), len(summary["skipped"]), backend.name, plan.checkpoint)
     request = Request(checkpoint=plan.checkpoint, engine=plan.engine, row_ids=[r["id"] for r in plan.rows],
                       prompts=plan.prompts, jobs=pending, stop=plan.stop, seed=cfg.seed,
-                      batch_size=cfg.generation.hf_batch_size, use_tqdm=sys.stderr.isatty(), invariance=check)
+                      batch_size=cfg.generation.hf_batch_size, use_tqdm=sys.stderr.isatty(), invariance=check,
+                      beam_impl=cfg.generation.beam_impl)
     bar = tqdm(total=len(pending), desc=f"{target}", unit="config", disable=None)
     try:
         for msg in backend.run(request):
@@ -306,11 +307,16 @@ def invariance_check(plan: TargetPlan, manifest: dict) -> Optional[InvarianceChe
 def _config_entry(plan: TargetPlan, cfg: ExperimentConfig, job: Job, done: ConfigDone, tokens: int, wall: float,
                   path: Path, records: list[dict]) -> dict:
     dc = job.decoding
-    shared = plan.backend.shared_call_note(len(done.call_configs)) if len(done.call_configs) > 1 else None
+    shared = (done.call_note or plan.backend.shared_call_note(len(done.call_configs))
+              if len(done.call_configs) > 1 else None)
+    # Which beam search ran is provenance, not identity (not in `inputs`): both give the same tokens
+    # (tests/test_beams.py), so switching generation.beam_impl regenerates nothing.
+    impl = {"beam_impl": done.beam_impl} if done.beam_impl else {}
     return {
         "top_k": dc.top_k, "num_beams": dc.num_beams, "temperature": dc.temperature, "mode": dc.mode,
         "ignored": list(dc.ignored),
         "effective": {"call": job.call, **job.params},
+        **impl,
         "note": job.note + (("; " if job.note else "") + shared if shared else ""),
         "seed": plan.backend.seed_scheme(job.call, dc.mode, cfg.seed),
         "max_new_tokens": cfg.generation.max_new_tokens,

@@ -7,8 +7,10 @@ child only generates; it sends each config's outputs to the parent through a que
 config in flight.
 
 Sampling and greedy configs go in ONE `LLM.generate` call with a SamplingParams per request (each
-with its own seed); beam configs go through `LLM.beam_search`, one call per config (its params are
-per call), with the prompt tokens sliced off the returned sequence. After them, the batch-invariance
+with its own seed); beam configs go through tunesweep's beam loop (generate/beams.py: all of them in one
+step loop, with `LLM.beam_search`'s results), or with generation.beam_impl = vllm through
+`LLM.beam_search`, one call per config (its params are per call); either way the prompt tokens are
+sliced off the best sequence. After them, the batch-invariance
 check (tunesweep.generate.backend) reruns the greedy config's sample rows in the same engine.
 """
 
@@ -28,6 +30,7 @@ from ..files import derive_seed
 from ..hub import local_folder
 from ..isolation import _die_with_parent
 from ..templates import decode_response
+from .beams import BEAM_SPEC_KEYS, BeamSpec, run_beam_searches, vllm_step
 from .backend import (Backend, ConfigDone, EngineBuilt, InvarianceDone, Job, Message, Request, RowResult,
                       decoding_note)
 
@@ -95,7 +98,6 @@ class _PromptTooLong(Exception):
 def run_jobs(request: Request, emit) -> None:
     """Build the engine once, run every job of `request`, emit a message per finished config."""
     from vllm import LLM, SamplingParams
-    from vllm.sampling_params import BeamSearchParams
 
     t0 = time.perf_counter()
     # A pinned hub snapshot: the same commit on this machine (an engine actor on another node).
@@ -139,19 +141,11 @@ def run_jobs(request: Request, emit) -> None:
                     greedy, reference = job, [list(chunk[i].outputs[0].token_ids) for i in check.rows]
             sweep_call = (f"one LLM.generate call of {len(req_prompts)} requests ({len(batched)} configs x "
                           f"{len(prompts)} rows)")
-        eos = tokenizer.eos_token_id
-        for job in (j for j in request.jobs if j.call == "beam_search"):
-            t = time.perf_counter()
-            outs = llm.beam_search([{"prompt": p} for p in prompts], BeamSearchParams(**job.params))
-            wall = time.perf_counter() - t
-            results = []
-            for out in outs:
-                best = out.sequences[0]
-                # The returned tokens (and text) start with the prompt: keep only the new tokens.
-                new = best.tokens[len(best.orig_prompt["prompt_token_ids"]):]
-                results.append(RowResult(decode_response(tokenizer, new, request.stop),
-                                         "stop" if new and new[-1] == eos else "length", len(new)))
-            emit(ConfigDone(job.config, results, wall, [job.config], sum(r.num_tokens for r in results)))
+        beam_jobs = [j for j in request.jobs if j.call == "beam_search"]
+        if beam_jobs and request.beam_impl == "tunesweep":
+            run_beam_loop(llm, tokenizer, request, beam_jobs, emit)
+        elif beam_jobs:
+            run_beam_calls(llm, tokenizer, request, beam_jobs, emit)
         if greedy is not None:
             emit(_invariance(llm, request, greedy, reference, sweep_call))
     finally:
@@ -159,6 +153,47 @@ def run_jobs(request: Request, emit) -> None:
             llm.llm_engine.engine_core.shutdown()
         except Exception:  # shutdown is best effort: the process exits right after
             pass
+
+
+def beam_row(tokenizer, prompt_len: int, tokens: list[int], stop: list[str]) -> RowResult:
+    """A row's response from its best beam (prompt tokens first, as both beam searches return it)."""
+    new = list(tokens[prompt_len:])
+    eos = tokenizer.eos_token_id
+    return RowResult(decode_response(tokenizer, new, stop), "stop" if new and new[-1] == eos else "length", len(new))
+
+
+def run_beam_calls(llm, tokenizer, request: Request, jobs: list[Job], emit) -> None:
+    """generation.beam_impl = vllm: one LLM.beam_search call per beam config (its params are per call)."""
+    from vllm.sampling_params import BeamSearchParams
+
+    for job in jobs:
+        t = time.perf_counter()
+        outs = llm.beam_search([{"prompt": p} for p in request.prompts], BeamSearchParams(**job.params))
+        wall = time.perf_counter() - t
+        results = [beam_row(tokenizer, len(o.sequences[0].orig_prompt["prompt_token_ids"]), o.sequences[0].tokens,
+                            request.stop) for o in outs]
+        emit(ConfigDone(job.config, results, wall, [job.config], sum(r.num_tokens for r in results),
+                        beam_impl="vllm"))
+
+
+def run_beam_loop(llm, tokenizer, request: Request, jobs: list[Job], emit) -> dict:
+    """generation.beam_impl = tunesweep: every beam config of `jobs` in one step loop (tunesweep.generate.beams),
+    with LLM.beam_search's results; one ConfigDone per config when the loop ends. Returns the loop's counts."""
+    prompt_ids = [tokenizer(p)["input_ids"] for p in request.prompts]
+    specs = [BeamSpec(**{k: job.params[k] for k in BEAM_SPEC_KEYS}) for job in jobs]
+    t = time.perf_counter()
+    best, stats = run_beam_searches(vllm_step(llm), prompt_ids, specs, tokenizer.eos_token_id)
+    wall = time.perf_counter() - t
+    per_job = [[beam_row(tokenizer, len(ids), seqs[0].tokens, request.stop) for ids, seqs in zip(prompt_ids, rows)]
+               for rows in best]
+    tokens = sum(r.num_tokens for results in per_job for r in results)
+    note = (f"generated by tunesweep's beam loop with {len(jobs)} beam configs: {stats['steps']} steps of one "
+            f"LLM.generate call each ({stats['requests']} requests for {stats['beams']} live beams); wall_s is this "
+            "config's share of the loop by tokens, tokens_per_s the loop's throughput")
+    for job, results in zip(jobs, per_job):
+        emit(ConfigDone(job.config, results, wall, [j.config for j in jobs], tokens, beam_impl="tunesweep",
+                        call_note=note if len(jobs) > 1 else None))
+    return stats
 
 
 def _invariance(llm, request: Request, job: Job, reference: list[list[int]], sweep_call: str) -> InvarianceDone:
