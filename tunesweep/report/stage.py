@@ -155,7 +155,10 @@ def _comparisons_section(scored: list[Scored], metrics: list[tuple[str, str]], c
     lines += [f"From `eval_results/comparisons.csv`: each config minus the centre config `{centre}` on the same test "
               "rows, a paired bootstrap of the difference (the same resampled rows for both configs), its 95% "
               "percentile interval (not adjusted) and a two-sided bootstrap p-value; a config counts as different "
-              f"when its Holm-adjusted p (over the model's comparisons for that metric) is below {ALPHA:g}.", ""]
+              f"when its Holm-adjusted p (over the model's comparisons for that metric) is below {ALPHA:g}. A bootstrap "
+              "p moves in steps of 2/B for B resamples and Holm multiplies the smallest of m comparisons by m, so an "
+              "adjusted p below m·2/B is printed as that bound (`< 0.012` for B = 2000, m = 12), and a bound above "
+              f"{ALPHA:g} does not count as a difference.", ""]
     for s in scored:
         rows = []
         for m, label in metrics:
