@@ -24,7 +24,23 @@ while [[ $# -gt 0 ]]; do
     *) echo "hyperparameter_experiments.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
   esac
 done
-TUNESWEEP=${TUNESWEEP:-tunesweep}
+# Which tunesweep: $TUNESWEEP (a command) if set; else the one in $TUNESWEEP_VENV if set; else `tunesweep` on
+# PATH; else the checkout's .venv (what `make setup` builds), so no `activate` is needed after `make setup`.
+if [[ -z "${TUNESWEEP:-}" ]]; then
+  VENV=${TUNESWEEP_VENV:-}
+  if [[ -z "$VENV" ]] && ! command -v tunesweep >/dev/null 2>&1; then
+    VENV="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/.venv"
+  fi
+  if [[ -n "$VENV" ]]; then
+    if [[ ! -x "$VENV/bin/tunesweep" ]]; then
+      echo "hyperparameter_experiments.sh: no \`tunesweep\` on PATH and none in $VENV: run \`make setup\` in the checkout (or activate the environment that has tunesweep, or set TUNESWEEP_VENV to it)" >&2
+      exit 2
+    fi
+    # As `make demo` and `activate` do: the stages' child processes find the same environment's tools.
+    export PATH="$VENV/bin:$PATH"
+  fi
+  TUNESWEEP=tunesweep
+fi
 # The stage list has one home, tunesweep/stages.py; `tunesweep run` reads the same.
 mapfile -t STAGES < <($TUNESWEEP stages)
 [[ ${#STAGES[@]} -gt 0 ]] || { echo "hyperparameter_experiments.sh: \`$TUNESWEEP stages\` printed no stages" >&2; exit 2; }

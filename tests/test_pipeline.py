@@ -199,3 +199,46 @@ def test_script_and_run_take_the_stage_list_from_one_place(tmp_path):
     assert res.returncode == 2 and "unknown stage 'split' (stages: alpha beta)" in res.stderr
     run = next(a for a in build_parser()._subparsers._group_actions[0].choices["run"]._actions if a.dest == "only")
     assert tuple(run.choices) == STAGES
+
+
+def _bare_env(**extra: str) -> dict:
+    """The environment of a new shell after `make setup`: nothing activated, PATH only the system's."""
+    env = {k: v for k, v in pipeline_env().items() if k not in ("TUNESWEEP", "TUNESWEEP_VENV", "VIRTUAL_ENV")}
+    return {**env, "PATH": "/usr/bin:/bin", **extra}
+
+
+def test_script_finds_the_environment_when_tunesweep_is_not_on_path(study, tmp_path):
+    """`bash hyperparameter_experiments.sh` right after `make setup`, with no venv activated: it runs the
+    environment's tunesweep. Here that environment is the one running these tests (TUNESWEEP_VENV), standing
+    in for the checkout's .venv that the script finds the same way when the variable is not set."""
+    import shutil
+    import sys
+
+    assert shutil.which("tunesweep", path="/usr/bin:/bin") is None
+    copy = study.copy_to(tmp_path)
+    report = copy.root / "eval_results" / "report.md"
+    assert not report.exists()
+    venv = Path(sys.executable).parent.parent
+    res = subprocess.run(["bash", str(REPO / "hyperparameter_experiments.sh"), "--config", str(copy.config),
+                          "--only", "report"], cwd=tmp_path, env=_bare_env(TUNESWEEP_VENV=str(venv)),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-2000:])
+    assert report.is_file() and "## Verdict" in report.read_text()
+    assert "=== report" in res.stdout and "=== score" not in res.stdout
+
+
+def test_script_without_an_environment_says_what_to_do(tmp_path):
+    """A checkout without .venv and no tunesweep on PATH: one line naming `make setup`, exit 2."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    script = checkout / "hyperparameter_experiments.sh"
+    script.write_text((REPO / "hyperparameter_experiments.sh").read_text())
+    res = subprocess.run(["bash", str(script), "--config", "configs/tiny.yaml"], cwd=tmp_path, env=_bare_env(),
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stdout == ""
+    [line] = res.stderr.splitlines()
+    assert "no `tunesweep` on PATH" in line and str(checkout / ".venv") in line and "make setup" in line
+    # A TUNESWEEP_VENV that holds no tunesweep is named the same way.
+    res = subprocess.run(["bash", str(script)], cwd=tmp_path, env=_bare_env(TUNESWEEP_VENV=str(tmp_path / "nope")),
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and str(tmp_path / "nope") in res.stderr and len(res.stderr.splitlines()) == 1

@@ -135,13 +135,14 @@ def test_verdict_sentences_are_generated_from_comparisons_csv(tmp_path):
     text = "\n".join(_comparisons_section(_one_model(table), [("bleu", "BLEU")], pd.DataFrame(rows), "c0"))
     assert ("after Holm correction over 2 comparisons, `c1` (+0.1000 [+0.0200, +0.1800], Holm p 0.03) scores "
             "higher than the centre `c0`; the other 1 do not differ detectably.") in text
-    rows[1]["p_holm"] = 0.01  # c2 is now detectably lower
+    rows[1]["p_holm"] = 0.02  # c2 is now detectably lower
     text = "\n".join(_comparisons_section(_one_model(table), [("bleu", "BLEU")], pd.DataFrame(rows), "c0"))
     assert ("`c1` (+0.1000 [+0.0200, +0.1800], Holm p 0.03) scores higher than the centre `c0`; "
-            "`c2` (-0.1000 [-0.2000, +0.0100], Holm p 0.01) scores lower.") in text
-    rows[0]["p_holm"] = 0.0  # no resample crossed zero: p below 1/200, not 0
+            "`c2` (-0.1000 [-0.2000, +0.0100], Holm p 0.02) scores lower.") in text
+    # No resample crossed zero: p below 2/200 (the bootstrap p's step), times Holm's 2, not 0.
+    rows[0]["p_holm"] = 0.0
     text = "\n".join(_comparisons_section(_one_model(table), [("bleu", "BLEU")], pd.DataFrame(rows), "c0"))
-    assert "`c1` (+0.1000 [+0.0200, +0.1800], Holm p < 0.005) scores higher" in text
+    assert "`c1` (+0.1000 [+0.0200, +0.1800], Holm p < 0.02) scores higher" in text
     rows[0]["p_holm"], rows[1]["p_holm"] = 0.2, 0.5
     text = "\n".join(_comparisons_section(_one_model(table), [("bleu", "BLEU")], pd.DataFrame(rows), "c0"))
     assert "no config differs detectably from the centre `c0` (smallest adjusted p 0.2)." in text
@@ -291,3 +292,51 @@ def test_report_stops_on_a_response_file_edited_after_scoring(study, tmp_path):
     assert str(exc.value).startswith(f"{path}: its content differs from what generate wrote")
     assert not (copy.root / "eval_results" / "report.html").exists()  # nor report.md: nothing written
     assert not (copy.root / "eval_results" / "report.md").exists()
+
+
+def _verdict_items(text: str) -> list[str]:
+    """report.md's Verdict bullets."""
+    part = text[text.index("## Verdict\n"):text.index("## Results per model")]
+    return [line[2:] for line in part.splitlines() if line.startswith("- ")]
+
+
+def test_both_pages_open_with_the_same_verdict(reported):
+    """report.md and report.html open with the same sentences (tables.verdicts builds them), one per model and
+    text metric, before the tables; report.html bolds a column's best only where its verdict marks it, and a
+    table with nothing marked says so on both pages."""
+    import html
+
+    from tunesweep.report.stage import _metrics_present
+    from tunesweep.report.tables import read_comparisons, read_scored, verdicts
+
+    cfg, out, text = reported
+    page = (cfg.path / "eval_results" / "report.html").read_text()
+    scored = read_scored(cfg)
+    found = verdicts(scored, _metrics_present(scored), CENTRE, read_comparisons(cfg))
+    items = _verdict_items(text)
+    assert items == [v.sentence for s in scored for v in found[s.target.name]]
+    assert len(items) == len(cfg.run_targets()) * len(METRICS)
+    assert text.index("## Verdict") < text.index("## Results per model")
+    assert page.index('<section id="verdict">') < page.index('<section id="results">')
+    verdict_html = page[page.index('<section id="verdict">'):page.index('<section id="results">')]
+    assert [html.unescape(li) for li in re.findall(r"<li data-metric=[^>]*>(.*?)</li>", verdict_html)] == items
+    for target in cfg.run_targets():
+        label = f"{target.name} (base, not fine-tuned)" if target.is_base else target.name
+        block = page[page.index(f'data-results="{target.name}"'):]
+        block = block[:block.index("</section>")]
+        bold = set(re.findall(r'class="num best" data-metric="([^"]+)"', block[:block.index("</table>")]))
+        assert bold == {v.metric for v in found[target.name] if v.marked}
+        if not bold:
+            note = "No config of this table is detectably better than another, in any column"
+            assert note in section(text, f"### {label}") and note in block
+
+
+def test_no_holm_p_in_the_report_is_finer_than_the_resampling(reported):
+    """The study's 50 resamples and Holm over 12 (13 versus base) comparisons: a bootstrap p of 0 can only be
+    printed as a bound of at least 12 * 2 / 50, and no adjusted p as a number below it."""
+    cfg, _, text = reported
+    floor = 12 * 2 / 50
+    printed = re.findall(r"(?:Holm|adjusted) p (< )?(\d+(?:\.\d+)?(?:e-?\d+)?)", text)
+    assert printed
+    for bound, value in printed:
+        assert float(value) >= floor - 1e-12, (bound, value)

@@ -44,6 +44,7 @@ from ..provenance import library_versions
 from .plots import FACTORS
 from .tables import (Scored, agreement_text, bertscore_empty_line, fidelity_text, invariance_text, bertscore_line, centre_config, metric_settings, scoring_versions, target_label,
                      to_number as _num)
+from .tables import VERDICT_INTRO, MetricVerdict, noise_note, p_text
 
 log = logging.getLogger(__name__)
 
@@ -126,18 +127,33 @@ def _pre(text: str) -> str:
 
 # --- sections ------------------------------------------------------------------------------------
 
+def _verdict_section(scored: list[Scored], found: dict[str, list[MetricVerdict]]) -> str:
+    """The answer first: the same sentences as report.md's Verdict (tables.verdicts), as text."""
+    out = ['<section id="verdict"><h2>Verdict</h2>', f"<p>{esc(VERDICT_INTRO)}</p>"]
+    for s in scored:
+        if found.get(s.target.name):
+            out.append(f"<h3>{esc(target_label(s.target))}</h3><ul>"
+                       + "".join(f'<li data-metric="{esc(v.metric)}">{esc(v.sentence)}</li>' for v in found[s.target.name])
+                       + "</ul>")
+    return "".join(out + ["</section>"])
+
+
 def _results_section(cfg: ExperimentConfig, scored: list[Scored], metrics: list[tuple[str, str]],
-                     perplexity, metrics_json: Optional[dict] = None) -> str:
+                     perplexity, metrics_json: Optional[dict] = None,
+                     found: Optional[dict[str, list[MetricVerdict]]] = None) -> str:
     configs = expand_sweep(cfg.generation)
     varies = {dc.name: dc.varied or "centre" for dc in configs}
     out = ['<section id="results"><h2>Results per model</h2>',
            "<p>Score and its 95% bootstrap interval per decoding config, from "
-           "<code>eval_results/&lt;model&gt;.csv</code>; the best score of each column is bold. "
+           "<code>eval_results/&lt;model&gt;.csv</code>; the best score of a column is bold only where it is "
+           "detectably better than another config of that column (paired bootstrap, Holm; see Verdict). "
            "Click a column header to sort (again to reverse). Human is the mean rating (no interval).</p>"]
     for s in scored:
+        # Bold only what the paired test backs: a best within noise of the others is not marked.
+        marked = {v.metric for v in (found or {}).get(s.target.name, []) if v.marked}
         best = {}
         for m, _ in metrics:
-            if m in s.table.columns and s.table[m].notna().any():
+            if m in marked and m in s.table.columns and s.table[m].notna().any():
                 best[m] = float(s.table[m].astype(float).max())
         rows = []
         for config, row in s.table.iterrows():
@@ -157,6 +173,9 @@ def _results_section(cfg: ExperimentConfig, scored: list[Scored], metrics: list[
         out.append(f"<h3>{esc(target_label(s.target))}</h3>")
         out.append(_table(header, rows, attrs=f' data-results="{esc(s.target.name)}"',
                           numeric=range(3, 3 + len(metrics))))
+        noise = noise_note((found or {}).get(s.target.name) or [], dict(metrics))
+        if noise:
+            out.append(f'<p class="note noise">{esc(noise)}</p>')
         empty = bertscore_empty_line(metrics_json, s.target.name) if any(m == "bertscore" for m, _ in metrics) else None
         if empty:
             out.append(f"<p class=note>{esc(empty.replace('`', ''))}</p>")
@@ -214,6 +233,12 @@ def _comparisons_section(path: Path) -> str:
         values = [(r.get(c) or "").strip() for r in records]
         if any(values) and all(_num(v) is not None for v in values if v):
             numeric_cols.add(c)
+    # Holm's m per family (model, metric, versus): an adjusted p is printed no finer than m * 2 / resamples.
+    family: dict[tuple, int] = {}
+    for r in records:
+        if _num(r.get("p")) is not None:
+            key = (r.get("model"), r.get("metric"), r.get("versus"))
+            family[key] = family.get(key, 0) + 1
     rows = []
     for r in records:
         lo, hi = _num(r.get("ci_low")), _num(r.get("ci_high"))
@@ -223,8 +248,9 @@ def _comparisons_section(path: Path) -> str:
             value = (r.get(c) or "").strip()
             if c in numeric_cols and value:
                 f = float(value)
-                text = f"{f:.3g}" if c == "p" or c.startswith("p_") else f"{f:+.4f}" if c in ("diff", "ci_low", "ci_high") \
-                    else f"{f:.0f}" if c == "resamples" else f"{f:.4f}"
+                m = family.get((r.get("model"), r.get("metric"), r.get("versus")), 1) if c == "p_holm" else 1
+                text = p_text(f, r.get("resamples"), m) if c in ("p", "p_holm") else f"{f:.3g}" if c.startswith("p_") \
+                    else f"{f:+.4f}" if c in ("diff", "ci_low", "ci_high") else f"{f:.0f}" if c == "resamples" else f"{f:.4f}"
                 cells.append(_td(text, f, "num"))
             else:
                 cells.append(_td(value or "–"))
@@ -471,7 +497,9 @@ only the explorer, <code>&amp;order=disagree</code> to list the rows where confi
 # --- the page -----------------------------------------------------------------------------------
 
 def build_html(cfg: ExperimentConfig, scored: list[Scored], metrics: list[tuple[str, str]], plots: list[Path],
-               manifests: dict, metrics_json: Optional[dict], perplexity) -> str:
+               manifests: dict, metrics_json: Optional[dict], perplexity,
+               found: Optional[dict[str, list[MetricVerdict]]] = None) -> str:
+    """`found`: the verdicts report.md opens with (tables.verdicts); the page opens with the same sentences."""
     generated = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     data = explorer_data(cfg, scored, metrics)
     n_rows = len(data["rows"])
@@ -479,12 +507,13 @@ def build_html(cfg: ExperimentConfig, scored: list[Scored], metrics: list[tuple[
     summary = (f"{len(scored)} model(s) × {len(configs)} decoding configs × {n_rows} test rows, "
                f"{cfg.generation.mode} sweep around {centre_config(cfg).name}. Report written {generated}.")
     nav = "".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in (
-        ("results", "results"), ("plots", "plots"), ("comparisons", "comparisons"), ("explorer", "explorer"),
+        ("verdict", "verdict"), ("results", "results"), ("plots", "plots"), ("comparisons", "comparisons"), ("explorer", "explorer"),
         ("settings", "settings")))
     body = [
         f"<header><h1>{esc(cfg.name)}</h1><p>{esc(summary)}</p><nav>{nav}</nav></header>",
         "<main>",
-        _results_section(cfg, scored, metrics, perplexity, metrics_json),
+        _verdict_section(scored, found or {}),
+        _results_section(cfg, scored, metrics, perplexity, metrics_json, found),
         _plots_section(plots),
         _comparisons_section(Workdir(cfg.path).comparisons),
         _explorer_section(data),

@@ -25,6 +25,8 @@ from .plots import FACTORS, plot_factor
 from .html import build_html
 from .tables import (Scored, agreement_text, bertscore_empty_line, fidelity_text, invariance_text, bertscore_line, centre_config, metric_settings, read_comparisons,
                      read_scored, scored_targets, scoring_versions, target_label, to_number, value_of)
+from .tables import (ALPHA, MetricVerdict, comparison_rows as _cmp_rows, family_size, holm_p_text, noise_note, p_text,
+                     signed_diff, significant as _significant, verdicts, VERDICT_INTRO)
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +73,19 @@ def few_rows_note(metrics_json: Optional[dict]) -> Optional[str]:
     return None
 
 
+def _verdict_section(scored: list[Scored], found: dict[str, list[MetricVerdict]]) -> list[str]:
+    """The answer first: per model, the best config of each metric and whether it is detectably better (the
+    same sentences as report.html's Verdict, from tables.verdicts)."""
+    lines = ["## Verdict", "", VERDICT_INTRO, ""]
+    for s in scored:
+        if found.get(s.target.name):
+            lines += [f"**{target_label(s.target)}**", ""] + [f"- {v.sentence}" for v in found[s.target.name]] + [""]
+    return lines
+
+
 def _results_section(scored: list[Scored], metrics: list[tuple[str, str]], configs: list[DecodingConfig],
-                     metrics_json: Optional[dict] = None) -> list[str]:
+                     metrics_json: Optional[dict] = None,
+                     found: Optional[dict[str, list[MetricVerdict]]] = None) -> list[str]:
     lines = ["## Results per model", "",
              "Score [95% bootstrap CI] per decoding config, in sweep order; from `eval_results/<model>.csv`. "
              "Human is the mean rating (no CI).", ""]
@@ -89,43 +102,18 @@ def _results_section(scored: list[Scored], metrics: list[tuple[str, str]], confi
                     cells.append(fmt_ci(row.get(m), row.get(f"{m}_ci_low"), row.get(f"{m}_ci_high")))
             rows.append(cells)
         lines += [md_table(["config", "mode", "varies"] + [label for _, label in metrics], rows), ""]
+        noise = noise_note((found or {}).get(s.target.name) or [], dict(metrics))
+        if noise:
+            lines += [noise, ""]
         empty = bertscore_empty_line(metrics_json, s.target.name) if any(m == "bertscore" for m, _ in metrics) else None
         if empty:
             lines += [empty, ""]
     return lines
 
 
-# A Holm-adjusted p below this is reported as a difference (the level of the 95% intervals).
-ALPHA = 0.05
-
-
-def _cmp_rows(comparisons: Optional[pd.DataFrame], model: str, metric: str, versus: str) -> list[dict]:
-    """The comparisons.csv rows of one model, metric and kind, in the order written (sweep order)."""
-    if comparisons is None:
-        return []
-    df = comparisons[(comparisons["model"] == model) & (comparisons["metric"] == metric)
-                     & (comparisons["versus"] == versus)]
-    return df.to_dict(orient="records")
-
-
-def _significant(row: dict) -> bool:
-    p = to_number(row.get("p_holm"))
-    return p is not None and p < ALPHA
-
-
-def p_text(p: Optional[float], resamples) -> str:
-    """A bootstrap p for reading: 0 means no resample crossed zero, i.e. below 1 / resamples, not zero."""
-    if p is None:
-        return "–"
-    n = to_number(resamples)
-    return f"< {1 / n:.2g}" if p == 0 and n else f"{p:.3g}"
-
-
-def _diff_text(row: dict) -> str:
-    """'`config` (+0.0620 [+0.0120, +0.1240], Holm p 0.031)'."""
-    d, lo, hi = to_number(row.get("diff")), to_number(row.get("ci_low")), to_number(row.get("ci_high"))
-    ci = f" [{lo:+.4f}, {hi:+.4f}]" if lo is not None and hi is not None else ""
-    return f"`{row['config']}` ({d:+.4f}{ci}, Holm p {p_text(to_number(row.get('p_holm')), row.get('resamples'))})"
+def _diff_text(row: dict, family: int) -> str:
+    """'`config` (+0.0620 [+0.0120, +0.1240], Holm p 0.031)'; `family`: the comparisons Holm adjusted over."""
+    return f"`{row['config']}` ({signed_diff(row)}, Holm p {holm_p_text(row, family)})"
 
 
 def _names(items: list[str]) -> str:
@@ -139,19 +127,20 @@ def verdict_sentence(rows: list[dict], centre: str) -> str:
         return "no paired comparison in `comparisons.csv`."
     if all(to_number(r.get("p_holm")) is None for r in rows):
         return "no paired test (evaluation.bootstrap = 0): differences are not judged."
-    higher = [r for r in rows if _significant(r) and to_number(r["diff"]) > 0]
-    lower = [r for r in rows if _significant(r) and to_number(r["diff"]) < 0]
-    n = len(rows)
+    n, family = len(rows), family_size(rows)
+    higher = [r for r in rows if _significant(r, family) and to_number(r["diff"]) > 0]
+    lower = [r for r in rows if _significant(r, family) and to_number(r["diff"]) < 0]
     if not higher and not lower:
-        smallest = min(to_number(r.get("p_holm")) for r in rows if to_number(r.get("p_holm")) is not None)
+        smallest = min((r for r in rows if to_number(r.get("p_holm")) is not None),
+                       key=lambda r: to_number(r["p_holm"]))
         return (f"after Holm correction over {n} comparisons, no config differs detectably from the centre "
-                f"`{centre}` (smallest adjusted p {smallest:.3g}).")
+                f"`{centre}` (smallest adjusted p {holm_p_text(smallest, family)}).")
     parts = []
     if higher:
-        parts.append(f"{_names([_diff_text(r) for r in higher])} score{'s' if len(higher) == 1 else ''} higher "
-                     f"than the centre `{centre}`")
+        parts.append(f"{_names([_diff_text(r, family) for r in higher])} score{'s' if len(higher) == 1 else ''} "
+                     f"higher than the centre `{centre}`")
     if lower:
-        parts.append(f"{_names([_diff_text(r) for r in lower])} score{'s' if len(lower) == 1 else ''} lower")
+        parts.append(f"{_names([_diff_text(r, family) for r in lower])} score{'s' if len(lower) == 1 else ''} lower")
     rest = n - len(higher) - len(lower)
     tail = f"; the other {rest} do not differ detectably" if rest else ""
     return f"after Holm correction over {n} comparisons, " + "; ".join(parts) + tail + "."
@@ -166,7 +155,10 @@ def _comparisons_section(scored: list[Scored], metrics: list[tuple[str, str]], c
     lines += [f"From `eval_results/comparisons.csv`: each config minus the centre config `{centre}` on the same test "
               "rows, a paired bootstrap of the difference (the same resampled rows for both configs), its 95% "
               "percentile interval (not adjusted) and a two-sided bootstrap p-value; a config counts as different "
-              f"when its Holm-adjusted p (over the model's comparisons for that metric) is below {ALPHA:g}.", ""]
+              f"when its Holm-adjusted p (over the model's comparisons for that metric) is below {ALPHA:g}. A bootstrap "
+              "p moves in steps of 2/B for B resamples and Holm multiplies the smallest of m comparisons by m, so an "
+              "adjusted p below m·2/B is printed as that bound (`< 0.012` for B = 2000, m = 12), and a bound above "
+              f"{ALPHA:g} does not count as a difference.", ""]
     for s in scored:
         rows = []
         for m, label in metrics:
@@ -198,8 +190,8 @@ def _best_section(scored: list[Scored], metrics: list[tuple[str, str]],
             if not cmp or all(to_number(r.get("p_holm")) is None for r in cmp):
                 worse, tied = "–", ("no paired test" if m != "human" else "– (ratings are not paired)")
             else:
-                worse = f"{sum(_significant(r) for r in cmp)} of {len(cmp)}"
-                same = [f"`{r['config']}`" for r in cmp if not _significant(r)]
+                worse = f"{sum(_significant(r, family_size(cmp)) for r in cmp)} of {len(cmp)}"
+                same = [f"`{r['config']}`" for r in cmp if not _significant(r, family_size(cmp))]
                 tied = ", ".join(same) if same else "none"
             rows.append([target_label(s.target), label, f"`{best}`", fmt_ci(y, lo, hi, decimals_for(m)), worse, tied])
     lines += [md_table(["model", "metric", "best config", "score [95% CI]", "detectably worse",
@@ -228,13 +220,14 @@ def _finetune_gain_section(cfg: ExperimentConfig, scored: list[Scored], metrics:
                 continue
             diff = a - b if a is not None and b is not None else None
             d = decimals_for(m)
-            paired = [r for r in _cmp_rows(comparisons, ft.target.name, m, "base") if r["config"] == centre]
+            family = _cmp_rows(comparisons, ft.target.name, m, "base")
+            paired = [r for r in family if r["config"] == centre]
             lo, hi, p = ((to_number(paired[0].get(k)) for k in ("ci_low", "ci_high", "p_holm")) if paired
                          else (None, None, None))
             resamples = paired[0].get("resamples") if paired else None
             ci = f"[{lo:+.{d}f}, {hi:+.{d}f}]" if lo is not None and hi is not None else "–"
             rows.append([ft.target.name, label, fmt(a, d), fmt(b, d), "–" if diff is None else f"{diff:+.{d}f}", ci,
-                         p_text(p, resamples)])
+                         p_text(p, resamples, family_size(family))])
         if perplexity is not None:
             ppl = perplexity.set_index("model")["perplexity"]
             a, b = to_number(ppl.get(ft.target.name)), to_number(ppl.get(base.target.name))
@@ -523,7 +516,9 @@ def report(cfg: ExperimentConfig) -> Path:
     if few:
         lines += [few, ""]
     comparisons = read_comparisons(cfg)
-    lines += _results_section(scored, metrics, configs, metrics_json)
+    found = verdicts(scored, metrics, centre_config(cfg).name, comparisons)
+    lines += _verdict_section(scored, found)
+    lines += _results_section(scored, metrics, configs, metrics_json, found)
     lines += _comparisons_section(scored, metrics, comparisons, centre_config(cfg).name)
     lines += _best_section(scored, metrics, comparisons)
     lines += _finetune_gain_section(cfg, scored, metrics, perplexity, comparisons)
@@ -547,7 +542,7 @@ def report(cfg: ExperimentConfig) -> Path:
     # The same results as one self-contained page (report.html), with every answer in an explorer. Built
     # before either file is written: it reads and checks every response file, and a file that fails the
     # check stops the stage with neither report updated.
-    page = build_html(cfg, scored, metrics, plots, manifests, metrics_json, perplexity)
+    page = build_html(cfg, scored, metrics, plots, manifests, metrics_json, perplexity, found)
     out = paths.report
     write_text(out, "\n".join(lines))
     log.info("report: %s (%d plots in %s)", out, len(plots), paths.plots_dir)

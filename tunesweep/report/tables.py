@@ -178,7 +178,9 @@ def fidelity_text(record: Optional[dict]) -> str:
     """One line on a tunesweep.json's merge fidelity (merged checkpoint vs base + adapter)."""
     fid = ((record or {}).get("post_merge_check") or {}).get("merge_fidelity") or {}
     if fid.get("compared"):
-        return (f"greedy {fid['greedy_agreement']:.2f}, KL {fid['mean_kl']:.1e}, max logit diff "
+        # A KL divergence is never negative; float rounding of two near-equal distributions can give -1e-9.
+        kl = max(0.0, fid["mean_kl"])
+        return (f"greedy {fid['greedy_agreement']:.2f}, KL {kl:.1e}, max logit diff "
                 f"{fid['max_abs_logit_diff']:.1e}")
     return fid.get("why", "–")
 
@@ -208,3 +210,182 @@ def agreement_text(record: Optional[dict]) -> Optional[str]:
     differ = sum(1 for v in shares.values() if v < 1)
     return (f"{record.get('replicas')} replicas vs one engine on {n} rows: {differ} of {len(shares)} configs differ; "
             f"lowest share identical {_two(shares[lowest])} (`{lowest}`)")
+
+
+# --- p-values as the resampling can resolve them, and the verdict both pages open with -----------------
+
+# A Holm-adjusted p below this is reported as a difference (the level of the 95% intervals).
+ALPHA = 0.05
+
+
+def comparison_rows(comparisons: Optional[pd.DataFrame], model: str, metric: str, versus: str) -> list[dict]:
+    """The comparisons.csv rows of one model, metric and kind (one Holm family), in the order written."""
+    if comparisons is None:
+        return []
+    df = comparisons[(comparisons["model"] == model) & (comparisons["metric"] == metric)
+                     & (comparisons["versus"] == versus)]
+    return df.to_dict(orient="records")
+
+
+def family_size(rows: list[dict]) -> int:
+    """Holm's m: the comparisons of a family that have a p."""
+    return sum(1 for r in rows if to_number(r.get("p")) is not None)
+
+
+def significant(row: Optional[dict], family: int = 1) -> bool:
+    """A detectable difference: Holm-adjusted p below ALPHA, and below it as far as the resampling can tell
+    (an adjusted p under p_floor is known only to be below p_floor: with few resamples that bound can exceed
+    ALPHA, and then the difference is not claimed)."""
+    row = row or {}
+    p = to_number(row.get("p_holm"))
+    if p is None:
+        return False
+    floor = p_floor(row.get("resamples"), family)
+    return max(p, floor or 0.0) < ALPHA
+
+
+def p_floor(resamples, family: int = 1) -> Optional[float]:
+    """The smallest p worth printing as a number, for B resamples and a Holm family of `family` comparisons.
+
+    The score stage's two-sided bootstrap p is 2 * min(share of d <= 0, share of d >= 0) (evaluate/compare.py),
+    so it moves in steps of 2/B: an estimate of 0 (no resample crossed zero) only says p < 2/B. Holm multiplies
+    the smallest p of the family by m and carries it up its running maximum, so with that p bounded by 2/B
+    every adjusted p of the family below m * 2/B is known only to be below m * 2/B (and an adjusted p can fall
+    below that only when some raw p of the family is 0)."""
+    b = to_number(resamples)
+    if not b or b <= 0:
+        return None
+    return min(1.0, max(1, family) * 2.0 / b)
+
+
+def _ceil_2_digits(x: float) -> str:
+    """x rounded up to two significant digits, so a printed bound is never finer than the true one."""
+    exponent = math.floor(math.log10(x)) - 1
+    step = 10.0 ** exponent
+    return f"{round(math.ceil(x / step - 1e-9) * step, max(0, -exponent)):g}"
+
+
+def p_text(p: Optional[float], resamples, family: int = 1) -> str:
+    """A bootstrap p for reading (family > 1: a Holm-adjusted p of a family of that many): a value below what
+    the resampling resolves is printed as the bound, `< 0.024`, never as a finer number."""
+    if p is None:
+        return "–"
+    floor = p_floor(resamples, family)
+    if floor is not None and p < floor:
+        return f"< {_ceil_2_digits(floor)}"
+    return f"{p:.3g}"
+
+
+def holm_p_text(row: dict, family: int) -> str:
+    return p_text(to_number(row.get("p_holm")), row.get("resamples"), family)
+
+
+VERDICT_INTRO = ("Per model and metric, from eval_results/comparisons.csv (paired bootstrap on the same test rows; a "
+                 f"Holm-adjusted p below {ALPHA:g} counts): the highest-scoring config, and whether it is detectably "
+                 "better than the other configs, than the centre config and than the base model with the same config.")
+
+
+@dataclass
+class MetricVerdict:
+    """What one model's results say about one metric, in one plain sentence (both pages print `sentence`)."""
+    target: str
+    metric: str
+    best: Optional[str]  # the highest-scoring config
+    marked: bool  # the best is detectably better than another config of its column: the pages may mark it
+    sentence: str
+
+
+def signed_diff(row: dict) -> str:
+    """'+0.0620 [+0.0120, +0.1240]': a comparison's difference and its paired 95% interval."""
+    d, lo, hi = to_number(row.get("diff")), to_number(row.get("ci_low")), to_number(row.get("ci_high"))
+    ci = f" [{lo:+.4f}, {hi:+.4f}]" if lo is not None and hi is not None else ""
+    return f"{d:+.4f}{ci}"
+
+
+def _versus_centre(best: str, centre: str, rows: list[dict]) -> Optional[str]:
+    if best == centre:
+        return f"it is the centre config {centre}"
+    row = next((r for r in rows if r["config"] == best), None)
+    if row is None or to_number(row.get("p_holm")) is None:
+        return None
+    p = holm_p_text(row, family_size(rows))
+    if significant(row, family_size(rows)) and to_number(row["diff"]) > 0:
+        return f"detectably better than the centre {centre} ({signed_diff(row)}, Holm p {p})"
+    return f"not detectably better than the centre {centre} ({signed_diff(row)}, Holm p {p})"
+
+
+def _versus_base(best: str, rows: list[dict]) -> Optional[str]:
+    row = next((r for r in rows if r["config"] == best), None)
+    if row is None or to_number(row.get("p_holm")) is None:
+        return None
+    p, base = holm_p_text(row, family_size(rows)), row["reference"]
+    if significant(row, family_size(rows)):
+        word = "better" if to_number(row["diff"]) > 0 else "WORSE"
+        return f"detectably {word} than the base model {base} with the same config ({signed_diff(row)}, Holm p {p})"
+    return f"not detectably different from the base model {base} with the same config ({signed_diff(row)}, Holm p {p})"
+
+
+def metric_verdict(s: Scored, metric: str, label: str, centre: str,
+                   comparisons: Optional[pd.DataFrame]) -> Optional[MetricVerdict]:
+    """The verdict on one model and metric from comparisons.csv: the best config, whether it is detectably
+    better than the other configs (versus best), than the centre (versus centre) and than the base model at
+    the same config (versus base), each after Holm; None when the table has no score for the metric."""
+    if metric not in s.table.columns or s.table[metric].isna().all():
+        return None
+    name = s.target.name
+    vs_best = comparison_rows(comparisons, name, metric, "best")
+    vs_centre = comparison_rows(comparisons, name, metric, "centre")
+    vs_base = comparison_rows(comparisons, name, metric, "base")
+    best = vs_best[0]["reference"] if vs_best else str(s.table[metric].astype(float).idxmax())
+    score, _, _ = value_of(s, best, metric)
+    top = f"{best} ({score:.4f})" if score is not None else best
+    if family_size(vs_best) == 0:
+        return MetricVerdict(name, metric, best, False,
+                             f"{label}: highest score {top}; no paired test (no comparisons.csv, or "
+                             "evaluation.bootstrap is 0), so no config is judged better than another.")
+    worse = [r for r in vs_best if significant(r, family_size(vs_best))]
+    centre_part = _versus_centre(best, centre, vs_centre)
+    centre_sig = centre_part is not None and centre_part.startswith("detectably")
+    others_sig = [r for r in vs_centre if significant(r, family_size(vs_centre)) and r["config"] != best]
+    parts = []
+    if not worse and not centre_sig and not others_sig:
+        judged = [(r, fam) for fam in (vs_best, vs_centre) for r in fam if to_number(r.get("p_holm")) is not None]
+        smallest, family = min(judged, key=lambda rf: to_number(rf[0]["p_holm"]))
+        text = (f"{label}: no config is detectably better than another (Holm over {len(vs_best)} comparisons with "
+                f"the highest score, {top}, and over those with the centre; smallest adjusted p "
+                f"{holm_p_text(smallest, family_size(family))})")
+    else:
+        text = (f"{label}: best config {top}, detectably better than {len(worse)} of the {len(vs_best)} other "
+                "configs (paired bootstrap, Holm)")
+        if centre_part:
+            parts.append(centre_part)
+        if others_sig:
+            parts.append(f"{len(others_sig)} other config(s) differ detectably from the centre")
+    base_part = _versus_base(best, vs_base)
+    if base_part:
+        parts.append(base_part)
+    sentence = text + "".join(f"; {p}" for p in parts) + "."
+    return MetricVerdict(name, metric, best, bool(worse) or centre_sig, sentence)
+
+
+def verdicts(scored: list[Scored], metrics: list[tuple[str, str]], centre: str,
+             comparisons: Optional[pd.DataFrame]) -> dict[str, list[MetricVerdict]]:
+    """{target: its verdicts, one per metric with per-row scores} for every scored target, in report order.
+    Human ratings have no per-row scores to pair, so they get no verdict."""
+    out = {}
+    for s in scored:
+        found = [metric_verdict(s, m, label, centre, comparisons) for m, label in metrics if m != "human"]
+        out[s.target.name] = [v for v in found if v is not None]
+    return out
+
+
+def noise_note(found: list[MetricVerdict], labels: dict[str, str]) -> Optional[str]:
+    """The line under a results table whose columns have no detectably better config (their best is not marked)."""
+    noise = [labels.get(v.metric, v.metric) for v in found if not v.marked]
+    if not noise:
+        return None
+    if len(noise) == len(found):
+        return ("No config of this table is detectably better than another, in any column (paired bootstrap, "
+                "Holm): its differences are within noise.")
+    return (f"In {', '.join(noise)}, no config of this table is detectably better than another (paired bootstrap, "
+            "Holm): those differences are within noise.")
