@@ -140,3 +140,15 @@ def test_no_import_goes_up_or_across_stages():
             if kind == "stage" and (t_kind == "top" or (t_kind == "stage" and t_group != group)):
                 wrong.append(f"{module} (stage {group}) imports {target} ({t_kind} {t_group})")
     assert wrong == []
+
+
+def test_the_graph_holds_known_edges_of_every_kind():
+    """The checks above pass on an empty graph too: the reader must see these imports, module-level,
+    relative (`from ..layout import`), in-function (generate's backends load lazily) and package-level."""
+    edges = graph()
+    assert len(edges) > 40
+    assert "tunesweep.layout" in edges["tunesweep.evaluate.scoring"]  # from ..layout import (...)
+    assert "tunesweep.evaluate.compare" in edges["tunesweep.evaluate.scoring"]  # from .compare import ...
+    assert "tunesweep.generate.vllm" in edges["tunesweep.generate.stage"]  # inside get_backend()
+    assert "tunesweep.errors" in edges["tunesweep.config"]
+    assert "tunesweep.cli" in edges["tunesweep.__main__"]
