@@ -119,7 +119,9 @@ def test_manifest_records_what_took_effect(study):
             assert "top_k" not in eff and eff["temperature"] == 0.0
             assert entry["ignored"] == ["top_k", "temperature"]
             assert "ignores top_k and temperature" in entry["note"]
-            assert entry["batch"]["configs"] == [name]
+            # every beam config of the sweep went through ONE step loop (generation.beam_impl: tunesweep)
+            assert entry["beam_impl"] == "tunesweep"
+            assert sorted(entry["batch"]["configs"]) == sorted(n for n, e in m["configs"].items() if e["mode"] == "beam")
         else:
             assert eff["call"] == "generate" and eff["max_tokens"] == MAX_NEW and eff["top_p"] == 1.0
             assert eff["stop"] == ["### Instruction:", "### Input:", "### Response:"]
