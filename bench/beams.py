@@ -112,13 +112,14 @@ def main() -> int:
     if not args.no_large:
         large = make_tiny_model(work / "large", seed=1, hidden_size=512, num_layers=8, num_heads=8)
         runs.append(("larger random-init Llama (hidden 512, 8 layers, 8 heads)", large, rows[:args.large_rows]))
-    results = [bench_model(label, path, r, args.max_new_tokens, args.block_size) for label, path, r in runs]
-
     print("tunesweep beam bench: four LLM.beam_search calls (a) vs tunesweep's beam loop (b), one engine per model")
     print("command:  " + " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]))
     print(f"machine:  {platform.machine()}, {os.cpu_count()} CPUs; beam widths {', '.join(map(str, WIDTHS))}; "
-          f"max_new_tokens {args.max_new_tokens}; block_size {args.block_size or 'vLLM default'}")
-    for res, (_, _, r) in zip(results, runs):
+          f"max_new_tokens {args.max_new_tokens}; block_size {args.block_size or 'vLLM default'}", flush=True)
+    results = []
+    for label, path, r in runs:  # each model's figures as soon as they are measured
+        res = bench_model(label, path, r, args.max_new_tokens, args.block_size)
+        results.append(res)
         ta, tb = res["times"]["a"], res["times"]["b"]
         print()
         print(f"model:    {res['label']}: {res['model']}, {len(r)} rows, engine built in {res['build_s']:.1f} s")
@@ -129,7 +130,7 @@ def main() -> int:
               f"beams, {res['loop']['settled_early']} searches settled early)")
         print(f"ratio (a)/(b): {ta / tb:.2f}x   responses identical: "
               + ("yes, every row of every config" if not res["differ"] else f"NO, configs {res['differ']}"))
-        print("rows ending at EOS per config: " + ", ".join(f"{c} {n}" for c, n in res["stops"].items()))
+        print("rows ending at EOS per config: " + ", ".join(f"{c} {n}" for c, n in res["stops"].items()), flush=True)
     return 0 if all(not res["differ"] for res in results) else 1
 
 

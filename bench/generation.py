@@ -1,7 +1,8 @@
 """Generation throughput, measured side by side in one run on a tiny model on this machine.
 
   (a) tunesweep's vllm backend: ONE engine for the whole sweep; every sampling/greedy config in one
-      LLM.generate call, each beam config in one beam_search call;
+      LLM.generate call, the beam configs in tunesweep's beam loop (bench/beams.py compares it with
+      one LLM.beam_search call per config);
   (b) the course-repository way: a fresh engine for every config and one prompt per call (same
       decoding parameters and seeds; built in one process, so Python/vLLM imports are paid once:
       a lower bound on what separate script runs cost);

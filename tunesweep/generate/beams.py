@@ -143,6 +143,7 @@ def _advance(search: _Search, answers: list[list[tuple[int, float, int]]], eos_t
             if token == eos_token_id and not spec.ignore_eos:
                 search.completed.append(BeamSequence(beam.tokens + [token], cum))
                 continue
+            # beam_score of the candidate, without building its token list (most candidates are dropped)
             seq_len = length - 1 if token == eos_token_id else length
             candidates.append((cum / (max(seq_len, 1) ** spec.length_penalty), b, token, cum))
     # sorted(reverse=True) is stable, as upstream's: equal scores keep their construction order.
