@@ -363,7 +363,7 @@ def metric_verdict(s: Scored, metric: str, label: str, centre: str,
             parts.append(f"{len(others_sig)} other config(s) differ detectably from the centre")
     base_part = _versus_base(best, vs_base)
     if base_part:
-        parts.append(base_part)
+        parts.append(base_part if parts or worse or centre_sig or others_sig else f"that config is {base_part}")
     sentence = text + "".join(f"; {p}" for p in parts) + "."
     return MetricVerdict(name, metric, best, bool(worse) or centre_sig, sentence)
 
