@@ -267,3 +267,42 @@ def test_length_controlled_win_rate_when_one_side_always_wins():
     # The likelihood peaks at infinity: the read-off tends to the limit instead of failing.
     assert lc_win_rate([1.0] * 6, [10, 20, 30, 40, 50, 60], [35] * 6, resamples=50).value > 0.999
     assert lc_win_rate([0.0] * 6, [10, 20, 30, 40, 50, 60], [35] * 6, resamples=50).value < 0.001
+
+
+# --- evaluation.judge -------------------------------------------------------------------------------
+
+JUDGED = {"name": "t", "models": [{"name": "m", "base": "some/base"}],
+          "generation": {"sweep": {"temperature": [0.3]}}}
+
+
+def _with_judge(**judge) -> dict:
+    return {**JUDGED, "evaluation": {"judge": judge}}
+
+
+def test_judge_config_defaults_and_named_baseline():
+    from tunesweep.config import expand_sweep, parse_config
+
+    assert parse_config(JUDGED).evaluation.judge is None  # no section, no judge
+    cfg = parse_config(_with_judge(model="judges/tiny"))
+    judge = cfg.evaluation.judge
+    assert (judge.against, judge.rows, judge.backend) == ("centre", None, "auto")
+    named = expand_sweep(cfg.generation)[1].name
+    assert parse_config(_with_judge(model="judges/tiny", against=named, rows=20)).evaluation.judge.against == named
+    assert parse_config(_with_judge(model="judges/tiny", against="reference")).evaluation.judge.against == "reference"
+
+
+@pytest.mark.parametrize("judge, expected", [
+    ({"model": "judges/tiny", "against": "top_k_7_num_beams_1_temp_0.3"},
+     "study.yaml: evaluation.judge.against = 'top_k_7_num_beams_1_temp_0.3' is not centre, reference or a config of the sweep"),
+    ({"model": "judges/tiny", "rows": 0}, "evaluation.judge.rows = 0"),
+    ({"model": "judges/tiny", "backend": "api"}, "evaluation.judge.backend = 'api'"),
+    ({"model": "/local/judge", "revision": "main"}, "applies to a hub id only"),
+    ({"against": "centre"}, "evaluation.judge.model"),
+    ({"model": "judges/tiny", "temperature": 0.0}, "unknown key 'evaluation.judge.temperature'"),
+])
+def test_bad_judge_config_is_one_line_naming_the_key(judge, expected):
+    from tunesweep.config import parse_config
+
+    with pytest.raises(UserError) as err:
+        parse_config(_with_judge(**judge), "study.yaml")
+    assert expected in str(err.value) and "\n" not in str(err.value).strip()
