@@ -203,6 +203,12 @@ def test_vllm_backend_returns_the_raw_label_probabilities_for_every_request(tiny
     hf = hf_scorer(hf_model, batch_size=4)(prompts, labels)
     assert np.allclose(np.array(returned), np.array(hf), atol=2e-3)
     assert unsure_count(verdicts) == 2 * len(pairs)
+    # The labels are not the judge's likeliest next tokens: a top-2 `logprobs` request would have missed them.
+    import torch
+
+    with torch.no_grad():
+        logits = hf_model(torch.tensor([prompts[0]])).logits[0, -1]
+    assert not set(labels.ids) <= set(torch.topk(logits, 2).indices.tolist())
 
 
 # --- statistics -------------------------------------------------------------------------------------

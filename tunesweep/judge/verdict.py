@@ -139,7 +139,13 @@ def vllm_scorer(llm) -> Scorer:
         if getattr(config, "logprobs_mode", "raw_logprobs") != "raw_logprobs":
             raise RuntimeError(f"the judge engine returns {config.logprobs_mode}; the verdicts need raw_logprobs")
         check_fits(prompts, config.max_model_len)
-        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=labels.ids, detokenize=False)
+        try:
+            params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=labels.ids, detokenize=False)
+        except TypeError:  # an older vLLM: top-K logprobs only, which can miss a label
+            from vllm import __version__
+
+            raise UserError(f"the judge needs SamplingParams(logprob_token_ids=...), which vLLM {__version__} lacks; "
+                            "upgrade vllm or set evaluation.judge.backend: hf") from None
         outputs = llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
         out = []
         for o in outputs:
