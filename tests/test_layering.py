@@ -4,7 +4,7 @@
 - the shared base (config, layout, provenance, loading, isolation, templates, files, errors, backends, stages,
   hub, cluster)
   imports nothing but the base;
-- a stage package (data, generate, evaluate, report; train) imports the base and its own modules,
+- a stage package (data, generate, evaluate, report, judge; train) imports the base and its own modules,
   never another stage and never the top layer (cli, pipeline, doctor, plan, tinymodel), which may
   import anything.
 """
@@ -18,7 +18,7 @@ PKG = Path(__file__).resolve().parent.parent / "tunesweep"
 
 BASE = {"__init__", "errors", "files", "config", "templates", "layout", "provenance", "loading", "backends", "stages",
         "isolation", "cluster", "hub"}
-STAGES = {"data", "generate", "evaluate", "report", "train"}
+STAGES = {"data", "generate", "evaluate", "report", "train", "judge"}
 TOP = {"__main__", "cli", "pipeline", "doctor", "plan", "tinymodel"}
 
 

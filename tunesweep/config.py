@@ -264,6 +264,25 @@ class HumanEvalConfig(Strict):
         return self
 
 
+class JudgeConfig(Strict):
+    """evaluation.judge: an LLM judges each answer against a baseline answer to the same row (absent = no judge)."""
+
+    model: str  # the judge: hub id or local checkpoint directory
+    revision: Optional[str] = None  # hub ids only: branch, tag or commit; the commit is recorded
+    # What each answer is judged against: the same model's centre config, the dataset's reference output,
+    # or a config of the sweep by name (e.g. top_k_50_num_beams_1_temp_0.7).
+    against: str = "centre"
+    rows: Optional[int] = Field(None, ge=1)  # the first N test rows; null = all
+    backend: Literal["auto", "vllm", "hf"] = "auto"
+    hf_batch_size: int = Field(16, ge=1)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+
+    @field_validator("revision")
+    @classmethod
+    def _revision(cls, v, info: ValidationInfo):
+        return _hub_revision(v, info, "model", is_hub_model)
+
+
 class EvaluationConfig(Strict):
     metrics: list[Literal["bleu", "rougeL", "bertscore", "perplexity"]] = Field(
         default_factory=lambda: ["bleu", "rougeL", "bertscore", "perplexity"]
@@ -276,6 +295,7 @@ class EvaluationConfig(Strict):
     language: Literal["en", "zh", "ja", "intl", "other"] = "en"
     human: HumanEvalConfig = Field(default_factory=HumanEvalConfig)
     perplexity_batch_size: int = Field(8, ge=1)
+    judge: Optional[JudgeConfig] = None
 
 
 class ExecutionConfig(Strict):
@@ -559,6 +579,7 @@ def parse_config(data: dict, source: str = "<config>") -> ExperimentConfig:
     except ValidationError as exc:
         raise UserError(validation_message(source, data, exc)) from None
     check_local_bases(cfg, source)
+    check_judge_baseline(cfg, source)
     return cfg
 
 
@@ -638,6 +659,18 @@ def grid_warning(cfg: ExperimentConfig) -> Optional[str]:
     tokens = f" = up to {n * targets * size * cfg.generation.max_new_tokens:,} new tokens" if isinstance(size, int) else ""
     return (f"generation.mode = grid: {n:,} decoding configs x {targets} model(s) x {rows} x max_new_tokens "
             f"{cfg.generation.max_new_tokens}{tokens}; shorten the sweep lists or use mode: one_at_a_time")
+
+
+def check_judge_baseline(cfg: ExperimentConfig, source: str) -> None:
+    """evaluation.judge.against names centre, reference or a config of the sweep (known only once the whole
+    config is read)."""
+    judge = cfg.evaluation.judge
+    if judge is None or judge.against in ("centre", "reference"):
+        return
+    names = [c.name for c in expand_sweep(cfg.generation)]
+    if judge.against not in names:
+        raise UserError(f"{source}: evaluation.judge.against = {judge.against!r} is not centre, reference or a config "
+                        f"of the sweep ({', '.join(names)})")
 
 
 def load_config(path: str | Path, overrides: Optional[dict] = None) -> ExperimentConfig:
