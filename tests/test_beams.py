@@ -72,6 +72,7 @@ def beam_jobs(max_tokens: int = MAX_TOKENS):
     return jobs
 
 
+@pytest.mark.slow  # a vLLM engine
 def test_beam_loop_equals_vllm_beam_search(engine, prompts):
     """Every width, every row: the loop's best `width` sequences (token ids, cumulative logprobs, texts) are
     upstream's, in upstream's order; rows ending at EOS early and rows hitting max_tokens are both covered."""
@@ -109,6 +110,7 @@ def test_beam_loop_equals_vllm_beam_search(engine, prompts):
     assert stats["requests"] < stats["beams"] and stats["settled_early"] > 0
 
 
+@pytest.mark.slow  # a vLLM engine
 def test_backend_beam_paths_write_the_same_rows(engine, prompts):
     """What the stage writes for each beam config (response text, finish reason, token count) is the same
     with generation.beam_impl = tunesweep (one loop) and = vllm (one LLM.beam_search per config); the loop's
