@@ -3,7 +3,7 @@
 Copies a finished workdir (e.g. demo_run after `make demo`) once per variant and runs the shell pipeline on
 each copy, alternating the variants within each repeat so both see the same machine load:
 
-    .venv/bin/python bench/tracking.py --config configs/tiny.yaml [--repeats 3]
+    .venv/bin/python bench/tracking.py --config configs/tiny.yaml [--repeats 3] [--limit N]
 
 Every stage finds its work current, so a run is the pipeline's own fixed cost (a tunesweep process per
 stage, reading and checking the files, writing the report) plus, with mlflow, the three pushes (after
@@ -44,11 +44,12 @@ def variant_config(config: Path, workdir: Path, backend: str, dest: Path) -> Pat
     return dest
 
 
-def run_pipeline(config: Path) -> float:
+def run_pipeline(config: Path, limit: int | None) -> float:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     start = time.perf_counter()
-    res = subprocess.run(["bash", str(REPO / "hyperparameter_experiments.sh"), "--config", str(config)], cwd=REPO,
-                         env=env, capture_output=True, text=True)
+    extra = ["--limit", str(limit)] if limit else []
+    res = subprocess.run(["bash", str(REPO / "hyperparameter_experiments.sh"), "--config", str(config), *extra],
+                         cwd=REPO, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if res.returncode != 0:
         sys.exit(f"pipeline failed on {config}:\n{res.stderr[-3000:]}")
@@ -61,6 +62,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/tiny.yaml", help="the finished study's config (its workdir is copied)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--limit", type=int, help="the --limit the study was run with (its rows stay current)")
     args = ap.parse_args()
     config = (REPO / args.config) if not Path(args.config).is_absolute() else Path(args.config)
     source = Path(yaml.safe_load(config.read_text())["workdir"])
@@ -76,10 +78,10 @@ def main() -> None:
                                                                           ".tunesweep.lock"))
                 cfg = variant_config(config, work, backend, Path(tmp) / f"{backend}-{i}.yaml")
                 if backend == "none":
-                    times["none"].append(run_pipeline(cfg))
+                    times["none"].append(run_pipeline(cfg, args.limit))
                 else:
-                    times["first"].append(run_pipeline(cfg))
-                    times["rerun"].append(run_pipeline(cfg))
+                    times["first"].append(run_pipeline(cfg, args.limit))
+                    times["rerun"].append(run_pipeline(cfg, args.limit))
                 shutil.rmtree(work)
     print(f"$ {' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv])}")
     print(f"{platform.node()}: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; study {source}")

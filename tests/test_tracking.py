@@ -125,6 +125,8 @@ def test_a_study_reads_back_from_sqlite_one_run_per_finetune_and_config(tracked)
         (e["step"], e["loss"]) for e in record["loss_history"]]
     assert tune.data.params["train.learning_rate"] == "0.003" and tune.data.params["method"] == "full"
     assert tune.data.metrics["trained_tokens_per_s"] == record["throughput"]["tokens_per_s"]
+    manifest = read_json(work / "llm_responses" / "tiny" / "manifest.json")
+    assert tune.data.tags["tunesweep.checkpoint_sha256"] == manifest["checkpoint_hash"]
 
     configs = [dc.name for dc in expand_sweep(cfg.generation)]
     evals = {(r.data.params["model"], r.data.params["config"]): r for r in by_kind["eval"]}

@@ -71,7 +71,7 @@ def require_mlflow(cfg) -> None:
 
     if importlib.util.find_spec("mlflow") is None:
         raise UserError("tracking.backend = 'mlflow': the mlflow package is not installed "
-                        "(pip install 'tunesweep[tracking]', or set tracking.backend: none)")
+                        "(the `tracking` extra: pip install -e '.[tracking]' or mlflow==3.17.2; or set tracking.backend: none)")
 
 
 # Causes worth naming on their own: MLflow wraps them in a long message of the request and its retries.

@@ -119,7 +119,7 @@ def study_spec(cfg: ExperimentConfig) -> RunSpec:
     return RunSpec(study_key(cfg), cfg.name, "study", params=params, tags=tags, artifacts=artifacts)
 
 
-def finetune_spec(record: dict) -> RunSpec:
+def finetune_spec(record: dict, checkpoint_sha256: Optional[str] = None) -> RunSpec:
     name = record["model"]
     params = flatten({"base": record.get("base"), "base_identity": record.get("base_identity"),
                       "backend": record.get("backend"), "method": record.get("method"),
@@ -141,9 +141,11 @@ def finetune_spec(record: dict) -> RunSpec:
         steps = [(int(e["step"]), number(e.get(metric))) for e in record.get("loss_history") or []
                  if e.get("step") is not None]
         histories[metric] = [(s, v) for s, v in steps if v is not None]
-    tags = {"tunesweep.checkpoint": record.get("inputs_fingerprint", ""), "tunesweep.device": str(record.get("device")),
+    tags = {"tunesweep.inputs": record.get("inputs_fingerprint", ""), "tunesweep.device": str(record.get("device")),
             "tunesweep.finished_at": str(record.get("finished_at")), "tunesweep.peak_memory_kind":
             str(t.get("peak_memory_kind"))}
+    if checkpoint_sha256:  # the merged checkpoint's own hash, as generate recorded it
+        tags["tunesweep.checkpoint_sha256"] = checkpoint_sha256
     return RunSpec(finetune_key(name, record["inputs_fingerprint"]), f"finetune {name}", "finetune", params=params,
                    metrics={k: v for k, v in ((k, number(v)) for k, v in metrics.items()) if v is not None},
                    histories=histories, tags=tags)
@@ -202,7 +204,8 @@ def study_runs(cfg: ExperimentConfig) -> tuple[RunSpec, list[RunSpec]]:
     for m in cfg.models:
         record = read_if_present(paths.model_record(m.name))
         if record and record.get("inputs_fingerprint"):
-            children.append(finetune_spec(record))
+            manifest = read_if_present(paths.manifest(m.name)) or {}
+            children.append(finetune_spec(record, manifest.get("checkpoint_hash")))
     children.extend(eval_specs(cfg))
     return study_spec(cfg), children
 
