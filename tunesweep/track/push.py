@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 SYNCED_TAG = "tunesweep.synced"
 ARTIFACTS_TAG = "tunesweep.artifacts"
 PARAM_LIMIT = 6000  # MLflow's longest param value
+BATCH = 99  # params (and tags) per log_batch: MLflow takes 100, one tag of the last batch is the synced digest
 
 
 @dataclass
@@ -54,8 +55,8 @@ class RunSpec:
     tags: dict = field(default_factory=dict)
     artifacts: dict = field(default_factory=dict)  # path in the run -> local file
 
-    def digest(self) -> str:
-        files = {k: sha256_file(p) for k, p in sorted(self.artifacts.items())}
+    def digest(self, files: dict) -> str:
+        """What the run holds when it is in sync (`files`: the artifacts' sha256)."""
         return fingerprint([self.key, self.name, self.params, self.metrics, self.histories, self.tags, files])
 
 
@@ -213,31 +214,34 @@ def study_runs(cfg: ExperimentConfig) -> tuple[RunSpec, list[RunSpec]]:
 # --- the store ----------------------------------------------------------------------------------------
 
 def sync_run(client, run, spec: RunSpec) -> bool:
-    """Log into `run` what `spec` has and the run lacks; False when it already held it all."""
+    """Log into `run` what `spec` has and the run lacks; False when it already held it all. Few calls (each is
+    a transaction of the store): artifacts first, then params, metrics and tags in batches, the synced digest
+    in the last one, so a push cut short is redone next time."""
     from mlflow.entities import Metric, Param, RunTag
 
-    digest = spec.digest()
+    files = {k: sha256_file(p) for k, p in sorted(spec.artifacts.items())}
+    digest = spec.digest(files)
     if run.data.tags.get(SYNCED_TAG) == digest:
         return False
     run_id = run.info.run_id
+    logged = json.loads(run.data.tags.get(ARTIFACTS_TAG) or "{}")
+    for path, local in spec.artifacts.items():
+        if logged.get(path) != files[path]:
+            folder = str(Path(path).parent) if Path(path).parent != Path(".") else None
+            client.log_artifact(run_id, str(local), folder)
     now = int(time.time() * 1000)
     params = [Param(k, v) for k, v in spec.params.items() if k not in run.data.params]
     metrics = [Metric(k, v, now, 0) for k, v in spec.metrics.items() if run.data.metrics.get(k) != v]
     for name, series in spec.histories.items():
         have = {m.step for m in client.get_metric_history(run_id, name)} if name in run.data.metrics else set()
         metrics.extend(Metric(name, v, now, s) for s, v in series if s not in have)
-    tags = [RunTag(k, v) for k, v in spec.tags.items() if run.data.tags.get(k) != v]
-    for i in range(0, max(len(params), len(metrics), len(tags)), 100):  # log_batch takes 100 params, 1000 metrics
-        client.log_batch(run_id, metrics=metrics[i:i + 100], params=params[i:i + 100], tags=tags[i:i + 100])
-    files = {k: sha256_file(p) for k, p in spec.artifacts.items()}
-    logged = json.loads(run.data.tags.get(ARTIFACTS_TAG) or "{}")
-    for path, local in spec.artifacts.items():
-        if logged.get(path) != files[path]:
-            folder = str(Path(path).parent) if Path(path).parent != Path(".") else None
-            client.log_artifact(run_id, str(local), folder)
-    if files:
-        client.set_tag(run_id, ARTIFACTS_TAG, json.dumps(files, sort_keys=True)[:PARAM_LIMIT])
-    client.set_tag(run_id, SYNCED_TAG, digest)
+    wanted = {**spec.tags, **({ARTIFACTS_TAG: json.dumps(files, sort_keys=True)[:PARAM_LIMIT]} if files else {})}
+    tags = [RunTag(k, v) for k, v in wanted.items() if run.data.tags.get(k) != v]
+    last = max(len(params), len(metrics), len(tags) + 1) - 1
+    for i in range(0, last + 1, BATCH):
+        final = i + BATCH > last
+        client.log_batch(run_id, metrics=metrics[i:i + BATCH], params=params[i:i + BATCH],
+                         tags=tags[i:i + BATCH] + ([RunTag(SYNCED_TAG, digest)] if final else []))
     if run.info.status != "FINISHED":
         client.set_terminated(run_id, "FINISHED")
     return True
