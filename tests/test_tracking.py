@@ -208,7 +208,7 @@ def test_a_tracking_server_gets_the_same_runs_and_chromium_shows_them(tracked, t
     with mlflow_server(tmp_path / "server", free_port()) as uri:
         res = run_tunesweep("track", "--config", config, "--tracking-uri", uri)
         assert res.returncode == 0, res.stderr[-3000:]
-        assert "(27 new" in res.stderr or "new," in res.stderr
+        assert "tracking: 28 runs" in res.stderr and "(28 new, 0 updated, 0 unchanged)" in res.stderr
         server = store_snapshot(MlflowClient(tracking_uri=uri), "e2e")
         assert server == store_snapshot(sqlite_client(work), "e2e")
         exp = MlflowClient(tracking_uri=uri).get_experiment_by_name("e2e").experiment_id
