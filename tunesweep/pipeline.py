@@ -61,6 +61,10 @@ RUNNERS = {"split": _run_split, "finetune": _run_finetune, "generate": _run_gene
            "score": _run_score, "report": _run_report}
 
 
+# The stages after which the study is pushed to MLflow (tracking.backend: mlflow): each writes results.
+TRACKED_STAGES = ("finetune", "score", "report")
+
+
 def stages_to_run(from_stage: Optional[str] = None, only_stage: Optional[str] = None) -> list[str]:
     if only_stage:
         return [only_stage]
@@ -87,4 +91,8 @@ def run_pipeline(cfg: ExperimentConfig, from_stage: Optional[str] = None, only_s
             root.removeHandler(handler)
             handler.close()
         log.info("stage %s done in %.0f s", stage, time.time() - started)
+        if stage in TRACKED_STAGES and cfg.tracking.backend != "none":
+            from .track import sync
+
+            sync(cfg)
     log.info("tables: %s  report: %s", paths.eval_dir, paths.report)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import ModelConfig
+from ..tracking import RunRef
 
 
 @dataclass
@@ -39,6 +40,7 @@ class TrainJob:
     speed: SpeedSettings = field(default_factory=SpeedSettings)
     merge: bool = True  # False: train only (the training bench)
     notes: list[str] = field(default_factory=list)  # things the backend did that a reader should know
+    tracking: Optional[RunRef] = None  # the MLflow run the training process logs its steps into while it trains
 
     @property
     def adapter_dir(self) -> Path:

@@ -42,6 +42,7 @@ from ..isolation import run_isolated
 from ..layout import Workdir, load_split
 from ..loading import check_checkpoint_folder
 from ..provenance import library_versions, logic, recorded_logic
+from ..tracking import open_finetune_run
 from ..templates import build_training_pair
 from .check import CHECK_PROMPTS, post_merge_check, warn_on_check
 from .job import TrainJob, TrainResult
@@ -233,7 +234,8 @@ def prepare_one(cfg: ExperimentConfig, m: ModelConfig, pairs: list[dict], test_r
     shutil.rmtree(staging, ignore_errors=True)
     resume = prepare_training_dir(training_dir, identity, force)
     job = TrainJob(name=m.name, model=m, train=train, seed=cfg.seed, template=cfg.template, pairs=pairs,
-                   output_dir=staging, training_dir=training_dir, resume_from=resume)
+                   output_dir=staging, training_dir=training_dir, resume_from=resume,
+                   tracking=open_finetune_run(cfg, m.name, inputs_fp))
     method = "full" if m.lora is None else ("qlora" if m.load_in_4bit else "lora")
     log.info("%s: %s fine-tuning of %s on %d rows%s", m.name, method, m.base, len(pairs),
              f", resuming from {Path(resume).name}" if resume else "")

@@ -196,6 +196,8 @@ def run_training(trainer, job: TrainJob, tokenizer, *, dtype: str, gradient_chec
     """Train (resuming when the job says so) with the throughput meter attached; the backend's result."""
     meter = ThroughputMeter(job.speed.warmup_steps)
     trainer.add_callback(meter)
+    if job.tracking is not None:
+        trainer.add_callback(TrackingCallback(job.tracking))
     reset_peak_memory()
     padding_free = "on" if getattr(trainer.args, "padding_free", False) else "off"
     runtime = 0.0
@@ -278,6 +280,27 @@ class ThroughputMeter(TrainerCallback):
             gradient_checkpointing=gradient_checkpointing, padding_free=padding_free,
         )
 
+
+# What a step sends to MLflow while training: the fields of loss_history, so the push after training (from
+# tunesweep.json) logs the same series a live run did.
+STEP_METRICS = ("loss", "learning_rate")
+
+
+class TrackingCallback(TrainerCallback):
+    """Sends every logged step to the fine-tune's MLflow run from the training process, so the UI shows the loss
+    while a long run trains. A store that cannot be reached costs one warning line, never the training."""
+
+    def __init__(self, ref):
+        from ..tracking import StepLogger
+
+        self.logger = StepLogger(ref)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs and "loss" in logs:
+            self.logger.log({k: logs.get(k) for k in STEP_METRICS}, state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.logger.close()
 
 
 def describe_device() -> str:
