@@ -444,10 +444,7 @@ def read_target_responses(workdir: str | os.PathLike, target: str, configs: Sequ
 
 def _cleaned_digests(paths: "Workdir", target: str) -> dict:
     """{config: cleaned_sha256} from cleaning.json ({} when clean has not run)."""
-    try:
-        configs = (read_json_if_present(paths.cleaning(target)) or {}).get("configs")
-    except AttributeError:  # valid JSON, but not an object
-        configs = None
+    configs = (read_json_if_present(paths.cleaning(target)) or {}).get("configs")
     if not isinstance(configs, dict):
         return {}
     return {c: e.get("cleaned_sha256") for c, e in configs.items() if isinstance(e, dict)}
@@ -458,8 +455,8 @@ def responses_fingerprint(workdir: str | os.PathLike, target: str, configs: Sequ
     files that vouch for the responses: manifest.json (checkpoint, what generate wrote and with which settings,
     per config), cleaning.json (what clean wrote) and alpaca_data/test.jsonl."""
     paths = Workdir(workdir)
-    manifest = read_json_if_present(paths.manifest(target)) or {}
-    entries = manifest.get("configs") if isinstance(manifest, dict) else None
+    manifest = read_json_if_present(paths.manifest(target)) or {}  # an object, or a one-line error
+    entries = manifest.get("configs")
     entries = entries if isinstance(entries, dict) else {}
     cleaned = _cleaned_digests(paths, target)
 
@@ -467,7 +464,7 @@ def responses_fingerprint(workdir: str | os.PathLike, target: str, configs: Sequ
         entry = entries.get(config)
         return entry.get(key) if isinstance(entry, dict) else None
 
-    return {"checkpoint_hash": manifest.get("checkpoint_hash") if isinstance(manifest, dict) else None,
+    return {"checkpoint_hash": manifest.get("checkpoint_hash"),
             "generated_sha256": {c: recorded(c, "generated_sha256") for c in configs},
             "cleaned_sha256": {c: cleaned.get(c) for c in configs},
             "settings": {c: recorded(c, "settings") for c in configs},
@@ -493,8 +490,7 @@ def check_vouched(workdir: str | os.PathLike, path: Path) -> Path:
     if not path.is_file():  # a missing file is its reader's case (e.g. a target not scored yet)
         return path
     paths = Workdir(workdir)
-    meta = read_json_if_present(paths.metrics_json)
-    files = meta.get("files") if isinstance(meta, dict) else None
+    files = (read_json_if_present(paths.metrics_json) or {}).get("files")
     key = path.relative_to(paths.root).as_posix()
     if not isinstance(files, dict) or key not in files:
         raise UserError(f"{path}: not vouched for by {paths.metrics_json.name} (written by another tunesweep or "
