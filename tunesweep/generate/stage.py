@@ -82,7 +82,8 @@ def get_backend(name: str, on_cuda: bool) -> Backend:
 
 def is_current(path: Path, job: Job, manifest: dict, test_sha: Optional[str] = None) -> bool:
     entry = (manifest.get("configs") or {}).get(job.config)
-    return (bool(entry) and entry.get("inputs") == job.inputs and path.is_file()
+    # A config a race eliminated holds only the rows it used: never current for a run that wants them all.
+    return (bool(entry) and not entry.get("partial") and entry.get("inputs") == job.inputs and path.is_file()
             and (test_sha is None or entry.get("test_set_sha256") == test_sha)
             and generated_digest(path) == entry.get("generated_sha256"))
 
@@ -173,10 +174,13 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _records(plan: TargetPlan, done: ConfigDone) -> list[dict]:
-    """The response records of one config, in RECORD_FIELDS order; `response` is the clean stage's."""
+def _records(plan: TargetPlan, done: ConfigDone, indices: Optional[list[int]] = None) -> list[dict]:
+    """The response records of one config, in RECORD_FIELDS order; `response` is the clean stage's.
+    `indices`: the rows of `plan` that `done.results` hold, ascending (all rows when None)."""
     out = []
-    for row, prompt, res in zip(plan.rows, plan.prompts, done.results):
+    indices = range(len(plan.rows)) if indices is None else indices
+    for i, res in zip(indices, done.results):
+        row, prompt = plan.rows[i], plan.prompts[i]
         values = {"id": row["id"], "prompt": prompt, "reference": row["output"], "response_raw": res.response_raw,
                   "response": None, "finish_reason": res.finish_reason, "num_tokens": res.num_tokens,
                   "config": done.config, "model": plan.target.name}
@@ -260,17 +264,8 @@ def run_target(cfg: ExperimentConfig, plan: TargetPlan) -> dict:
                          msg.build_s, manifest["engine_builds"])
                 continue
             job = by_name[msg.config]
-            records = _records(plan, msg)
-            path = paths.response_file(target, job.config)
-            write_jsonl(path, records)
-            tokens = sum(r["num_tokens"] for r in records)
-            # Configs sharing one library call split its wall time by their share of its tokens
-            # (so the walls add up to the call's); tokens/s is then the call's throughput.
-            if msg.call_tokens:
-                wall = msg.call_wall_s * tokens / msg.call_tokens
-            else:
-                wall = msg.call_wall_s / len(msg.call_configs)
-            manifest["configs"][job.config] = _config_entry(plan, cfg, job, msg, tokens, wall, path, records)
+            tokens = sum(r.num_tokens for r in msg.results)
+            write_config(cfg, plan, job, msg, config_wall(msg, tokens))
             run["written"].append(job.config)
             write_json(paths.manifest(target), manifest)
             summary["generated"].append(job.config)
@@ -289,6 +284,28 @@ def run_target(cfg: ExperimentConfig, plan: TargetPlan) -> dict:
     if summary["wall_s"]:
         summary["tokens_per_s"] = round(summary["tokens"] / summary["wall_s"], 1)
     return summary
+
+
+def config_wall(done: ConfigDone, tokens: int) -> float:
+    """A config's wall time: configs sharing one library call split its wall time by their share of its tokens
+    (so the walls add up to the call's); tokens/s is then the call's throughput."""
+    if done.call_tokens:
+        return done.call_wall_s * tokens / done.call_tokens
+    return done.call_wall_s / len(done.call_configs)
+
+
+def write_config(cfg: ExperimentConfig, plan: TargetPlan, job: Job, done: ConfigDone, wall: float,
+                 indices: Optional[list[int]] = None, extra: Optional[dict] = None) -> dict:
+    """Write one config's response file (the rows `indices` of the plan, or all) and its manifest entry with
+    `extra` fields (a race's `partial` and `race`); the manifest itself is the caller's to write. Returns the entry."""
+    paths = Workdir(cfg.path)
+    records = _records(plan, done, indices)
+    path = paths.response_file(plan.target.name, job.config)
+    write_jsonl(path, records)
+    tokens = sum(r["num_tokens"] for r in records)
+    entry = {**_config_entry(plan, cfg, job, done, tokens, wall, path, records), **(extra or {})}
+    plan.manifest.setdefault("configs", {})[job.config] = entry
+    return entry
 
 
 def invariance_check(plan: TargetPlan, manifest: dict) -> Optional[InvarianceCheck]:
