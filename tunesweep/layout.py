@@ -465,6 +465,16 @@ def partial_configs(workdir: str | os.PathLike, target: str) -> dict[str, int]:
             if isinstance(e, dict) and isinstance(e.get("partial"), dict)}
 
 
+def race_full_sweep_tokens(state: dict) -> int:
+    """From a race.json: the tokens a full sweep would generate, the survivors' (all rows) plus each eliminated
+    config's tokens scaled from its rows to all rows (an estimate; bench/race.py measures the full sweep)."""
+    total = 0.0
+    for config, use in state["usage"].items():
+        out = state["eliminated"].get(config)
+        total += use["tokens"] * state["rows_total"] / out["rows"] if out else use["tokens"]
+    return int(round(total))
+
+
 def _cleaned_digests(paths: "Workdir", target: str) -> dict:
     """{config: cleaned_sha256} from cleaning.json ({} when clean has not run)."""
     configs = (read_json_if_present(paths.cleaning(target)) or {}).get("configs")

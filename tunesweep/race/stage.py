@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..files import derive_seed, fingerprint, read_jsonl, write_json
-from ..layout import RACE_COLUMNS, Workdir, read_json_if_present, records_digest, write_table
+from ..layout import RACE_COLUMNS, Workdir, race_full_sweep_tokens, read_json_if_present, records_digest, write_table
 from ..provenance import logic
 from ..evaluate.clean import clean_response
 from ..evaluate.metrics import bootstrap_indices, build_metric
@@ -266,17 +266,7 @@ class _Race:
                 "engine_build_s": round(self.build_s, 2) if self.build_s is not None else None,
                 "race": {"survivors": list(state["survivors"]), "rounds": len(state["rounds"]),
                          "planned_rounds": len(self.rounds), "eliminated": dict(state["eliminated"]),
-                         "full_sweep_tokens_estimate": full_sweep_estimate(state)}}
-
-
-def full_sweep_estimate(state: dict) -> int:
-    """Tokens a full sweep would generate: the survivors' (all rows) plus each eliminated config's tokens
-    scaled from its rows to all rows (an estimate: bench/race.py measures the full sweep itself)."""
-    total = 0.0
-    for config, use in state["usage"].items():
-        out = state["eliminated"].get(config)
-        total += use["tokens"] * state["rows_total"] / out["rows"] if out else use["tokens"]
-    return int(round(total))
+                         "full_sweep_tokens_estimate": race_full_sweep_tokens(state)}}
 
 
 def race_target(cfg, plan: TargetPlan, force: bool = False) -> dict:
