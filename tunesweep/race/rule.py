@@ -90,7 +90,8 @@ def judge_round(metric, per_config: dict[str, np.ndarray], idx: np.ndarray, alph
     for c in others:
         d = diffs[c]
         worse = bool(adjusted[c] is not None and adjusted[c] < alpha_round and d["diff"] < 0)
-        verdicts[c] = Verdict(c, float(d["score"]), float(d["diff"]), d["ci_low"], d["ci_high"], d["p"], adjusted[c], worse)
+        verdicts[c] = Verdict(c, float(d["score"]), float(d["diff"]), d["ci_low"], d["ci_high"], d["p"], adjusted[c],
+                              worse)
     survivors = [v for v in verdicts.values() if not v.eliminated]
     if len(survivors) < keep:
         # The best of the eliminated stay, highest score first (sweep order on a tie).
