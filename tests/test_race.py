@@ -163,6 +163,7 @@ def test_hf_race_survivors_are_the_full_sweep_and_the_hot_config_goes_first(hf_r
     from tunesweep.evaluate.scoring import score
     from tunesweep.generate.stage import plan_target
     from tunesweep.layout import load_split, read_rows
+    from tunesweep.report import report
 
     full_cfg, full_dir, full = hf_race["full"]
     race_cfg, race_dir, race = hf_race["race"]
@@ -205,6 +206,13 @@ def test_hf_race_survivors_are_the_full_sweep_and_the_hot_config_goes_first(hf_r
     assert sorted(scored) == sorted(survivors)
     assert {r["config"] for r in read_rows(race_dir / "eval_results" / "comparisons.csv")} <= set(survivors)
     assert f"{HOT} 8 rows" in (race_dir / "eval_results" / "tiny.md").read_text()
+    # The report: a race section with the eliminated configs' scores and rows; no results table shows them.
+    report(cfg)
+    text = (race_dir / "eval_results" / "report.md").read_text()
+    race_part = text[text.index("## Race"):text.index("\n## ", text.index("## Race") + 1)]
+    results = text[text.index("## Results per model"):text.index("## Race")]
+    assert f"| `{HOT}` | 1 | 8 of 24 |" in race_part and "(8 rows)" in race_part and "bonferroni" in race_part
+    assert HOT not in results and (race_dir / "eval_results" / "plots" / "race_survivors.png").is_file()
     # A full sweep after the race takes the survivors as current: only the eliminated configs are pending.
     full_now = load_config(race_cfg, {"generation.strategy": "full"})
     plan = plan_target(full_now, full_now.run_targets()[0], "hf", load_split(race_dir, "test"), None)
