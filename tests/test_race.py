@@ -162,7 +162,8 @@ def test_hf_race_survivors_are_the_full_sweep_and_the_hot_config_goes_first(hf_r
     from tunesweep.evaluate.clean import clean
     from tunesweep.evaluate.scoring import score
     from tunesweep.generate.stage import plan_target
-    from tunesweep.layout import load_split, read_rows
+    from tunesweep.layout import generated_digest, load_split, read_rows
+    from tunesweep.race import generate_responses
     from tunesweep.report import report
 
     full_cfg, full_dir, full = hf_race["full"]
@@ -217,6 +218,15 @@ def test_hf_race_survivors_are_the_full_sweep_and_the_hot_config_goes_first(hf_r
     full_now = load_config(race_cfg, {"generation.strategy": "full"})
     plan = plan_target(full_now, full_now.run_targets()[0], "hf", load_split(race_dir, "test"), None)
     assert sorted(j.config for j in plan.pending) == sorted(c for c in table if c not in survivors)
+    # ... and generating them gives the full sweep's files (what generate wrote: every field but the cleaned
+    # `response`, which the survivors here have); the race's record and race.csv go.
+    [summary] = generate_responses(full_now)
+    assert sorted(summary["generated"]) == sorted(j.config for j in plan.pending)
+    for name in theirs:
+        assert generated_digest(race_dir / "llm_responses" / "tiny" / name) == \
+            generated_digest(full_dir / "llm_responses" / "tiny" / name), name
+    assert not (race_dir / "llm_responses" / "tiny" / "race.json").exists()
+    assert not (race_dir / "eval_results" / "race.csv").exists()
 
 
 @pytest.mark.slow

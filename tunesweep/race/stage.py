@@ -199,6 +199,13 @@ class _Race:
             log.info("%s: race finished earlier (%d survivors), nothing to generate", self.target,
                      len(state["survivors"]))
             return self.summary(state, generated=[])
+        if not resumed:  # a race of other inputs (or none): its record must not pass for this one's
+            self.paths.race_state(self.target).unlink(missing_ok=True)
+        if not resumed and not plan.pending:
+            # Every config already holds every row (a full sweep ran): nothing left to save by racing.
+            log.info("%s: all %d configs current with every row (a full sweep), nothing to race", self.target,
+                     len(plan.jobs))
+            return self.summary(state, generated=[])
         if resumed:
             log.info("%s: resuming the race after round %d of %d", self.target, len(state["rounds"]), len(self.rounds))
         # The configs written so far keep their entries (their files are checked above); the rest are to come.
@@ -306,7 +313,10 @@ def race_rows(cfg, target: str) -> list[dict]:
 def write_race_table(cfg) -> None:
     """eval_results/race.csv over every target of the study that has raced."""
     rows = [r for t in cfg.run_targets() for r in race_rows(cfg, t.name)]
-    write_table(Workdir(cfg.path).race_table, RACE_COLUMNS, rows)
+    if rows:
+        write_table(Workdir(cfg.path).race_table, RACE_COLUMNS, rows)
+    else:
+        Workdir(cfg.path).race_table.unlink(missing_ok=True)
 
 
 def generate_responses(cfg, model: Optional[str] = None, backend: Optional[str] = None, limit: Optional[int] = None,
@@ -315,7 +325,15 @@ def generate_responses(cfg, model: Optional[str] = None, backend: Optional[str] 
     from ..generate.stage import generate
 
     if cfg.generation.strategy != "race":
-        return generate(cfg, model=model, backend=backend, limit=limit, force=force)
+        summaries = generate(cfg, model=model, backend=backend, limit=limit, force=force)
+        # Every config of these targets now holds every row: an earlier race's record no longer describes them.
+        paths = Workdir(cfg.path)
+        stale = [t for t in cfg.run_targets(model) if paths.race_state(t.name).is_file()]
+        for t in stale:
+            paths.race_state(t.name).unlink()
+        if stale:
+            write_race_table(cfg)
+        return summaries
     summaries = generate(cfg, model=model, backend=backend, limit=limit, force=force,
                          runner=lambda c, plan: race_target(c, plan, force))
     for s in summaries:

@@ -53,7 +53,7 @@ def _num(x, digits: int = 4) -> str:
 
 def race_section(cfg: ExperimentConfig, plots_dir: Path) -> tuple[list[str], list[Path]]:
     """(report.md lines, plots written) of the race; nothing when no target raced."""
-    states = race_states(cfg)
+    states = race_states(cfg) if cfg.generation.strategy == "race" else {}
     stale = plots_dir / PLOT
     if not states:
         stale.unlink(missing_ok=True)
