@@ -292,7 +292,8 @@ def test_vllm_race_survivors_equal_the_full_sweep(study, tmp_path):
     copy.config.write_text(text)
     cfg = load_config(copy.config)
     target = cfg.run_targets()[0]
-    plan = plan_target(cfg, target, "vllm", load_split(copy.root, "test")[:STUDY_ROWS], STUDY_ROWS)
+    # force: the copy's configs are current (the study's full sweep), which a race would leave as they are.
+    plan = plan_target(cfg, target, "vllm", load_split(copy.root, "test")[:STUDY_ROWS], STUDY_ROWS, force=True)
     summary = race_target(cfg, plan, force=True)
     assert summary["engine_builds"] == 1 and summary["race"]["rounds"] >= 1
     ours = response_bytes(copy.root)
