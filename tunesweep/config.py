@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError,
+                      ValidationInfo, field_validator, model_validator)
 
+from . import metric_registry
 from .errors import UserError
 from .hub import Snapshot, is_hub_dataset, is_hub_model, local_folder, resolve
 from .layout import Workdir
@@ -283,10 +284,16 @@ class JudgeConfig(Strict):
         return _hub_revision(v, info, "model", is_hub_model)
 
 
+def _registered_metric(name: str) -> str:
+    if name not in metric_registry.selectable():
+        raise ValueError(f"unknown metric; one of {', '.join(metric_registry.selectable())}")
+    return name
+
+
 class EvaluationConfig(Strict):
-    metrics: list[Literal["bleu", "rougeL", "bertscore", "perplexity"]] = Field(
-        default_factory=lambda: ["bleu", "rougeL", "bertscore", "perplexity"]
-    )
+    # The names and the default come from tunesweep/metric_registry.py (a metric registered there is valid here).
+    metrics: list[Annotated[str, AfterValidator(_registered_metric)]] = Field(
+        default_factory=metric_registry.default_names)
     bertscore: BertScoreConfig = Field(default_factory=BertScoreConfig)
     bootstrap: int = Field(1000, ge=0)  # resamples for 95% CIs; 0 = off
     # The references' language, for the BLEU and ROUGE tokenizers: en (13a; rouge-score's English
@@ -296,6 +303,13 @@ class EvaluationConfig(Strict):
     human: HumanEvalConfig = Field(default_factory=HumanEvalConfig)
     perplexity_batch_size: int = Field(8, ge=1)
     judge: Optional[JudgeConfig] = None
+
+    @model_validator(mode="after")
+    def _judge_metrics(self):
+        needing = [m for m in self.metrics if metric_registry.get(m).needs == "judge"]
+        if needing and self.judge is None:
+            raise ValueError(f"metrics {', '.join(needing)} need a judge: set evaluation.judge")
+        return self
 
 
 class ExecutionConfig(Strict):
