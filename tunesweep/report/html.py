@@ -28,7 +28,6 @@ import datetime as dt
 import html
 import json
 import logging
-import math
 import re
 from pathlib import Path
 from typing import Iterable, Optional
@@ -80,13 +79,6 @@ def png_data_uri(path: Path) -> str:
     b64 = base64.b64encode(path.read_bytes()).decode("ascii")
     b64 = re.sub(r"(h)(?=ttp)", "\\1\n", b64, flags=re.IGNORECASE)
     return "data:image/png;base64," + b64
-
-
-def _clean(x):
-    """JSON-safe: NaN / inf become null."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def _fmt(x, decimals: int = SCORE_DECIMALS) -> str:
