@@ -151,4 +151,5 @@ def test_the_graph_holds_known_edges_of_every_kind():
     assert "tunesweep.evaluate.compare" in edges["tunesweep.evaluate.scoring"]  # from .compare import ...
     assert "tunesweep.generate.vllm" in edges["tunesweep.generate.stage"]  # inside get_backend()
     assert "tunesweep.errors" in edges["tunesweep.config"]
+    assert "tunesweep.metric_registry" in edges["tunesweep.config"]  # from . import metric_registry
     assert "tunesweep.cli" in edges["tunesweep.__main__"]
