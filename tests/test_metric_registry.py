@@ -64,6 +64,23 @@ def test_builtin_metrics_resolve_and_derive_the_table():
         metric_registry.register(metric_registry.get("bleu"))
 
 
+def test_score_rows_scores_the_first_rows_of_a_config_in_one_call():
+    """Checked against sacrebleu's corpus_bleu and rouge-score on the same first rows."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    from tunesweep.evaluate.metrics import score_rows
+
+    refs = ["The cat sat on the mat.", "Paris is the capital of France.", "Water boils at 100 degrees.", "Blue."]
+    hyps = ["The cat sat on a mat.", "Paris is France's capital.", "Water boils at one hundred degrees.", "Red."]
+    bleu, rows = score_rows(build_metric("bleu"), hyps, refs, first=3)
+    assert len(rows) == 3
+    assert bleu == pytest.approx(sacrebleu.corpus_bleu(hyps[:3], [refs[:3]]).score / 100)
+    rouge, _ = score_rows(build_metric("rougeL"), hyps, refs, first=2)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    assert rouge == pytest.approx(np.mean([scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hyps[:2], refs[:2])]))
+
+
 def test_a_registered_metric_reaches_tables_comparisons_and_reports(study, tmp_path):
     from tunesweep.evaluate.scoring import score
     from tunesweep.report import report

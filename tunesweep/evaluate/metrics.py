@@ -449,6 +449,16 @@ def build_metric(name: str, evaluation=None):
     return scorer
 
 
+def score_rows(metric, hyps: Sequence[str], refs: Sequence[str], first: Optional[int] = None) -> tuple[float, np.ndarray]:
+    """(corpus score, per-row values) of one config's pairs, or of its first `first` rows, in one call: what a
+    caller that scores a config piecewise (the race's rounds) needs. `metric` is a scorer from build_metric (built
+    once: BERTScore loads its model); the per-row values are what `aggregate` and a paired bootstrap
+    (compare.paired_difference) take."""
+    hyps, refs = list(hyps[:first]), list(refs[:first])
+    values = metric.rows(hyps, refs, groups=[len(hyps)])
+    return metric.aggregate(values), values
+
+
 def bootstrap_indices(n_rows: int, resamples: int, seed: int) -> np.ndarray:
     """(resamples, n_rows) row indices drawn with replacement; share them across configs and metrics."""
     rng = np.random.default_rng(seed)
