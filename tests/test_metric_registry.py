@@ -35,15 +35,6 @@ WORDS = metric_registry.Metric("words", "Words", "references", version=1, scorer
                                higher_is_better=False, default=False)
 
 
-@pytest.fixture
-def words_registered():
-    metric_registry.register(WORDS)
-    try:
-        yield WORDS
-    finally:
-        metric_registry.unregister("words")
-
-
 def read_csv(path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
