@@ -13,7 +13,8 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union
+import types
+from typing import Annotated, Literal, Optional, Union, get_args, get_origin
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError,
@@ -703,8 +704,80 @@ def check_judge_baseline(cfg: ExperimentConfig, source: str) -> None:
                         f"of the sweep ({', '.join(names)})")
 
 
+# --- settings by dotted key (the command line's named flags and --set) ---------------------------
+
+def _unwrap(tp):
+    """The type under Annotated[...] and Optional[...] (a union with None)."""
+    while True:
+        if get_origin(tp) is Annotated:
+            tp = get_args(tp)[0]
+        elif get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp) and len(get_args(tp)) == 2:
+            tp = next(a for a in get_args(tp) if a is not type(None))
+        else:
+            return tp
+
+
+def setting_type(key: str):
+    """The schema's type of the dotted setting `key` (list items by index: models.0.train.max_steps);
+    a UserError names the part of the key the schema does not have."""
+    tp = ExperimentConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        tp, where = _unwrap(tp), ".".join(parts[:i]) or "the config"
+        if get_origin(tp) is list:
+            if not part.isdigit():
+                raise UserError(f"{key}: {where} is a list; name an item by its index ({where}.0)")
+            tp = get_args(tp)[0]
+        elif isinstance(tp, type) and issubclass(tp, BaseModel):
+            if part not in tp.model_fields:
+                raise UserError(f"{key}: {where} has no setting {part!r} (it has {', '.join(tp.model_fields)})")
+            tp = tp.model_fields[part].annotation
+        else:
+            raise UserError(f"{key}: {where} is a single value, not a section")
+    return _unwrap(tp)
+
+
+def setting_choices(key: str) -> Optional[list]:
+    """The values a setting allows when the schema lists them (a Literal), else None."""
+    tp = setting_type(key)
+    return list(get_args(tp)) if get_origin(tp) is Literal else None
+
+
+def parse_setting(key: str, text: str):
+    """A setting's value as typed on the command line: the text itself for a text setting, else YAML
+    (numbers, true / false, null, [lists], {maps}), as the config file would spell it."""
+    tp = setting_type(key)
+    choices = setting_choices(key)
+    if tp is str or (choices and all(isinstance(c, str) for c in choices)):
+        return text
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{key}={text}: not a YAML value ({getattr(exc, 'problem', exc)})") from None
+
+
+def _override(data: dict, key: str, value, source) -> None:
+    """Set the dotted `key` (list items by index) in the config's raw data, creating sections as needed."""
+    cur, parts = data, key.split(".")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(cur, list):
+            if not part.isdigit() or int(part) >= len(cur):
+                raise UserError(f"{source}: {key}: {'.'.join(parts[:i])} has {len(cur)} items")
+            part = int(part)
+        elif not isinstance(cur, dict):
+            raise UserError(f"{source}: {key}: {'.'.join(parts[:i])} is not a section in this config")
+        if last:
+            cur[part] = value
+        else:
+            if isinstance(cur, dict) and cur.get(part) is None:
+                cur[part] = {}
+            cur = cur[part]
+
+
 def load_config(path: str | Path, overrides: Optional[dict] = None) -> ExperimentConfig:
-    """Read and validate a config file. `overrides` maps dotted keys to values (CLI flags)."""
+    """Read and validate a config file. `overrides` maps dotted keys (list items by index) to values: the
+    command line's flags; a None value sets null."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
@@ -719,13 +792,7 @@ def load_config(path: str | Path, overrides: Optional[dict] = None) -> Experimen
         raise UserError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
     data = data or {}
     for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
-        cur = data
-        *parents, last = dotted.split(".")
-        for p in parents:
-            cur = cur.setdefault(p, {})
-        cur[last] = value
+        _override(data, dotted, value, path)
     cfg = parse_config(data, str(path))
     warning = grid_warning(cfg)
     if warning:
