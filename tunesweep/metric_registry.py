@@ -37,7 +37,8 @@ class Metric:
     scorer: Union[str, Callable, None] = None  # "module:function" or a callable, evaluation section -> scorer;
     #                                            None: not scored per row by the score stage (perplexity, human)
     higher_is_better: bool = True  # which config is "best" (comparisons.csv versus best, the report's best table)
-    slow: bool = False  # loads a model: scored as a job of its own (a Ray task under execution.backend: ray)
+    slow: bool = False  # loads a model: scored as a job of its own (a Ray task under execution.backend: ray, so
+    #                    its scorer must pickle: a module-level factory and class, not a lambda)
     default: bool = True  # in evaluation.metrics' default list, and a column of every table even when not scored
     table: bool = True  # has columns in eval_results/<model>.csv (perplexity has a file of its own)
     ci: bool = True  # the table holds <name>_ci_low / <name>_ci_high beside the score
