@@ -32,7 +32,8 @@ from tunesweep.race.rule import judge_round, plan_rounds, round_targets, row_uni
 class Mean:
     """A metric whose corpus score is the mean of its per-row values (as ROUGE-L's)."""
 
-    name = "mean"
+    def __init__(self, name: str = "race_mean"):
+        self.name = name
 
     def aggregate(self, rows):
         return float(np.mean(rows))
@@ -41,7 +42,22 @@ class Mean:
         return np.asarray(rows)[idx].mean(axis=1)
 
 
-def test_judge_round_worked_example():
+@pytest.fixture
+def mean_metrics():
+    """`race_mean` (higher is better) and `race_loss` (lower is better) in the metric registry, for this test only."""
+    from tunesweep import metric_registry
+    from tunesweep.metric_registry import Metric
+
+    metric_registry.register(Metric("race_mean", "Mean", "references", version=1, scorer=Mean))
+    metric_registry.register(Metric("race_loss", "Loss", "references", version=1, scorer=Mean, higher_is_better=False))
+    try:
+        yield
+    finally:
+        metric_registry.unregister("race_mean")
+        metric_registry.unregister("race_loss")
+
+
+def test_judge_round_worked_example(mean_metrics):
     # Leader A (mean 1.0); B is 0 on every row; C misses row 1 (mean 0.75). Five fixed resamples of the 4 rows:
     idx = np.array([[0, 1, 2, 3], [1, 1, 1, 1], [0, 0, 0, 0], [2, 3, 2, 3], [1, 2, 3, 0]])
     rows = {"A": np.array([1.0, 1, 1, 1]), "B": np.zeros(4), "C": np.array([1.0, 0, 1, 1])}
@@ -58,6 +74,12 @@ def test_judge_round_worked_example():
     # keep = 3: nothing may leave; B stays, marked as kept by `keep` only.
     _, verdicts = judge_round(Mean(), rows, idx, 0.05 / 3, keep=3)
     assert not any(v.eliminated for v in verdicts) and [v.kept_by_keep for v in verdicts] == [False, True, False]
+    # A lower-is-better metric on the same numbers: B (all 0) leads, A is 1 higher in every resample (p 0,
+    # out), C's diff to B per resample is 0.75, 0, 1, 1, 0.75: P(d <= 0) = 1/5, p = 0.4, Holm 0.4: stays.
+    leader, verdicts = judge_round(Mean("race_loss"), rows, idx, 0.05 / 3, keep=1)
+    by = {v.config: v for v in verdicts}
+    assert leader == "B" and by["A"].eliminated and by["A"].diff == 1.0 and by["A"].p_holm == 0.0
+    assert by["C"].p == pytest.approx(0.4) and by["C"].p_holm == pytest.approx(0.4) and not by["C"].eliminated
 
 
 def test_rounds_worked_examples():
@@ -264,6 +286,9 @@ def test_race_settings_are_checked_at_load(tmp_path):
     text = HF_CONFIG.format(workdir=tmp_path / "w", model=tmp_path / "m", strategy="race")
     (tmp_path / "c.yaml").write_text(text.replace("metrics: [bleu, rougeL]", "metrics: [bleu]"))
     with pytest.raises(UserError, match="generation.race.metric = rougeL: the study does not score it"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "c.yaml").write_text(text.replace("metric: rougeL", "metric: perplexity"))
+    with pytest.raises(UserError, match="generation.race.metric.*not a metric a race can score per row"):
         load_config(tmp_path / "c.yaml")
     (tmp_path / "c.yaml").write_text(text.replace("growth: 2", "growth: 1"))
     with pytest.raises(UserError, match="generation.race.growth"):

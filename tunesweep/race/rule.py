@@ -8,12 +8,13 @@ every row keeps the batch, padding and seed the full sweep gives it. A round tak
 holds at least its target.
 
 Elimination (alpha_rule `bonferroni`). The R planned rounds each get alpha / R. In a round, the leader
-is the survivor with the highest corpus score on the rows used so far; every other survivor's
-difference to it is a paired bootstrap (evaluate.compare.paired_difference: the same resampled rows
-for both), its two-sided p, and Holm's adjustment over those comparisons; a survivor whose Holm p is
-below alpha / R is eliminated. Never more than leaves `keep` configs: if a round would, the
-eliminated ones with the highest scores are kept. Over the rounds, a config is wrongly eliminated
-only if one of the R tests rejects for it, so Bonferroni bounds that chance by R x alpha / R = alpha
+is the survivor with the best corpus score on the rows used so far (the highest; the lowest for a metric
+registered as lower-is-better); every other survivor's difference to it is a paired bootstrap
+(evaluate.compare.paired_difference: the same resampled rows for both), its two-sided p, and Holm's
+adjustment over those comparisons; a survivor whose Holm p is below alpha / R is eliminated. Never more
+than leaves `keep` configs: if a round would, the eliminated ones with the best scores are kept. Over the
+rounds, a config is wrongly eliminated only if one of the R tests rejects for it, so Bonferroni bounds
+that chance by R x alpha / R = alpha
 (the p-values are the bootstrap's approximation, and the leader is picked on the same rows: see
 docs/race.md for what this guarantee does and does not cover).
 """
@@ -26,6 +27,7 @@ from typing import Optional
 
 import numpy as np
 
+from .. import metric_registry
 from ..evaluate.compare import best_config, holm, paired_difference
 
 RULES = {"bonferroni": "Bonferroni over the planned rounds (alpha / R per round), Holm within a round over the "
@@ -83,19 +85,21 @@ def judge_round(metric, per_config: dict[str, np.ndarray], idx: np.ndarray, alph
                 keep: int) -> tuple[str, list[Verdict]]:
     """(leader, a Verdict per config in the given order) of one round: see the module docstring."""
     leader = best_config(metric, per_config)
+    # Worse is a negative difference, or a positive one for a metric registered as lower-is-better.
+    sign = 1.0 if metric_registry.get(metric.name).higher_is_better else -1.0
     others = [c for c in per_config if c != leader]
     diffs = {c: paired_difference(metric, per_config[c], per_config[leader], idx) for c in others}
     adjusted = dict(zip(others, holm([diffs[c]["p"] for c in others])))
     verdicts = {leader: Verdict(leader, float(metric.aggregate(per_config[leader])), 0.0, 0.0, 0.0, None, None, False)}
     for c in others:
         d = diffs[c]
-        worse = bool(adjusted[c] is not None and adjusted[c] < alpha_round and d["diff"] < 0)
+        worse = bool(adjusted[c] is not None and adjusted[c] < alpha_round and sign * d["diff"] < 0)
         verdicts[c] = Verdict(c, float(d["score"]), float(d["diff"]), d["ci_low"], d["ci_high"], d["p"], adjusted[c],
                               worse)
     survivors = [v for v in verdicts.values() if not v.eliminated]
     if len(survivors) < keep:
         # The best of the eliminated stay, highest score first (sweep order on a tie).
-        order = sorted((v for v in verdicts.values() if v.eliminated), key=lambda v: -v.score)
+        order = sorted((v for v in verdicts.values() if v.eliminated), key=lambda v: -sign * v.score)
         for v in order[:keep - len(survivors)]:
             v.eliminated, v.kept_by_keep = False, True
     return leader, [verdicts[c] for c in per_config]
