@@ -33,7 +33,7 @@ from ..layout import RACE_COLUMNS, Workdir, race_full_sweep_tokens, read_json_if
 from ..provenance import logic
 from ..evaluate.clean import clean_response
 from ..evaluate.metrics import bootstrap_indices, build_metric
-from ..generate.backend import ConfigDone, EngineBuilt, Request, RowResult
+from ..generate.backend import ConfigDone, Request, RowResult
 from ..generate.sharded import rows_of
 from ..generate.stage import TargetPlan, clear_stale, config_wall, is_current, start_run, write_config
 from .rule import RULES, judge_round, plan_rounds, row_units
@@ -142,7 +142,7 @@ class _Race:
         sub = rows_of(self.request, rows, [self.jobs[c] for c in configs], batches=batches)
         t = time.perf_counter()
         for msg in self.session.run(sub):
-            if isinstance(msg, EngineBuilt) or not isinstance(msg, ConfigDone):
+            if not isinstance(msg, ConfigDone):  # a session sends no EngineBuilt; a race asks for no checks
                 continue
             for row, res in zip(rows, msg.results):
                 self.results[msg.config][row] = res
