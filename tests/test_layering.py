@@ -6,7 +6,9 @@
   imports nothing but the base;
 - a stage package (data, generate, evaluate, report, judge, track; train) imports the base and its own modules,
   never another stage and never the top layer (cli, pipeline, doctor, plan, tinymodel), which may
-  import anything.
+  import anything;
+- a composite package (race: generate's rounds scored by evaluate's metrics) imports the base and the stages,
+  never the top layer; no base module or stage imports a composite.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ PKG = Path(__file__).resolve().parent.parent / "tunesweep"
 BASE = {"__init__", "errors", "files", "config", "templates", "layout", "provenance", "loading", "backends", "stages",
         "isolation", "cluster", "hub", "tracking", "metric_registry"}
 STAGES = {"data", "generate", "evaluate", "report", "train", "judge", "track"}
+COMPOSITE = {"race"}
 TOP = {"__main__", "cli", "pipeline", "doctor", "plan", "tinymodel"}
 
 
@@ -64,13 +67,15 @@ def graph() -> dict[str, set[str]]:
 
 
 def layer(module: str) -> tuple[str, str]:
-    """(layer, group): ("base", m), ("stage", package) or ("top", m)."""
+    """(layer, group): ("base", m), ("stage", package), ("composite", package) or ("top", m)."""
     first = module.split(".")[1] if "." in module else "__init__"
     if first in BASE:
         return "base", first
     if first in STAGES:
         return "stage", first
-    assert first in TOP, f"{module}: not placed in a layer; add it to BASE, STAGES or TOP in {__file__}"
+    if first in COMPOSITE:
+        return "composite", first
+    assert first in TOP, f"{module}: not placed in a layer; add it to BASE, STAGES, COMPOSITE or TOP in {__file__}"
     return "top", first
 
 
@@ -137,8 +142,10 @@ def test_no_import_goes_up_or_across_stages():
             t_kind, t_group = layer(target)
             if kind == "base" and t_kind != "base":
                 wrong.append(f"{module} (base) imports {target} ({t_kind})")
-            if kind == "stage" and (t_kind == "top" or (t_kind == "stage" and t_group != group)):
+            if kind == "stage" and (t_kind in ("top", "composite") or (t_kind == "stage" and t_group != group)):
                 wrong.append(f"{module} (stage {group}) imports {target} ({t_kind} {t_group})")
+            if kind == "composite" and (t_kind == "top" or (t_kind == "composite" and t_group != group)):
+                wrong.append(f"{module} (composite {group}) imports {target} ({t_kind} {t_group})")
     assert wrong == []
 
 
@@ -153,3 +160,4 @@ def test_the_graph_holds_known_edges_of_every_kind():
     assert "tunesweep.errors" in edges["tunesweep.config"]
     assert "tunesweep.metric_registry" in edges["tunesweep.config"]  # from . import metric_registry
     assert "tunesweep.cli" in edges["tunesweep.__main__"]
+    assert {"tunesweep.generate.stage", "tunesweep.evaluate.metrics"} <= edges["tunesweep.race.stage"]

@@ -173,9 +173,9 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .generate import generate
+    from .race import generate_responses
 
-    generate(_load(args), model=args.model, backend=args.backend, limit=args.limit, force=args.force)
+    generate_responses(_load(args), model=args.model, backend=args.backend, limit=args.limit, force=args.force)
     return 0
 
 

@@ -43,6 +43,11 @@ HUMAN_COLUMNS = ["model", "config", "human", "human_ci_low", "human_ci_high", "h
 # "base"), paired bootstrap over the rows.
 COMPARISON_COLUMNS = ["model", "metric", "config", "versus", "reference", "score", "reference_score", "diff",
                       "ci_low", "ci_high", "p", "p_holm", "resamples"]
+# eval_results/race.csv (generation.strategy race): per model and config, where the race left it. `rows_used`:
+# rows generated; `rows_compared`: rows of the round whose verdict this is (elimination, or the last test round
+# for a survivor); score, diff to that round's leader, its CI, p and Holm p are on those rows.
+RACE_COLUMNS = ["model", "config", "status", "round_eliminated", "rows_used", "rows_total", "rows_compared", "metric",
+                "score", "leader", "diff", "ci_low", "ci_high", "p", "p_holm", "alpha_round", "rule"]
 RAY_PROBE = ".tunesweep-ray-probe"  # the workdir's name for the file execution: ray checks its workers see
 ROW_SCORE_KEYS = ["config", "id"]  # eval_results/rows/<target>.csv: then one column per text metric scored
 
@@ -102,6 +107,14 @@ class Workdir:
 
     def cleaning(self, target: str) -> Path:
         return self.responses_dir(target) / "cleaning.json"
+
+    def race_state(self, target: str) -> Path:
+        """generation.strategy race: the rounds finished so far and their verdicts (written after each round)."""
+        return self.responses_dir(target) / "race.json"
+
+    @property
+    def race_table(self) -> Path:
+        return self.eval_dir / "race.csv"
 
     # score, human-eval, report
     @property
@@ -440,6 +453,26 @@ def read_target_responses(workdir: str | os.PathLike, target: str, configs: Sequ
         records[config] = recs
         files[config] = path
     return TargetResponses(target, paths.responses_dir(target), manifest, records, files)
+
+
+def partial_configs(workdir: str | os.PathLike, target: str) -> dict[str, int]:
+    """{config: rows it holds} of the configs a race eliminated (manifest entries marked `partial`): they hold
+    fewer rows than the others, so clean, score and report leave them out (eval_results/race.csv has them)."""
+    entries = (read_json_if_present(Workdir(workdir).manifest(target)) or {}).get("configs")
+    if not isinstance(entries, dict):
+        return {}
+    return {c: int(e["partial"].get("rows", 0)) for c, e in entries.items()
+            if isinstance(e, dict) and isinstance(e.get("partial"), dict)}
+
+
+def race_full_sweep_tokens(state: dict) -> int:
+    """From a race.json: the tokens a full sweep would generate, the survivors' (all rows) plus each eliminated
+    config's tokens scaled from its rows to all rows (an estimate; bench/race.py measures the full sweep)."""
+    total = 0.0
+    for config, use in state["usage"].items():
+        out = state["eliminated"].get(config)
+        total += use["tokens"] * state["rows_total"] / out["rows"] if out else use["tokens"]
+    return int(round(total))
 
 
 def _cleaned_digests(paths: "Workdir", target: str) -> dict:

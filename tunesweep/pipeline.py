@@ -34,9 +34,9 @@ def _run_finetune(cfg, limit):
 
 
 def _run_generate(cfg, limit):
-    from .generate import generate
+    from .race import generate_responses  # generation.strategy: the full sweep, or the race
 
-    generate(cfg, limit=limit)
+    generate_responses(cfg, limit=limit)
 
 
 def _run_clean(cfg, limit):

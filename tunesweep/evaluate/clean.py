@@ -12,7 +12,7 @@ from typing import Iterable
 
 from ..config import expand_sweep
 from ..files import write_json, write_jsonl
-from ..layout import Workdir, cleaned_digest, read_json_if_present, read_target_responses
+from ..layout import Workdir, cleaned_digest, partial_configs, read_json_if_present, read_target_responses
 from ..provenance import logic
 from ..templates import cut_at_first, get_template
 
@@ -102,7 +102,10 @@ def clean(cfg, model=None) -> dict:
     paths = Workdir(cfg.path)
     summary: dict = {}
     for target in cfg.run_targets(model):
-        responses = read_target_responses(cfg.path, target.name, configs, fields=("response_raw",))
+        # Configs a race eliminated hold some rows only: left out (the race scored them; race.csv has them).
+        partial = partial_configs(cfg.path, target.name)
+        responses = read_target_responses(cfg.path, target.name, [c for c in configs if c not in partial],
+                                          fields=("response_raw",))
         per_config, with_changes = {}, {}
         for config, records in responses.records.items():
             counts = clean_records(records, cfg.template)

@@ -48,8 +48,8 @@ import numpy as np
 from ..config import ExperimentConfig, expand_sweep
 from ..errors import UserError
 from ..files import derive_seed, read_json, read_jsonl, sha256_file, write_json, write_text
-from ..layout import (HUMAN_COLUMNS, Workdir, format_cell, load_split, read_target_responses, sheet_cell, sheet_text,
-                      write_table)
+from ..layout import (HUMAN_COLUMNS, Workdir, format_cell, load_split, partial_configs, read_target_responses,
+                      sheet_cell, sheet_text, write_table)
 from .agreement import krippendorff_alpha, pairwise_exact_agreement
 from .metrics import bootstrap_indices, percentile_ci
 
@@ -88,7 +88,10 @@ def _load_responses(cfg: ExperimentConfig) -> dict[str, dict[str, list[dict]]]:
             log.warning("%s: not found; %s is left out of the rating sheet", paths.responses_dir(target.name),
                         target.name)
             continue
-        out[target.name] = read_target_responses(cfg.path, target.name, configs).records
+        # A config a race eliminated holds some rows only: not rated (no table shows it).
+        partial = partial_configs(cfg.path, target.name)
+        kept = [c for c in configs if c not in partial]
+        out[target.name] = read_target_responses(cfg.path, target.name, kept).records
     if not out:
         raise UserError(f"{paths.responses_root}: no generated responses for any model; "
                         "run `tunesweep generate --config ...` first")

@@ -33,7 +33,7 @@ from ..errors import UserError
 from ..files import fingerprint, read_json, write_json, write_text
 from .. import metric_registry
 from ..layout import (COMPARISON_COLUMNS, PERPLEXITY_COLUMNS, ROW_SCORE_KEYS, TIDY_COLUMNS,
-                      TargetResponses, Workdir, format_cell,
+                      TargetResponses, Workdir, format_cell, partial_configs,
                       markdown_table, read_human, read_json_if_present, read_rows, read_frame,
                       read_target_responses, responses_fingerprint, vouch_files, write_table)
 from ..provenance import checkpoint_identity, library_versions, logic, recorded_logic
@@ -301,6 +301,15 @@ def settings_note(settings: dict, n_rows: int, empty: Optional[dict] = None) -> 
     return " ".join(parts)
 
 
+def race_note(eliminated: dict[str, int]) -> str:
+    """The table's line on the configs a race eliminated (not in the table: they hold fewer rows)."""
+    if not eliminated:
+        return ""
+    return (f"\n\n{len(eliminated)} configs eliminated by the race (generation.strategy race) are not in this table: "
+            "each holds only the rows it used (" + ", ".join(f"{c} {n} rows" for c, n in eliminated.items())
+            + "); eval_results/race.csv has their race scores.")
+
+
 def row_scores(metrics, per_metric_rows: dict, tr: TargetResponses) -> tuple[list[str], list[dict]]:
     """(columns, rows) of eval_results/rows/<target>.csv: one row per config and test row, in sweep
     and test order, with each metric's per-row score (BLEU: sentence BLEU of that row)."""
@@ -395,8 +404,10 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     all_targets = [t.name for t in cfg.run_targets()]
     # Check every input before any work: a gap must not surface after an hour of scoring.
     names = [dc.name for dc in configs]
-    loaded = {t.name: read_target_responses(cfg.path, t.name, names, checkpoint_hash=current_checkpoint_hash(cfg, t),
-                                            cfg=cfg) for t in targets}
+    # Configs a race eliminated hold some rows only: no table shows them (eval_results/race.csv does, with their rows).
+    eliminated = {t.name: partial_configs(cfg.path, t.name) for t in targets}
+    loaded = {t.name: read_target_responses(cfg.path, t.name, [n for n in names if n not in eliminated[t.name]],
+                                            checkpoint_hash=current_checkpoint_hash(cfg, t), cfg=cfg) for t in targets}
 
     wanted = cfg.evaluation.metrics
     metrics = [build_metric(m.name, cfg.evaluation) for m in metric_registry.scored_per_row(wanted)]
@@ -450,7 +461,7 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
             if hasattr(metric, "calls"):  # BERTScorer.score calls: one per target, zero when cached
                 library_calls[target.name][metric.name] = 0
             log.info("%s %s: %d configs x %d rows, %d to score in one pass, %d reused from the cache",
-                     target.name, metric.name, len(configs), tr.n_rows, len(missing), len(configs) - len(missing))
+                     target.name, metric.name, len(tr.records), tr.n_rows, len(missing), len(tr.records) - len(missing))
             if not missing:
                 continue
             if metric_registry.get(metric.name).slow:
@@ -501,6 +512,8 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
             ppl_rows[target.name] = perplexity_with_ci(ppl_rows[target.name], idx)
         table = []
         for dc in configs:
+            if dc.name not in tr.records:
+                continue  # eliminated by the race (see above)
             row = {"config": dc.name, "mode": dc.mode}
             for metric in metrics:
                 values = per_metric_rows[metric.name][dc.name]
@@ -514,7 +527,8 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
         write_table(paths.table(target.name), columns_of_table, table)
         cells = [[format_cell(row.get(c), 4) for c in columns_of_table] for row in table]
         write_text(paths.table(target.name, "md"), f"# {target.name}\n\n" + markdown_table(columns_of_table, cells)
-                   + "\n\n" + settings_note(settings, tr.n_rows, empty_counts(tr)) + "\n")
+                   + "\n\n" + settings_note(settings, tr.n_rows, empty_counts(tr)) + race_note(eliminated[target.name])
+                   + "\n")
         summary["targets"][target.name]["table"] = table
 
     # all.csv covers every target of the study that has a table, not only the ones scored now.
@@ -539,7 +553,9 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     scored = dict(previous.get("targets", {})) if isinstance(previous, dict) else {}
     for name, tr in loaded.items():
         scored[name] = {"rows": tr.n_rows, "configs": list(tr.records), "responses": str(tr.folder),
-                        "bertscore_empty": empty_counts(tr), "scored_from": responses_fingerprint(cfg.path, name, names),
+                        "race_eliminated": eliminated[name],
+                        "bertscore_empty": empty_counts(tr),
+                        "scored_from": responses_fingerprint(cfg.path, name, list(tr.records)),
                         "logic": summary["targets"][name]["logic"]}
     written = [p for t in targets for p in (paths.table(t.name), paths.table(t.name, "md"), paths.row_scores(t.name))]
     written += [paths.tidy_table, paths.comparisons, paths.perplexity_table, human_path]

@@ -161,6 +161,23 @@ def agreement_record(done: AgreementDone, previous: Optional[dict] = None) -> di
             "wall_s": round(done.wall_s, 3)}
 
 
+class Session(abc.ABC):
+    """A loaded model kept across several requests (generation.strategy race: one engine for every round).
+    Each `run` takes a request over a subset of the opening request's rows (sharded.rows_of: the same
+    per-request seeds, and for a batch-dependent backend the same batches by index), so a row gets what a
+    one-request run would give it."""
+
+    build_s: float  # seconds the model took to load
+
+    @abc.abstractmethod
+    def run(self, request: Request) -> Iterator[Message]:
+        """A ConfigDone per job of `request` (no EngineBuilt: the model is loaded)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Free the model (a session not closed is freed when its process exits)."""
+
+
 class Backend(abc.ABC):
     name: ClassVar[str]
     label: ClassVar[str]  # what is built before generating, for the log
@@ -198,6 +215,10 @@ class Backend(abc.ABC):
     def shared_call_note(self, n_configs: int) -> Optional[str]:
         """A note for configs that shared one library call with others (None: never happens)."""
         return None
+
+    def open(self, request: Request) -> Session:
+        """Load the model for several requests over `request`'s rows (see Session)."""
+        raise NotImplementedError(f"the {self.name} backend cannot keep a model across requests")
 
     @abc.abstractmethod
     def run(self, request: Request) -> Iterator[Message]:

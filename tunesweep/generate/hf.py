@@ -17,7 +17,8 @@ from ..config import DecodingConfig, ExperimentConfig
 from ..files import derive_seed
 from ..loading import load_for_inference, load_tokenizer
 from ..templates import decode_response
-from .backend import Backend, ConfigDone, EngineBuilt, InvarianceDone, Message, Request, RowResult, decoding_note
+from .backend import (Backend, ConfigDone, EngineBuilt, InvarianceDone, Message, Request, RowResult, Session,
+                      decoding_note)
 
 
 def _load(checkpoint: str):
@@ -107,42 +108,80 @@ class HfBackend(Backend):
         t0 = time.perf_counter()
         model, tokenizer, eos = _load(request.checkpoint)
         yield EngineBuilt(time.perf_counter() - t0)
-        prompts = request.prompts
-        batches = request.batches
-        if batches is None:
-            batches = list(enumerate(_prompt_batches(tokenizer, prompts, request.batch_size)))
-        check = request.invariance
-        greedy, reference = None, None
         try:
-            for job in request.jobs:
-                results: list = [None] * len(prompts)
-                ids_of: list = [None] * len(prompts)
-                t = time.perf_counter()
-                for b, idx in batches:
-                    torch.manual_seed(derive_seed(request.seed, job.config, "batch", b))
-                    done = _generate(model, tokenizer, [prompts[i] for i in idx], job.params, eos)
-                    for row, (ids, reason) in zip(idx, done):
-                        # transformers keeps a stop string that vLLM would have cut: decode_response cuts it.
-                        results[row] = RowResult(decode_response(tokenizer, ids, request.stop), reason, len(ids))
-                        ids_of[row] = ids
-                wall = time.perf_counter() - t
-                yield ConfigDone(job.config, results, wall, [job.config], sum(r.num_tokens for r in results))
-                if check is not None and job.config == check.config:
-                    greedy, reference = job, [ids_of[i] for i in check.rows]
-            if greedy is not None:  # batch invariance: the sample alone (batch of 1), then reversed in one batch
-                rows = list(check.rows)
-                t = time.perf_counter()
-                alone = [_generate(model, tokenizer, [prompts[i]], greedy.params, eos)[0][0] for i in rows]
-                backwards = _generate(model, tokenizer, [prompts[i] for i in rows[::-1]], greedy.params, eos)[::-1]
-                backwards = [ids for ids, _ in backwards]
-                yield InvarianceDone(greedy.config, [request.row_ids[i] for i in rows], reference, alone, backwards,
-                                     time.perf_counter() - t, {
-                                         "sweep": f"length-sorted left-padded batches of up to {request.batch_size} "
-                                                  f"rows ({len(prompts)} rows)",
-                                         "alone": "a batch of 1 per row",
-                                         "reversed": f"one left-padded batch of the {len(rows)} rows in reversed order",
-                                         "engine": "the sweep's loaded model"})
+            yield from _run_loaded(model, tokenizer, eos, request)
         finally:
             del model
             if self.on_cuda:
                 torch.cuda.empty_cache()
+
+    def open(self, request: Request) -> "HfSession":
+        return HfSession(request, self.on_cuda)
+
+
+class HfSession(Session):
+    """The model loaded once, for requests over rows of the opening request (generation.strategy race). A
+    sub-request must carry its rows' batches of the whole row list, by index (sharded.rows_of with `batches`):
+    a row's response depends on its batch."""
+
+    def __init__(self, request: Request, on_cuda: bool):
+        t0 = time.perf_counter()
+        self.on_cuda = on_cuda
+        self.model, self.tokenizer, self.eos = _load(request.checkpoint)
+        self.build_s = time.perf_counter() - t0
+
+    def run(self, request: Request) -> Iterator[Message]:
+        if request.batches is None:
+            raise ValueError("an hf session request needs the batches of the whole row list (rows_of(..., batches))")
+        yield from _run_loaded(self.model, self.tokenizer, self.eos, request)
+
+    def close(self) -> None:
+        import torch
+
+        self.model = None
+        if self.on_cuda:
+            torch.cuda.empty_cache()
+
+
+def _run_loaded(model, tokenizer, eos, request: Request) -> Iterator[Message]:
+    """A ConfigDone per job of `request` (and an InvarianceDone when it asks for the check) with a loaded model."""
+    prompts = request.prompts
+    batches = request.batches
+    if batches is None:
+        batches = list(enumerate(_prompt_batches(tokenizer, prompts, request.batch_size)))
+    check = request.invariance
+    greedy, reference = None, None
+    for job in request.jobs:
+        results: list = [None] * len(prompts)
+        ids_of: list = [None] * len(prompts)
+        t = time.perf_counter()
+        for b, idx in batches:
+            torch_seed(derive_seed(request.seed, job.config, "batch", b))
+            done = _generate(model, tokenizer, [prompts[i] for i in idx], job.params, eos)
+            for row, (ids, reason) in zip(idx, done):
+                # transformers keeps a stop string that vLLM would have cut: decode_response cuts it.
+                results[row] = RowResult(decode_response(tokenizer, ids, request.stop), reason, len(ids))
+                ids_of[row] = ids
+        wall = time.perf_counter() - t
+        yield ConfigDone(job.config, results, wall, [job.config], sum(r.num_tokens for r in results))
+        if check is not None and job.config == check.config:
+            greedy, reference = job, [ids_of[i] for i in check.rows]
+    if greedy is not None:  # batch invariance: the sample alone (batch of 1), then reversed in one batch
+        rows = list(check.rows)
+        t = time.perf_counter()
+        alone = [_generate(model, tokenizer, [prompts[i]], greedy.params, eos)[0][0] for i in rows]
+        backwards = _generate(model, tokenizer, [prompts[i] for i in rows[::-1]], greedy.params, eos)[::-1]
+        backwards = [ids for ids, _ in backwards]
+        yield InvarianceDone(greedy.config, [request.row_ids[i] for i in rows], reference, alone, backwards,
+                             time.perf_counter() - t, {
+                                 "sweep": f"length-sorted left-padded batches of up to {request.batch_size} "
+                                          f"rows ({len(prompts)} rows)",
+                                 "alone": "a batch of 1 per row",
+                                 "reversed": f"one left-padded batch of the {len(rows)} rows in reversed order",
+                                 "engine": "the sweep's loaded model"})
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)

@@ -82,7 +82,8 @@ def get_backend(name: str, on_cuda: bool) -> Backend:
 
 def is_current(path: Path, job: Job, manifest: dict, test_sha: Optional[str] = None) -> bool:
     entry = (manifest.get("configs") or {}).get(job.config)
-    return (bool(entry) and entry.get("inputs") == job.inputs and path.is_file()
+    # A config a race eliminated holds only the rows it used: never current for a run that wants them all.
+    return (bool(entry) and not entry.get("partial") and entry.get("inputs") == job.inputs and path.is_file()
             and (test_sha is None or entry.get("test_set_sha256") == test_sha)
             and generated_digest(path) == entry.get("generated_sha256"))
 
@@ -173,10 +174,13 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _records(plan: TargetPlan, done: ConfigDone) -> list[dict]:
-    """The response records of one config, in RECORD_FIELDS order; `response` is the clean stage's."""
+def _records(plan: TargetPlan, done: ConfigDone, indices: Optional[list[int]] = None) -> list[dict]:
+    """The response records of one config, in RECORD_FIELDS order; `response` is the clean stage's.
+    `indices`: the rows of `plan` that `done.results` hold, ascending (all rows when None)."""
     out = []
-    for row, prompt, res in zip(plan.rows, plan.prompts, done.results):
+    indices = range(len(plan.rows)) if indices is None else indices
+    for i, res in zip(indices, done.results):
+        row, prompt = plan.rows[i], plan.prompts[i]
         values = {"id": row["id"], "prompt": prompt, "reference": row["output"], "response_raw": res.response_raw,
                   "response": None, "finish_reason": res.finish_reason, "num_tokens": res.num_tokens,
                   "config": done.config, "model": plan.target.name}
@@ -196,35 +200,13 @@ def run_target(cfg: ExperimentConfig, plan: TargetPlan) -> dict:
     summary = {"target": target, "backend": backend.name, "configs": len(plan.jobs),
                "generated": [], "skipped": [j.config for j in plan.jobs if j not in pending],
                "tokens": 0, "wall_s": 0.0, "tokens_per_s": None, "engine_builds": 0, "engine_build_s": None}
-    # A run killed by SIGKILL cannot remove its temporary file: clear such leftovers (never trusted).
-    for stale in plan.out_dir.glob(".*.tmp") if plan.out_dir.is_dir() else []:
-        stale.unlink(missing_ok=True)
+    clear_stale(plan)
     if not pending:
         log.info("%s: all %d configs current, nothing to generate (no engine started)", target, len(plan.jobs))
         return summary
 
-    manifest.update({
-        "model": target, "checkpoint": plan.checkpoint, "checkpoint_hash": plan.checkpoint_id["sha256"],
-        # <repo>@<commit> of a hub base (its snapshot folder is `checkpoint`); the folder itself otherwise
-        "checkpoint_identity": plan.checkpoint_id["checkpoint"],
-        "checkpoint_stat": plan.checkpoint_id["stat"], "backend": backend.name,
-        "backend_reason": plan.backend_reason, "versions": plan.versions,
-        "test_rows": len(plan.rows), "limit": plan.limit, "engine": plan.engine or None,
-        "test_set_sha256": plan.test_sha, "logic": plan.logic,
-        # Until this run ends, the configs it regenerates are missing: score says so instead of trusting
-        # older files. A run that fails (a checkpoint that does not load) leaves the mark and its reason.
-        "incomplete": f"a generate run started {_now()} has not finished",
-    })
-    manifest.setdefault("configs", {})
-    manifest.setdefault("engine_builds", 0)
-    run = {"started": _now(), "backend": backend.name, "pending": [j.config for j in pending],
-           "written": [], "engine_builds": 0, "engine_build_s": None}
-    manifest["runs"] = (manifest.get("runs") or [])[-(MAX_RUNS - 1):] + [run]
+    run = start_run(plan, pending)
     by_name = {j.config: j for j in pending}
-    # Configs from an older checkpoint or row set must not pass as current while we run.
-    for name in by_name:
-        manifest["configs"].pop(name, None)
-        ((manifest.get("replica_agreement") or {}).get("configs") or {}).pop(name, None)
     check = invariance_check(plan, manifest)
     write_json(paths.manifest(target), manifest)
 
@@ -260,17 +242,8 @@ def run_target(cfg: ExperimentConfig, plan: TargetPlan) -> dict:
                          msg.build_s, manifest["engine_builds"])
                 continue
             job = by_name[msg.config]
-            records = _records(plan, msg)
-            path = paths.response_file(target, job.config)
-            write_jsonl(path, records)
-            tokens = sum(r["num_tokens"] for r in records)
-            # Configs sharing one library call split its wall time by their share of its tokens
-            # (so the walls add up to the call's); tokens/s is then the call's throughput.
-            if msg.call_tokens:
-                wall = msg.call_wall_s * tokens / msg.call_tokens
-            else:
-                wall = msg.call_wall_s / len(msg.call_configs)
-            manifest["configs"][job.config] = _config_entry(plan, cfg, job, msg, tokens, wall, path, records)
+            tokens = sum(r.num_tokens for r in msg.results)
+            write_config(cfg, plan, job, msg, config_wall(msg, tokens))
             run["written"].append(job.config)
             write_json(paths.manifest(target), manifest)
             summary["generated"].append(job.config)
@@ -289,6 +262,61 @@ def run_target(cfg: ExperimentConfig, plan: TargetPlan) -> dict:
     if summary["wall_s"]:
         summary["tokens_per_s"] = round(summary["tokens"] / summary["wall_s"], 1)
     return summary
+
+
+def config_wall(done: ConfigDone, tokens: int) -> float:
+    """A config's wall time: configs sharing one library call split its wall time by their share of its tokens
+    (so the walls add up to the call's); tokens/s is then the call's throughput."""
+    if done.call_tokens:
+        return done.call_wall_s * tokens / done.call_tokens
+    return done.call_wall_s / len(done.call_configs)
+
+
+def write_config(cfg: ExperimentConfig, plan: TargetPlan, job: Job, done: ConfigDone, wall: float,
+                 indices: Optional[list[int]] = None, extra: Optional[dict] = None) -> dict:
+    """Write one config's response file (the rows `indices` of the plan, or all) and its manifest entry with
+    `extra` fields (a race's `partial` and `race`); the manifest itself is the caller's to write. Returns the entry."""
+    paths = Workdir(cfg.path)
+    records = _records(plan, done, indices)
+    path = paths.response_file(plan.target.name, job.config)
+    write_jsonl(path, records)
+    tokens = sum(r["num_tokens"] for r in records)
+    entry = {**_config_entry(plan, cfg, job, done, tokens, wall, path, records), **(extra or {})}
+    plan.manifest.setdefault("configs", {})[job.config] = entry
+    return entry
+
+
+def clear_stale(plan: TargetPlan) -> None:
+    """A run killed by SIGKILL cannot remove its temporary files: clear such leftovers (never trusted)."""
+    for stale in plan.out_dir.glob(".*.tmp") if plan.out_dir.is_dir() else []:
+        stale.unlink(missing_ok=True)
+
+
+def start_run(plan: TargetPlan, pending: list[Job]) -> dict:
+    """Mark the manifest as being written by a run of `pending` (`incomplete` until the run ends), drop the
+    entries of the configs it regenerates, and return the run's record (in manifest["runs"])."""
+    plan.manifest.update({
+        "model": plan.target.name, "checkpoint": plan.checkpoint, "checkpoint_hash": plan.checkpoint_id["sha256"],
+        # <repo>@<commit> of a hub base (its snapshot folder is `checkpoint`); the folder itself otherwise
+        "checkpoint_identity": plan.checkpoint_id["checkpoint"],
+        "checkpoint_stat": plan.checkpoint_id["stat"], "backend": plan.backend.name,
+        "backend_reason": plan.backend_reason, "versions": plan.versions,
+        "test_rows": len(plan.rows), "limit": plan.limit, "engine": plan.engine or None,
+        "test_set_sha256": plan.test_sha, "logic": plan.logic,
+        # Until this run ends, the configs it regenerates are missing: score says so instead of trusting
+        # older files. A run that fails (a checkpoint that does not load) leaves the mark and its reason.
+        "incomplete": f"a generate run started {_now()} has not finished",
+    })
+    plan.manifest.setdefault("configs", {})
+    plan.manifest.setdefault("engine_builds", 0)
+    run = {"started": _now(), "backend": plan.backend.name, "pending": [j.config for j in pending],
+           "written": [], "engine_builds": 0, "engine_build_s": None}
+    plan.manifest["runs"] = (plan.manifest.get("runs") or [])[-(MAX_RUNS - 1):] + [run]
+    # Configs from an older checkpoint or row set must not pass as current while we run.
+    for name in [j.config for j in pending]:
+        plan.manifest["configs"].pop(name, None)
+        ((plan.manifest.get("replica_agreement") or {}).get("configs") or {}).pop(name, None)
+    return run
 
 
 def invariance_check(plan: TargetPlan, manifest: dict) -> Optional[InvarianceCheck]:
@@ -379,8 +407,9 @@ def ray_setup(cfg: ExperimentConfig, on_cuda: bool):
 
 
 def generate(cfg: ExperimentConfig, model: Optional[str] = None, backend: Optional[str] = None,
-             limit: Optional[int] = None, force: bool = False) -> list[dict]:
-    """Generate every pending config of every run target; one summary dict per target."""
+             limit: Optional[int] = None, force: bool = False, runner=None) -> list[dict]:
+    """Generate every pending config of every run target; one summary dict per target. `runner(cfg, plan)`
+    replaces run_target (tunesweep.race's race_target, for generation.strategy race)."""
     requested = backend or cfg.generation.backend
     chosen, why = pick_generation_backend(requested)
     # find_spec, not an import: the engine's child process imports vLLM, the parent never needs it.
@@ -409,7 +438,7 @@ def generate(cfg: ExperimentConfig, model: Optional[str] = None, backend: Option
             backend_obj = on_ray(backend_obj, target.name)
         plan = plan_target(cfg, target, backend_obj, rows, limit, force=force)
         plan.backend_reason = why_here or why
-        summary = run_target(cfg, plan)
+        summary = (runner or run_target)(cfg, plan)
         summaries.append(summary)
         tps = f", {summary['tokens']} tokens at {summary['tokens_per_s']} tokens/s" if summary["generated"] else ""
         build = (f", engine built {summary['engine_builds']}x ({summary['engine_build_s']} s)"

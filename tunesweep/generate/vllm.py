@@ -31,7 +31,7 @@ from ..hub import local_folder
 from ..isolation import _die_with_parent
 from ..templates import decode_response
 from .beams import BEAM_SPEC_KEYS, BeamSpec, run_beam_searches, vllm_step
-from .backend import (Backend, ConfigDone, EngineBuilt, InvarianceDone, Job, Message, Request, RowResult,
+from .backend import (Backend, ConfigDone, EngineBuilt, InvarianceDone, Job, Message, Request, RowResult, Session,
                       decoding_note)
 
 # How long the parent waits for any message before checking that the child is still alive.
@@ -95,64 +95,85 @@ class _PromptTooLong(Exception):
     """A test row that leaves no room to generate: reported to the parent as a UserError."""
 
 
-def run_jobs(request: Request, emit) -> None:
-    """Build the engine once, run every job of `request`, emit a message per finished config."""
-    from vllm import LLM, SamplingParams
+def open_engine(request: Request, emit):
+    """Build the engine, emit EngineBuilt, check that every prompt of `request` fits; (llm, tokenizer)."""
+    from vllm import LLM
 
     t0 = time.perf_counter()
     # A pinned hub snapshot: the same commit on this machine (an engine actor on another node).
     folder = local_folder(request.engine["model"])
     llm = LLM(**{**request.engine, "model": folder, "tokenizer": folder})
     emit(EngineBuilt(time.perf_counter() - t0))
-    prompts = request.prompts
     try:
         # A prompt the engine cannot hold would fail the whole shared call: name the row instead.
         limit = llm.llm_engine.model_config.max_model_len
         tokenizer = llm.get_tokenizer()
-        for row_id, prompt in zip(request.row_ids, prompts):
+        for row_id, prompt in zip(request.row_ids, request.prompts):
             n = len(tokenizer(prompt)["input_ids"])
             if n >= limit:
                 raise _PromptTooLong(f"test row {row_id}: its prompt is {n} tokens, which leaves no room to generate "
                                      f"within max_model_len {limit}; raise generation.engine.max_model_len or "
                                      "shorten the row")
-        batched = [j for j in request.jobs if j.call == "generate"]
-        check = request.invariance
-        greedy, reference, sweep_call = None, None, ""
-        if batched:
-            # Every sampling and greedy config in ONE call: the engine schedules them together.
-            req_prompts, req_params = [], []
-            for job in batched:
-                for prompt, seed in zip(prompts, job.seeds):
-                    req_prompts.append(prompt)
-                    req_params.append(SamplingParams(**job.params, seed=seed))
-            t = time.perf_counter()
-            outs = llm.generate(req_prompts, req_params, use_tqdm=request.use_tqdm)
-            wall = time.perf_counter() - t
-            configs = [j.config for j in batched]
-            tokens = sum(len(o.outputs[0].token_ids) for o in outs)
-            for i, job in enumerate(batched):
-                chunk = outs[i * len(prompts):(i + 1) * len(prompts)]
-                # Text from the token ids, as the hf backend and beam search make it (not o.outputs[0].text,
-                # whose incremental detokenizer drops a trailing incomplete UTF-8 sequence).
-                results = [RowResult(decode_response(tokenizer, o.outputs[0].token_ids, request.stop),
-                                     o.outputs[0].finish_reason, len(o.outputs[0].token_ids)) for o in chunk]
-                emit(ConfigDone(job.config, results, wall, configs, tokens))
-                if check is not None and job.config == check.config:  # the sweep's token ids of the sample
-                    greedy, reference = job, [list(chunk[i].outputs[0].token_ids) for i in check.rows]
-            sweep_call = (f"one LLM.generate call of {len(req_prompts)} requests ({len(batched)} configs x "
-                          f"{len(prompts)} rows)")
-        beam_jobs = [j for j in request.jobs if j.call == "beam_search"]
-        if beam_jobs and request.beam_impl == "tunesweep":
-            run_beam_loop(llm, tokenizer, request, beam_jobs, emit)
-        elif beam_jobs:
-            run_beam_calls(llm, tokenizer, request, beam_jobs, emit)
-        if greedy is not None:
-            emit(_invariance(llm, request, greedy, reference, sweep_call))
+    except BaseException:
+        close_engine(llm)
+        raise
+    return llm, tokenizer
+
+
+def close_engine(llm) -> None:
+    try:
+        llm.llm_engine.engine_core.shutdown()
+    except Exception:  # shutdown is best effort: the process exits right after
+        pass
+
+
+def run_jobs(request: Request, emit) -> None:
+    """Build the engine once, run every job of `request`, emit a message per finished config."""
+    llm, tokenizer = open_engine(request, emit)
+    try:
+        run_on_engine(llm, tokenizer, request, emit)
     finally:
-        try:
-            llm.llm_engine.engine_core.shutdown()
-        except Exception:  # shutdown is best effort: the process exits right after
-            pass
+        close_engine(llm)
+
+
+def run_on_engine(llm, tokenizer, request: Request, emit) -> None:
+    """Every job of `request` on a built engine: a ConfigDone per config (and the InvarianceDone it asks for)."""
+    from vllm import SamplingParams
+
+    prompts = request.prompts
+    batched = [j for j in request.jobs if j.call == "generate"]
+    check = request.invariance
+    greedy, reference, sweep_call = None, None, ""
+    if batched:
+        # Every sampling and greedy config in ONE call: the engine schedules them together.
+        req_prompts, req_params = [], []
+        for job in batched:
+            for prompt, seed in zip(prompts, job.seeds):
+                req_prompts.append(prompt)
+                req_params.append(SamplingParams(**job.params, seed=seed))
+        t = time.perf_counter()
+        outs = llm.generate(req_prompts, req_params, use_tqdm=request.use_tqdm)
+        wall = time.perf_counter() - t
+        configs = [j.config for j in batched]
+        tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+        for i, job in enumerate(batched):
+            chunk = outs[i * len(prompts):(i + 1) * len(prompts)]
+            # Text from the token ids, as the hf backend and beam search make it (not o.outputs[0].text,
+            # whose incremental detokenizer drops a trailing incomplete UTF-8 sequence).
+            results = [RowResult(decode_response(tokenizer, o.outputs[0].token_ids, request.stop),
+                                 o.outputs[0].finish_reason, len(o.outputs[0].token_ids)) for o in chunk]
+            emit(ConfigDone(job.config, results, wall, configs, tokens))
+            if check is not None and job.config == check.config:  # the sweep's token ids of the sample
+                greedy, reference = job, [list(chunk[i].outputs[0].token_ids) for i in check.rows]
+        sweep_call = (f"one LLM.generate call of {len(req_prompts)} requests ({len(batched)} configs x "
+                      f"{len(prompts)} rows)")
+    beam_jobs = [j for j in request.jobs if j.call == "beam_search"]
+    if beam_jobs and request.beam_impl == "tunesweep":
+        run_beam_loop(llm, tokenizer, request, beam_jobs, emit)
+    elif beam_jobs:
+        run_beam_calls(llm, tokenizer, request, beam_jobs, emit)
+    if greedy is not None:
+        emit(_invariance(llm, request, greedy, reference, sweep_call))
 
 
 def beam_row(tokenizer, prompt_len: int, tokens: list[int], stop: list[str]) -> RowResult:
@@ -238,6 +259,47 @@ def worker_main(request: Request, parent_pid: int, out_queue) -> None:
         out_queue.put(("error", f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc()}"))
 
 
+def session_main(request: Request, parent_pid: int, out_queue, in_queue) -> None:
+    """Entry point of a session's child (generation.strategy race): build the engine once, then run each
+    request that arrives on `in_queue` (rows of `request`), ending each with ("round", None); None closes."""
+    _die_with_parent(parent_pid, group=True)
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    try:
+        llm, tokenizer = open_engine(request, out_queue.put)
+        try:
+            out_queue.put(("ready", None))
+            while (sub := in_queue.get()) is not None:
+                run_on_engine(llm, tokenizer, sub, out_queue.put)
+                out_queue.put(("round", None))
+        finally:
+            close_engine(llm)
+        out_queue.put(("done", None))
+    except _PromptTooLong as exc:
+        out_queue.put(("user_error", str(exc)))
+    except BaseException as exc:
+        out_queue.put(("error", f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc()}"))
+
+
+def _messages(proc, out_queue, until: str) -> Iterator[Message]:
+    """The child's messages up to its (`until`, None) marker; its errors raised here, in the parent."""
+    while True:
+        try:
+            msg = out_queue.get(timeout=POLL_S)
+        except queue_mod.Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f"the vLLM worker process exited with code {proc.exitcode} "
+                                   "before finishing (out of memory? see the log above)") from None
+            continue
+        if isinstance(msg, tuple):
+            kind, text = msg
+            if kind == until:
+                return
+            if kind == "user_error":
+                raise UserError(text)
+            raise RuntimeError(f"vLLM generation failed: {text}")
+        yield msg
+
+
 # --- the backend (parent side) ------------------------------------------------------------------
 
 class VllmBackend(Backend):
@@ -291,26 +353,52 @@ class VllmBackend(Backend):
         proc = ctx.Process(target=self.worker, args=(request, os.getpid(), out_queue), name="tunesweep-vllm")
         proc.start()
         try:
-            while True:
-                try:
-                    msg = out_queue.get(timeout=POLL_S)
-                except queue_mod.Empty:
-                    if not proc.is_alive():
-                        raise RuntimeError(f"the vLLM worker process exited with code {proc.exitcode} "
-                                           "before finishing (out of memory? see the log above)") from None
-                    continue
-                if isinstance(msg, tuple):
-                    kind, text = msg
-                    if kind == "done":
-                        break
-                    if kind == "user_error":
-                        raise UserError(text)
-                    raise RuntimeError(f"vLLM generation failed: {text}")
-                yield msg
+            yield from _messages(proc, out_queue, "done")
             proc.join(timeout=120)
         finally:
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(timeout=30)
-            out_queue.close()
+            _stop(proc, out_queue)
+
+    def open(self, request: Request) -> "VllmSession":
+        return VllmSession(request)
+
+
+def _stop(proc, out_queue) -> None:
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(timeout=30)
+    out_queue.close()
+
+
+class VllmSession(Session):
+    """One engine child kept across requests (generation.strategy race): each `run` sends a request over rows
+    of the opening one (sharded.rows_of: the same per-request seeds) and reads its configs back."""
+
+    def __init__(self, request: Request):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.out_queue, self.in_queue = ctx.Queue(), ctx.Queue()
+        self.proc = ctx.Process(target=session_main, args=(request, os.getpid(), self.out_queue, self.in_queue),
+                                name="tunesweep-vllm")
+        self.proc.start()
+        try:
+            built = [m for m in _messages(self.proc, self.out_queue, "ready")]
+        except BaseException:
+            _stop(self.proc, self.out_queue)
+            raise
+        self.build_s = next(m.build_s for m in built if isinstance(m, EngineBuilt))
+
+    def run(self, request: Request) -> Iterator[Message]:
+        self.in_queue.put(request)
+        yield from _messages(self.proc, self.out_queue, "round")
+
+    def close(self) -> None:
+        try:
+            if self.proc.is_alive():
+                self.in_queue.put(None)
+                for _ in _messages(self.proc, self.out_queue, "done"):
+                    pass
+                self.proc.join(timeout=120)
+        finally:
+            _stop(self.proc, self.out_queue)
 

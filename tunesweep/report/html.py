@@ -405,7 +405,9 @@ def explorer_data(cfg: ExperimentConfig, scored: list[Scored], metrics: list[tup
     for s in scored:
         # What score read, checked the same way (the manifest vouches for every file; references come
         # from alpaca_data/test.jsonl): the page never shows another run's answers beside this run's tables.
-        tr = read_target_responses(cfg.path, s.target.name, [dc.name for dc in configs], fields=("response",), cfg=cfg)
+        # The configs of its table: a config a race eliminated holds some rows only and is in no table.
+        tr = read_target_responses(cfg.path, s.target.name, [dc.name for dc in configs if dc.name in s.table.index],
+                                   fields=("response",), cfg=cfg)
         per = {config: {r["id"]: r for r in recs} for config, recs in tr.records.items()}
         for r in next(iter(tr.records.values()), []):
             if r["id"] not in seen:

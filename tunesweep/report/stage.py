@@ -22,6 +22,7 @@ from ..files import sha256_file, write_text
 from ..layout import Workdir, check_vouched, format_cell, markdown_table as md_table, read_frame, read_json_if_present
 from ..provenance import library_versions
 from .plots import FACTORS, plot_factor
+from .race import race_section
 from .html import build_html
 from .tables import (Scored, agreement_text, best_in_table, bertscore_empty_line, decimals_for, table_metrics, fidelity_text, invariance_text, bertscore_line, centre_config, metric_settings, read_comparisons,
                      read_scored, scored_targets, scoring_versions, target_label, to_number, value_of)
@@ -520,6 +521,8 @@ def report(cfg: ExperimentConfig) -> Path:
     lines += training
     plot_lines, plots = _plots_section(cfg, scored, metrics, paths.plots_dir)
     lines += plot_lines
+    race_lines, _ = race_section(cfg, paths.plots_dir)  # report.md only (report.html: not yet)
+    lines += race_lines
     lines += _perplexity_section(perplexity, ppl_path, targets)
     lines += _human_section(cfg)
     lines += _cleaning_section(cfg, scored)
@@ -530,7 +533,8 @@ def report(cfg: ExperimentConfig) -> Path:
     inputs = [s.path for s in scored] + [paths.tidy_table, paths.perplexity_table, paths.comparisons, paths.metrics_json,
                                          paths.human_table, paths.human_summary]
     inputs += [p for s in scored for p in (paths.manifest(s.target.name), paths.cleaning(s.target.name))]
-    inputs += training_records
+    inputs += training_records + [paths.race_state(s.target.name) for s in scored
+                                  if paths.race_state(s.target.name).is_file()]
     lines += _inputs_section(inputs, cfg.path)
 
     # The same results as one self-contained page (report.html), with every answer in an explorer. Built
