@@ -201,18 +201,20 @@ def test_png_data_uri_hides_an_accidental_http_in_base64(tmp_path):
     assert base64.b64decode(uri.split(",", 1)[1].replace("\n", "")) == data
 
 
-def test_comparisons_section_absent_odd_or_broken(tmp_path):
-    path = tmp_path / "comparisons.csv"
-    assert "No <code>eval_results/comparisons.csv</code>" in _comparisons_section(path)
-    path.write_text("model,metric,config,diff,extra\nm,bleu,c1,0.01,x\n")  # columns differ: shown as they are
-    out = _comparisons_section(path)
-    assert "missing versus, reference, score, reference_score, ci_low, ci_high, p, p_holm, resamples" in out
-    assert "extra extra" in out
+def test_comparisons_section_absent_extra_or_empty():
+    """The page shows comparisons.csv as the report model read it (tables.read_comparisons, one policy for both
+    pages: vouched for and with every expected column, else a UserError); absent, it says so."""
+    import pandas as pd
+
+    from tunesweep.layout import COMPARISON_COLUMNS
+
+    assert "No <code>eval_results/comparisons.csv</code>" in _comparisons_section(None)
+    row = {c: None for c in COMPARISON_COLUMNS} | {"model": "m", "metric": "bleu", "config": "c1", "diff": 0.01,
+                                                  "extra": "x"}
+    out = _comparisons_section(pd.DataFrame([row]))
+    assert "extra extra" in out and "Shown as they are" in out
     assert 'id="cmp-table"' in out and "+0.0100" in out
-    path.write_bytes(b"\xff\xfe\x00garbage")
-    assert "could not be read" in _comparisons_section(path)
-    path.write_text("")
-    assert "has no rows" in _comparisons_section(path)
+    assert "has no rows" in _comparisons_section(pd.DataFrame(columns=list(COMPARISON_COLUMNS)))
 
 
 def test_pages_name_no_url_and_link_only_inside_themselves(e2e_run, hostile):
