@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tunesweep.config import expand_sweep, load_config
-from tunesweep.report.html import _comparisons_section, esc, json_for_script, png_data_uri
+from tunesweep.report.html import _asset, _comparisons_section, esc, json_for_script, png_data_uri
 
 CENTRE = "top_k_50_num_beams_1_temp_0.8"
 HOSTILE_CONFIG = "top_k_10_num_beams_1_temp_0.8"
@@ -226,6 +226,8 @@ def test_pages_name_no_url_and_link_only_inside_themselves(e2e_run, hostile):
         assert not re.search("http", text, re.I), f"{page} names a URL"
         links = [v for n in parse(text).iter() for k, v in n.attrs.items() if k in ("src", "href", "action")]
         assert links and all(v.startswith(("data:image/png;base64,", "#")) for v in links), "a link leaves the page"
+        # The page's style and script (package data) are inlined: nothing beside the file is needed.
+        assert f"<style>{_asset('report.css')}</style>" in text and f"<script>{_asset('report.js')}</script>" in text
 
 
 def test_real_run_page_renders_with_comparisons(chromium, e2e_run):
@@ -384,3 +386,21 @@ def test_sorting_search_and_choices_respond_in_chromium(chromium, e2e_run, tmp_p
     assert out["hash"].startswith(f"#row={row_id}&")
     assert out["b_row"] == configs[5]
     assert out["badges"] == len(read_jsonl(work / "llm_responses" / "tiny" / f"{CENTRE}.jsonl"))
+
+
+def test_the_page_assets_ship_as_package_data():
+    """report.html's style and script are files of tunesweep/report/assets/ (inlined into the page at render):
+    pyproject's package-data must name every one, since a non-editable install ships only what it names (built
+    without the entry, the wheel has none of them)."""
+    import fnmatch
+    import tomllib
+
+    from tunesweep.report import html as html_page
+
+    repo = Path(__file__).resolve().parent.parent
+    patterns = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["tunesweep.report"]
+    assets = sorted(p.name for p in (repo / "tunesweep" / "report" / "assets").iterdir())
+    assert {"report.css", "report.js"} <= set(assets)
+    for name in assets:
+        assert any(fnmatch.fnmatch(f"assets/{name}", p) for p in patterns), name
+        assert html_page._asset(name) == (repo / "tunesweep" / "report" / "assets" / name).read_text(encoding="utf-8")

@@ -1,9 +1,9 @@
 """The report stage: eval_results/report.md, report.html and plots/*.png from the scored results.
 
-Reads only files of the stages before it (the contracts of DESIGN.md): eval_results/<target>.csv,
-perplexity.csv, metrics.json, human.csv/human.json, and llm_responses/<target>/manifest.json and
-cleaning.json. Writes the report and one plot per factor x metric (all models as lines, the
-centre point in every factor's line, 95% CI error bars). Everything is rewritten on each run: it
+Reads only files of the stages before it (the contracts of DESIGN.md), once, into the report model
+(model.py); this module renders report.md from it, one small function per section, and html.py renders
+report.html from the same model. Writes the report and one plot per factor x metric (all models as lines,
+the centre point in every factor's line, 95% CI error bars). Everything is rewritten on each run: it
 takes a second, and a report that could lag behind its tables would be worse.
 """
 
