@@ -5,7 +5,8 @@
 
 export writes a blinded rating sheet (default eval_results/human_eval/sheet.csv) with rubric.md beside
 it and the private key eval_results/human_eval/key.json; import checks the rated copies, writes
-eval_results/human.csv and rescores so the Human column of eval_results/<model>.csv is filled.
+eval_results/human.csv and human.json; `tunesweep score` (or evaluation/compute_metrics.py) then fills the
+Human column of eval_results/<model>.csv.
 """
 
 import sys

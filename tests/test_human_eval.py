@@ -184,12 +184,17 @@ def item_first_means(cfg, files) -> dict:
     return {cell: sum(means) / len(means) for cell, means in cells.items()}
 
 
-def test_import_writes_mean_ratings_and_agreement(exported, rated):
+def test_import_writes_mean_ratings_and_agreement(exported, rated, caplog):
     cfg_path, cfg, _ = exported
     alice, bob, expected, pairs = rated
     # The cell score averages each item's ratings first (bob skipped one item: it counts once, not half).
     means = item_first_means(cfg, [alice, bob])
-    out = import_ratings(cfg, [alice, bob])
+    tables = {t.name: (cfg.path / "eval_results" / f"{t.name}.csv").read_bytes() for t in cfg.run_targets()}
+    with caplog.at_level("INFO", logger="tunesweep.evaluate.human_eval"):
+        out = import_ratings(cfg, [alice, bob])
+    # Import writes human.csv and human.json only, and says which command puts them into the tables.
+    assert tables == {t.name: (cfg.path / "eval_results" / f"{t.name}.csv").read_bytes() for t in cfg.run_targets()}
+    assert "run `tunesweep score --config <config>` to fill the Human column" in caplog.text
     assert out == cfg.path / "eval_results" / "human.csv"
     human = read_human(cfg)
     assert set(human) == set(expected)
@@ -210,7 +215,10 @@ def test_import_writes_mean_ratings_and_agreement(exported, rated):
     assert summary["ratings"] == sum(len(v) for v in expected.values())
     assert set(summary["raters"]) == {"alice", "bob"}
     assert summary["agreement"]["krippendorff_alpha_ordinal"] is not None
-    # import rescored the study (tunesweep.scoring, for real): the Human column holds the same means.
+    # score (tunesweep.scoring, for real; its cached metric results reused) fills the Human column with them.
+    from tunesweep.evaluate.scoring import score
+
+    score(cfg)
     for target in cfg.run_targets():
         with open(cfg.path / "eval_results" / f"{target.name}.csv", newline="") as fh:
             table = {r["config"]: r for r in csv.DictReader(fh)}

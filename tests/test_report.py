@@ -284,7 +284,8 @@ def test_report_stops_on_a_response_file_edited_after_scoring(study, tmp_path):
 
     copy = study.copy_to(tmp_path)
     path = next((copy.root / "llm_responses" / "tiny").glob("*.jsonl"))
-    recs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    original = path.read_text(encoding="utf-8")
+    recs = [json.loads(line) for line in original.splitlines()]
     recs[0]["response_raw"] = recs[0]["response"] = "an answer nobody generated"
     path.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
     with pytest.raises(UserError) as exc:
@@ -292,6 +293,15 @@ def test_report_stops_on_a_response_file_edited_after_scoring(study, tmp_path):
     assert str(exc.value).startswith(f"{path}: its content differs from what generate wrote")
     assert not (copy.root / "eval_results" / "report.html").exists()  # nor report.md: nothing written
     assert not (copy.root / "eval_results" / "report.md").exists()
+
+    # comparisons.csv is read once, for both pages, by one policy: an edited one stops the report (report.html
+    # used to show any file as it was while report.md refused it).
+    path.write_text(original, encoding="utf-8")
+    comparisons = copy.root / "eval_results" / "comparisons.csv"
+    comparisons.write_text(comparisons.read_text(encoding="utf-8").replace(",centre,", ",centre ,", 1), encoding="utf-8")
+    with pytest.raises(UserError, match="comparisons.csv: edited since score wrote it"):
+        report(load_config(copy.config))
+    assert not (copy.root / "eval_results" / "report.html").exists()
 
 
 def _verdict_items(text: str) -> list[str]:
@@ -306,13 +316,13 @@ def test_both_pages_open_with_the_same_verdict(reported):
     table with nothing marked says so on both pages."""
     import html
 
-    from tunesweep.report.stage import _metrics_present
+    from tunesweep.report.model import metrics_present
     from tunesweep.report.tables import read_comparisons, read_scored, verdicts
 
     cfg, out, text = reported
     page = (cfg.path / "eval_results" / "report.html").read_text()
     scored = read_scored(cfg)
-    found = verdicts(scored, _metrics_present(scored), CENTRE, read_comparisons(cfg))
+    found = verdicts(scored, metrics_present(scored), CENTRE, read_comparisons(cfg))
     items = _verdict_items(text)
     assert items == [v.sentence for s in scored for v in found[s.target.name]]
     assert len(items) == len(cfg.run_targets()) * len(METRICS)

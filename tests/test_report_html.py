@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tunesweep.config import expand_sweep, load_config
-from tunesweep.report.html import _comparisons_section, esc, json_for_script, png_data_uri
+from tunesweep.report.html import _asset, _comparisons_section, esc, json_for_script, png_data_uri
 
 CENTRE = "top_k_50_num_beams_1_temp_0.8"
 HOSTILE_CONFIG = "top_k_10_num_beams_1_temp_0.8"
@@ -201,18 +201,20 @@ def test_png_data_uri_hides_an_accidental_http_in_base64(tmp_path):
     assert base64.b64decode(uri.split(",", 1)[1].replace("\n", "")) == data
 
 
-def test_comparisons_section_absent_odd_or_broken(tmp_path):
-    path = tmp_path / "comparisons.csv"
-    assert "No <code>eval_results/comparisons.csv</code>" in _comparisons_section(path)
-    path.write_text("model,metric,config,diff,extra\nm,bleu,c1,0.01,x\n")  # columns differ: shown as they are
-    out = _comparisons_section(path)
-    assert "missing versus, reference, score, reference_score, ci_low, ci_high, p, p_holm, resamples" in out
-    assert "extra extra" in out
+def test_comparisons_section_absent_extra_or_empty():
+    """The page shows comparisons.csv as the report model read it (tables.read_comparisons, one policy for both
+    pages: vouched for and with every expected column, else a UserError); absent, it says so."""
+    import pandas as pd
+
+    from tunesweep.layout import COMPARISON_COLUMNS
+
+    assert "No <code>eval_results/comparisons.csv</code>" in _comparisons_section(None)
+    row = {c: None for c in COMPARISON_COLUMNS} | {"model": "m", "metric": "bleu", "config": "c1", "diff": 0.01,
+                                                  "extra": "x"}
+    out = _comparisons_section(pd.DataFrame([row]))
+    assert "extra extra" in out and "Shown as they are" in out
     assert 'id="cmp-table"' in out and "+0.0100" in out
-    path.write_bytes(b"\xff\xfe\x00garbage")
-    assert "could not be read" in _comparisons_section(path)
-    path.write_text("")
-    assert "has no rows" in _comparisons_section(path)
+    assert "has no rows" in _comparisons_section(pd.DataFrame(columns=list(COMPARISON_COLUMNS)))
 
 
 def test_pages_name_no_url_and_link_only_inside_themselves(e2e_run, hostile):
@@ -224,6 +226,8 @@ def test_pages_name_no_url_and_link_only_inside_themselves(e2e_run, hostile):
         assert not re.search("http", text, re.I), f"{page} names a URL"
         links = [v for n in parse(text).iter() for k, v in n.attrs.items() if k in ("src", "href", "action")]
         assert links and all(v.startswith(("data:image/png;base64,", "#")) for v in links), "a link leaves the page"
+        # The page's style and script (package data) are inlined: nothing beside the file is needed.
+        assert f"<style>{_asset('report.css')}</style>" in text and f"<script>{_asset('report.js')}</script>" in text
 
 
 def test_real_run_page_renders_with_comparisons(chromium, e2e_run):
@@ -382,3 +386,21 @@ def test_sorting_search_and_choices_respond_in_chromium(chromium, e2e_run, tmp_p
     assert out["hash"].startswith(f"#row={row_id}&")
     assert out["b_row"] == configs[5]
     assert out["badges"] == len(read_jsonl(work / "llm_responses" / "tiny" / f"{CENTRE}.jsonl"))
+
+
+def test_the_page_assets_ship_as_package_data():
+    """report.html's style and script are files of tunesweep/report/assets/ (inlined into the page at render):
+    pyproject's package-data must name every one, since a non-editable install ships only what it names (built
+    without the entry, the wheel has none of them)."""
+    import fnmatch
+    import tomllib
+
+    from tunesweep.report import html as html_page
+
+    repo = Path(__file__).resolve().parent.parent
+    patterns = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["tunesweep.report"]
+    assets = sorted(p.name for p in (repo / "tunesweep" / "report" / "assets").iterdir())
+    assert {"report.css", "report.js"} <= set(assets)
+    for name in assets:
+        assert any(fnmatch.fnmatch(f"assets/{name}", p) for p in patterns), name
+        assert html_page._asset(name) == (repo / "tunesweep" / "report" / "assets" / name).read_text(encoding="utf-8")

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from helpers import study_yaml
-from tunesweep.config import ModelConfig, RunTarget, load_config
+from tunesweep.config import ModelConfig, RunTarget, expand_sweep, load_config
 from tunesweep.evaluate import compare, metrics
 from tunesweep.report import html as html_page
 from tunesweep.report import stage as md_page
@@ -99,7 +99,7 @@ def test_a_study_of_noise_says_no_config_is_better_and_marks_no_best(tmp_path):
     assert note.startswith("No config of this table is detectably better than another")
 
     cfg = _cfg(tmp_path)
-    page = html_page._results_section(cfg, scored, ROUGE, None, None, found)
+    page = html_page._results_section(expand_sweep(cfg.generation), scored, ROUGE, None, None, found)
     assert "num best" not in page and html_page.esc(note) in page
     md = "\n".join(md_page._results_section(scored, ROUGE, [], None, found))
     assert note in md and "**" not in md
@@ -108,7 +108,7 @@ def test_a_study_of_noise_says_no_config_is_better_and_marks_no_best(tmp_path):
     rng, d = _rows(2)
     scored, cmp = _study({"c0": d, "c1": d + 0.3, "c2": d + rng.normal(0, 0.01, ROWS)})
     found = verdicts(scored, ROUGE, "c0", cmp)
-    page = html_page._results_section(cfg, scored, ROUGE, None, None, found)
+    page = html_page._results_section(expand_sweep(cfg.generation), scored, ROUGE, None, None, found)
     assert page.count('class="num best"') == 1 and "No config of this table" not in page
     assert re.search(r'<tr data-config="c1">.*?class="num best"', page)
 
@@ -152,7 +152,7 @@ def test_with_few_resamples_a_p_of_0_is_not_claimed_as_a_difference():
 PRINTED_P = re.compile(r"(?:Holm|adjusted) p (< )?(\d+(?:\.\d+)?(?:e-?\d+)?)")
 
 
-def test_no_printed_p_is_finer_than_the_resampling(tmp_path):
+def test_no_printed_p_is_finer_than_the_resampling():
     """Every p the pages print for comparisons whose bootstrap p is 0 (B = 200): as a bound no finer than
     m * 2 / B for a Holm family of m, never as a number below it."""
     rng, d = _rows(5)
@@ -168,9 +168,7 @@ def test_no_printed_p_is_finer_than_the_resampling(tmp_path):
         assert float(value) >= floor_holm - 1e-12, (bound, value)
 
     # report.html's comparisons table: the p column no finer than 2 / B, p_holm no finer than 3 * 2 / B.
-    path = tmp_path / "comparisons.csv"
-    cmp.to_csv(path, index=False)
-    page = html_page._comparisons_section(path)
+    page = html_page._comparisons_section(cmp)
     header = re.findall(r'<th scope="col"[^>]*>([^<]*)</th>', page)
     for tr in re.findall(r"<tr[^>]*>(<td.*?)</tr>", page):
         cells = dict(zip(header, re.findall(r"<td[^>]*>([^<]*)</td>", tr)))

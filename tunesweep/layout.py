@@ -50,6 +50,7 @@ RACE_COLUMNS = ["model", "config", "status", "round_eliminated", "rows_used", "r
                 "score", "leader", "diff", "ci_low", "ci_high", "p", "p_holm", "alpha_round", "rule"]
 RAY_PROBE = ".tunesweep-ray-probe"  # the workdir's name for the file execution: ray checks its workers see
 ROW_SCORE_KEYS = ["config", "id"]  # eval_results/rows/<target>.csv: then one column per text metric scored
+MANIFEST_NAME = "manifest.json"  # llm_responses/<target>/: the generation manifest beside the response files
 
 
 class Workdir:
@@ -103,7 +104,7 @@ class Workdir:
         return self.responses_dir(target) / f"{config}.jsonl"
 
     def manifest(self, target: str) -> Path:
-        return self.responses_dir(target) / "manifest.json"
+        return self.responses_dir(target) / MANIFEST_NAME
 
     def cleaning(self, target: str) -> Path:
         return self.responses_dir(target) / "cleaning.json"
@@ -379,25 +380,13 @@ def read_target_responses(workdir: str | os.PathLike, target: str, configs: Sequ
     The `reference` of every record returned is the `output` of its row in alpaca_data/test.jsonl, never
     what the response file says."""
     paths = Workdir(workdir)
-    manifest_path = paths.manifest(target)
-    manifest = read_json_if_present(manifest_path)
-    if manifest is None:
-        raise UserError(f"{manifest_path}: not found; run `tunesweep generate` for {target!r} first")
-    expected = manifest.get("test_rows")
-    if not isinstance(expected, int) or isinstance(expected, bool) or expected < 1:
-        raise UserError(f"{manifest_path}: test_rows = {expected!r}: expected the number of rows generated per config")
-    test_rows = load_split(workdir, "test")
+    manifest, test_rows = _manifest_and_test_rows(workdir, target)
     test_sha = test_set_sha256(workdir)
-    if len(test_rows) < expected:
-        raise UserError(f"{manifest_path}: test_rows = {expected}, but alpaca_data/test.jsonl has {len(test_rows)} "
-                        f"rows: generated from another split; {_regenerate(target)}")
-    test_rows = test_rows[:expected]
-    test_ids = [r.get("id") for r in test_rows]
     why = manifest.get("incomplete")  # set by generate while it runs, and left by a run that failed
     entries = manifest.get("configs") or {}
     if not isinstance(entries, dict):
-        raise UserError(f"{manifest_path}: configs = a JSON {type(entries).__name__}, not an object of configs (edited "
-                        f"or written by something else); {_regenerate(target)}")
+        raise UserError(f"{paths.manifest(target)}: configs = a JSON {type(entries).__name__}, not an object of "
+                        f"configs (edited or written by something else); {_regenerate(target)}")
     cleaned = _cleaned_digests(paths, target) if "response" in fields else {}
     records: dict[str, list[dict]] = {}
     files: dict[str, Path] = {}
@@ -409,48 +398,16 @@ def read_target_responses(workdir: str | os.PathLike, target: str, configs: Sequ
         entry = entries.get(config)
         if not isinstance(entry, dict):
             state = f"generation of {target!r} is incomplete ({why})" if why else "not written by the current run"
-            raise UserError(f"{path}: no entry for config {config} in {manifest_path.name} ({state}); "
+            raise UserError(f"{path}: no entry for config {config} in {paths.manifest(target).name} ({state}); "
                             f"{_regenerate(target)}")
-        recs = read_jsonl(path)
-        if len(recs) != expected:
-            raise UserError(f"{path}: {len(recs)} rows, but {manifest_path.name} says test_rows = {expected}: "
-                            f"incomplete responses (rerun `tunesweep generate`)")
-        for row, rec in enumerate(recs, 1):
-            for key in fields:
-                value = rec.get(key)
-                if not isinstance(value, str):
-                    hint = _FIELD_HINTS.get(key, "rerun `tunesweep generate`")
-                    raise UserError(f"{path}: row {row} (id {rec.get('id')!r}): {key} = {value!r}: "
-                                    f"missing or not text ({hint})")
-        if entry.get("test_set_sha256") != test_sha:
-            raise UserError(f"{path}: generated from another alpaca_data/test.jsonl than the current one "
-                            f"(re-split since?); {_regenerate(target)}")
-        if entry.get("checkpoint_hash") != manifest.get("checkpoint_hash") or (
-                checkpoint_hash is not None and entry.get("checkpoint_hash") != checkpoint_hash):
-            raise UserError(f"{path}: generated from another checkpoint than {manifest.get('checkpoint')!r} is now "
-                            f"(checkpoint hash {str(entry.get('checkpoint_hash'))[:12]}, now "
-                            f"{str(checkpoint_hash or manifest.get('checkpoint_hash'))[:12]}); {_regenerate(target)}")
-        if records_digest(recs) != entry.get("generated_sha256"):
-            raise UserError(f"{path}: its content differs from what generate wrote ({manifest_path.name}'s "
-                            f"generated_sha256): edited or left from another run; {_regenerate(target)}")
-        if cfg is not None and (change := settings_change(cfg, entry)):
-            raise UserError(f"{path}: generated with other settings than the config has now ({change}); "
-                            f"{_regenerate(target)}")
-        ids = [rec.get("id") for rec in recs]
-        if ids != test_ids:
-            row = next(i for i, (a, b) in enumerate(zip(ids, test_ids), 1) if a != b)
-            raise UserError(f"{path}: row {row}: id {ids[row - 1]!r} where alpaca_data/test.jsonl has "
-                            f"{test_ids[row - 1]!r}: responses of another test set; {_regenerate(target)}")
-        for row, rec in enumerate(recs, 1):
-            if rec.get("config") not in (None, config) or rec.get("model") not in (None, target):
-                raise UserError(f"{path}: row {row}: config {rec.get('config')!r} / model {rec.get('model')!r}: "
-                                f"not the responses of {target!r} for {config}; {_regenerate(target)}")
+        recs = _read_response_file(path, len(test_rows), fields)
+        _check_vouched_responses(path, target, recs, entry, manifest, test_sha, checkpoint_hash, cfg)
+        _check_rows(path, target, config, recs, [r.get("id") for r in test_rows])
         if "response" in fields and cleaned.get(config) != cleaned_digest(recs):
             raise UserError(f"{path}: its `response` fields are not what the clean stage wrote "
                             f"({paths.cleaning(target).name}'s cleaned_sha256): edited since; run `tunesweep clean`")
         # The reference is the test set's, not whatever the response file says.
-        recs = [{**rec, "reference": test["output"]} for rec, test in zip(recs, test_rows)]
-        records[config] = recs
+        records[config] = [{**rec, "reference": test["output"]} for rec, test in zip(recs, test_rows)]
         files[config] = path
     return TargetResponses(target, paths.responses_dir(target), manifest, records, files)
 
@@ -473,6 +430,71 @@ def race_full_sweep_tokens(state: dict) -> int:
         out = state["eliminated"].get(config)
         total += use["tokens"] * state["rows_total"] / out["rows"] if out else use["tokens"]
     return int(round(total))
+
+
+def _manifest_and_test_rows(workdir: str | os.PathLike, target: str) -> tuple[dict, list[dict]]:
+    """The target's manifest.json and the first `test_rows` rows of alpaca_data/test.jsonl it was generated from."""
+    manifest_path = Workdir(workdir).manifest(target)
+    manifest = read_json_if_present(manifest_path)
+    if manifest is None:
+        raise UserError(f"{manifest_path}: not found; run `tunesweep generate` for {target!r} first")
+    expected = manifest.get("test_rows")
+    if not isinstance(expected, int) or isinstance(expected, bool) or expected < 1:
+        raise UserError(f"{manifest_path}: test_rows = {expected!r}: expected the number of rows generated per config")
+    test_rows = load_split(workdir, "test")
+    if len(test_rows) < expected:
+        raise UserError(f"{manifest_path}: test_rows = {expected}, but alpaca_data/test.jsonl has {len(test_rows)} "
+                        f"rows: generated from another split; {_regenerate(target)}")
+    return manifest, test_rows[:expected]
+
+
+def _read_response_file(path: Path, expected: int, fields: Sequence[str]) -> list[dict]:
+    """A response file's records: `expected` of them, each with every field of `fields` as text."""
+    recs = read_jsonl(path)
+    if len(recs) != expected:
+        raise UserError(f"{path}: {len(recs)} rows, but {MANIFEST_NAME} says test_rows = {expected}: "
+                        f"incomplete responses (rerun `tunesweep generate`)")
+    for row, rec in enumerate(recs, 1):
+        for key in fields:
+            value = rec.get(key)
+            if not isinstance(value, str):
+                hint = _FIELD_HINTS.get(key, "rerun `tunesweep generate`")
+                raise UserError(f"{path}: row {row} (id {rec.get('id')!r}): {key} = {value!r}: "
+                                f"missing or not text ({hint})")
+    return recs
+
+
+def _check_vouched_responses(path: Path, target: str, recs: list[dict], entry: dict, manifest: dict, test_sha: str,
+                             checkpoint_hash: Optional[str], cfg) -> None:
+    """The config's manifest entry vouches for the file: same test set, same checkpoint, same content, and (with
+    `cfg`) the settings the config has now."""
+    if entry.get("test_set_sha256") != test_sha:
+        raise UserError(f"{path}: generated from another alpaca_data/test.jsonl than the current one "
+                        f"(re-split since?); {_regenerate(target)}")
+    if entry.get("checkpoint_hash") != manifest.get("checkpoint_hash") or (
+            checkpoint_hash is not None and entry.get("checkpoint_hash") != checkpoint_hash):
+        raise UserError(f"{path}: generated from another checkpoint than {manifest.get('checkpoint')!r} is now "
+                        f"(checkpoint hash {str(entry.get('checkpoint_hash'))[:12]}, now "
+                        f"{str(checkpoint_hash or manifest.get('checkpoint_hash'))[:12]}); {_regenerate(target)}")
+    if records_digest(recs) != entry.get("generated_sha256"):
+        raise UserError(f"{path}: its content differs from what generate wrote ({MANIFEST_NAME}'s "
+                        f"generated_sha256): edited or left from another run; {_regenerate(target)}")
+    if cfg is not None and (change := settings_change(cfg, entry)):
+        raise UserError(f"{path}: generated with other settings than the config has now ({change}); "
+                        f"{_regenerate(target)}")
+
+
+def _check_rows(path: Path, target: str, config: str, recs: list[dict], test_ids: list) -> None:
+    """The file's rows are the test set's, in order, and the records are this target's for this config."""
+    ids = [rec.get("id") for rec in recs]
+    if ids != test_ids:
+        row = next(i for i, (a, b) in enumerate(zip(ids, test_ids), 1) if a != b)
+        raise UserError(f"{path}: row {row}: id {ids[row - 1]!r} where alpaca_data/test.jsonl has "
+                        f"{test_ids[row - 1]!r}: responses of another test set; {_regenerate(target)}")
+    for row, rec in enumerate(recs, 1):
+        if rec.get("config") not in (None, config) or rec.get("model") not in (None, target):
+            raise UserError(f"{path}: row {row}: config {rec.get('config')!r} / model {rec.get('model')!r}: "
+                            f"not the responses of {target!r} for {config}; {_regenerate(target)}")
 
 
 def _cleaned_digests(paths: "Workdir", target: str) -> dict:

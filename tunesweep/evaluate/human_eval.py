@@ -27,7 +27,8 @@ header is row 1) and the value. The result, one row per (model, config) with rat
 goes to eval_results/human.csv, and eval_results/human.json records the inputs and study-wide
 agreement (pairwise exact agreement, Krippendorff's alpha at the ordinal and interval levels).
 Each import replaces both files: give it every rated file at once.
-The score stage then fills the Human column of eval_results/<target>.csv from human.csv.
+The score stage (`tunesweep score`, or the pipeline; import does not run it) then fills the Human column
+of eval_results/<target>.csv from human.csv.
 """
 
 from __future__ import annotations
@@ -343,13 +344,9 @@ def human_ci(item_ratings: Sequence[Sequence[float]], resamples: int, seed: int)
     return percentile_ci(means[idx].mean(axis=1))
 
 
-def import_ratings(cfg: ExperimentConfig, files: Sequence[str | Path]) -> Path:
-    """Read rated sheets, write eval_results/human.csv and human.json, then rescore so the Human
-    column of eval_results/<target>.csv is filled. Returns the path of human.csv."""
-    if not files:
-        raise UserError("human-eval import: give the rated CSV file(s), e.g. `tunesweep human-eval import alice.csv bob.csv`")
-    paths = Workdir(cfg.path)
-    kp = paths.human_key
+def _read_key(cfg: ExperimentConfig) -> dict:
+    """eval_results/human_eval/key.json of the last export, checked against the config's rating scale."""
+    kp = Workdir(cfg.path).human_key
     if not kp.is_file():
         raise UserError(f"{kp}: not found; run `tunesweep human-eval export --config ...` first")
     key = read_json(kp)
@@ -357,9 +354,14 @@ def import_ratings(cfg: ExperimentConfig, files: Sequence[str | Path]) -> Path:
     if list(key.get("scale", [lo, hi])) != [lo, hi]:
         raise UserError(f"{kp}: the sheet was exported for the scale {key['scale'][0]}-{key['scale'][1]}, "
                         f"but evaluation.human is now {lo}-{hi}")
+    return key
 
+
+def _read_ratings(files: Sequence[str | Path], key: dict, lo: int, hi: int) -> tuple[dict, int]:
+    """{(item, rater): (rating, where)} over every rated sheet, and the number of blank ratings skipped; every
+    malformed row, out-of-range rating or repeated (item, rater) is a UserError naming its file and row."""
     errors: list[str] = []
-    ratings: dict[tuple[str, str], tuple[int, str]] = {}  # (item, rater) -> (rating, where)
+    ratings: dict[tuple[str, str], tuple[int, str]] = {}
     blanks = 0
     for f in files:
         path = Path(f)
@@ -376,17 +378,15 @@ def import_ratings(cfg: ExperimentConfig, files: Sequence[str | Path]) -> Path:
         raise UserError(errors[0] + more)
     if not ratings:
         raise UserError(f"{', '.join(map(str, files))}: no ratings found (every `rating` cell is blank)")
-    _check_current(cfg, key, {item for item, _ in ratings})
+    return ratings, blanks
 
-    # item -> {rater: rating}
-    by_item: dict[str, dict[str, int]] = defaultdict(dict)
-    for (item, rater), (rating, _) in ratings.items():
-        by_item[item][rater] = rating
+
+def _cell_table(cfg: ExperimentConfig, key: dict, by_item: dict[str, dict[str, int]]) -> list[dict]:
+    """human.csv's rows: per model x config cell, in study order, the item-first mean, its CI and agreement."""
     by_cell: dict[tuple[str, str], list[str]] = defaultdict(list)
     for item in by_item:
         entry = key["items"][item]
         by_cell[(entry["model"], entry["config"])].append(item)
-
     order = [(t.name, dc.name) for t in cfg.run_targets() for dc in expand_sweep(cfg.generation)]
     order += sorted(set(by_cell) - set(order))  # a cell of a model since dropped from the config
     table = []
@@ -394,24 +394,39 @@ def import_ratings(cfg: ExperimentConfig, files: Sequence[str | Path]) -> Path:
         items = by_cell.get((model, config))
         if not items:
             continue
-        values = [r for item in items for r in by_item[item].values()]
+        units = [list(by_item[i].values()) for i in items]
         raters = {rater for item in items for rater in by_item[item]}
-        agreement = pairwise_exact_agreement([list(by_item[i].values()) for i in items]) if len(raters) > 1 else None
-        low, high = human_ci([list(by_item[i].values()) for i in items], cfg.evaluation.bootstrap, cfg.seed)
-        table.append({"model": model, "config": config, "human": human_mean([list(by_item[i].values()) for i in items]),
-                      "human_ci_low": low, "human_ci_high": high, "human_n": len(values),
-                      "raters": len(raters), "agreement": agreement})
+        low, high = human_ci(units, cfg.evaluation.bootstrap, cfg.seed)
+        table.append({"model": model, "config": config, "human": human_mean(units),
+                      "human_ci_low": low, "human_ci_high": high, "human_n": sum(len(u) for u in units),
+                      "raters": len(raters), "agreement": pairwise_exact_agreement(units) if len(raters) > 1 else None})
+    return table
 
+
+HUMAN_DEFINITIONS = {
+    "human": "mean over the cell's items of each item's mean rating (items with more raters do not weigh more)",
+    "human_ci": "95% percentile bootstrap over the cell's items (item means resampled), "
+                "evaluation.bootstrap resamples, the study's seed; blank with bootstrap 0",
+    "human_n": "number of ratings in the cell (items x raters who rated them)",
+    "raters": "distinct raters in the cell",
+    "agreement": "mean pairwise exact agreement between raters on the cell's items (blank with one rater)",
+    "blank": "a blank rating is 'not rated' and skipped",
+}
+
+
+def _summary(cfg: ExperimentConfig, files: Sequence[str | Path], key: dict, ratings: dict,
+             by_item: dict[str, dict[str, int]], blanks: int) -> dict:
+    """human.json: the import's inputs, per-rater counts and means, and agreement over every item."""
     units = [list(r.values()) for r in by_item.values()]
-    raters_all = sorted({rater for _, rater in ratings})
-    summary = {
-        "scale": [lo, hi],
+    raters = sorted({rater for _, rater in ratings})
+    return {
+        "scale": [cfg.evaluation.human.scale_min, cfg.evaluation.human.scale_max],
         "files": {str(f): sha256_file(f) for f in files},
-        "key_sha256": sha256_file(kp),
+        "key_sha256": sha256_file(Workdir(cfg.path).human_key),
         "export": key.get("export"),
         "raters": {r: {"ratings": sum(1 for (_, rr) in ratings if rr == r),
                        "mean": round(float(np.mean([v for (_, rr), (v, _) in ratings.items() if rr == r])), 4)}
-                   for r in raters_all},
+                   for r in raters},
         "ratings": len(ratings),
         "items_rated": len(by_item),
         "items_in_sheet": len(key["items"]),
@@ -422,31 +437,40 @@ def import_ratings(cfg: ExperimentConfig, files: Sequence[str | Path]) -> Path:
             "krippendorff_alpha_ordinal": krippendorff_alpha(units, "ordinal"),
             "krippendorff_alpha_interval": krippendorff_alpha(units, "interval"),
         },
-        "definitions": {
-            "human": "mean over the cell's items of each item's mean rating (items with more raters do not weigh more)",
-            "human_ci": "95% percentile bootstrap over the cell's items (item means resampled), "
-                        "evaluation.bootstrap resamples, the study's seed; blank with bootstrap 0",
-            "human_n": "number of ratings in the cell (items x raters who rated them)",
-            "raters": "distinct raters in the cell",
-            "agreement": "mean pairwise exact agreement between raters on the cell's items (blank with one rater)",
-            "blank": "a blank rating is 'not rated' and skipped",
-        },
+        "definitions": HUMAN_DEFINITIONS,
     }
-    out = paths.human_table
-    write_table(out, HUMAN_COLUMNS, table, digits=4)
+
+
+# What puts imported ratings into the tables and the report (import writes human.csv only).
+REFRESH_HINT = ("human ratings: run `tunesweep score --config <config>` to fill the Human column of the tables "
+                "(cached metric results are reused), then `tunesweep report --config <config>`")
+
+
+def import_ratings(cfg: ExperimentConfig, files: Sequence[str | Path]) -> Path:
+    """Read rated sheets and write eval_results/human.csv and human.json; returns the path of human.csv.
+
+    The Human column of eval_results/<target>.csv is the score stage's: `tunesweep score` (or the pipeline,
+    which runs score) puts the ratings into the tables, reusing its cached metric results. Import does not
+    call score itself: evaluate's steps stay separate stages, each run by the CLI or the pipeline."""
+    if not files:
+        raise UserError("human-eval import: give the rated CSV file(s), e.g. `tunesweep human-eval import alice.csv bob.csv`")
+    key = _read_key(cfg)
+    ratings, blanks = _read_ratings(files, key, cfg.evaluation.human.scale_min, cfg.evaluation.human.scale_max)
+    _check_current(cfg, key, {item for item, _ in ratings})
+    by_item: dict[str, dict[str, int]] = defaultdict(dict)  # item -> {rater: rating}
+    for (item, rater), (rating, _) in ratings.items():
+        by_item[item][rater] = rating
+    table = _cell_table(cfg, key, by_item)
+    summary = _summary(cfg, files, key, ratings, by_item, blanks)
+    paths = Workdir(cfg.path)
+    write_table(paths.human_table, HUMAN_COLUMNS, table, digits=4)
     write_json(paths.human_summary, summary)
     a = summary["agreement"]
     log.info("human ratings: %d ratings of %d items by %d rater(s) (%d blank skipped) -> %s (%d model x config cells)%s",
-             len(ratings), len(by_item), len(raters_all), blanks, out, len(table),
+             len(ratings), len(by_item), len(summary["raters"]), blanks, paths.human_table, len(table),
              "" if a["pairwise_exact"] is None else
              f"; exact agreement {a['pairwise_exact']:.3f}, Krippendorff's alpha (ordinal) "
              f"{format_cell(a['krippendorff_alpha_ordinal'], 4) or 'n/a'}")
-    _rescore(cfg)
-    return out
+    log.info("%s", REFRESH_HINT)
+    return paths.human_table
 
-
-def _rescore(cfg: ExperimentConfig) -> None:
-    """Let the score stage fill the Human column (it reuses its cached metric results)."""
-    from .scoring import score
-
-    score(cfg)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import DecodingConfig, ExperimentConfig, expand_sweep
 from ..files import atomic_path
-from .tables import Scored, target_label, value_of
+from .tables import Scored, table_metrics, target_label, value_of
 
 FACTORS = ("top_k", "num_beams", "temperature")
 FACTOR_NOTES = {
@@ -14,6 +15,33 @@ FACTOR_NOTES = {
     "num_beams": "num_beams (1 = no beam search; beam search ignores top_k and temperature)",
     "temperature": "temperature (0 = greedy)",
 }
+
+
+@dataclass
+class Plot:
+    """One PNG of plots/: a decoding factor against a metric."""
+    factor: str
+    metric: str
+    label: str
+    path: Path
+
+
+def draw_plots(cfg: ExperimentConfig, scored: list[Scored], metrics: list[tuple[str, str]],
+               plots_dir: Path) -> list[Plot]:
+    """Every factor x metric plot with something to show, in report order; a plot of an earlier run (a metric
+    or factor since dropped) is deleted, so it cannot pass for a current one."""
+    drawn = []
+    for factor in FACTORS:
+        for m, label in metrics:
+            out = plots_dir / f"{factor}_{m}.png"
+            if plot_factor(cfg, scored, factor, m, label, out):
+                drawn.append(Plot(factor, m, label, out))
+    ours = {f"{f}_{m}.png" for f in FACTORS for m, _ in table_metrics()}
+    current = {p.path for p in drawn}
+    for stale in plots_dir.glob("*.png") if plots_dir.is_dir() else []:
+        if stale.name in ours and stale not in current:
+            stale.unlink()
+    return drawn
 
 
 def factor_slice(cfg: ExperimentConfig, factor: str) -> list[DecodingConfig]:

@@ -1,9 +1,9 @@
 """The report stage: eval_results/report.md, report.html and plots/*.png from the scored results.
 
-Reads only files of the stages before it (the contracts of DESIGN.md): eval_results/<target>.csv,
-perplexity.csv, metrics.json, human.csv/human.json, and llm_responses/<target>/manifest.json and
-cleaning.json. Writes the report and one plot per factor x metric (all models as lines, the
-centre point in every factor's line, 95% CI error bars). Everything is rewritten on each run: it
+Reads only files of the stages before it (the contracts of DESIGN.md), once, into the report model
+(model.py); this module renders report.md from it, one small function per section, and html.py renders
+report.html from the same model. Writes the report and one plot per factor x metric (all models as lines,
+the centre point in every factor's line, 95% CI error bars). Everything is rewritten on each run: it
 takes a second, and a report that could lag behind its tables would be worse.
 """
 
@@ -17,17 +17,19 @@ from typing import Optional
 import pandas as pd
 import yaml
 
-from ..config import DecodingConfig, ExperimentConfig, RunTarget, expand_sweep
+from ..config import DecodingConfig, ExperimentConfig, ModelConfig, RunTarget
 from ..files import sha256_file, write_text
-from ..layout import Workdir, check_vouched, format_cell, markdown_table as md_table, read_frame, read_json_if_present
+from ..layout import Workdir, format_cell, markdown_table as md_table
 from ..provenance import library_versions
-from .plots import FACTORS, plot_factor
 from .race import race_section
 from .html import build_html
-from .tables import (Scored, agreement_text, best_in_table, bertscore_empty_line, decimals_for, table_metrics, fidelity_text, invariance_text, bertscore_line, centre_config, metric_settings, read_comparisons,
-                     read_scored, scored_targets, scoring_versions, target_label, to_number, value_of)
+from .model import ReportModel, build_model
+from .plots import Plot, draw_plots
+from .tables import (Scored, agreement_text, best_in_table, bertscore_empty_line, bertscore_line, decimals_for,
+                     fidelity_text, invariance_text, joined_versions, metric_settings, scored_targets,
+                     scoring_versions, target_label, to_number, value_of)
 from .tables import (ALPHA, MetricVerdict, comparison_rows as _cmp_rows, family_size, holm_p_text, noise_note, p_text,
-                     signed_diff, significant as _significant, verdicts, VERDICT_INTRO)
+                     signed_diff, significant as _significant, VERDICT_INTRO)
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +47,6 @@ def fmt_ci(score, low, high, decimals: int = DECIMALS) -> str:
     if to_number(low) is None or to_number(high) is None:
         return fmt(score, decimals)
     return f"{fmt(score, decimals)} [{fmt(low, decimals)}, {fmt(high, decimals)}]"
-
-
-# --- reading -------------------------------------------------------------------------------------
-
-def _metrics_present(scored: list[Scored]) -> list[tuple[str, str]]:
-    """The registered metrics with at least one value in some table, in the registry's order."""
-    return [(m, label) for m, label in table_metrics()
-            if any(m in s.table.columns and s.table[m].notna().any() for s in scored)]
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -195,9 +189,9 @@ def _best_section(scored: list[Scored], metrics: list[tuple[str, str]],
 
 
 def _finetune_gain_section(cfg: ExperimentConfig, scored: list[Scored], metrics: list[tuple[str, str]],
-                           perplexity: Optional[pd.DataFrame], comparisons: Optional[pd.DataFrame] = None) -> list[str]:
+                           perplexity: Optional[pd.DataFrame], comparisons: Optional[pd.DataFrame],
+                           centre: str) -> list[str]:
     by_name = {s.target.name: s for s in scored}
-    centre = centre_config(cfg).name
     pairs = [(by_name[m.name], by_name[f"{m.name}-base"]) for m in cfg.models
              if m.name in by_name and f"{m.name}-base" in by_name]
     if not pairs:
@@ -234,39 +228,26 @@ def _finetune_gain_section(cfg: ExperimentConfig, scored: list[Scored], metrics:
     return lines
 
 
-def _plots_section(cfg: ExperimentConfig, scored: list[Scored], metrics: list[tuple[str, str]],
-                   plots_dir: Path) -> tuple[list[str], list[Path]]:
+def _plots_section(plots: list[Plot]) -> list[str]:
     lines = ["## Effect of each decoding factor", "",
              "One plot per factor and metric: the factor's values with the other two at their defaults "
              "(the centre point is on every line), every model as a line (base models dashed, hollow "
              "markers), 95% bootstrap CI error bars; models are nudged sideways a little so their bars "
              "do not hide each other.", ""]
-    written = []
-    for factor in FACTORS:
-        for m, label in metrics:
-            out = plots_dir / f"{factor}_{m}.png"
-            if plot_factor(cfg, scored, factor, m, label, out):
-                written.append(out)
-                lines += [f"![{label} vs {factor}](plots/{out.name})", ""]
-    if not written:
+    for p in plots:
+        lines += [f"![{p.label} vs {p.factor}](plots/{p.path.name})", ""]
+    if not plots:
         lines += ["(No factor has two or more values in this sweep: nothing to plot.)", ""]
-    # A plot of an earlier run (a metric or factor since dropped) must not pass for a current one.
-    ours = {f"{f}_{m}.png" for f in FACTORS for m, _ in table_metrics()}
-    for stale in plots_dir.glob("*.png") if plots_dir.is_dir() else []:
-        if stale.name in ours and stale not in written:
-            stale.unlink()
-    return lines, written
+    return lines
 
 
-def _training_section(cfg: ExperimentConfig) -> tuple[list[str], list[Path]]:
+def _training_section(models: list[ModelConfig], training: dict[str, Optional[dict]]) -> list[str]:
     """Per fine-tuned model: backend and why, steps, time, trained tokens/s after warm-up, peak memory."""
-    rows, paths = [], []
-    for m in cfg.models:
-        path = Workdir(cfg.path).model_record(m.name)
-        rec = read_json_if_present(path)
+    rows = []
+    for m in models:
+        rec = training.get(m.name)
         if rec is None:
             continue
-        paths.append(path)
         t = rec.get("throughput") or {}
         speed = (f"{t['tokens_per_s']:,.0f} (last {t['measured_steps']} steps; {t['warmup_steps_excluded']} warm-up "
                  "excluded)" if t.get("tokens_per_s") else "–")
@@ -279,7 +260,7 @@ def _training_section(cfg: ExperimentConfig) -> tuple[list[str], list[Path]]:
                      fmt(rec.get("final_loss"), 4), f"{check.get('ended_with_eos', '–')}/{check.get('prompts', '–')}",
                      fidelity, rec.get("device")])
     if not rows:
-        return [], paths
+        return []
     return ["## Fine-tuning", "",
             "From each `finetuned_models/<model>/tunesweep.json`. Tokens/s counts the non-padding input tokens the "
             "trainer saw per second of optimizer steps, after the first warm-up steps (compilation, allocator "
@@ -288,7 +269,7 @@ def _training_section(cfg: ExperimentConfig) -> tuple[list[str], list[Path]]:
             "adapter on the post-merge check's prompts: the share of identical greedy answers, the mean KL of "
             "the next-token distributions and the largest logit difference.", "",
             md_table(["model", "backend (why)", "method", "steps", "train time (s)", "trained tokens/s", "peak memory",
-                      "final loss", "EOS check", "merge fidelity", "device"], rows), ""], paths
+                      "final loss", "EOS check", "merge fidelity", "device"], rows), ""]
 
 
 def _perplexity_section(perplexity: Optional[pd.DataFrame], path: Path, targets: dict[str, RunTarget]) -> list[str]:
@@ -310,15 +291,14 @@ def _perplexity_section(perplexity: Optional[pd.DataFrame], path: Path, targets:
 CLEAN_COUNTS = ("echo", "cut", "special", "empty", "length_capped")
 
 
-def _cleaning_section(cfg: ExperimentConfig, scored: list[Scored]) -> list[str]:
+def _cleaning_section(scored: list[Scored], cleaning: dict[str, Optional[dict]]) -> list[str]:
     lines = ["## Cleaning statistics", "",
              "Rows whose raw response had the prompt echoed (`echo`), a new template section cut off (`cut`), "
              "special tokens removed (`special`), nothing left (`empty`), or stopped at the token cap "
              "(`length_capped`); from `llm_responses/<model>/cleaning.json`, summed over configs.", ""]
     rows, details, rules = [], [], None
     for s in scored:
-        path = Workdir(cfg.path).cleaning(s.target.name)
-        data = read_json_if_present(path)
+        data = cleaning.get(s.target.name)
         if data is None:
             rows.append([target_label(s.target), "not cleaned"] + ["–"] * len(CLEAN_COUNTS))
             continue
@@ -342,17 +322,15 @@ def _cleaning_section(cfg: ExperimentConfig, scored: list[Scored]) -> list[str]:
     return lines
 
 
-def _throughput_section(cfg: ExperimentConfig, scored: list[Scored]) -> tuple[list[str], dict]:
+def _throughput_section(scored: list[Scored], manifests: dict[str, dict]) -> list[str]:
     lines = ["## Generation throughput", "",
              "From `llm_responses/<model>/manifest.json`: wall time and generated tokens summed over configs.", ""]
-    rows, details, manifests = [], [], {}
+    rows, details = [], []
     for s in scored:
-        path = Workdir(cfg.path).manifest(s.target.name)
-        data = read_json_if_present(path)
+        data = manifests.get(s.target.name)
         if data is None:
             rows.append([target_label(s.target), "no manifest", "–", "–", "–", "–", "–"])
             continue
-        manifests[s.target.name] = data
         per = data.get("configs", {})
         wall = sum(to_number(c.get("wall_s")) or 0.0 for c in per.values())
         tokens = sum(int(to_number(c.get("tokens")) or 0) for c in per.values())
@@ -378,7 +356,7 @@ def _throughput_section(cfg: ExperimentConfig, scored: list[Scored]) -> tuple[li
                   "Configs generated together in one call share its wall time by tokens and show its tokens/s.", "",
                   md_table(["model", "config", "mode", "rows", "wall s", "tokens", "tokens/s"], details), "",
                   "</details>", ""]
-    return lines, manifests
+    return lines
 
 
 # The decoding parameters worth a column; the full set passed is in each manifest.json.
@@ -409,8 +387,8 @@ def _decoding_section(configs: list[DecodingConfig], manifests: dict) -> list[st
     return lines + [md_table(["config", "mode", "varies", "ignores", "effective", "note"], rows), ""]
 
 
-def _human_section(cfg: ExperimentConfig) -> list[str]:
-    summary = read_json_if_present(Workdir(cfg.path).human_summary)
+def _human_section(summary: Optional[dict], cells: Optional[pd.DataFrame]) -> list[str]:
+    """human.json's summary and human.csv's cells (the model reads human.csv only beside a summary)."""
     if summary is None:
         return []
     a = summary.get("agreement", {})
@@ -420,9 +398,7 @@ def _human_section(cfg: ExperimentConfig) -> list[str]:
              f"{summary.get('items_in_sheet')} items in the blinded sheet, by {len(summary.get('raters', {}))} "
              f"rater(s); {summary.get('blank_skipped', 0)} blank ratings skipped. The Human column is the mean "
              "rating of a model x config cell: each item's ratings averaged first, then the items.", ""]
-    human_csv = Workdir(cfg.path).human_table
-    if human_csv.is_file():
-        cells = read_frame(check_vouched(cfg.path, human_csv))
+    if cells is not None:
         rows = [[r["model"], f"`{r['config']}`", fmt_ci(r.get("human"), r.get("human_ci_low"), r.get("human_ci_high"), 2),
                  r.get("human_n")] for _, r in cells.iterrows()]
         lines += ["Per model and config: the mean over items of each item's mean rating, with a 95% bootstrap "
@@ -463,13 +439,8 @@ def _settings_section(cfg: ExperimentConfig, metrics_json: Optional[dict], manif
         lines += ["From `eval_results/metrics.json`:", "", "```json",
                   json.dumps(metric_settings(metrics_json), indent=2, ensure_ascii=False, default=str), "```", ""]
     lines += ["### Library versions", ""]
-    sources = {"generation": {}, "scoring": scoring_versions(metrics_json), "report": library_versions()}
-    for name, manifest in manifests.items():
-        for lib, v in (manifest.get("versions") or {}).items():
-            seen = sources["generation"].setdefault(lib, [])
-            if v not in seen:
-                seen.append(v)
-    sources["generation"] = {lib: " / ".join(map(str, vs)) for lib, vs in sources["generation"].items()}
+    sources = {"generation": joined_versions(manifests.values()), "scoring": scoring_versions(metrics_json),
+               "report": library_versions()}
     libs = sorted(set().union(*(set(v) for v in sources.values())))
     rows = [[lib] + [sources[s].get(lib, "–") for s in ("generation", "scoring", "report")] for lib in libs]
     lines += [md_table(["library", "at generation", "at scoring", "at report"], rows), ""]
@@ -490,60 +461,52 @@ def _inputs_section(paths: list[Path], root: Path) -> list[str]:
 
 # --- the stage -----------------------------------------------------------------------------------
 
-def report(cfg: ExperimentConfig) -> Path:
-    """Write eval_results/report.md and eval_results/plots/*.png; return the report's path."""
-    scored = read_scored(cfg)
-    paths = Workdir(cfg.path)
-    configs = expand_sweep(cfg.generation)
-    metrics = _metrics_present(scored)
-    metrics_json = read_json_if_present(paths.metrics_json)
-    ppl_path = paths.perplexity_table
-    perplexity = read_frame(check_vouched(cfg.path, ppl_path)) if ppl_path.is_file() else None
-    targets = {t.name: t for t in cfg.run_targets()}
-
-    lines = [f"# {cfg.name}: results", "",
-             f"{len(scored)} model(s) x {len(configs)} decoding configs ({cfg.generation.mode} sweep around "
-             f"`{centre_config(cfg).name}`). Rows marked *base, not fine-tuned* are the untouched base "
+def _title_section(model: ReportModel) -> list[str]:
+    lines = [f"# {model.cfg.name}: results", "",
+             f"{len(model.scored)} model(s) x {len(model.configs)} decoding configs ({model.cfg.generation.mode} sweep "
+             f"around `{model.centre}`). Rows marked *base, not fine-tuned* are the untouched base "
              "models. Scores are corpus BLEU (sacrebleu, 0-1), ROUGE-L F1 and BERTScore F1 with 95% "
              "bootstrap confidence intervals; see Settings for every metric setting.", "",
-             bertscore_line(cfg, metrics_json), ""]
-    few = few_rows_note(metrics_json)
-    if few:
-        lines += [few, ""]
-    comparisons = read_comparisons(cfg)
-    found = verdicts(scored, metrics, centre_config(cfg).name, comparisons)
-    lines += _verdict_section(scored, found)
-    lines += _results_section(scored, metrics, configs, metrics_json, found)
-    lines += _comparisons_section(scored, metrics, comparisons, centre_config(cfg).name)
-    lines += _best_section(scored, metrics, comparisons)
-    lines += _finetune_gain_section(cfg, scored, metrics, perplexity, comparisons)
-    training, training_records = _training_section(cfg)
-    lines += training
-    plot_lines, plots = _plots_section(cfg, scored, metrics, paths.plots_dir)
-    lines += plot_lines
-    race_lines, _ = race_section(cfg, paths.plots_dir)  # report.md only (report.html: not yet)
-    lines += race_lines
-    lines += _perplexity_section(perplexity, ppl_path, targets)
-    lines += _human_section(cfg)
-    lines += _cleaning_section(cfg, scored)
-    throughput, manifests = _throughput_section(cfg, scored)
-    lines += throughput
-    lines += _decoding_section(configs, manifests)
-    lines += _settings_section(cfg, metrics_json, manifests)
-    inputs = [s.path for s in scored] + [paths.tidy_table, paths.perplexity_table, paths.comparisons, paths.metrics_json,
-                                         paths.human_table, paths.human_summary]
-    inputs += [p for s in scored for p in (paths.manifest(s.target.name), paths.cleaning(s.target.name))]
-    inputs += training_records + [paths.race_state(s.target.name) for s in scored
-                                  if paths.race_state(s.target.name).is_file()]
-    lines += _inputs_section(inputs, cfg.path)
+             bertscore_line(model.cfg, model.metrics_json), ""]
+    few = few_rows_note(model.metrics_json)
+    return lines + [few, ""] if few else lines
 
-    # The same results as one self-contained page (report.html), with every answer in an explorer. Built
-    # before either file is written: it reads and checks every response file, and a file that fails the
-    # check stops the stage with neither report updated.
-    page = build_html(cfg, scored, metrics, plots, manifests, metrics_json, perplexity, found)
-    out = paths.report
-    write_text(out, "\n".join(lines))
-    log.info("report: %s (%d plots in %s)", out, len(plots), paths.plots_dir)
+
+def render_markdown(model: ReportModel) -> str:
+    """report.md from the report model (the same one report.html is rendered from)."""
+    m = model
+    sections = [
+        _title_section(m),
+        _verdict_section(m.scored, m.verdicts),
+        _results_section(m.scored, m.metrics, m.configs, m.metrics_json, m.verdicts),
+        _comparisons_section(m.scored, m.metrics, m.comparisons, m.centre),
+        _best_section(m.scored, m.metrics, m.comparisons),
+        _finetune_gain_section(m.cfg, m.scored, m.metrics, m.perplexity, m.comparisons, m.centre),
+        _training_section(m.cfg.models, m.training),
+        _plots_section(m.plots),
+        m.race,  # report.md only (report.html: not yet)
+        _perplexity_section(m.perplexity, m.perplexity_path, m.targets),
+        _human_section(m.human_summary, m.human_cells),
+        _cleaning_section(m.scored, m.cleaning),
+        _throughput_section(m.scored, m.manifests),
+        _decoding_section(m.configs, m.manifests),
+        _settings_section(m.cfg, m.metrics_json, m.manifests),
+        _inputs_section(m.inputs, m.cfg.path),
+    ]
+    return "\n".join(line for section in sections for line in section)
+
+
+def report(cfg: ExperimentConfig) -> Path:
+    """Write eval_results/report.md, report.html and plots/*.png; return report.md's path."""
+    paths = Workdir(cfg.path)
+    # Everything is read (and every response file checked) before anything is written: a file that fails a
+    # check stops the stage with neither page updated.
+    model = build_model(cfg)
+    model.plots = draw_plots(model.cfg, model.scored, model.metrics, paths.plots_dir)
+    model.race, _ = race_section(cfg, paths.plots_dir)
+    text, page = render_markdown(model), build_html(model)
+    write_text(paths.report, text)
+    log.info("report: %s (%d plots in %s)", paths.report, len(model.plots), paths.plots_dir)
     write_text(paths.report_html, page)
     log.info("report: %s (%.1f MB, self-contained)", paths.report_html, len(page.encode("utf-8")) / 1e6)
-    return out
+    return paths.report

@@ -150,6 +150,17 @@ def bertscore_line(cfg: ExperimentConfig, metrics_json: Optional[dict]) -> str:
     return text
 
 
+def joined_versions(records) -> dict[str, str]:
+    """{library: version} over records that carry `versions` (manifests, tunesweep.json); a library recorded
+    with several versions shows them all, joined by ` / `, in the order first seen."""
+    seen: dict[str, list] = {}
+    for record in records:
+        for lib, v in ((record or {}).get("versions") or {}).items():
+            if v not in seen.setdefault(lib, []):
+                seen[lib].append(v)
+    return {lib: " / ".join(map(str, vs)) for lib, vs in seen.items()}
+
+
 def scored_targets(metrics_json: Optional[dict]) -> dict:
     targets = (metrics_json or {}).get("targets")
     return targets if isinstance(targets, dict) else {}
