@@ -27,6 +27,7 @@ from typing import Optional, Sequence
 from .errors import UserError
 from .files import (confine_to, escaping_link, jsonl_dumps, open_no_follow, read_json, read_jsonl, sha256_bytes,
                     sha256_file, write_text)
+from .provenance import checkpoint_identity
 
 # --- column names of the inter-stage files ----------------------------------------------------------
 
@@ -440,6 +441,19 @@ def read_target_responses(workdir: str | os.PathLike, target: str, configs: Sequ
         records[config] = recs
         files[config] = path
     return TargetResponses(target, paths.responses_dir(target), manifest, records, files)
+
+
+def current_checkpoint_hash(cfg, target) -> str:
+    """The identity of the target's checkpoint as it is now (the hash generate recorded is reused while
+    the files' names, sizes and mtimes are unchanged): responses from another checkpoint are not scored."""
+    checkpoint = target.checkpoint(cfg.path)
+    if not target.is_base and not Path(checkpoint).is_dir():
+        raise UserError(f"{checkpoint}: fine-tuned checkpoint of {target.name!r} not found, so its responses cannot "
+                        f"be vouched for; run `tunesweep finetune --config <config> --model {target.name}` first")
+    manifest = read_json_if_present(Workdir(cfg.path).manifest(target.name)) or {}
+    recorded = ({"sha256": manifest.get("checkpoint_hash"), "stat": manifest.get("checkpoint_stat")}
+                if manifest.get("checkpoint") == checkpoint else None)
+    return checkpoint_identity(checkpoint, recorded)["sha256"]
 
 
 def _cleaned_digests(paths: "Workdir", target: str) -> dict:

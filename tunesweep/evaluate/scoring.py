@@ -28,13 +28,14 @@ from typing import Optional
 
 import numpy as np
 
-from ..config import DecodingConfig, expand_sweep, format_temperature
+from ..config import DecodingConfig, centre_config, expand_sweep, format_temperature
 from ..errors import UserError
 from ..files import fingerprint, read_json, write_json, write_text
 from ..layout import (COMPARISON_COLUMNS, PERPLEXITY_COLUMNS, ROW_SCORE_KEYS, TABLE_COLUMNS, TIDY_COLUMNS,
                       TargetResponses, Workdir, format_cell,
                       markdown_table, read_human, read_json_if_present, read_rows, read_frame,
                       read_target_responses, responses_fingerprint, vouch_files, write_table)
+from ..layout import current_checkpoint_hash  # noqa: F401 (moved to the base: the judge stage vouches the same way)
 from ..provenance import checkpoint_identity, library_versions, logic, recorded_logic
 from .compare import compare_to_base, compare_to_best, compare_to_centre
 from .metrics import (CI_LEVEL, TEXT_METRICS, bootstrap_ci, bootstrap_indices, build_metric, language_warning,
@@ -321,8 +322,7 @@ def _merge_rows(path: Path, new_rows: list[dict], order: list[str], key: str = "
 
 def centre_name(cfg) -> str:
     """The centre config's name: the generation defaults (the point every one-at-a-time factor varies from)."""
-    d = cfg.generation.defaults
-    return DecodingConfig(d.top_k, d.num_beams, float(d.temperature)).name
+    return centre_config(cfg).name
 
 
 def comparison_rows(cfg, metrics, targets, rows_by_target: dict, loaded: dict) -> list[dict]:
@@ -367,19 +367,6 @@ def _merge_comparisons(path: Path, new_rows: list[dict], rescored: set[str], ord
     merged = keep + new_rows
     # Stable: within a target, the order the rows were computed in (metric, then sweep order).
     return sorted(merged, key=lambda r: rank.get(r["model"], len(rank)))
-
-
-def current_checkpoint_hash(cfg, target) -> str:
-    """The identity of the target's checkpoint as it is now (the hash generate recorded is reused while
-    the files' names, sizes and mtimes are unchanged): responses from another checkpoint are not scored."""
-    checkpoint = target.checkpoint(cfg.path)
-    if not target.is_base and not Path(checkpoint).is_dir():
-        raise UserError(f"{checkpoint}: fine-tuned checkpoint of {target.name!r} not found, so its responses cannot "
-                        f"be vouched for; run `tunesweep finetune --config <config> --model {target.name}` first")
-    manifest = read_json_if_present(Workdir(cfg.path).manifest(target.name)) or {}
-    recorded = ({"sha256": manifest.get("checkpoint_hash"), "stat": manifest.get("checkpoint_stat")}
-                if manifest.get("checkpoint") == checkpoint else None)
-    return checkpoint_identity(checkpoint, recorded)["sha256"]
 
 
 def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:

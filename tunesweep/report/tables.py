@@ -11,7 +11,7 @@ from typing import Optional
 
 import pandas as pd
 
-from ..config import DecodingConfig, ExperimentConfig, RunTarget
+from ..config import ExperimentConfig, RunTarget, centre_config  # noqa: F401 (centre_config: html.py and stage.py import it from here)
 from ..errors import UserError
 from ..layout import (COMPARISON_COLUMNS, Workdir, check_vouched, read_frame, read_json_if_present,
                       responses_fingerprint, settings_change)
@@ -100,11 +100,6 @@ def value_of(s: Scored, config: str, metric: str) -> tuple[Optional[float], Opti
         return None, None, None
     row = s.table.loc[config]
     return (to_number(row[metric]), to_number(row.get(f"{metric}_ci_low")), to_number(row.get(f"{metric}_ci_high")))
-
-
-def centre_config(cfg: ExperimentConfig) -> DecodingConfig:
-    d = cfg.generation.defaults
-    return DecodingConfig(d.top_k, d.num_beams, float(d.temperature))
 
 
 def metric_settings(metrics_json: Optional[dict]) -> dict:
