@@ -6,6 +6,7 @@
     llm_responses/<target>/cleaning.json                       clean      -> report
     eval_results/<target>.csv/.md, all.csv, perplexity.csv, comparisons.csv, metrics.json, .cache/   score -> report
     eval_results/human_eval/{sheet.csv,rubric.md,key.json}, human.csv/.json         human-eval -> score, report
+    eval_results/judge/<target>/<config>.jsonl, manifest.json   judge     -> score, report
     eval_results/report.md, plots/<factor>_<metric>.png        report
     logs/<stage>.log                                           pipeline
 
@@ -152,6 +153,18 @@ class Workdir:
     def comparisons(self) -> Path:
         """Paired differences to the centre config and to the base, with CIs and p-values."""
         return self.eval_dir / "comparisons.csv"
+
+    @property
+    def judge_dir(self) -> Path:
+        """eval_results/judge/: the judge stage's verdicts, <target>/<config>.jsonl, and manifest.json."""
+        return self.eval_dir / "judge"
+
+    def judge_file(self, target: str, config: str) -> Path:
+        return self.judge_dir / target / f"{config}.jsonl"
+
+    @property
+    def judge_manifest(self) -> Path:
+        return self.judge_dir / "manifest.json"
 
     @property
     def report_html(self) -> Path:
