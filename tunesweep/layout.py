@@ -469,6 +469,28 @@ def current_checkpoint_hash(cfg, target) -> str:
     return checkpoint_identity(checkpoint, recorded)["sha256"]
 
 
+def read_judgments(workdir, target: str, configs: list[str]) -> Optional[dict]:
+    """{config: records} of eval_results/judge/<target>/ as the judge manifest vouches for them (sha256 per file;
+    the judge stage writes them, score and report read them), None when the target was not judged; a file edited
+    since the judge wrote it is a one-line UserError."""
+    paths = Workdir(workdir)
+    manifest = read_json_if_present(paths.judge_manifest)
+    entry = ((manifest or {}).get("targets") or {}).get(target)
+    if not isinstance(entry, dict) or not entry.get("configs"):
+        return None
+    out = {}
+    for config in configs:
+        e = entry["configs"].get(config)
+        if not isinstance(e, dict):
+            continue
+        path = paths.judge_file(target, config)
+        if not path.is_file() or sha256_file(path) != e.get("sha256"):
+            raise UserError(f"{path}: missing or edited since the judge stage wrote it (its sha256 differs from "
+                            f"{paths.judge_manifest.name}'s); rerun `tunesweep judge --config <config>`")
+        out[config] = read_jsonl(path)
+    return out
+
+
 def _cleaned_digests(paths: "Workdir", target: str) -> dict:
     """{config: cleaned_sha256} from cleaning.json ({} when clean has not run)."""
     configs = (read_json_if_present(paths.cleaning(target)) or {}).get("configs")

@@ -38,6 +38,8 @@ from ..layout import (COMPARISON_COLUMNS, PERPLEXITY_COLUMNS, ROW_SCORE_KEYS, TA
 from ..layout import current_checkpoint_hash  # noqa: F401 (moved to the base: the judge stage vouches the same way)
 from ..provenance import checkpoint_identity, library_versions, logic, recorded_logic
 from .compare import compare_to_base, compare_to_best, compare_to_centre
+from .judged import (JUDGE_COLUMNS, JUDGE_METRICS, WinRateMetric, calibration, judge_cells, judge_settings,
+                     load_judged, with_row_preferences)
 from .metrics import (CI_LEVEL, TEXT_METRICS, bootstrap_ci, bootstrap_indices, build_metric, language_warning,
                       percentile_ci)
 
@@ -243,7 +245,7 @@ def tidy_rows(target: str, table: list[dict], configs: list[DecodingConfig]) -> 
         if dc is None:
             continue  # a table from an older sweep: its rows are not part of this study
         parameter, value = parameter_of(dc)
-        for metric in (*TEXT_METRICS, "human"):
+        for metric in (*TEXT_METRICS, "human", *JUDGE_METRICS):
             score = row.get(metric)
             if score is None:
                 continue
@@ -325,7 +327,7 @@ def centre_name(cfg) -> str:
     return centre_config(cfg).name
 
 
-def comparison_rows(cfg, metrics, targets, rows_by_target: dict, loaded: dict) -> list[dict]:
+def comparison_rows(cfg, metrics, targets, rows_by_target: dict, loaded: dict, judged: Optional[dict] = None) -> list[dict]:
     """The comparisons.csv rows of the targets scored now: every config minus the centre, and each
     fine-tuned model minus its base per config when both were scored now on the same test rows (the
     bootstrap indices are drawn from the study's seed, so both targets resample the same rows)."""
@@ -339,6 +341,11 @@ def comparison_rows(cfg, metrics, targets, rows_by_target: dict, loaded: dict) -
         for metric in metrics:
             out += compare_to_centre(metric, target.name, per_metric[metric.name], centre, idx)
             out += compare_to_best(metric, target.name, per_metric[metric.name], idx)
+        if judged and target.name in judged:  # the judge's win rate: its own rows (evaluation.judge.rows)
+            j = judged[target.name]
+            j_idx = bootstrap_indices(j.rows, resamples, cfg.seed) if resamples and j.rows else None
+            out += compare_to_centre(WinRateMetric(), target.name, j.preferences, centre, j_idx)
+            out += compare_to_best(WinRateMetric(), target.name, j.preferences, j_idx)
         base = f"{target.name}-base"
         if target.is_base or base not in rows_by_target:
             continue
@@ -380,6 +387,7 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     names = [dc.name for dc in configs]
     loaded = {t.name: read_target_responses(cfg.path, t.name, names, checkpoint_hash=current_checkpoint_hash(cfg, t),
                                             cfg=cfg) for t in targets}
+    judged = {t: j for t, tr in loaded.items() if (j := load_judged(cfg, tr)) is not None}
 
     wanted = cfg.evaluation.metrics
     metrics = [build_metric(name, cfg.evaluation) for name in TEXT_METRICS if name in wanted]
@@ -399,6 +407,8 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
         b = settings["bertscore"]
         log.info("bertscore model: %s (layer %d) - %s", b["model"], b["num_layers"], b["note"])
 
+    if judged:
+        settings["judge"] = judge_settings(cfg, judged)
     paths = Workdir(cfg.path)
     human_path = paths.human_table
     human = read_human(human_path)
@@ -488,15 +498,26 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
                 row[metric.name] = metric.aggregate(values)
                 row[f"{metric.name}_ci_low"], row[f"{metric.name}_ci_high"] = bootstrap_ci(metric, values, idx)
             row["human"] = human.get((target.name, dc.name))
+            if target.name in judged:
+                row.update(judge_cells(judged[target.name], dc.name, cfg.evaluation.bootstrap, boot_seed))
             table.append(row)
         tables[target.name] = table
         columns, per_row = row_scores(metrics, per_metric_rows, tr)
+        if target.name in judged:
+            columns, per_row = with_row_preferences(columns, per_row, judged[target.name])
         write_table(paths.row_scores(target.name), columns, per_row)
-        write_table(paths.table(target.name), TABLE_COLUMNS, table)
-        cells = [[format_cell(row.get(c), 4) for c in TABLE_COLUMNS] for row in table]
-        write_text(paths.table(target.name, "md"), f"# {target.name}\n\n" + markdown_table(TABLE_COLUMNS, cells)
+        table_columns = TABLE_COLUMNS + (JUDGE_COLUMNS if target.name in judged else [])
+        write_table(paths.table(target.name), table_columns, table)
+        cells = [[format_cell(row.get(c), 4) for c in table_columns] for row in table]
+        write_text(paths.table(target.name, "md"), f"# {target.name}\n\n" + markdown_table(table_columns, cells)
                    + "\n\n" + settings_note(settings, tr.n_rows, empty_counts(tr)) + "\n")
         summary["targets"][target.name]["table"] = table
+
+    if judged and human:  # the judge against the human ratings (items of human.json, cells of human.csv)
+        items = (read_json_if_present(paths.human_summary) or {}).get("item_means") or []
+        settings["judge"]["calibration"] = calibration(cfg, judged, items, human, tables)
+        for warning in settings["judge"]["calibration"]["warnings"]:
+            log.warning("judge: %s", warning)
 
     # all.csv covers every target of the study that has a table, not only the ones scored now.
     tidy = []
@@ -507,7 +528,7 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
         if table is not None:
             tidy.extend(tidy_rows(name, table, configs))
     write_table(paths.tidy_table, TIDY_COLUMNS, tidy)
-    comparisons = comparison_rows(cfg, metrics, targets, rows_by_target, loaded)
+    comparisons = comparison_rows(cfg, metrics, targets, rows_by_target, loaded, judged)
     write_table(paths.comparisons, COMPARISON_COLUMNS,
                 _merge_comparisons(paths.comparisons, comparisons, set(rows_by_target), all_targets))
     summary["comparisons"] = comparisons

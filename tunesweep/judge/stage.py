@@ -40,7 +40,8 @@ from ..config import ExperimentConfig, centre_config, expand_sweep
 from ..errors import UserError
 from ..files import fingerprint, read_jsonl, sha256_bytes, sha256_file, write_json, write_jsonl
 from ..hub import is_hub_model, resolve
-from ..layout import (Workdir, current_checkpoint_hash, load_split, read_json_if_present, read_target_responses)
+from ..layout import (Workdir, current_checkpoint_hash, load_split, read_json_if_present, read_judgments,
+                      read_target_responses)
 from ..loading import check_checkpoint_folder, load_tokenizer
 from ..provenance import checkpoint_identity, library_versions, logic
 from .engine import EngineSpec, engine_settings, numeric_identity, start_engine
@@ -315,28 +316,7 @@ def _target_totals(entry: dict) -> None:
     entry["unsure_requests"] = sum(e.get("unsure_requests") or 0 for e in configs.values())
 
 
-# --- reading the verdicts back (score, report, export) ----------------------------------------------
-
-def read_judgments(workdir, target: str, configs: list[str]) -> Optional[dict]:
-    """{config: records} of `target` as the judge manifest vouches for them (sha256 per file), None when the
-    target was not judged; a file edited since the judge wrote it is a one-line UserError."""
-    paths = Workdir(workdir)
-    manifest = read_json_if_present(paths.judge_manifest)
-    entry = ((manifest or {}).get("targets") or {}).get(target)
-    if not isinstance(entry, dict) or not entry.get("configs"):
-        return None
-    out = {}
-    for config in configs:
-        e = entry["configs"].get(config)
-        if not isinstance(e, dict):
-            continue
-        path = paths.judge_file(target, config)
-        if not path.is_file() or sha256_file(path) != e.get("sha256"):
-            raise UserError(f"{path}: missing or edited since the judge stage wrote it (its sha256 differs from "
-                            f"{paths.judge_manifest.name}'s); rerun `tunesweep judge --config <config>`")
-        out[config] = read_jsonl(path)
-    return out
-
+# --- the AlpacaEval export --------------------------------------------------------------------------
 
 def export_annotations(cfg: ExperimentConfig, out: Path, model: Optional[str] = None) -> int:
     """AlpacaEval's annotation format, one object per judged pair: instruction, output_1 (the baseline),

@@ -31,7 +31,13 @@ from .tables import (ALPHA, MetricVerdict, comparison_rows as _cmp_rows, family_
 log = logging.getLogger(__name__)
 
 # (column in eval_results/<target>.csv, label); higher is better for every one of them.
-METRICS = [("bleu", "BLEU"), ("rougeL", "ROUGE-L"), ("bertscore", "BERTScore"), ("human", "Human")]
+METRICS = [("bleu", "BLEU"), ("rougeL", "ROUGE-L"), ("bertscore", "BERTScore"), ("human", "Human"),
+           ("judge_win", "Judge win rate"), ("judge_lc", "Judge LC win rate")]
+# In the tables and plots only: comparisons.csv has no paired test of the length-controlled win rate (a refit
+# per resample and config pair), and the judge's win rates are not compared with the base model's (each target
+# is judged against its own baseline).
+NO_PAIRED_TEST = {"judge_lc"}
+NO_BASE_COMPARISON = {"judge_win", "judge_lc"}
 DECIMALS = 4
 
 
@@ -445,6 +451,49 @@ def _human_section(cfg: ExperimentConfig) -> list[str]:
     return lines
 
 
+def judge_section(metrics_json: Optional[dict]) -> list[str]:
+    """## LLM judge: who judged against what, position bias, unsure requests, self-preference, and the
+    agreement with the human ratings (metrics.json's `judge`, written by score from the judge stage's files)."""
+    j = metric_settings(metrics_json).get("judge")
+    if not isinstance(j, dict):
+        return []
+    lines = ["## LLM judge", ""]
+    if j.get("stand_in"):
+        lines += [f"**Stand-in judge:** {j['stand_in']}.", ""]
+    ident = j.get("judge") or {}
+    who = ident.get("hub") or (ident.get("identity") or {}).get("sha256", "")[:12]
+    lines += [f"Judge `{j.get('model')}` ({who}, {j.get('backend')} backend). Every answer is compared with the "
+              f"baseline answer to the same test row (`{j.get('against')}`) in both orders; its preference is the "
+              "judge's next-token probability of the answer's label, normalised over the two labels and averaged "
+              "over the orders. **Judge win rate** = mean preference (a tie counts half), 95% bootstrap CI over the "
+              "judged rows; **Judge LC win rate** = the length-controlled win rate (AlpacaEval 2's logistic model on "
+              "tanh of the standardised length difference, read off at zero difference, without AlpacaEval's "
+              "instruction-difficulty term); the baseline config itself is 0.5 by definition.", ""]
+    rows = [[t, v.get("rows"), f"`{v.get('baseline')}`", fmt(v.get("flip_share"), 3), v.get("unsure_requests")]
+            for t, v in (j.get("targets") or {}).items()]
+    lines += [md_table(["model", "rows judged", "baseline", "flip share (position bias)", "unsure requests"], rows),
+              "", "A flip: the verdict changes with the order the answers are shown in. An unsure request: the two "
+              "labels held under half of the judge's next-token probability.", ""]
+    for warning in j.get("self_preference") or []:
+        lines += [f"**Self-preference:** {warning}.", ""]
+    cal = j.get("calibration")
+    if isinstance(cal, dict):
+        p, r = cal.get("pairs") or {}, cal.get("rank") or {}
+        if p.get("agreement") is not None:
+            lines += [f"Against the human ratings: the judge and the raters prefer the same answer in "
+                      f"{fmt_ci(p['agreement'], p.get('ci_low'), p.get('ci_high'), 3)} of {p['pairs']} pairs of rated "
+                      f"answers to the same row ({p['rows']} rows; 95% CI over rows).", ""]
+        else:
+            lines += ["Against the human ratings: no two rated answers to the same row differ in rating, so no "
+                      "pairwise agreement.", ""]
+        if r.get("spearman") is not None:
+            lines += [f"Rank correlation of per-config judge win rates with human means: Spearman "
+                      f"{fmt(r['spearman'], 3)} over {r['cells']} model x config cells (p {fmt(r.get('p'), 3)}).", ""]
+        for warning in cal.get("warnings") or []:
+            lines += [f"**Warning:** {warning}.", ""]
+    return lines
+
+
 def _settings_section(cfg: ExperimentConfig, metrics_json: Optional[dict], manifests: dict) -> list[str]:
     lines = ["## Settings", "", "### Models", ""]
     rows = []
@@ -516,18 +565,21 @@ def report(cfg: ExperimentConfig) -> Path:
     if few:
         lines += [few, ""]
     comparisons = read_comparisons(cfg)
-    found = verdicts(scored, metrics, centre_config(cfg).name, comparisons)
+    tested = [(m, label) for m, label in metrics if m not in NO_PAIRED_TEST]
+    found = verdicts(scored, tested, centre_config(cfg).name, comparisons)
     lines += _verdict_section(scored, found)
     lines += _results_section(scored, metrics, configs, metrics_json, found)
-    lines += _comparisons_section(scored, metrics, comparisons, centre_config(cfg).name)
-    lines += _best_section(scored, metrics, comparisons)
-    lines += _finetune_gain_section(cfg, scored, metrics, perplexity, comparisons)
+    lines += _comparisons_section(scored, tested, comparisons, centre_config(cfg).name)
+    lines += _best_section(scored, tested, comparisons)
+    lines += _finetune_gain_section(cfg, scored, [(m, label) for m, label in metrics if m not in NO_BASE_COMPARISON],
+                                    perplexity, comparisons)
     training, training_records = _training_section(cfg)
     lines += training
     plot_lines, plots = _plots_section(cfg, scored, metrics, paths.plots_dir)
     lines += plot_lines
     lines += _perplexity_section(perplexity, ppl_path, targets)
     lines += _human_section(cfg)
+    lines += judge_section(metrics_json)
     lines += _cleaning_section(cfg, scored)
     throughput, manifests = _throughput_section(cfg, scored)
     lines += throughput
