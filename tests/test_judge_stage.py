@@ -74,7 +74,7 @@ def test_judge_stage_files_cache_resume_and_export(study, tmp_path):
     assert len(reference) == 2 * 12
     assert not any(m["baseline"] in name for name in reference)
     for name in reference:
-        target, config = name.split("/")
+        target, config = name[: -len(".jsonl")].split("/")
         records = read_jsonl(a.root / "eval_results" / "judge" / name)
         assert len(records) == ROWS
         for r in records:
@@ -164,3 +164,63 @@ def test_vllm_judge_engine_loads_once_for_the_whole_study(study, tmp_path, caplo
         assert 0.0 <= m["targets"][target]["flip_share"] <= 1.0
     prefs = [json.loads(line)["preference"] for data in judged_files(copy.root).values() for line in data.splitlines()]
     assert len(prefs) == 2 * 13 * 2 and all(0.0 <= p <= 1.0 for p in prefs)
+
+
+# --- calibration against human ratings (known answers) -------------------------------------------------------
+
+def _judged_by_hand():
+    import numpy as np
+
+    from tunesweep.evaluate.judged import Judged
+
+    prefs = {"c0": np.full(3, 0.5), "c1": np.array([0.9, 0.2, 0.6]), "c2": np.array([0.3, 0.4, 0.6])}
+    return {"m": Judged("c0", prefs, {}, 3, 0.0, 0, ["r1", "r2", "r3"])}
+
+
+def test_judge_human_agreement_on_a_sheet_whose_answer_is_known():
+    """Row r1: the humans rank c1 > c0 > c2 and so does the judge (3 agreeing pairs). Row r2: the humans prefer c1,
+    the judge c2 (1 disagreeing pair). Row r3: c0 and c1 rated alike (no pair); c1 over c2 for the humans, a judge tie
+    (1/2); c0 over c2 for the humans, c2 for the judge (0). Agreement 3.5 / 6."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from tunesweep.evaluate.judged import calibration, pairwise_agreement
+    from tunesweep.evaluate.metrics import bootstrap_indices
+
+    ratings = {("r1", "c0"): 3, ("r1", "c1"): 5, ("r1", "c2"): 2, ("r2", "c1"): 4, ("r2", "c2"): 2,
+               ("r3", "c0"): 3, ("r3", "c1"): 3, ("r3", "c2"): 1}
+    items = [{"model": "m", "config": c, "id": r, "rating": v} for (r, c), v in ratings.items()]
+    items.append({"model": "other", "config": "c1", "id": "r1", "rating": 1})  # not judged: left out
+    judged = _judged_by_hand()
+    out = pairwise_agreement(items, judged, resamples=2000, seed=3)
+    assert (out["pairs"], out["rows"]) == (6, 3)
+    assert out["agreement"] == pytest.approx(3.5 / 6)
+    # The CI resamples rows (each row's pairs together): by hand with the same draws.
+    sums, counts = np.array([3.0, 0.0, 0.5]), np.array([3.0, 1.0, 2.0])
+    idx = bootstrap_indices(3, 2000, 3)
+    ratios = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+    assert (out["ci_low"], out["ci_high"]) == pytest.approx(tuple(np.percentile(ratios, [2.5, 97.5])))
+
+    # Per-config win rates rank the configs as the human means do: Spearman 1; the pairwise figure warns (< 0.6).
+    cfg = SimpleNamespace(evaluation=SimpleNamespace(bootstrap=200), seed=0)
+    tables = {"m": [{"config": "c0", "judge_win": 0.5}, {"config": "c1", "judge_win": 0.57},
+                    {"config": "c2", "judge_win": 0.43}]}
+    human = {("m", "c0"): 3.0, ("m", "c1"): 4.0, ("m", "c2"): 1.67}
+    cal = calibration(cfg, judged, items, human, tables)
+    assert cal["rank"]["spearman"] == pytest.approx(1.0) and cal["rank"]["cells"] == 3
+    assert len(cal["warnings"]) == 1 and "58%" in cal["warnings"][0]
+    reversed_human = {k: -v for k, v in human.items()}
+    cal = calibration(cfg, judged, items, reversed_human, tables)
+    assert cal["rank"]["spearman"] == pytest.approx(-1.0) and len(cal["warnings"]) == 2
+
+
+def test_self_preference_is_warned_when_the_judge_is_or_shares_a_judged_base(tmp_path):
+    from tunesweep.config import parse_config
+    from tunesweep.judge.stage import JudgeModel, self_preference
+
+    cfg = parse_config({"name": "x", "workdir": str(tmp_path / "w"),
+                        "models": [{"name": "a", "base": "org/base-a"}, {"name": "b", "base": "org/base-b"}],
+                        "evaluation": {"judge": {"model": "org/base-b"}}})
+    warnings = self_preference(cfg, JudgeModel(str(tmp_path / "judge"), {}))
+    assert len(warnings) == 1 and warnings[0].startswith("b:") and "shares its base" in warnings[0]

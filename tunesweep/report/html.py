@@ -44,7 +44,7 @@ from ..provenance import library_versions
 from .plots import FACTORS
 from .tables import (Scored, agreement_text, bertscore_empty_line, fidelity_text, invariance_text, bertscore_line, centre_config, metric_settings, scoring_versions, target_label,
                      to_number as _num)
-from .tables import VERDICT_INTRO, MetricVerdict, noise_note, p_text
+from .tables import VERDICT_INTRO, MetricVerdict, judge_summary, noise_note, p_text
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +258,24 @@ def _comparisons_section(path: Path) -> str:
     body = _table(columns, rows, attrs=' id="cmp-table"',
                   numeric=[i for i, c in enumerate(columns) if c in numeric_cols])
     return "".join(head + [body, "</section>"])
+
+
+def _judge_section(metrics_json: Optional[dict]) -> str:
+    """The LLM judge: the report.md section's paragraphs and table (tables.judge_summary)."""
+    found = judge_summary(metrics_json)
+    if found is None:
+        return ""
+    paragraphs, header, rows = found
+
+    def marks(text: str) -> str:  # the two markdown marks judge_summary uses: **bold** and `code`
+        out = esc(text)
+        out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
+        return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+
+    body = [f"<p>{marks(paragraphs[0])}</p>",
+            _table(header, ("<tr>" + "".join(f"<td>{marks(str(c))}</td>" for c in row) + "</tr>" for row in rows))]
+    body += [f"<p>{marks(p)}</p>" for p in paragraphs[1:]]
+    return '<section id="judge"><h2>LLM judge</h2>' + "".join(body) + "</section>"
 
 
 def _plots_section(plots: list[Path]) -> str:
@@ -516,6 +534,7 @@ def build_html(cfg: ExperimentConfig, scored: list[Scored], metrics: list[tuple[
         _results_section(cfg, scored, metrics, perplexity, metrics_json, found),
         _plots_section(plots),
         _comparisons_section(Workdir(cfg.path).comparisons),
+        _judge_section(metrics_json),
         _explorer_section(data),
         _settings_section(cfg, scored, manifests, metrics_json, generated),
         "</main>",

@@ -23,7 +23,7 @@ from ..layout import Workdir, check_vouched, format_cell, markdown_table as md_t
 from ..provenance import library_versions
 from .plots import FACTORS, plot_factor
 from .html import build_html
-from .tables import (Scored, agreement_text, bertscore_empty_line, fidelity_text, invariance_text, bertscore_line, centre_config, metric_settings, read_comparisons,
+from .tables import (Scored, judge_summary, agreement_text, bertscore_empty_line, fidelity_text, invariance_text, bertscore_line, centre_config, metric_settings, read_comparisons,
                      read_scored, scored_targets, scoring_versions, target_label, to_number, value_of)
 from .tables import (ALPHA, MetricVerdict, comparison_rows as _cmp_rows, family_size, holm_p_text, noise_note, p_text,
                      signed_diff, significant as _significant, verdicts, VERDICT_INTRO)
@@ -452,45 +452,15 @@ def _human_section(cfg: ExperimentConfig) -> list[str]:
 
 
 def judge_section(metrics_json: Optional[dict]) -> list[str]:
-    """## LLM judge: who judged against what, position bias, unsure requests, self-preference, and the
-    agreement with the human ratings (metrics.json's `judge`, written by score from the judge stage's files)."""
-    j = metric_settings(metrics_json).get("judge")
-    if not isinstance(j, dict):
+    """## LLM judge (tables.judge_summary: the same paragraphs and table as report.html's)."""
+    found = judge_summary(metrics_json)
+    if found is None:
         return []
-    lines = ["## LLM judge", ""]
-    if j.get("stand_in"):
-        lines += [f"**Stand-in judge:** {j['stand_in']}.", ""]
-    ident = j.get("judge") or {}
-    who = ident.get("hub") or (ident.get("identity") or {}).get("sha256", "")[:12]
-    lines += [f"Judge `{j.get('model')}` ({who}, {j.get('backend')} backend). Every answer is compared with the "
-              f"baseline answer to the same test row (`{j.get('against')}`) in both orders; its preference is the "
-              "judge's next-token probability of the answer's label, normalised over the two labels and averaged "
-              "over the orders. **Judge win rate** = mean preference (a tie counts half), 95% bootstrap CI over the "
-              "judged rows; **Judge LC win rate** = the length-controlled win rate (AlpacaEval 2's logistic model on "
-              "tanh of the standardised length difference, read off at zero difference, without AlpacaEval's "
-              "instruction-difficulty term); the baseline config itself is 0.5 by definition.", ""]
-    rows = [[t, v.get("rows"), f"`{v.get('baseline')}`", fmt(v.get("flip_share"), 3), v.get("unsure_requests")]
-            for t, v in (j.get("targets") or {}).items()]
-    lines += [md_table(["model", "rows judged", "baseline", "flip share (position bias)", "unsure requests"], rows),
-              "", "A flip: the verdict changes with the order the answers are shown in. An unsure request: the two "
-              "labels held under half of the judge's next-token probability.", ""]
-    for warning in j.get("self_preference") or []:
-        lines += [f"**Self-preference:** {warning}.", ""]
-    cal = j.get("calibration")
-    if isinstance(cal, dict):
-        p, r = cal.get("pairs") or {}, cal.get("rank") or {}
-        if p.get("agreement") is not None:
-            lines += [f"Against the human ratings: the judge and the raters prefer the same answer in "
-                      f"{fmt_ci(p['agreement'], p.get('ci_low'), p.get('ci_high'), 3)} of {p['pairs']} pairs of rated "
-                      f"answers to the same row ({p['rows']} rows; 95% CI over rows).", ""]
-        else:
-            lines += ["Against the human ratings: no two rated answers to the same row differ in rating, so no "
-                      "pairwise agreement.", ""]
-        if r.get("spearman") is not None:
-            lines += [f"Rank correlation of per-config judge win rates with human means: Spearman "
-                      f"{fmt(r['spearman'], 3)} over {r['cells']} model x config cells (p {fmt(r.get('p'), 3)}).", ""]
-        for warning in cal.get("warnings") or []:
-            lines += [f"**Warning:** {warning}.", ""]
+    paragraphs, header, rows = found
+    lines = ["## LLM judge", "", paragraphs[0], ""]
+    lines += [md_table(header, rows), ""]
+    for p in paragraphs[1:]:
+        lines += [p, ""]
     return lines
 
 
