@@ -2,7 +2,7 @@
 
     alpaca_data/{train,test}.jsonl, split.json                  split      -> finetune, generate
     finetuned_models/<model>/ (+ <model>.training/, .<model>.staging/)   finetune -> generate, score
-    llm_responses/<target>/<config>.jsonl, manifest.json       generate   -> clean, score, human-eval, report
+    llm_responses/<target>/<config>.jsonl, manifest.json       generate   -> clean, judge, score, human-eval, report
     llm_responses/<target>/cleaning.json                       clean      -> report
     eval_results/<target>.csv/.md, all.csv, perplexity.csv, comparisons.csv, metrics.json, .cache/   score -> report
     eval_results/human_eval/{sheet.csv,rubric.md,key.json}, human.csv/.json         human-eval -> score, report
