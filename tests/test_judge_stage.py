@@ -130,7 +130,9 @@ def test_judge_stage_files_cache_resume_and_export(study, tmp_path):
 
     # 6. A judged file edited by hand is not trusted: its pairs are judged again.
     path = a.root / "eval_results" / "judge" / "tiny" / "top_k_25_num_beams_1_temp_0.8.jsonl"
-    path.write_text(path.read_text().replace('"flipped": false', '"flipped": true'))
+    records = read_jsonl(path)
+    records[0]["preference"] = 0.0 if records[0]["preference"] else 1.0  # a verdict written by hand
+    write_jsonl(path, records)
     assert judge(cfg)["pairs_judged"] == ROWS
 
     # 7. AlpacaEval's annotation format: the baseline is output_1, the answer under test output_2.
