@@ -20,7 +20,7 @@ def with_judge(study, tmp_path, name: str, backend: str = "hf", rows: int = ROWS
     judge_model = copy.root / "finetuned_models" / "tiny"
     text = copy.config.read_text()
     text = text.replace("  bootstrap: 50\n", f"  bootstrap: 50\n  judge: {{model: {judge_model}, backend: {backend}, "
-                        f"rows: {rows}, against: {against}, engine: {{max_model_len: 1024}}}}\n")
+                        f"rows: {rows}, against: {against}, engine: {{max_model_len: 512}}}}\n")
     copy.config.write_text(text)
     return copy
 
@@ -147,6 +147,46 @@ def test_judge_stage_files_cache_resume_and_export(study, tmp_path):
     assert mine[2]["output_1"] == "Another answer written by hand."
     assert {r["generator_1"] for r in rows} == {"tiny:top_k_50_num_beams_1_temp_0.8",
                                                 "tiny-base:top_k_50_num_beams_1_temp_0.8"}
+
+    # 8. Score turns the verdicts into metrics: win rate (mean preference, CI over the judged rows) and the
+    #    length-controlled win rate (winrate.lc_win_rate on the file's lengths), paired comparisons of judge_win
+    #    against the centre and the best, each row's preference beside its scores; the report has the section.
+    import numpy as np
+
+    from tunesweep.evaluate.scoring import score
+    from tunesweep.evaluate.winrate import lc_win_rate
+    from tunesweep.layout import read_frame
+    from tunesweep.report import report
+
+    score(cfg)
+    table = read_frame(a.root / "eval_results" / "tiny.csv").set_index("config")
+    records = read_jsonl(a.root / "eval_results" / "judge" / "tiny" / f"{edited}.jsonl")
+    prefs = [r["preference"] for r in records]
+    assert table.loc[edited, "judge_win"] == pytest.approx(np.mean(prefs), abs=1e-6)
+    assert table.loc[edited, "judge_win_ci_low"] <= table.loc[edited, "judge_win"] <= table.loc[edited, "judge_win_ci_high"]
+    lc = lc_win_rate(prefs, [r["answer_chars"] for r in records], [r["baseline_chars"] for r in records], 50, 42)
+    assert table.loc[edited, "judge_lc"] == pytest.approx(lc.value, abs=1e-6)
+    assert table.loc["top_k_50_num_beams_1_temp_0.8", "judge_win"] == 0.5
+    comparisons = read_frame(a.root / "eval_results" / "comparisons.csv")
+    judged_rows = comparisons[(comparisons.metric == "judge_win") & (comparisons.model == "tiny")]
+    assert sorted(set(judged_rows.versus)) == ["best", "centre"] and len(judged_rows[judged_rows.versus == "centre"]) == 12
+    row_scores = read_frame(a.root / "eval_results" / "rows" / "tiny.csv")
+    mine = row_scores[row_scores.config == edited]["judge_win"].tolist()
+    assert mine[:ROWS] == pytest.approx(prefs, abs=1e-5) and all(np.isnan(mine[ROWS:]))
+    report(cfg)
+    text = (a.root / "eval_results" / "report.md").read_text()
+    assert "## LLM judge" in text and "Stand-in judge" in text and "Judge win rate" in text
+    assert '<section id="judge">' in (a.root / "eval_results" / "report.html").read_text()
+
+    # 9. A response regenerated (here: edited and vouched for) after judging: score refuses the stale verdicts.
+    recs = read_jsonl(responses / f"{edited}.jsonl")
+    recs[0]["response"] = "Changed after the judge ran."
+    write_jsonl(responses / f"{edited}.jsonl", recs)
+    vouch_for_responses(a.root, "tiny", cfg=cfg)
+    from tunesweep.errors import UserError
+
+    with pytest.raises(UserError, match="judged on other answers than the current responses"):
+        score(cfg)
 
 
 def test_vllm_judge_engine_loads_once_for_the_whole_study(study, tmp_path, caplog):
