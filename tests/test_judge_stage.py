@@ -178,6 +178,31 @@ def test_judge_stage_files_cache_resume_and_export(study, tmp_path):
     assert "## LLM judge" in text and "Stand-in judge" in text and "Judge win rate" in text
     assert '<section id="judge">' in (a.root / "eval_results" / "report.html").read_text()
 
+    # Human ratings imported (made-up, deterministic): score (which the import reruns) calibrates the judge
+    # against them, per rated pair of answers and per config (every config of both models has a human mean).
+    import csv
+
+    from tunesweep.evaluate.human_eval import export_sheet, import_ratings
+    from tunesweep.files import derive_seed
+
+    sheet = export_sheet(cfg)
+    key = json.loads((a.root / "eval_results" / "human_eval" / "key.json").read_text())
+    with open(sheet, newline="", encoding="utf-8") as fh:
+        rated = list(csv.DictReader(fh))
+    for r in rated:
+        e = key["items"][r["item"]]
+        r["rating"], r["rater"] = str(1 + derive_seed(e["model"], e["config"], e["id"]) % 5), "alice"
+    with open(tmp_path / "alice.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rated[0]))
+        writer.writeheader()
+        writer.writerows(rated)
+    import_ratings(cfg, [tmp_path / "alice.csv"])
+    calibrated = json.loads((a.root / "eval_results" / "metrics.json").read_text())["metrics"]["judge"]["calibration"]
+    assert calibrated["rank"]["cells"] == 2 * 13 and calibrated["rank"]["spearman"] is not None
+    assert calibrated["pairs"]["pairs"] >= 0
+    report(cfg)
+    assert "Against the human ratings" in (a.root / "eval_results" / "report.md").read_text()
+
     # 9. A response regenerated (here: edited and vouched for) after judging: score refuses the stale verdicts.
     recs = read_jsonl(responses / f"{edited}.jsonl")
     recs[0]["response"] = "Changed after the judge ran."
