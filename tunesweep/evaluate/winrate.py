@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .metrics import CI_LEVEL, bootstrap_indices, percentile_ci  # noqa: F401 (CI_LEVEL: for readers)
+from .metrics import bootstrap_indices, percentile_ci
 
 # Newton steps for the logistic fit; it converges in well under 30 on any real data (quadratic
 # convergence). Where the maximum likelihood is at infinity (every preference 0 or 1 and the lengths
