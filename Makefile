@@ -51,10 +51,12 @@ test-fast: setup
 GEN_BENCH_ARGS ?=
 SCORE_BENCH_ARGS ?=
 HTML_BENCH_ARGS ?=
+JUDGE_BENCH_ARGS ?=
 bench: setup
 	$(PY) bench/generation.py $(GEN_BENCH_ARGS)
 	$(PY) bench/scoring.py $(SCORE_BENCH_ARGS)
 	$(PY) bench/report_html.py $(HTML_BENCH_ARGS)
+	$(PY) bench/judge.py $(JUDGE_BENCH_ARGS)
 
 clean-demo:
 	rm -rf demo_run

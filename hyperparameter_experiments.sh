@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole tunesweep pipeline for one experiment config:
-#   split -> finetune every model -> generate every decoding config -> clean -> score -> report
+#   split -> finetune every model -> generate every decoding config -> clean -> judge (when evaluation.judge is set) -> score -> report
 #
 #   bash hyperparameter_experiments.sh [--config configs/alpaca.yaml] [--from STAGE] [--only STAGE] [--limit N]
 #

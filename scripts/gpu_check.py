@@ -11,7 +11,7 @@ Steps (each logged to <out>/logs/<step>.log; about 6-8 minutes on one H100):
      16 layers, 16 heads; tokenizer trained on --data);
   3. `tunesweep run` on configs/gpu_check.yaml: tiny-auto (backend auto: unsloth when CUDA is visible and
      it imports) and tiny-peft (peft QLoRA), generation auto (vllm when it imports, else transformers),
-     BLEU / ROUGE-L / perplexity, report;
+     the judge stage (one judge engine, auto backend), BLEU / ROUGE-L / perplexity / judge win rates, report;
   4. bench/training.py on the 0.7B model: QLoRA through peft and unsloth, each in its own process;
   5. <out>/summary.md and summary.json: machine, date, versions, backends chosen and why, losses, EOS
      check, trained tokens/s, peak memory, scores, the bench's ratio. Written even when a step fails.
@@ -104,8 +104,16 @@ def summarize(out: Path, work: Path, steps: list[dict], started: float) -> dict:
 
         for row in pd.read_csv(ppl).to_dict(orient="records"):
             models.setdefault(row["model"], {})["perplexity"] = row.get("perplexity")
+    judge = read_json(work / "eval_results" / "judge" / "manifest.json")
+    if judge:
+        run = (judge.get("runs") or [{}])[-1]
+        judge = {"backend": judge.get("backend"), "why": judge.get("backend_reason"), "runs": judge.get("runs"),
+                 "engine_loads": run.get("engine_loads"), "engine_build_s": run.get("engine_build_s"),
+                 "pairs_judged": run.get("pairs_judged"), "wall_s": run.get("wall_s"),
+                 "flip_share": {t: e.get("flip_share") for t, e in (judge.get("targets") or {}).items()}}
     doctor = out / "logs" / "doctor.log"
     return {
+        "judge": judge,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"gpu": gpu_name(), "python": platform.python_version(), "platform": platform.platform()},
         "total_s": round(time.time() - started, 1),
@@ -138,6 +146,15 @@ def markdown(s: dict) -> str:
                                  "top_k_50_num_beams_5_temp_0.8"):
                 lines.append(f"  - {row['config']} ({row.get('mode')}): BLEU {row.get('bleu'):.3f}, "
                              f"ROUGE-L {row.get('rougeL'):.3f}")
+    j = s.get("judge")
+    lines += ["", "## Judge stage", ""]
+    if j:
+        first = next((r for r in j.get("runs") or [] if r.get("engine_loads")), {})
+        lines.append(f"- backend {j['backend']} ({j['why']}); first judging run: {first.get('engine_loads')} engine "
+                     f"load(s) in {first.get('engine_build_s')} s, {first.get('pairs_judged')} pairs, "
+                     f"{first.get('wall_s')} s; flip share per model {json.dumps(j['flip_share'])}")
+    else:
+        lines.append("(no judge manifest: the stage did not run)")
     b = s.get("bench")
     lines += ["", "## bench/training.py", ""]
     if b:

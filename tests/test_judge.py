@@ -16,7 +16,7 @@ import pytest
 
 from tunesweep.errors import UserError
 from tunesweep.judge.prompt import Labels, pairwise_text, pick_labels, prompt_token_ids
-from tunesweep.judge.stats import bootstrap_indices, length_design, lc_win_rate, win_rate
+from tunesweep.evaluate.winrate import bootstrap_indices, length_design, lc_win_rate, win_rate
 from tunesweep.judge.verdict import (Pair, Verdict, flip_share, hf_scorer, judge_pairs, normalised, unsure_count,
                                      verdict_from)
 

@@ -186,7 +186,7 @@ def test_script_and_run_take_the_stage_list_from_one_place(tmp_path):
     from helpers import run_tunesweep
     from tunesweep.cli import build_parser
 
-    assert STAGES == ("split", "finetune", "generate", "clean", "score", "report")
+    assert STAGES == ("split", "finetune", "generate", "clean", "judge", "score", "report")
     listed = run_tunesweep("stages")
     assert listed.returncode == 0 and listed.stdout.split() == list(STAGES)
     # The shell pipeline knows its stages only through `tunesweep stages`: a stand-in that lists

@@ -457,3 +457,27 @@ def test_doctor_reports_ray_and_the_clusters_cpus_and_gpus(ray_local):
     [line] = [x for x in lines if x.startswith("ray ")]
     assert line == f"ray           {ray_local.__version__}; cluster auto: 1 node(s), 2 CPUs, 0 GPUs"
     assert lines[-2].startswith("train   auto -> ")
+
+
+@RAY_MARK
+def test_judge_on_ray_is_one_engine_actor_with_the_local_verdicts(ray_local, study, tmp_path):
+    """execution.backend ray: the judge engine is one Ray actor for the whole study (hf here: cheap), and its
+    verdicts are the local engine's (to 1e-6: the actor's torch runs on its one reserved CPU)."""
+    from tunesweep.files import read_jsonl
+    from tunesweep.judge.stage import judge
+
+    judge_line = "  judge: {{model: {}, backend: hf, rows: 2}}\n"
+    runs = {}
+    for name, execution in (("local", ""), ("ray", "execution: {backend: ray, retries: 0}\n")):
+        copy = study.copy_to(tmp_path / name)
+        text = copy.config.read_text().replace(
+            "  bootstrap: 50\n", "  bootstrap: 50\n" + judge_line.format(copy.root / "finetuned_models" / "tiny"))
+        copy.config.write_text(text + execution)
+        out = judge(load_config(copy.config))
+        assert out["engine_loads"] == 1 and out["pairs_judged"] == 2 * 12 * 2
+        folder = copy.root / "eval_results" / "judge"
+        runs[name] = {p.relative_to(folder).as_posix(): [r["preference"] for r in read_jsonl(p)]
+                      for p in sorted(folder.rglob("*.jsonl"))}
+    assert runs["ray"].keys() == runs["local"].keys() and len(runs["ray"]) == 24
+    for key, prefs in runs["local"].items():
+        assert runs["ray"][key] == pytest.approx(prefs, abs=1e-6), key

@@ -186,6 +186,14 @@ def cmd_clean(args) -> int:
     return 0
 
 
+def cmd_judge(args) -> int:
+    from .judge.stage import judge
+
+    judge(_load(args), model=args.model, backend=args.backend, force=args.force,
+          export_alpacaeval=args.export_alpacaeval)
+    return 0
+
+
 def cmd_score(args) -> int:
     from .evaluate.scoring import score
 
@@ -306,6 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("clean", cmd_clean, "derive the cleaned `response` field from `response_raw`")
     sp.add_argument("--model", help="only this model (or <model>-base)")
 
+    sp = add("judge", cmd_judge, "an LLM judge compares every config's answers with a baseline (evaluation.judge) "
+             "into eval_results/judge/")
+    sp.add_argument("--model", help="only this model (or <model>-base)")
+    sp.add_argument("--backend", choices=["auto", "vllm", "hf"], help="override evaluation.judge.backend")
+    sp.add_argument("--force", action="store_true", help="judge again even when the judgments are current")
+    sp.add_argument("--export-alpacaeval", metavar="PATH", help="also write the judgments as AlpacaEval annotations "
+                    "(JSON: instruction, output_1, output_2, generator_1, generator_2, preference in [1, 2])")
+    add_execution(sp, replicas=False)
+
     sp = add("score", cmd_score, "BLEU / ROUGE-L / BERTScore / perplexity with bootstrap CIs into eval_results/")
     sp.add_argument("--model", help="only this model (or <model>-base)")
     sp.add_argument("--force", action="store_true", help="rescore even when responses are unchanged")
@@ -324,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("stages", cmd_stages, "print the pipeline's stages in order, one a line (hyperparameter_experiments.sh "
         "reads them)", config=False)
 
-    sp = add("run", cmd_run, "the whole pipeline: split, finetune, generate, clean, score, report")
+    sp = add("run", cmd_run, "the whole pipeline: split, finetune, generate, clean, judge, score, report")
     sp.add_argument("--from", dest="from_stage", choices=STAGES, help="start at this stage")
     sp.add_argument("--only", choices=STAGES, help="run only this stage")
     sp.add_argument("--limit", type=int, help="only the first N test rows (smoke runs)")

@@ -532,6 +532,13 @@ def expand_sweep(gen: GenerationConfig) -> list[DecodingConfig]:
     return _expand(gen)[0]
 
 
+def centre_config(cfg: "ExperimentConfig") -> DecodingConfig:
+    """The centre config: the generation defaults, the point every one-at-a-time factor varies from (the
+    reference of comparisons.csv's `centre` rows and the judge's default baseline)."""
+    d = cfg.generation.defaults
+    return DecodingConfig(d.top_k, d.num_beams, float(d.temperature))
+
+
 def sweep_merges(gen: GenerationConfig) -> dict[str, list[str]]:
     """{kept config: [configs merged into it]}: those that differ from it only in parameters their mode ignores
     (a beam config's top_k and temperature, a greedy config's top_k), so they would generate the same text."""

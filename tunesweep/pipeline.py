@@ -45,6 +45,12 @@ def _run_clean(cfg, limit):
     clean(cfg)
 
 
+def _run_judge(cfg, limit):
+    from .judge.stage import judge
+
+    judge(cfg)
+
+
 def _run_score(cfg, limit):
     from .evaluate.scoring import score
 
@@ -58,7 +64,7 @@ def _run_report(cfg, limit):
 
 
 RUNNERS = {"split": _run_split, "finetune": _run_finetune, "generate": _run_generate, "clean": _run_clean,
-           "score": _run_score, "report": _run_report}
+           "judge": _run_judge, "score": _run_score, "report": _run_report}
 
 
 # The stages after which the study is pushed to MLflow (tracking.backend: mlflow): each writes results.

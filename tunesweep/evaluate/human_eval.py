@@ -431,6 +431,11 @@ def _summary(cfg: ExperimentConfig, files: Sequence[str | Path], key: dict, rati
         "items_rated": len(by_item),
         "items_in_sheet": len(key["items"]),
         "blank_skipped": blanks,
+        # Each rated item's mean rating with where it came from: the judge's calibration (evaluate/judged.py) asks
+        # which of two rated answers to the same test row the humans and the judge prefer.
+        "item_means": [{"model": key["items"][i]["model"], "config": key["items"][i]["config"],
+                        "id": key["items"][i]["id"], "rating": human_mean([list(by_item[i].values())])}
+                       for i in sorted(by_item)],
         "agreement": {
             "items_with_2plus_raters": sum(1 for u in units if len(u) >= 2),
             "pairwise_exact": pairwise_exact_agreement(units),

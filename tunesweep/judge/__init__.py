@@ -4,5 +4,7 @@ A stage package (tests/test_layering.py): it imports the shared base modules and
 - prompt: the built-in pairwise prompt and the two one-token answer labels;
 - verdict: preferences from the judge's next-token probabilities of the labels, asked in both orders
   (vLLM and transformers backends);
-- stats: win rate with a bootstrap CI and AlpacaEval 2's length-controlled win rate.
+- stats: win rate with a bootstrap CI and AlpacaEval 2's length-controlled win rate;
+- engine: the judge engine, loaded once per stage (in this process, a child process, or a Ray actor);
+- stage: the `judge` stage (files, cache, resume, manifest, AlpacaEval export).
 """

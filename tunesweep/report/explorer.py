@@ -11,7 +11,8 @@ from ..config import ExperimentConfig, expand_sweep
 from ..errors import UserError
 from ..files import read_jsonl
 from ..layout import TableReader, Workdir, check_vouched, read_target_responses
-from .tables import Scored, centre_config, target_label, to_number as _num
+from ..config import centre_config
+from .tables import Scored, target_label, to_number as _num
 
 log = logging.getLogger(__name__)
 

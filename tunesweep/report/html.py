@@ -36,7 +36,7 @@ from .plots import Plot
 from .tables import (Scored, agreement_text, bertscore_empty_line, bertscore_line, best_in_table, decimals_for,
                      fidelity_text, invariance_text, joined_versions, metric_settings, scoring_versions,
                      target_label, to_number as _num)
-from .tables import VERDICT_INTRO, MetricVerdict, noise_note, p_text
+from .tables import VERDICT_INTRO, MetricVerdict, judge_summary, noise_note, p_text
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +247,24 @@ def _comparison_row(r: dict, columns: list[str], numeric: set[str], family: int)
     return f'<tr{" class=sig data-sig=1" if sig else ""}>{"".join(cells)}</tr>'
 
 
+def _judge_section(metrics_json: Optional[dict]) -> str:
+    """The LLM judge: the report.md section's paragraphs and table (tables.judge_summary)."""
+    found = judge_summary(metrics_json)
+    if found is None:
+        return ""
+    paragraphs, header, rows = found
+
+    def marks(text: str) -> str:  # the two markdown marks judge_summary uses: **bold** and `code`
+        out = esc(text)
+        out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
+        return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+
+    body = [f"<p>{marks(paragraphs[0])}</p>",
+            _table(header, ("<tr>" + "".join(f"<td>{marks(str(c))}</td>" for c in row) + "</tr>" for row in rows))]
+    body += [f"<p>{marks(p)}</p>" for p in paragraphs[1:]]
+    return '<section id="judge"><h2>LLM judge</h2>' + "".join(body) + "</section>"
+
+
 def _plots_section(plots: list[Plot]) -> str:
     out = ['<section id="plots"><h2>Effect of each decoding factor</h2>',
            "<p>One plot per factor and metric: the factor's values with the other two at their defaults, "
@@ -419,6 +437,7 @@ def build_html(model: ReportModel) -> str:
                          model.verdicts),
         _plots_section(model.plots),
         _comparisons_section(model.comparisons),
+        _judge_section(model.metrics_json),
         _explorer_section(model.explorer),
         _settings_section(model),
         "</main>",

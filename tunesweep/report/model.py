@@ -16,11 +16,12 @@ from typing import Optional
 
 import pandas as pd
 
-from ..config import DecodingConfig, ExperimentConfig, RunTarget, expand_sweep
+from .. import metric_registry
+from ..config import DecodingConfig, ExperimentConfig, RunTarget, centre_config, expand_sweep
 from ..layout import Workdir, check_vouched, read_frame, read_json_if_present
 from .explorer import explorer_data
 from .plots import Plot
-from .tables import MetricVerdict, Scored, centre_config, read_comparisons, read_scored, table_metrics, verdicts
+from .tables import MetricVerdict, Scored, read_comparisons, read_scored, table_metrics, verdicts
 
 
 @dataclass
@@ -47,6 +48,20 @@ class ReportModel:
     inputs: list[Path]  # the files the report is made from, for report.md's Inputs
     plots: list[Plot] = field(default_factory=list)  # drawn by the stage (plots.draw_plots) before rendering
     race: list[str] = field(default_factory=list)  # report.md's race section (report/race.py), drawn with the plots
+
+
+# comparisons.csv has no paired test of the length-controlled win rate (a refit per resample and config pair).
+NO_PAIRED_TEST = {"judge_lc"}
+
+
+def tested_metrics(metrics: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The metrics with paired tests in comparisons.csv (the verdicts, comparisons and best sections' metrics)."""
+    return [(m, label) for m, label in metrics if m not in NO_PAIRED_TEST]
+
+
+def base_compared_metrics(metrics: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The metrics compared with the base model's: not a judge's (each target is judged against its own baseline)."""
+    return [(m, label) for m, label in metrics if metric_registry.get(m).needs != "judge"]
 
 
 def metrics_present(scored: list[Scored]) -> list[tuple[str, str]]:
@@ -82,7 +97,7 @@ def build_model(cfg: ExperimentConfig) -> ReportModel:
         targets={t.name: t for t in cfg.run_targets()},
         metrics_json=read_json_if_present(paths.metrics_json),
         perplexity=_vouched_frame(cfg, paths.perplexity_table), perplexity_path=paths.perplexity_table,
-        comparisons=comparisons, verdicts=verdicts(scored, metrics, centre, comparisons), manifests=manifests,
+        comparisons=comparisons, verdicts=verdicts(scored, tested_metrics(metrics), centre, comparisons), manifests=manifests,
         cleaning={s.target.name: read_json_if_present(paths.cleaning(s.target.name)) for s in scored},
         training={m.name: read_json_if_present(paths.model_record(m.name)) for m in cfg.models},
         human_summary=(human := read_json_if_present(paths.human_summary)),

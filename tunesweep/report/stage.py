@@ -23,9 +23,9 @@ from ..layout import Workdir, format_cell, markdown_table as md_table
 from ..provenance import library_versions
 from .race import race_section
 from .html import build_html
-from .model import ReportModel, build_model
+from .model import ReportModel, base_compared_metrics, build_model, tested_metrics
 from .plots import Plot, draw_plots
-from .tables import (Scored, agreement_text, best_in_table, bertscore_empty_line, bertscore_line, decimals_for,
+from .tables import (Scored, judge_summary, agreement_text, best_in_table, bertscore_empty_line, bertscore_line, decimals_for,
                      fidelity_text, invariance_text, joined_versions, metric_settings, scored_targets,
                      scoring_versions, target_label, to_number, value_of)
 from .tables import (ALPHA, MetricVerdict, comparison_rows as _cmp_rows, family_size, holm_p_text, noise_note, p_text,
@@ -416,6 +416,19 @@ def _human_section(summary: Optional[dict], cells: Optional[pd.DataFrame]) -> li
     return lines
 
 
+def judge_section(metrics_json: Optional[dict]) -> list[str]:
+    """## LLM judge (tables.judge_summary: the same paragraphs and table as report.html's)."""
+    found = judge_summary(metrics_json)
+    if found is None:
+        return []
+    paragraphs, header, rows = found
+    lines = ["## LLM judge", "", paragraphs[0], ""]
+    lines += [md_table(header, rows), ""]
+    for p in paragraphs[1:]:
+        lines += [p, ""]
+    return lines
+
+
 def _settings_section(cfg: ExperimentConfig, metrics_json: Optional[dict], manifests: dict) -> list[str]:
     lines = ["## Settings", "", "### Models", ""]
     rows = []
@@ -479,14 +492,16 @@ def render_markdown(model: ReportModel) -> str:
         _title_section(m),
         _verdict_section(m.scored, m.verdicts),
         _results_section(m.scored, m.metrics, m.configs, m.metrics_json, m.verdicts),
-        _comparisons_section(m.scored, m.metrics, m.comparisons, m.centre),
-        _best_section(m.scored, m.metrics, m.comparisons),
-        _finetune_gain_section(m.cfg, m.scored, m.metrics, m.perplexity, m.comparisons, m.centre),
+        _comparisons_section(m.scored, tested_metrics(m.metrics), m.comparisons, m.centre),
+        _best_section(m.scored, tested_metrics(m.metrics), m.comparisons),
+        _finetune_gain_section(m.cfg, m.scored, base_compared_metrics(m.metrics), m.perplexity, m.comparisons,
+                               m.centre),
         _training_section(m.cfg.models, m.training),
         _plots_section(m.plots),
         m.race,  # report.md only (report.html: not yet)
         _perplexity_section(m.perplexity, m.perplexity_path, m.targets),
         _human_section(m.human_summary, m.human_cells),
+        judge_section(m.metrics_json),
         _cleaning_section(m.scored, m.cleaning),
         _throughput_section(m.scored, m.manifests),
         _decoding_section(m.configs, m.manifests),

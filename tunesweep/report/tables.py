@@ -12,9 +12,9 @@ from typing import Optional
 import pandas as pd
 
 from .. import metric_registry
-from ..config import DecodingConfig, ExperimentConfig, RunTarget
+from ..config import ExperimentConfig, RunTarget
 from ..errors import UserError
-from ..layout import (COMPARISON_COLUMNS, Workdir, check_vouched, read_frame, read_json_if_present,
+from ..layout import (COMPARISON_COLUMNS, Workdir, check_vouched, format_cell, read_frame, read_json_if_present,
                       responses_fingerprint, settings_change)
 
 log = logging.getLogger(__name__)
@@ -101,11 +101,6 @@ def value_of(s: Scored, config: str, metric: str) -> tuple[Optional[float], Opti
         return None, None, None
     row = s.table.loc[config]
     return (to_number(row[metric]), to_number(row.get(f"{metric}_ci_low")), to_number(row.get(f"{metric}_ci_high")))
-
-
-def centre_config(cfg: ExperimentConfig) -> DecodingConfig:
-    d = cfg.generation.defaults
-    return DecodingConfig(d.top_k, d.num_beams, float(d.temperature))
 
 
 def metric_settings(metrics_json: Optional[dict]) -> dict:
@@ -435,3 +430,54 @@ def noise_note(found: list[MetricVerdict], labels: dict[str, str]) -> Optional[s
                 "Holm): its differences are within noise.")
     return (f"In {', '.join(noise)}, no config of this table is detectably better than another (paired bootstrap, "
             "Holm): those differences are within noise.")
+
+
+# --- the LLM judge ---------------------------------------------------------------------------------
+
+def judge_summary(metrics_json: Optional[dict]) -> Optional[tuple[list[str], list[str], list[list]]]:
+    """(paragraphs, table header, table rows) of the report's LLM judge section, from metrics.json's `judge`
+    (written by score from the judge stage's files); None without a judge. Paragraphs use markdown's **bold**
+    and `code`; report.md prints them as they are, report.html converts those two marks."""
+    j = metric_settings(metrics_json).get("judge")
+    if not isinstance(j, dict):
+        return None
+    ident = j.get("judge") or {}
+    who = ident.get("hub") or str((ident.get("identity") or {}).get("sha256", ""))[:12]
+    first = ""
+    if j.get("stand_in"):
+        first = f"**Stand-in judge:** {j['stand_in']}. "
+    first += (f"Judge `{j.get('model')}` ({who}, {j.get('backend')} backend). Every answer is compared with the "
+              f"baseline answer to the same test row (`{j.get('against')}`) in both orders; its preference is the "
+              "judge's next-token probability of the answer's label, normalised over the two labels and averaged "
+              "over the orders. **Judge win rate** = mean preference (a tie counts half), 95% bootstrap CI over the "
+              "judged rows; **Judge LC win rate** = the length-controlled win rate (AlpacaEval 2's logistic model on "
+              "tanh of the standardised length difference, read off at zero difference, without AlpacaEval's "
+              "instruction-difficulty term); the baseline config itself is 0.5 by definition. A flip: the verdict "
+              "changes with the order the answers are shown in; an unsure request: the two labels held under half "
+              "of the judge's next-token probability.")
+    paragraphs = [first]
+    header = ["model", "rows judged", "baseline", "flip share (position bias)", "unsure requests"]
+    rows = [[t, v.get("rows"), f"`{v.get('baseline')}`", format_cell(to_number(v.get("flip_share")), 3, "–"),
+             v.get("unsure_requests")] for t, v in (j.get("targets") or {}).items()]
+    for warning in j.get("self_preference") or []:
+        paragraphs.append(f"**Self-preference:** {warning}.")
+    cal = j.get("calibration")
+    if isinstance(cal, dict):
+        p, r = cal.get("pairs") or {}, cal.get("rank") or {}
+        if p.get("agreement") is not None:
+            ci = ""
+            if p.get("ci_low") is not None:
+                ci = f" [{format_cell(p['ci_low'], 3)}, {format_cell(p['ci_high'], 3)}]"
+            paragraphs.append(f"Against the human ratings: the judge and the raters prefer the same answer in "
+                              f"{format_cell(p['agreement'], 3)}{ci} of {p['pairs']} pairs of rated answers to the same "
+                              f"row ({p['rows']} rows; 95% CI over rows).")
+        else:
+            paragraphs.append("Against the human ratings: no two rated answers to the same row differ in rating, so "
+                              "there is no pairwise agreement to report.")
+        if r.get("spearman") is not None:
+            paragraphs.append(f"Rank correlation of per-config judge win rates with the human means: Spearman "
+                              f"{format_cell(r['spearman'], 3)} over {r['cells']} model x config cells "
+                              f"(p {format_cell(r.get('p'), 3)}).")
+        for warning in cal.get("warnings") or []:
+            paragraphs.append(f"**Warning:** {warning}.")
+    return paragraphs, header, rows

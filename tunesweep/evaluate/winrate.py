@@ -1,10 +1,9 @@
 """Win rates from judge preferences: the plain win rate with a bootstrap CI, and AlpacaEval 2's
 length-controlled win rate.
 
-Conventions follow the scoring stage's bootstraps (tunesweep/evaluate/metrics.py, read, not imported:
-stages do not import each other): row indices `numpy.random.default_rng(seed).integers(0, n, (B, n))`,
-95% percentile interval. Fed the same seed and row count, the judge resamples the same rows as the text
-metrics.
+The judge stage (tunesweep/judge) writes the preferences; the score stage turns them into these figures with
+the text metrics' bootstrap (metrics.bootstrap_indices, 95% percentile interval): fed the same seed and row
+count, the judge's win rates resample the same rows as BLEU and ROUGE-L.
 """
 
 from __future__ import annotations
@@ -14,24 +13,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-CI_LEVEL = 0.95
+from .metrics import bootstrap_indices, percentile_ci
 
 # Newton steps for the logistic fit; it converges in well under 30 on any real data (quadratic
 # convergence). Where the maximum likelihood is at infinity (every preference 0 or 1 and the lengths
 # separate them), the steps walk the intercept outwards and the read-off tends to 0 or 1, as the limit does.
 NEWTON_STEPS = 50
 _LINEAR_CAP = 35.0  # |logit| cap: keeps exp() finite while a degenerate fit walks outwards
-
-
-def bootstrap_indices(n_rows: int, resamples: int, seed: int) -> np.ndarray:
-    """(resamples, n_rows) row indices drawn with replacement (the scoring stage's convention)."""
-    return np.random.default_rng(seed).integers(0, n_rows, size=(resamples, n_rows))
-
-
-def percentile_ci(values: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
-    tail = (1.0 - level) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(low), float(high)
 
 
 @dataclass(frozen=True)

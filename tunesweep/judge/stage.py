@@ -1,0 +1,355 @@
+"""The judge stage (between clean and score): every target's every config judged against a baseline answer to
+the same test row, by ONE judge engine loaded once for the whole study.
+
+Writes (DESIGN.md contracts):
+- eval_results/judge/<target>/<config>.jsonl: one record per judged row, in test.jsonl order: `id`, both
+  answers' sha256 and lengths (characters), `p_a` in each order with the two labels' probability `mass`, the
+  averaged `preference` for the answer under test (verdict.py), whether it `flipped` with the order, and the
+  `key` it was judged under;
+- eval_results/judge/manifest.json: the judge (checkpoint identity: a content hash of a local folder, or
+  `repo@commit` of a hub id), backend and engine settings, template hash, labels, the baseline, per target and
+  config the file's sha256, pairs, flip share and unsure requests, and per run the engine loads.
+
+The baseline (evaluation.judge.against): `centre` = the same target's centre config (config.centre_config),
+`reference` = the test row's dataset output, or a config of the sweep by name. The baseline config itself is
+not judged (its win rate against itself is 1/2 by definition) and has no file.
+
+Cache: a judgment's key is a fingerprint of the judge's identity, the backend and precision it ran with, the
+template's hash, JUDGE_VERSION, the row's instruction and input, and both answers' sha256. A rerun reads the
+previous file only when the manifest vouches for it (its sha256) and judges only the rows whose key changed;
+when nothing changed no engine is loaded. Each config's file is written atomically as soon as its verdicts
+arrive, then the manifest: a killed stage loses at most the config in flight, and the rerun ends with the
+files an uninterrupted run writes.
+
+Responses are read through layout.read_target_responses (with the config), so a response file that generate
+or clean did not write for the current run is refused in one line.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ..backends import cuda_visible, pick_generation_backend
+from ..config import ExperimentConfig, centre_config, expand_sweep
+from ..errors import UserError
+from ..files import fingerprint, read_jsonl, sha256_bytes, sha256_file, write_json, write_jsonl
+from ..hub import is_hub_model, resolve
+from ..layout import (Workdir, current_checkpoint_hash, load_split, read_json_if_present, read_judgments,
+                      read_target_responses)
+from ..loading import check_checkpoint_folder, load_tokenizer
+from ..provenance import checkpoint_identity, library_versions, logic
+from .engine import EngineSpec, engine_settings, numeric_identity, start_engine
+from .prompt import INPUT_BLOCK, PAIRWISE_TEMPLATE, PROMPT_VERSION, pick_labels
+from .verdict import Pair, UNSURE_MASS, flip_share, judge_pairs
+
+log = logging.getLogger(__name__)
+
+# Bump when the stage writes other verdicts for the same inputs (part of every judgment's key).
+JUDGE_VERSION = 1
+MAX_RUNS = 50  # run records kept in the manifest
+
+
+def template_sha256() -> str:
+    """The built-in pairwise prompt's identity: its wording and version (the labels follow from the tokenizer,
+    which the checkpoint's identity covers, chat template included)."""
+    return sha256_bytes(json.dumps([PROMPT_VERSION, PAIRWISE_TEMPLATE, INPUT_BLOCK]).encode())
+
+
+def text_sha256(text: str) -> str:
+    return sha256_bytes(text.encode("utf-8"))
+
+
+@dataclass
+class JudgeModel:
+    """The judge checkpoint as this run loads it."""
+
+    checkpoint: str  # a local folder (a hub id's pinned snapshot folder)
+    identity: dict  # provenance.checkpoint_identity: {"checkpoint", "sha256", "stat"}
+    hub: Optional[str] = None  # `repo@commit` when the judge is a hub id
+
+
+def resolve_judge(cfg: ExperimentConfig, previous: Optional[dict]) -> JudgeModel:
+    """The judge's local folder and identity: a hub id pinned to its commit (evaluation.judge.revision, default
+    main), a local folder hashed like generation's checkpoints (the recorded hash reused while the files' names,
+    sizes and mtimes are unchanged)."""
+    jc = cfg.evaluation.judge
+    if is_hub_model(jc.model):
+        snap = resolve(jc.model, jc.revision, "model", "evaluation.judge.model")
+        check_checkpoint_folder(snap.path, "judge model")
+        return JudgeModel(snap.path, checkpoint_identity(snap.path), snap.identity)
+    folder = Path(jc.model).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"evaluation.judge.model = {jc.model!r}: no such folder (and not a hub id); build or "
+                        "download the judge first")
+    check_checkpoint_folder(str(folder), "judge model")
+    recorded = (previous or {}).get("judge") or {}
+    prior = recorded.get("identity") if recorded.get("checkpoint") == str(folder.resolve()) else None
+    return JudgeModel(str(folder.resolve()), checkpoint_identity(str(folder.resolve()), prior))
+
+
+def self_preference(cfg: ExperimentConfig, judge: JudgeModel) -> list[str]:
+    """Warnings for judged targets that share the judge's base model (or are the judge): a judge tends to
+    prefer answers written like its own."""
+    jc = cfg.evaluation.judge
+    out = []
+    for target in cfg.run_targets():
+        checkpoint = target.checkpoint(cfg.path)
+        same_folder = Path(checkpoint).is_dir() and Path(checkpoint).resolve() == Path(judge.checkpoint)
+        same_base = jc.model in (target.model.base, checkpoint)
+        if same_folder or same_base:
+            out.append(f"{target.name}: the judge {'is this checkpoint' if same_folder else 'shares its base'} "
+                       f"({jc.model}); expect self-preference (a judge favours answers like its own)")
+    return out
+
+
+# --- the plan ----------------------------------------------------------------------------------------
+
+@dataclass
+class ConfigPlan:
+    target: str
+    config: str
+    baseline: str  # a config name or "reference"
+    rows: list[dict]  # per row: id, pair (verdict.Pair), answer/baseline sha and chars, key
+    reused: dict = field(default_factory=dict)  # row id -> the previous record, still current
+
+    @property
+    def pending(self) -> list[int]:
+        return [i for i, r in enumerate(self.rows) if r["id"] not in self.reused]
+
+
+def baseline_name(cfg: ExperimentConfig) -> str:
+    against = cfg.evaluation.judge.against
+    return centre_config(cfg).name if against == "centre" else against
+
+
+def previous_records(paths: Workdir, manifest: Optional[dict], target: str, config: str) -> dict:
+    """{row id: record} of the config's previous file, only when the manifest vouches for the file (its sha256):
+    a file edited by hand or left by a killed run is not trusted."""
+    path = paths.judge_file(target, config)
+    entry = (((manifest or {}).get("targets") or {}).get(target) or {}).get("configs", {}).get(config)
+    if not path.is_file() or not isinstance(entry, dict) or entry.get("sha256") != sha256_file(path):
+        return {}
+    try:
+        return {r.get("id"): r for r in read_jsonl(path)}
+    except UserError:
+        return {}
+
+
+def plan_config(target: str, config: str, baseline: str, records: dict, tests: list[dict], n_rows: int,
+                key_base: dict, previous: dict) -> ConfigPlan:
+    plan = ConfigPlan(target, config, baseline, [])
+    for i in range(n_rows):
+        rec, test = records[config][i], tests[i]
+        answer = rec["response"]
+        base_text = test["output"] if baseline == "reference" else records[baseline][i]["response"]
+        row = {"id": rec["id"], "pair": Pair(test.get("instruction", ""), test.get("input", "") or "", answer, base_text),
+               "answer_sha256": text_sha256(answer), "baseline_sha256": text_sha256(base_text),
+               "answer_chars": len(answer), "baseline_chars": len(base_text)}
+        row["key"] = fingerprint({**key_base, "instruction": text_sha256(row["pair"].instruction),
+                                  "input": text_sha256(row["pair"].input), "answer": row["answer_sha256"],
+                                  "baseline": row["baseline_sha256"]})
+        plan.rows.append(row)
+        old = previous.get(row["id"])
+        if old is not None and old.get("key") == row["key"]:
+            plan.reused[row["id"]] = old
+    return plan
+
+
+def verdict_record(row: dict, v) -> dict:
+    return {"id": row["id"], "answer_sha256": row["answer_sha256"], "baseline_sha256": row["baseline_sha256"],
+            "answer_chars": row["answer_chars"], "baseline_chars": row["baseline_chars"],
+            "p_a_test_first": v.p_a_test_first, "p_a_test_second": v.p_a_test_second,
+            "mass_test_first": v.mass_test_first, "mass_test_second": v.mass_test_second,
+            "preference": v.preference, "flipped": v.flipped, "unsure_requests": v.unsure_requests, "key": row["key"]}
+
+
+def config_summary(records: list[dict]) -> dict:
+    n = len(records)
+    return {"pairs": n, "win_rate": sum(r["preference"] for r in records) / n if n else None,
+            "flip_share": sum(bool(r["flipped"]) for r in records) / n if n else None,
+            "unsure_requests": sum(int(r["unsure_requests"]) for r in records)}
+
+
+# --- the stage ---------------------------------------------------------------------------------------
+
+def judge(cfg: ExperimentConfig, model: Optional[str] = None, backend: Optional[str] = None, force: bool = False,
+          export_alpacaeval: Optional[str] = None) -> dict:
+    """Judge every target's configs (or `model`'s) against the baseline; returns a summary of the run."""
+    jc = cfg.evaluation.judge
+    if jc is None:
+        log.info("judge: evaluation.judge is not set in the config: nothing to judge (skipped)")
+        if export_alpacaeval:
+            raise UserError("--export-alpacaeval: evaluation.judge is not set, so there are no judgments to export")
+        return {"skipped": True, "engine_loads": 0}
+    started = time.time()
+    cfg = cfg.for_execution()
+    paths = Workdir(cfg.path)
+    names = [dc.name for dc in expand_sweep(cfg.generation)]
+    baseline = baseline_name(cfg)
+    if baseline != "reference" and baseline not in names:
+        raise UserError(f"evaluation.judge.against = {jc.against!r}: the baseline config {baseline} is not in the "
+                        f"sweep ({cfg.generation.mode}); name a config of the sweep or use reference")
+    targets = cfg.run_targets(model)
+    cfg.pin_bases(targets)
+    # Every input checked before any work: the responses the current run vouches for, the test rows.
+    loaded = {t.name: read_target_responses(cfg.path, t.name, names, checkpoint_hash=current_checkpoint_hash(cfg, t),
+                                            cfg=cfg) for t in targets}
+    tests = load_split(cfg.path, "test")
+    previous_manifest = read_json_if_present(paths.judge_manifest)
+    judge_model = resolve_judge(cfg, previous_manifest)
+    chosen, why = pick_generation_backend(backend or jc.backend)
+    on_cuda = cuda_visible()
+    settings = engine_settings(chosen, judge_model.checkpoint, jc, cfg.seed, on_cuda)
+    numeric = numeric_identity(chosen, settings, on_cuda)
+    template = template_sha256()
+    key_base = {"judge": judge_model.identity["sha256"], **numeric, "template": template,
+                "judge_version": JUDGE_VERSION}
+
+    plans: list[ConfigPlan] = []
+    for t in targets:
+        tr = loaded[t.name]
+        n_rows = min(tr.n_rows, jc.rows or tr.n_rows)
+        for config in names:
+            if config == baseline:
+                continue
+            previous = {} if force else previous_records(paths, previous_manifest, t.name, config)
+            plans.append(plan_config(t.name, config, baseline, tr.records, tests, n_rows, key_base, previous))
+    pending_pairs = sum(len(p.pending) for p in plans)
+    reused_pairs = sum(len(p.reused) for p in plans)
+    warnings = self_preference(cfg, judge_model)
+    for w in warnings:
+        log.warning("judge: %s", w)
+    log.info("judge: %s (%s) via %s (%s): %d target(s) x %d config(s) against %s, %d pair(s) to judge "
+             "(%d requests), %d reused", jc.model, judge_model.hub or judge_model.identity["sha256"][:12], chosen,
+             why, len(targets), len(names) - (baseline != "reference"), baseline, pending_pairs, 2 * pending_pairs,
+             reused_pairs)
+
+    manifest = previous_manifest if isinstance(previous_manifest, dict) else {}
+    manifest.update({
+        "judge": {"model": jc.model, "revision": jc.revision, "hub": judge_model.hub,
+                  "checkpoint": judge_model.checkpoint, "identity": judge_model.identity},
+        "backend": chosen, "backend_reason": why, "engine": settings, "numeric_identity": numeric,
+        "template": "built-in pairwise prompt (tunesweep/judge/prompt.py)", "template_sha256": template,
+        "prompt_version": PROMPT_VERSION, "judge_version": JUDGE_VERSION, "against": jc.against,
+        "baseline": baseline, "rows": jc.rows, "unsure_mass": UNSURE_MASS,
+        "logic": logic("judge", JUDGE_VERSION), "versions": library_versions(), "self_preference": warnings,
+        "key": "fingerprint of the judge identity, backend and precision, template_sha256, judge_version, the row's "
+               "instruction and input sha256 and both answers' sha256",
+    })
+    manifest.setdefault("targets", {})
+    run = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "engine_loads": 0,
+           "engine_build_s": None, "pairs_judged": 0, "pairs_reused": reused_pairs, "requests": 0}
+    runs = (manifest.get("runs") or [])[-(MAX_RUNS - 1):] + [run]
+    manifest["runs"] = runs
+    manifest["engine_loads"] = 0  # this run's
+
+    engine, tokenizer, labels = None, None, None
+    try:
+        for plan in plans:
+            records_out = dict(plan.reused)
+            pending = plan.pending
+            if pending:
+                if engine is None:  # ONE engine for the whole study, loaded when the first pair needs it
+                    tokenizer = load_tokenizer(judge_model.checkpoint)
+                    labels = pick_labels(tokenizer, f"evaluation.judge.model = {jc.model!r}")
+                    log.info("judge: loading the judge engine (%s) once for every target and config", chosen)
+                    engine = start_engine(EngineSpec(chosen, judge_model.checkpoint, settings if chosen == "vllm"
+                                                     else {}, jc.hf_batch_size), cfg, on_cuda,
+                                          ray=cfg.execution.backend == "ray")
+                    run["engine_loads"] += 1
+                    manifest["engine_loads"] = run["engine_loads"]
+                    run["engine_build_s"] = round(engine.build_s, 2)
+                    manifest["labels"] = [labels.first, labels.second]
+                    log.info("judge: judge engine loaded in %.1f s (engine loads this run: %d)", engine.build_s,
+                             run["engine_loads"])
+                t = time.perf_counter()
+                verdicts = judge_pairs([plan.rows[i]["pair"] for i in pending], tokenizer, labels, engine.score)
+                for i, v in zip(pending, verdicts):
+                    records_out[plan.rows[i]["id"]] = verdict_record(plan.rows[i], v)
+                run["pairs_judged"] += len(pending)
+                run["requests"] += 2 * len(pending)
+                log.info("judge: %s %s vs %s: %d pair(s) judged in %.1f s, %d reused, flip share %.2f", plan.target,
+                         plan.config, plan.baseline, len(pending), time.perf_counter() - t, len(plan.reused),
+                         flip_share(verdicts))
+            records = [records_out[r["id"]] for r in plan.rows]
+            path = paths.judge_file(plan.target, plan.config)
+            write_jsonl(path, records)
+            entry = manifest["targets"].setdefault(plan.target, {"configs": {}})
+            entry.setdefault("configs", {})[plan.config] = {
+                "file": path.relative_to(paths.root).as_posix(), "sha256": sha256_file(path),
+                "baseline": plan.baseline, "judged_now": len(pending), **config_summary(records)}
+            _target_totals(entry)
+            write_json(paths.judge_manifest, manifest)
+    finally:
+        if engine is not None:
+            engine.close()
+    # Entries of configs the sweep no longer has (or that became the baseline) are dropped.
+    for t in targets:
+        entry = manifest["targets"].get(t.name, {})
+        keep = {p.config for p in plans if p.target == t.name}
+        entry["configs"] = {c: e for c, e in (entry.get("configs") or {}).items() if c in keep}
+        _target_totals(entry)
+    run["wall_s"] = round(time.time() - started, 2)
+    write_json(paths.judge_manifest, manifest)
+    log.info("judge: %d pair(s) judged, %d reused; judge engine loads this run: %d; verdicts in %s",
+             run["pairs_judged"], reused_pairs, run["engine_loads"], paths.judge_dir)
+    if export_alpacaeval:
+        n = export_annotations(cfg, Path(export_alpacaeval), model)
+        log.info("judge: %d AlpacaEval annotations written to %s", n, export_alpacaeval)
+    return {"skipped": False, "engine_loads": run["engine_loads"], "pairs_judged": run["pairs_judged"],
+            "pairs_reused": reused_pairs, "backend": chosen, "manifest": str(paths.judge_manifest)}
+
+
+def _target_totals(entry: dict) -> None:
+    """A target's flip share and unsure requests over all its judged configs (position bias per model)."""
+    configs = entry.get("configs") or {}
+    pairs = sum(e.get("pairs") or 0 for e in configs.values())
+    flips = sum((e.get("flip_share") or 0) * (e.get("pairs") or 0) for e in configs.values())
+    entry["pairs"] = pairs
+    entry["flip_share"] = flips / pairs if pairs else None
+    entry["unsure_requests"] = sum(e.get("unsure_requests") or 0 for e in configs.values())
+
+
+# --- the AlpacaEval export --------------------------------------------------------------------------
+
+def export_annotations(cfg: ExperimentConfig, out: Path, model: Optional[str] = None) -> int:
+    """AlpacaEval's annotation format, one object per judged pair: instruction, output_1 (the baseline),
+    output_2 (the answer under test), generator_1, generator_2 and preference in [1, 2] (1 + the preference
+    for output_2; 1.5 = a tie), plus the annotator and the row id."""
+    paths = Workdir(cfg.path)
+    names = [dc.name for dc in expand_sweep(cfg.generation)]
+    tests = {r["id"]: r for r in load_split(cfg.path, "test")}
+    manifest = read_json_if_present(paths.judge_manifest) or {}
+    annotator = f"tunesweep-judge:{(manifest.get('judge') or {}).get('model')}"
+    rows = []
+    for t in cfg.run_targets(model):
+        judged = read_judgments(cfg.path, t.name, names)
+        if not judged:
+            continue
+        responses = read_target_responses(cfg.path, t.name, names, checkpoint_hash=current_checkpoint_hash(cfg, t),
+                                          cfg=cfg).records
+        for config, records in judged.items():
+            baseline = manifest["targets"][t.name]["configs"][config]["baseline"]
+            answers = {r["id"]: r["response"] for r in responses[config]}
+            base = {r["id"]: r["response"] for r in responses[baseline]} if baseline != "reference" else None
+            for rec in records:
+                test = tests[rec["id"]]
+                instruction = test["instruction"] + (f"\n\n{test['input']}" if (test.get("input") or "").strip() else "")
+                output_1 = test["output"] if base is None else base[rec["id"]]
+                output_2 = answers[rec["id"]]
+                if text_sha256(output_1) != rec["baseline_sha256"] or text_sha256(output_2) != rec["answer_sha256"]:
+                    raise UserError(f"{paths.judge_file(t.name, config)}: row {rec['id']}: judged other answers than "
+                                    "the responses hold now; rerun `tunesweep judge --config <config>` first")
+                rows.append({"instruction": instruction, "output_1": output_1, "output_2": output_2,
+                             "generator_1": f"{t.name}:{baseline}", "generator_2": f"{t.name}:{config}",
+                             "preference": 1.0 + rec["preference"], "annotator": annotator, "id": rec["id"]})
+    if not rows:
+        raise UserError(f"{paths.judge_manifest}: no judgments to export; run `tunesweep judge --config <config>` first")
+    write_json(out, rows)
+    return len(rows)
