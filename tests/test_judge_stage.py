@@ -45,6 +45,23 @@ def test_without_evaluation_judge_the_stage_says_so_and_does_nothing(tmp_path, c
     assert not (tmp_path / "w" / "eval_results").exists()
 
 
+def test_configs_a_race_eliminated_are_not_judged_and_an_eliminated_baseline_is_one_line(tmp_path):
+    """A raced study: the eliminated configs hold some rows only (manifest entries marked partial), so the judge
+    leaves them out as score does; a baseline the race eliminated cannot be judged against."""
+    from tunesweep.config import parse_config
+    from tunesweep.errors import UserError
+    from tunesweep.judge.stage import raced_out
+
+    cfg = parse_config({"name": "x", "workdir": str(tmp_path / "w"), "models": [{"name": "m", "base": "org/m"}]})
+    manifest = tmp_path / "w" / "llm_responses" / "m" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"configs": {"a": {}, "b": {"partial": {"rows": 32}}, "c": {}}}))
+    assert raced_out(cfg, "m", ["a", "b", "c"], "a") == ["a", "c"]
+    assert raced_out(cfg, "m", ["a", "b", "c"], "reference") == ["a", "c"]
+    with pytest.raises(UserError, match=r"the baseline config b of 'm' was eliminated by the race after 32 rows"):
+        raced_out(cfg, "m", ["a", "b", "c"], "b")
+
+
 def test_the_stage_is_in_the_pipeline_between_clean_and_score():
     from tunesweep.pipeline import RUNNERS
     from tunesweep.stages import STAGES

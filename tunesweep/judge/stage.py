@@ -41,7 +41,7 @@ from ..errors import UserError
 from ..files import fingerprint, read_jsonl, sha256_bytes, sha256_file, write_json, write_jsonl
 from ..hub import is_hub_model, resolve
 from ..layout import (Workdir, current_checkpoint_hash, load_split, read_json_if_present, read_judgments,
-                      read_target_responses)
+                      partial_configs, read_target_responses)
 from ..loading import check_checkpoint_folder, load_tokenizer
 from ..provenance import checkpoint_identity, library_versions, logic
 from .engine import EngineSpec, engine_settings, numeric_identity, start_engine
@@ -198,8 +198,8 @@ def judge(cfg: ExperimentConfig, model: Optional[str] = None, backend: Optional[
     targets = cfg.run_targets(model)
     cfg.pin_bases(targets)
     # Every input checked before any work: the responses the current run vouches for, the test rows.
-    loaded = {t.name: read_target_responses(cfg.path, t.name, names, checkpoint_hash=current_checkpoint_hash(cfg, t),
-                                            cfg=cfg) for t in targets}
+    loaded = {t.name: read_target_responses(cfg.path, t.name, raced_out(cfg, t.name, names, baseline),
+                                            checkpoint_hash=current_checkpoint_hash(cfg, t), cfg=cfg) for t in targets}
     tests = load_split(cfg.path, "test")
     previous_manifest = read_json_if_present(paths.judge_manifest)
     judge_model = resolve_judge(cfg, previous_manifest)
@@ -318,6 +318,17 @@ def _target_totals(entry: dict) -> None:
 
 # --- the AlpacaEval export --------------------------------------------------------------------------
 
+def raced_out(cfg: ExperimentConfig, target: str, names: list[str], baseline: Optional[str] = None) -> list[str]:
+    """The configs of `names` the judge reads: not those a race eliminated (they hold some rows only, and no
+    table shows them); a baseline config the race eliminated is one line."""
+    partial = partial_configs(cfg.path, target)
+    if baseline in partial:
+        raise UserError(f"evaluation.judge.against: the baseline config {baseline} of {target!r} was eliminated by "
+                        f"the race after {partial[baseline]} rows, so it has no answer to every row; judge against "
+                        "reference or a config that survived (eval_results/race.csv)")
+    return [n for n in names if n not in partial]
+
+
 def export_annotations(cfg: ExperimentConfig, out: Path, model: Optional[str] = None) -> int:
     """AlpacaEval's annotation format, one object per judged pair: instruction, output_1 (the baseline),
     output_2 (the answer under test), generator_1, generator_2 and preference in [1, 2] (1 + the preference
@@ -332,8 +343,8 @@ def export_annotations(cfg: ExperimentConfig, out: Path, model: Optional[str] = 
         judged = read_judgments(cfg.path, t.name, names)
         if not judged:
             continue
-        responses = read_target_responses(cfg.path, t.name, names, checkpoint_hash=current_checkpoint_hash(cfg, t),
-                                          cfg=cfg).records
+        responses = read_target_responses(cfg.path, t.name, raced_out(cfg, t.name, names),
+                                          checkpoint_hash=current_checkpoint_hash(cfg, t), cfg=cfg).records
         for config, records in judged.items():
             baseline = manifest["targets"][t.name]["configs"][config]["baseline"]
             answers = {r["id"]: r["response"] for r in responses[config]}
