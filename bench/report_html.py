@@ -48,8 +48,9 @@ def perturb(text: str, rng: random.Random) -> str:
 
 def synthesize(root: Path, records: list[dict], n_models: int, n_rows: int) -> Path:
     from tunesweep.config import expand_sweep, load_config
+    from tunesweep import metric_registry
     from tunesweep.files import sha256_bytes, write_json, write_jsonl
-    from tunesweep.layout import (COMPARISON_COLUMNS, TABLE_COLUMNS, cleaned_digest, csv_text, generated_digest,
+    from tunesweep.layout import (COMPARISON_COLUMNS, cleaned_digest, csv_text, generated_digest,
                                   read_target_responses, response_settings, responses_fingerprint, test_set_sha256,
                                   vouch_files)
 
@@ -115,7 +116,7 @@ def synthesize(root: Path, records: list[dict], n_models: int, n_rows: int) -> P
         write_json(folder / "manifest.json", manifest)
         write_json(folder / "cleaning.json", cleaning)  # what the clean stage vouches for
         (ev / "rows").mkdir(parents=True, exist_ok=True)
-        (ev / f"{m}.csv").write_text(csv_text(TABLE_COLUMNS, table))
+        (ev / f"{m}.csv").write_text(csv_text(metric_registry.table_columns(metric_registry.default_names()), table))
         (ev / "rows" / f"{m}.csv").write_text(csv_text(["config", "id", "bleu", "rougeL", "bertscore"], per_row))
     (ev / "perplexity.csv").write_text(csv_text(["model", "perplexity", "nll", "tokens", "checkpoint"], [
         {"model": m, "perplexity": 4.0 + i, "nll": 1.4, "tokens": 30000, "checkpoint": f"finetuned_models/{m}"}

@@ -2,7 +2,7 @@
 
 - no import cycle inside tunesweep/;
 - the shared base (config, layout, provenance, loading, isolation, templates, files, errors, backends, stages,
-  hub, cluster, tracking)
+  hub, cluster, tracking, metric_registry)
   imports nothing but the base;
 - a stage package (data, generate, evaluate, report, judge, track; train) imports the base and its own modules,
   never another stage and never the top layer (cli, pipeline, doctor, plan, tinymodel), which may
@@ -17,7 +17,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parent.parent / "tunesweep"
 
 BASE = {"__init__", "errors", "files", "config", "templates", "layout", "provenance", "loading", "backends", "stages",
-        "isolation", "cluster", "hub", "tracking"}
+        "isolation", "cluster", "hub", "tracking", "metric_registry"}
 STAGES = {"data", "generate", "evaluate", "report", "train", "judge", "track"}
 TOP = {"__main__", "cli", "pipeline", "doctor", "plan", "tinymodel"}
 
@@ -151,4 +151,5 @@ def test_the_graph_holds_known_edges_of_every_kind():
     assert "tunesweep.evaluate.compare" in edges["tunesweep.evaluate.scoring"]  # from .compare import ...
     assert "tunesweep.generate.vllm" in edges["tunesweep.generate.stage"]  # inside get_backend()
     assert "tunesweep.errors" in edges["tunesweep.config"]
+    assert "tunesweep.metric_registry" in edges["tunesweep.config"]  # from . import metric_registry
     assert "tunesweep.cli" in edges["tunesweep.__main__"]

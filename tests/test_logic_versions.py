@@ -161,16 +161,17 @@ def test_scoring_of_fixed_responses_is_pinned():
     refs = ["The cat sat on the mat.", "Paris is the capital of France.", "Water boils at 100 degrees Celsius.",
             "Blue.", "A long answer with many words in it, to score."]
     hyps = ["The cat sat on a mat.", "Paris is France's capital.", "", "Blue.", "A short answer."]
-    got = {}
-    for name in ("bleu", "rougeL"):
+    for name, pin in SCORE_PINS.items():
         metric = build_metric(name)
         rows = metric.rows(hyps, refs)
-        got[name] = [round(float(metric.aggregate(rows[i:i + 1])), 6) for i in range(len(hyps))]
-        got[name].append(round(float(metric.aggregate(rows)), 6))
-    assert _hash(got) == SCORE_PIN, f"scores changed ({got}): bump SCORE_VERSION if this change is intended"
+        got = [round(float(metric.aggregate(rows[i:i + 1])), 6) for i in range(len(hyps))]
+        got.append(round(float(metric.aggregate(rows)), 6))
+        # One metric's pin: a change of its numbers rescores it alone by its own version.
+        assert _hash({name: got}) == pin, (f"{name} scores changed ({got}): bump its version in "
+                                           f"tunesweep/metric_registry.py if this change is intended")
 
 
 SPLIT_PIN = "7ce8df35f767e178"  # split 2: groups by the normalised prompt
 CLEAN_PIN = "d6db3692667a2cda"
 DECODE_PIN = "9b6c21a92888f569"
-SCORE_PIN = "aca9767fb6ccfdd4"
+SCORE_PINS = {"bleu": "5358b9f795e9f5c0", "rougeL": "91ce16474362d332"}  # together: aca9767fb6ccfdd4, the pin before

@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from .errors import UserError, disk_full_message
@@ -25,16 +26,76 @@ READ_ONLY = {"plan"}
 TRACKED = {"finetune", "score", "report", "run", "track"}
 
 
+@dataclass(frozen=True)
+class SettingFlag:
+    """A named flag that sets one setting of the config schema: its type and choices come from the schema."""
+
+    flag: str  # e.g. --replicas
+    key: str  # the dotted setting, e.g. execution.replicas
+    help: str
+    also: tuple = ()  # (key, value) pairs set with it
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+WORKDIR_FLAG = SettingFlag("--workdir", "workdir", "override the config's workdir")
+SPLIT_FLAGS = (SettingFlag("--dataset", "dataset.source", "override dataset.source (hub id or local file)"),
+               SettingFlag("--test-size", "dataset.test_size", "override dataset.test_size: rows (int) or fraction "
+                                                                "(float)"),
+               SettingFlag("--seed", "seed", "override the config's seed"))
+EXECUTION_FLAGS = (SettingFlag("--execution", "execution.backend", "override execution.backend (docs/scaling.md)"),
+                   SettingFlag("--ray-address", "execution.address",
+                               "override execution.address (auto, local, or a cluster address)"),
+                   SettingFlag("--replicas", "execution.replicas",
+                               "override execution.replicas (engine replicas per model)"),
+                   SettingFlag("--retries", "execution.retries",
+                               "override execution.retries (restarts of a dead actor or task)"))
+# --tracking-uri: log there, whatever tracking.backend says
+TRACKING_FLAG = SettingFlag("--tracking-uri", "tracking.uri", "log to this MLflow store (sqlite:///FILE or "
+                            "http(s)://HOST:PORT), overriding tracking.uri and tracking.backend",
+                            also=(("tracking.backend", "mlflow"),))
+SETTING_FLAGS = (WORKDIR_FLAG, *SPLIT_FLAGS, *EXECUTION_FLAGS, TRACKING_FLAG)
+
+
+def _setting_value(key: str):
+    """argparse's `type` for a setting: the schema's parse, a bad value reported as argparse reports one."""
+    from .config import parse_setting
+
+    def parse(text: str):
+        try:
+            return parse_setting(key, text)
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    """--set KEY=VALUE: the key checked against the schema, the value parsed for its type."""
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE, e.g. evaluation.bootstrap=200")
+    return key.strip(), _setting_value(key.strip())(value)
+
+
+def add_setting_flag(sp: argparse.ArgumentParser, f: SettingFlag) -> None:
+    from .config import setting_choices
+
+    sp.add_argument(f.flag, dest=f.dest, type=_setting_value(f.key), choices=setting_choices(f.key), help=f.help)
+
+
 def config_overrides(args) -> dict:
-    """The config values the command line overrides (None: keep the config's)."""
-    return {"workdir": getattr(args, "workdir", None),
-            "execution.backend": getattr(args, "execution", None),
-            "execution.replicas": getattr(args, "replicas", None),
-            "execution.address": getattr(args, "ray_address", None),
-            "execution.retries": getattr(args, "retries", None),
-            # --tracking-uri: log there, whatever tracking.backend says
-            "tracking.uri": getattr(args, "tracking_uri", None),
-            "tracking.backend": "mlflow" if getattr(args, "tracking_uri", None) else None}
+    """The config values the command line sets: its named flags that were given, then each --set in order."""
+    out = {}
+    for f in SETTING_FLAGS:
+        value = getattr(args, f.dest, None)
+        if value is not None:
+            out[f.key] = value
+            out.update(f.also)
+    out.update(getattr(args, "settings", None) or [])
+    return out
 
 
 def _load(args, **overrides):
@@ -79,7 +140,7 @@ def cmd_plan(args) -> int:
 def cmd_split(args) -> int:
     from .data import split_for_config
 
-    cfg = _load(args, **{"dataset.source": args.dataset, "dataset.test_size": args.test_size, "seed": args.seed})
+    cfg = _load(args)
     meta, skipped = split_for_config(cfg, force=args.force)
     commit = f"@{meta['source_commit']}" if meta.get("source_commit") else ""
     print(f"split {meta['source']}{commit}: {meta['train_rows']} train + {meta['test_rows']} test rows "
@@ -190,20 +251,20 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
         if config:
             sp.add_argument("--config", "-c", required=True, help="experiment YAML (configs/alpaca.yaml, configs/tiny.yaml)")
-            sp.add_argument("--workdir", help="override the config's workdir")
+            add_setting_flag(sp, WORKDIR_FLAG)
+            sp.add_argument("--set", dest="settings", action="append", type=_key_value, metavar="KEY=VALUE",
+                            help="override any setting by its dotted key (list items by index), the value as YAML; "
+                                 "repeatable: --set evaluation.bootstrap=200 --set models.0.train.max_steps=5")
         sp.set_defaults(func=func)
         return sp
 
     def add_execution(sp: argparse.ArgumentParser, replicas: bool = True) -> None:
-        sp.add_argument("--execution", choices=["local", "ray"], help="override execution.backend (docs/scaling.md)")
-        sp.add_argument("--ray-address", help="override execution.address (auto, local, or a cluster address)")
-        if replicas:
-            sp.add_argument("--replicas", type=int, help="override execution.replicas (engine replicas per model)")
-        sp.add_argument("--retries", type=int, help="override execution.retries (restarts of a dead actor or task)")
+        for f in EXECUTION_FLAGS:
+            if replicas or f.key != "execution.replicas":
+                add_setting_flag(sp, f)
 
     def add_tracking(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--tracking-uri", help="log to this MLflow store (sqlite:///FILE or http(s)://HOST:PORT), "
-                        "overriding tracking.uri and tracking.backend")
+        add_setting_flag(sp, TRACKING_FLAG)
 
     sp = add("doctor", cmd_doctor, "print library versions, CUDA visibility and the backends `auto` picks",
              config=False)
@@ -214,9 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--get", metavar="KEY", help="print one setting of the validated config (e.g. workdir)")
 
     sp = add("split", cmd_split, "check the dataset and write alpaca_data/{train,test}.jsonl and split.json")
-    sp.add_argument("--dataset", help="override dataset.source (hub id or local file)")
-    sp.add_argument("--test-size", type=lambda s: float(s) if "." in s else int(s), help="rows (int) or fraction (float)")
-    sp.add_argument("--seed", type=int, help="override the config's seed")
+    for f in SPLIT_FLAGS:
+        add_setting_flag(sp, f)
     sp.add_argument("--force", action="store_true", help="split again even when alpaca_data/ is current")
 
     sp = add("make-tiny-model", cmd_make_tiny_model, "build a tiny Llama checkpoint offline (tests, demo)", config=False)

@@ -13,12 +13,14 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union
+import types
+from typing import Annotated, Literal, Optional, Union, get_args, get_origin
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError,
+                      ValidationInfo, field_validator, model_validator)
 
+from . import metric_registry
 from .errors import UserError
 from .hub import Snapshot, is_hub_dataset, is_hub_model, local_folder, resolve
 from .layout import Workdir
@@ -283,10 +285,16 @@ class JudgeConfig(Strict):
         return _hub_revision(v, info, "model", is_hub_model)
 
 
+def _registered_metric(name: str) -> str:
+    if name not in metric_registry.selectable():
+        raise ValueError(f"unknown metric; one of {', '.join(metric_registry.selectable())}")
+    return name
+
+
 class EvaluationConfig(Strict):
-    metrics: list[Literal["bleu", "rougeL", "bertscore", "perplexity"]] = Field(
-        default_factory=lambda: ["bleu", "rougeL", "bertscore", "perplexity"]
-    )
+    # The names and the default come from tunesweep/metric_registry.py (a metric registered there is valid here).
+    metrics: list[Annotated[str, AfterValidator(_registered_metric)]] = Field(
+        default_factory=metric_registry.default_names)
     bertscore: BertScoreConfig = Field(default_factory=BertScoreConfig)
     bootstrap: int = Field(1000, ge=0)  # resamples for 95% CIs; 0 = off
     # The references' language, for the BLEU and ROUGE tokenizers: en (13a; rouge-score's English
@@ -296,6 +304,13 @@ class EvaluationConfig(Strict):
     human: HumanEvalConfig = Field(default_factory=HumanEvalConfig)
     perplexity_batch_size: int = Field(8, ge=1)
     judge: Optional[JudgeConfig] = None
+
+    @model_validator(mode="after")
+    def _judge_metrics(self):
+        needing = [m for m in self.metrics if metric_registry.get(m).needs == "judge"]
+        if needing and self.judge is None:
+            raise ValueError(f"metrics {', '.join(needing)} need a judge: set evaluation.judge")
+        return self
 
 
 class ExecutionConfig(Strict):
@@ -689,8 +704,80 @@ def check_judge_baseline(cfg: ExperimentConfig, source: str) -> None:
                         f"of the sweep ({', '.join(names)})")
 
 
+# --- settings by dotted key (the command line's named flags and --set) ---------------------------
+
+def _unwrap(tp):
+    """The type under Annotated[...] and Optional[...] (a union with None)."""
+    while True:
+        if get_origin(tp) is Annotated:
+            tp = get_args(tp)[0]
+        elif get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp) and len(get_args(tp)) == 2:
+            tp = next(a for a in get_args(tp) if a is not type(None))
+        else:
+            return tp
+
+
+def setting_type(key: str):
+    """The schema's type of the dotted setting `key` (list items by index: models.0.train.max_steps);
+    a UserError names the part of the key the schema does not have."""
+    tp = ExperimentConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        tp, where = _unwrap(tp), ".".join(parts[:i]) or "the config"
+        if get_origin(tp) is list:
+            if not part.isdigit():
+                raise UserError(f"{key}: {where} is a list; name an item by its index ({where}.0)")
+            tp = get_args(tp)[0]
+        elif isinstance(tp, type) and issubclass(tp, BaseModel):
+            if part not in tp.model_fields:
+                raise UserError(f"{key}: {where} has no setting {part!r} (it has {', '.join(tp.model_fields)})")
+            tp = tp.model_fields[part].annotation
+        else:
+            raise UserError(f"{key}: {where} is a single value, not a section")
+    return _unwrap(tp)
+
+
+def setting_choices(key: str) -> Optional[list]:
+    """The values a setting allows when the schema lists them (a Literal), else None."""
+    tp = setting_type(key)
+    return list(get_args(tp)) if get_origin(tp) is Literal else None
+
+
+def parse_setting(key: str, text: str):
+    """A setting's value as typed on the command line: the text itself for a text setting, else YAML
+    (numbers, true / false, null, [lists], {maps}), as the config file would spell it."""
+    tp = setting_type(key)
+    choices = setting_choices(key)
+    if tp is str or (choices and all(isinstance(c, str) for c in choices)):
+        return text
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{key}={text}: not a YAML value ({getattr(exc, 'problem', exc)})") from None
+
+
+def _override(data: dict, key: str, value, source) -> None:
+    """Set the dotted `key` (list items by index) in the config's raw data, creating sections as needed."""
+    cur, parts = data, key.split(".")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(cur, list):
+            if not part.isdigit() or int(part) >= len(cur):
+                raise UserError(f"{source}: {key}: {'.'.join(parts[:i])} has {len(cur)} items")
+            part = int(part)
+        elif not isinstance(cur, dict):
+            raise UserError(f"{source}: {key}: {'.'.join(parts[:i])} is not a section in this config")
+        if last:
+            cur[part] = value
+        else:
+            if isinstance(cur, dict) and cur.get(part) is None:
+                cur[part] = {}
+            cur = cur[part]
+
+
 def load_config(path: str | Path, overrides: Optional[dict] = None) -> ExperimentConfig:
-    """Read and validate a config file. `overrides` maps dotted keys to values (CLI flags)."""
+    """Read and validate a config file. `overrides` maps dotted keys (list items by index) to values: the
+    command line's flags; a None value sets null."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
@@ -705,13 +792,7 @@ def load_config(path: str | Path, overrides: Optional[dict] = None) -> Experimen
         raise UserError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
     data = data or {}
     for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
-        cur = data
-        *parents, last = dotted.split(".")
-        for p in parents:
-            cur = cur.setdefault(p, {})
-        cur[last] = value
+        _override(data, dotted, value, path)
     cfg = parse_config(data, str(path))
     warning = grid_warning(cfg)
     if warning:

@@ -9,7 +9,8 @@
     eval_results/report.md, plots/<factor>_<metric>.png        report
     logs/<stage>.log                                           pipeline
 
-No other module spells these names. The column names of the tables are defined here too, and
+No other module spells these names. The column names of the tables are defined here too (those of
+eval_results/<model>.csv by the metric registry, tunesweep/metric_registry.py), and
 `format_cell` / `write_table` / `markdown_table` are the one way a number becomes a table cell.
 """
 
@@ -33,8 +34,7 @@ from .files import (confine_to, escaping_link, jsonl_dumps, open_no_follow, read
 # One record of llm_responses/<target>/<config>.jsonl, in the order written.
 RECORD_FIELDS = ("id", "prompt", "reference", "response_raw", "response", "finish_reason", "num_tokens", "config",
                  "model")
-TABLE_COLUMNS = ["config", "mode", "bleu", "bleu_ci_low", "bleu_ci_high", "rougeL", "rougeL_ci_low", "rougeL_ci_high",
-                 "bertscore", "bertscore_ci_low", "bertscore_ci_high", "human"]
+# eval_results/<model>.csv: metric_registry.table_columns(the metrics scored), from the metric registry.
 TIDY_COLUMNS = ["model", "config", "parameter", "value", "metric", "score", "ci_low", "ci_high"]
 PERPLEXITY_COLUMNS = ["model", "perplexity", "ppl_ci_low", "ppl_ci_high", "nll", "tokens", "checkpoint"]
 HUMAN_COLUMNS = ["model", "config", "human", "human_ci_low", "human_ci_high", "human_n", "raters", "agreement"]

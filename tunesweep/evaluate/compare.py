@@ -26,6 +26,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .. import metric_registry
 from .metrics import CI_LEVEL, percentile_ci
 
 ALPHA = 1.0 - CI_LEVEL  # a Holm-adjusted p below this counts as a difference
@@ -97,17 +98,18 @@ def compare_to_centre(metric, target: str, per_config: dict[str, np.ndarray], ce
 
 
 def best_config(metric, per_config: dict[str, np.ndarray]) -> Optional[str]:
-    """The config with the highest corpus score (the first in the given order on a tie)."""
+    """The config with the best corpus score (the highest, or the lowest for a metric registered as lower is
+    better; the first in the given order on a tie)."""
     scores = [(metric.aggregate(v), c) for c, v in per_config.items()]
     scores = [(s, c) for s, c in scores if not np.isnan(s)]
     if not scores:
         return None
-    top = max(s for s, _ in scores)
+    top = (max if metric_registry.get(metric.name).higher_is_better else min)(s for s, _ in scores)
     return next(c for s, c in scores if s == top)
 
 
 def compare_to_best(metric, target: str, per_config: dict[str, np.ndarray], idx: Optional[np.ndarray]) -> list[dict]:
-    """Every other config minus the best one (diff <= 0), with Holm over these comparisons: which
+    """Every other config minus the best one (diff <= 0; >= 0 for a lower-is-better metric), with Holm over these comparisons: which
     configs are detectably worse than the best. The best is picked on the same data, so a p here
     is optimistic about the best config's lead (winner's curse), not a confirmatory test."""
     best = best_config(metric, per_config)

@@ -1,6 +1,6 @@
 """Text metrics: small named scorers that give per-row values, a corpus score, and bootstrap CIs.
 
-Each metric in `REGISTRY` turns a flat list of (response, reference) pairs into per-row values
+Each text metric registered in tunesweep/metric_registry.py turns a flat list of (response, reference) pairs into per-row values
 (`rows`; `groups` gives the lengths of the consecutive per-config blocks), a corpus score
 (`aggregate`) and the corpus score of every bootstrap resample (`aggregate_resamples`). The scoring
 stage hands each metric the pairs of ALL decoding configs of a target at once, so the work that
@@ -18,6 +18,7 @@ per config; a config's scores never depend on which other configs share the call
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import re
 import unicodedata
@@ -27,6 +28,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .. import metric_registry
 from ..errors import UserError
 from ..provenance import package_version as _version
 
@@ -410,23 +412,51 @@ class BertScore(MeanOfRows):
         return self.prf(hyps, refs, groups)[:, 2]
 
 
-# --- registry and bootstrap -----------------------------------------------------------------------
+# --- building a registered metric's scorer, and the bootstrap ------------------------------------------
 
-REGISTRY = {"bleu": Bleu, "rougeL": Rouge, "bertscore": BertScore}
-TEXT_METRICS = tuple(REGISTRY)
+def bleu_scorer(evaluation=None) -> Bleu:
+    return Bleu(tokenize=bleu_tokenizer(getattr(evaluation, "language", "en")))
+
+
+def rouge_scorer(evaluation=None) -> Rouge:
+    return Rouge(language=getattr(evaluation, "language", "en"))
+
+
+def bertscore_scorer(evaluation=None) -> BertScore:
+    if evaluation is None:
+        return BertScore()
+    b = evaluation.bertscore
+    return BertScore(model=b.model, num_layers=b.num_layers, batch_size=b.batch_size)
+
+
+def _factory(ref):
+    """A registered metric's scorer factory: the callable itself, or the one its "module:function" path names
+    (the registry lives in the base and cannot import this stage)."""
+    if callable(ref):
+        return ref
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def build_metric(name: str, evaluation=None):
-    """The metric `name`, configured from the config's `evaluation` section where it has settings."""
-    if name == "bertscore" and evaluation is not None:
-        b = evaluation.bertscore
-        return BertScore(model=b.model, num_layers=b.num_layers, batch_size=b.batch_size)
-    language = getattr(evaluation, "language", "en")
-    if name == "bleu":
-        return Bleu(tokenize=bleu_tokenizer(language))
-    if name == "rougeL":
-        return Rouge(language=language)
-    return REGISTRY[name]()
+    """The scorer of registered metric `name`, configured from the config's `evaluation` section."""
+    spec = metric_registry.get(name)
+    if spec.scorer is None:
+        raise ValueError(f"metric {name!r} is not scored per row (needs: {spec.needs})")
+    scorer = _factory(spec.scorer)(evaluation)
+    if scorer.name != name:
+        raise ValueError(f"metric {name!r}: its scorer calls itself {scorer.name!r}")
+    return scorer
+
+
+def score_rows(metric, hyps: Sequence[str], refs: Sequence[str], first: Optional[int] = None) -> tuple[float, np.ndarray]:
+    """(corpus score, per-row values) of one config's pairs, or of its first `first` rows, in one call: what a
+    caller that scores a config piecewise (the race's rounds) needs. `metric` is a scorer from build_metric (built
+    once: BERTScore loads its model); the per-row values are what `aggregate` and a paired bootstrap
+    (compare.paired_difference) take."""
+    hyps, refs = list(hyps[:first]), list(refs[:first])
+    values = metric.rows(hyps, refs, groups=[len(hyps)])
+    return metric.aggregate(values), values
 
 
 def bootstrap_indices(n_rows: int, resamples: int, seed: int) -> np.ndarray:

@@ -52,13 +52,6 @@ def encode_for_scoring(tokenizer, record: dict, template: str = "alpaca",
     return full_ids, prompt_len
 
 
-def response_nll(model, tokenizer, records: list[dict], template: str = "alpaca", batch_size: int = 8,
-                 max_length: Optional[int] = None, progress: bool = True) -> tuple[float, int]:
-    """(summed NLL in nats, number of scored tokens) of the records' completions under `model`."""
-    nll, tokens = response_nll_rows(model, tokenizer, records, template, batch_size, max_length, progress)
-    return float(sum(nll)), int(sum(tokens))
-
-
 def response_nll_rows(model, tokenizer, records: list[dict], template: str = "alpaca", batch_size: int = 8,
                       max_length: Optional[int] = None, progress: bool = True) -> tuple[list[float], list[int]]:
     """Per record, in the order given: (summed NLL in nats, number of scored tokens) of its completion."""

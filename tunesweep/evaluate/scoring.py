@@ -31,21 +31,23 @@ import numpy as np
 from ..config import DecodingConfig, expand_sweep, format_temperature
 from ..errors import UserError
 from ..files import fingerprint, read_json, write_json, write_text
-from ..layout import (COMPARISON_COLUMNS, PERPLEXITY_COLUMNS, ROW_SCORE_KEYS, TABLE_COLUMNS, TIDY_COLUMNS,
+from .. import metric_registry
+from ..layout import (COMPARISON_COLUMNS, PERPLEXITY_COLUMNS, ROW_SCORE_KEYS, TIDY_COLUMNS,
                       TargetResponses, Workdir, format_cell,
                       markdown_table, read_human, read_json_if_present, read_rows, read_frame,
                       read_target_responses, responses_fingerprint, vouch_files, write_table)
 from ..provenance import checkpoint_identity, library_versions, logic, recorded_logic
 from .compare import compare_to_base, compare_to_best, compare_to_centre
-from .metrics import (CI_LEVEL, TEXT_METRICS, bootstrap_ci, bootstrap_indices, build_metric, language_warning,
+from .metrics import (CI_LEVEL, bootstrap_ci, bootstrap_indices, build_metric, language_warning,
                       percentile_ci)
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
-# Bump when score computes other numbers from the same responses (tests/test_logic_versions.py pins them).
+# Bump when score computes other numbers from the same responses for every metric (what they share: the
+# records read, the pairing of rows); a change of one metric's numbers bumps that metric's own version in
+# tunesweep/metric_registry.py instead (tests/test_logic_versions.py pins both).
 SCORE_VERSION = 1
-SLOW_METRICS = ("bertscore",)  # text metrics that load a model: a job of their own (a Ray task on Ray)
 PERPLEXITY_SCOPE = ("test references, response tokens only (prompt masked, EOS included); corpus level: "
                     "exp of the mean token NLL; CI: bootstrap over test rows of exp(sum NLL / sum tokens)")
 
@@ -103,8 +105,9 @@ def plan_rows(metric, settings: dict, tr: TargetResponses, cache: RowCache, forc
     for config, recs in tr.records.items():
         hyps = [r["response"] for r in recs]
         refs = [r["reference"] for r in recs]
+        # The metric's own version is part of the key: bumping it rescores this metric alone.
         key = fingerprint({"metric": metric.name, "settings": settings, "responses": hyps, "references": refs,
-                           "logic": logic_versions})
+                           "logic": logic_versions, "version": metric_registry.get(metric.name).version})
         cached = None if force else cache.get(metric.name, config, key)
         if cached is not None:
             rows[config] = np.asarray(cached)
@@ -150,7 +153,8 @@ def plan_perplexity(cfg, target, tr: TargetResponses, cache: RowCache, force: bo
                 if tr.manifest.get("checkpoint") == checkpoint else None)
     key = fingerprint({"weights": checkpoint_identity(checkpoint, recorded), "records": records,
                        "template": cfg.template, "torch": versions.get("torch"),
-                       "transformers": versions.get("transformers"), "per_row": 1, "logic": logic_versions})
+                       "transformers": versions.get("transformers"), "per_row": 1, "logic": logic_versions,
+                       "version": metric_registry.get("perplexity").version})
     cached = None if force else cache.get("perplexity", "corpus", key)
     if cached is None and not target.is_base and not Path(checkpoint).is_dir():
         raise UserError(f"{checkpoint}: fine-tuned checkpoint not found (perplexity of {target.name!r} needs it); "
@@ -184,7 +188,7 @@ class SlowJob:
     scoring that load a model. `execution.backend: ray` runs each as a Ray task (evaluate/remote.py)."""
 
     target: str
-    what: str  # "bertscore" or "perplexity"
+    what: str  # a slow metric's name (bertscore) or "perplexity"
     fn: object  # metric_rows_job or perplexity_job: module-level, so a Ray worker can import it
     args: tuple
     cached_as: object  # where the driver caches the result: the metric's missing configs, or the perplexity key
@@ -242,7 +246,7 @@ def tidy_rows(target: str, table: list[dict], configs: list[DecodingConfig]) -> 
         if dc is None:
             continue  # a table from an older sweep: its rows are not part of this study
         parameter, value = parameter_of(dc)
-        for metric in (*TEXT_METRICS, "human"):
+        for metric in (m.name for m in metric_registry.table_metrics()):
             score = row.get(metric)
             if score is None:
                 continue
@@ -395,8 +399,8 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
                                             cfg=cfg) for t in targets}
 
     wanted = cfg.evaluation.metrics
-    metrics = [build_metric(name, cfg.evaluation) for name in TEXT_METRICS if name in wanted]
-    settings = {m.name: m.settings() for m in metrics}
+    metrics = [build_metric(m.name, cfg.evaluation) for m in metric_registry.scored_per_row(wanted)]
+    settings = {m.name: {**m.settings(), "metric_version": metric_registry.get(m.name).version} for m in metrics}
     boot_seed = cfg.seed
     settings["bootstrap"] = {"resamples": cfg.evaluation.bootstrap, "seed": boot_seed, "level": CI_LEVEL,
                              "method": "percentile; paired row resampling: the same resampled rows for every "
@@ -406,6 +410,7 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
                                             "over one model's comparisons of one metric and kind (centre / best / base)"}
     if "perplexity" in wanted:
         settings["perplexity"] = {"scope": PERPLEXITY_SCOPE, "template": cfg.template,
+                                  "metric_version": metric_registry.get("perplexity").version,
                                   "batch_size": cfg.evaluation.perplexity_batch_size,
                                   "models": "fine-tuned targets load finetuned_models/<model>/, base targets the base"}
     if "bertscore" in settings:
@@ -448,7 +453,7 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
                      target.name, metric.name, len(configs), tr.n_rows, len(missing), len(configs) - len(missing))
             if not missing:
                 continue
-            if metric.name in SLOW_METRICS:
+            if metric_registry.get(metric.name).slow:
                 jobs.append(SlowJob(target.name, metric.name, metric_rows_job, (metric, missing), missing))
             else:
                 values, _ = metric_rows_job(metric, missing)
@@ -483,6 +488,7 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
         cache.save()
 
     # 3. The tables, target by target.
+    columns_of_table = metric_registry.table_columns(wanted)
     for target in targets:
         tr = loaded[target.name]
         per_metric_rows = rows_by_target[target.name]
@@ -505,9 +511,9 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
         tables[target.name] = table
         columns, per_row = row_scores(metrics, per_metric_rows, tr)
         write_table(paths.row_scores(target.name), columns, per_row)
-        write_table(paths.table(target.name), TABLE_COLUMNS, table)
-        cells = [[format_cell(row.get(c), 4) for c in TABLE_COLUMNS] for row in table]
-        write_text(paths.table(target.name, "md"), f"# {target.name}\n\n" + markdown_table(TABLE_COLUMNS, cells)
+        write_table(paths.table(target.name), columns_of_table, table)
+        cells = [[format_cell(row.get(c), 4) for c in columns_of_table] for row in table]
+        write_text(paths.table(target.name, "md"), f"# {target.name}\n\n" + markdown_table(columns_of_table, cells)
                    + "\n\n" + settings_note(settings, tr.n_rows, empty_counts(tr)) + "\n")
         summary["targets"][target.name]["table"] = table
 

@@ -28,7 +28,6 @@ import datetime as dt
 import html
 import json
 import logging
-import math
 import re
 from pathlib import Path
 from typing import Iterable, Optional
@@ -42,7 +41,7 @@ from ..files import read_json, read_jsonl
 from ..layout import COMPARISON_COLUMNS, TableReader, Workdir, check_vouched, read_target_responses
 from ..provenance import library_versions
 from .plots import FACTORS
-from .tables import (Scored, agreement_text, bertscore_empty_line, fidelity_text, invariance_text, bertscore_line, centre_config, metric_settings, scoring_versions, target_label,
+from .tables import (Scored, agreement_text, best_in_table, bertscore_empty_line, decimals_for, fidelity_text, invariance_text, bertscore_line, centre_config, metric_settings, scoring_versions, target_label,
                      to_number as _num)
 from .tables import VERDICT_INTRO, MetricVerdict, noise_note, p_text
 
@@ -80,13 +79,6 @@ def png_data_uri(path: Path) -> str:
     b64 = base64.b64encode(path.read_bytes()).decode("ascii")
     b64 = re.sub(r"(h)(?=ttp)", "\\1\n", b64, flags=re.IGNORECASE)
     return "data:image/png;base64," + b64
-
-
-def _clean(x):
-    """JSON-safe: NaN / inf become null."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def _fmt(x, decimals: int = SCORE_DECIMALS) -> str:
@@ -154,14 +146,14 @@ def _results_section(cfg: ExperimentConfig, scored: list[Scored], metrics: list[
         best = {}
         for m, _ in metrics:
             if m in marked and m in s.table.columns and s.table[m].notna().any():
-                best[m] = float(s.table[m].astype(float).max())
+                best[m] = float(s.table[m].astype(float).loc[best_in_table(s, m)])
         rows = []
         for config, row in s.table.iterrows():
             cells = [f'<td class="cfg" data-v="">{esc(config)}</td>', _td(row.get("mode", "")),
                      _td(varies.get(config, "?"))]
             for m, _ in metrics:
                 y = _num(row.get(m))
-                decimals = 2 if m == "human" else SCORE_DECIMALS
+                decimals = decimals_for(m)
                 klass = "num best" if y is not None and m in best and y == best[m] else "num"
                 lo, hi = _num(row.get(f"{m}_ci_low")), _num(row.get(f"{m}_ci_high"))
                 ci = f' <span class="ci">[{_fmt(lo, decimals)}, {_fmt(hi, decimals)}]</span>' \

@@ -23,15 +23,13 @@ from ..layout import Workdir, check_vouched, format_cell, markdown_table as md_t
 from ..provenance import library_versions
 from .plots import FACTORS, plot_factor
 from .html import build_html
-from .tables import (Scored, agreement_text, bertscore_empty_line, fidelity_text, invariance_text, bertscore_line, centre_config, metric_settings, read_comparisons,
+from .tables import (Scored, agreement_text, best_in_table, bertscore_empty_line, decimals_for, table_metrics, fidelity_text, invariance_text, bertscore_line, centre_config, metric_settings, read_comparisons,
                      read_scored, scored_targets, scoring_versions, target_label, to_number, value_of)
 from .tables import (ALPHA, MetricVerdict, comparison_rows as _cmp_rows, family_size, holm_p_text, noise_note, p_text,
                      signed_diff, significant as _significant, verdicts, VERDICT_INTRO)
 
 log = logging.getLogger(__name__)
 
-# (column in eval_results/<target>.csv, label); higher is better for every one of them.
-METRICS = [("bleu", "BLEU"), ("rougeL", "ROUGE-L"), ("bertscore", "BERTScore"), ("human", "Human")]
 DECIMALS = 4
 
 
@@ -48,15 +46,11 @@ def fmt_ci(score, low, high, decimals: int = DECIMALS) -> str:
     return f"{fmt(score, decimals)} [{fmt(low, decimals)}, {fmt(high, decimals)}]"
 
 
-def decimals_for(metric: str) -> int:
-    return 2 if metric == "human" else DECIMALS  # mean ratings on a 1-5 scale
-
-
 # --- reading -------------------------------------------------------------------------------------
 
 def _metrics_present(scored: list[Scored]) -> list[tuple[str, str]]:
-    """The metrics with at least one value in some table."""
-    return [(m, label) for m, label in METRICS
+    """The registered metrics with at least one value in some table, in the registry's order."""
+    return [(m, label) for m, label in table_metrics()
             if any(m in s.table.columns and s.table[m].notna().any() for s in scored)]
 
 
@@ -185,7 +179,7 @@ def _best_section(scored: list[Scored], metrics: list[tuple[str, str]],
             if m not in s.table.columns or s.table[m].isna().all():
                 continue
             cmp = _cmp_rows(comparisons, s.target.name, m, "best")
-            best = cmp[0]["reference"] if cmp else s.table[m].astype(float).idxmax()
+            best = cmp[0]["reference"] if cmp else best_in_table(s, m)
             y, lo, hi = value_of(s, best, m)
             if not cmp or all(to_number(r.get("p_holm")) is None for r in cmp):
                 worse, tied = "–", ("no paired test" if m != "human" else "– (ratings are not paired)")
@@ -256,7 +250,7 @@ def _plots_section(cfg: ExperimentConfig, scored: list[Scored], metrics: list[tu
     if not written:
         lines += ["(No factor has two or more values in this sweep: nothing to plot.)", ""]
     # A plot of an earlier run (a metric or factor since dropped) must not pass for a current one.
-    ours = {f"{f}_{m}.png" for f in FACTORS for m, _ in METRICS}
+    ours = {f"{f}_{m}.png" for f in FACTORS for m, _ in table_metrics()}
     for stale in plots_dir.glob("*.png") if plots_dir.is_dir() else []:
         if stale.name in ours and stale not in written:
             stale.unlink()

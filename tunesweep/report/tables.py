@@ -11,6 +11,7 @@ from typing import Optional
 
 import pandas as pd
 
+from .. import metric_registry
 from ..config import DecodingConfig, ExperimentConfig, RunTarget
 from ..errors import UserError
 from ..layout import (COMPARISON_COLUMNS, Workdir, check_vouched, read_frame, read_json_if_present,
@@ -325,6 +326,40 @@ def _versus_base(best: str, rows: list[dict]) -> Optional[str]:
     return f"not detectably different from the base model {base} with the same config ({signed_diff(row)}, Holm p {p})"
 
 
+# --- the metrics, from the registry (tunesweep/metric_registry.py) ---------------------------------
+
+def table_metrics() -> list[tuple[str, str]]:
+    """(column of eval_results/<target>.csv, label) of every registered metric with one, in report order."""
+    return [(m.name, m.label) for m in metric_registry.all_metrics() if m.table]
+
+
+def _registered(metric: str) -> Optional[metric_registry.Metric]:
+    try:
+        return metric_registry.get(metric)
+    except KeyError:  # a column of a table scored by a metric no longer registered
+        return None
+
+
+def decimals_for(metric: str) -> int:
+    m = _registered(metric)
+    return m.decimals if m else 4
+
+
+def higher_is_better(metric: str) -> bool:
+    m = _registered(metric)
+    return m.higher_is_better if m else True
+
+
+def best_in_table(s: Scored, metric: str) -> str:
+    """The config with the best score in the table (highest, or lowest for a lower-is-better metric)."""
+    column = s.table[metric].astype(float)
+    return str(column.idxmax() if higher_is_better(metric) else column.idxmin())
+
+
+def extreme(metric: str) -> str:
+    return "highest" if higher_is_better(metric) else "lowest"
+
+
 def metric_verdict(s: Scored, metric: str, label: str, centre: str,
                    comparisons: Optional[pd.DataFrame]) -> Optional[MetricVerdict]:
     """The verdict on one model and metric from comparisons.csv: the best config, whether it is detectably
@@ -336,12 +371,12 @@ def metric_verdict(s: Scored, metric: str, label: str, centre: str,
     vs_best = comparison_rows(comparisons, name, metric, "best")
     vs_centre = comparison_rows(comparisons, name, metric, "centre")
     vs_base = comparison_rows(comparisons, name, metric, "base")
-    best = vs_best[0]["reference"] if vs_best else str(s.table[metric].astype(float).idxmax())
+    best = vs_best[0]["reference"] if vs_best else best_in_table(s, metric)
     score, _, _ = value_of(s, best, metric)
     top = f"{best} ({score:.4f})" if score is not None else best
     if family_size(vs_best) == 0:
         return MetricVerdict(name, metric, best, False,
-                             f"{label}: highest score {top}; no paired test (no comparisons.csv, or "
+                             f"{label}: {extreme(metric)} score {top}; no paired test (no comparisons.csv, or "
                              "evaluation.bootstrap is 0), so no config is judged better than another.")
     worse = [r for r in vs_best if significant(r, family_size(vs_best))]
     centre_part = _versus_centre(best, centre, vs_centre)
@@ -352,7 +387,7 @@ def metric_verdict(s: Scored, metric: str, label: str, centre: str,
         judged = [(r, fam) for fam in (vs_best, vs_centre) for r in fam if to_number(r.get("p_holm")) is not None]
         smallest, family = min(judged, key=lambda rf: to_number(rf[0]["p_holm"]))
         text = (f"{label}: no config is detectably better than another (Holm over {len(vs_best)} comparisons with "
-                f"the highest score, {top}, and over those with the centre; smallest adjusted p "
+                f"the {extreme(metric)} score, {top}, and over those with the centre; smallest adjusted p "
                 f"{holm_p_text(smallest, family_size(family))})")
     else:
         text = (f"{label}: best config {top}, detectably better than {len(worse)} of the {len(vs_best)} other "
