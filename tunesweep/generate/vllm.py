@@ -95,6 +95,17 @@ class _PromptTooLong(Exception):
     """A test row that leaves no room to generate: reported to the parent as a UserError."""
 
 
+def first_prompt_too_long(tokenizer, request: Request, limit: int) -> str:
+    """The one-line error for the first prompt of `request` that leaves no room to generate within `limit`
+    tokens, or "" when every prompt fits."""
+    for row_id, prompt in zip(request.row_ids, request.prompts):
+        n = len(tokenizer(prompt)["input_ids"])
+        if n >= limit:
+            return (f"test row {row_id}: its prompt is {n} tokens, which leaves no room to generate within "
+                    f"max_model_len {limit}; raise generation.engine.max_model_len or shorten the row")
+    return ""
+
+
 def run_jobs(request: Request, emit) -> None:
     """Build the engine once, run every job of `request`, emit a message per finished config."""
     from vllm import LLM, SamplingParams
@@ -106,15 +117,12 @@ def run_jobs(request: Request, emit) -> None:
     emit(EngineBuilt(time.perf_counter() - t0))
     prompts = request.prompts
     try:
-        # A prompt the engine cannot hold would fail the whole shared call: name the row instead.
-        limit = llm.llm_engine.model_config.max_model_len
+        # A prompt the engine cannot hold would fail the whole shared call: name the row instead. (The parent
+        # checked already when the config sets max_model_len; vLLM's own limit is known only here.)
         tokenizer = llm.get_tokenizer()
-        for row_id, prompt in zip(request.row_ids, prompts):
-            n = len(tokenizer(prompt)["input_ids"])
-            if n >= limit:
-                raise _PromptTooLong(f"test row {row_id}: its prompt is {n} tokens, which leaves no room to generate "
-                                     f"within max_model_len {limit}; raise generation.engine.max_model_len or "
-                                     "shorten the row")
+        too_long = first_prompt_too_long(tokenizer, request, llm.llm_engine.model_config.max_model_len)
+        if too_long:
+            raise _PromptTooLong(too_long)
         batched = [j for j in request.jobs if j.call == "generate"]
         check = request.invariance
         greedy, reference, sweep_call = None, None, ""
@@ -284,6 +292,16 @@ class VllmBackend(Backend):
     def run(self, request: Request) -> Iterator[Message]:
         """Run `request` in a fresh child process; yield its messages as they arrive."""
         import multiprocessing as mp
+
+        limit = request.engine.get("max_model_len")
+        if limit is not None:
+            # Before the engine starts (tens of seconds, minutes for a 7B model) rather than after it. vLLM
+            # tokenizes with the checkpoint's own tokenizer files, as load_tokenizer reads them.
+            from ..loading import load_tokenizer
+
+            too_long = first_prompt_too_long(load_tokenizer(request.engine["tokenizer"]), request, limit)
+            if too_long:
+                raise UserError(too_long)
 
         ctx = mp.get_context("spawn")
         out_queue = ctx.Queue()
