@@ -38,8 +38,10 @@ demo: setup
 	test -d demo_run/tiny_models/tiny-lora || $(PY) -m tunesweep make-tiny-model demo_run/tiny_models/tiny-lora --seed 2
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash hyperparameter_experiments.sh --config $(DEMO_CONFIG)
 
+# Two workers, each taking whole modules (their module fixtures are built once), the modules with the most
+# slow tests first; the study and the e2e pipeline run are built once for both (tests/conftest.py).
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder
 
 # The unit tier for iteration: no vLLM engine, training run, pipeline or Ray (tests marked slow, or
 # needing a fixture that builds one: tests/conftest.py). `make test` still runs everything.

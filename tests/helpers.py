@@ -70,7 +70,10 @@ generation:
   max_new_tokens: {max_new}
   defaults: {{top_k: 50, num_beams: 1, temperature: 0.8}}
   sweep: {sweep}
-  engine: {{max_model_len: {max_len}, dtype: bfloat16}}   # the CPU path must use float32 anyway
+  # bfloat16: the CPU path must use float32 anyway. enforce_eager: no torch.compile of the tiny model, which
+  # costs more than the whole tiny sweep (an engine start 54 s compiled against 51 s eager with the compile
+  # cache warm, 96 s with it cold, on a busy 2-core machine; the same tokens either way).
+  engine: {{max_model_len: {max_len}, dtype: bfloat16, enforce_eager: true}}
 evaluation:
   metrics: [bleu, rougeL, bertscore, perplexity]
   bertscore: {{model: null}}
@@ -121,7 +124,7 @@ generation:
   max_new_tokens: 8
   defaults: {{top_k: 50, num_beams: 1, temperature: 0.8}}
   sweep: {{top_k: [10, 25, 40, 75], num_beams: [2, 3, 5, 10], temperature: [0.0, 0.25, 0.5, 1.0]}}
-  engine: {{max_model_len: 256, dtype: float32}}
+  engine: {{max_model_len: 256, dtype: float32, enforce_eager: true}}   # as the study's: no torch.compile
 evaluation:
   bertscore: {{model: null}}
   bootstrap: 50

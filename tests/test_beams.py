@@ -42,7 +42,7 @@ def engine(eos_model_dir):
 
     from tunesweep.generate.vllm import engine_kwargs
 
-    llm = LLM(**engine_kwargs(str(eos_model_dir), EngineConfig(max_model_len=512), seed=0, on_cuda=False))
+    llm = LLM(**engine_kwargs(str(eos_model_dir), EngineConfig(max_model_len=512, enforce_eager=True), seed=0, on_cuda=False))
     yield llm
     llm.llm_engine.engine_core.shutdown()
     del llm

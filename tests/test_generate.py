@@ -317,10 +317,15 @@ def test_missing_finetuned_checkpoint_is_a_user_error(tmp_path, tiny_model_dir):
 
 
 def test_a_prompt_longer_than_the_engine_holds_is_a_one_line_user_error(tmp_path, tiny_model_dir, monkeypatch):
-    """The row is named before anything is generated (in-process engine: it starts in seconds)."""
+    """The row is named before anything is generated, and before the engine starts: the config's
+    max_model_len is known without it (the engine's process never starts)."""
     from tunesweep.generate import generate
+    from tunesweep.generate.vllm import VllmBackend
 
-    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    def no_engine(*args):
+        raise AssertionError("the engine's process started")
+
+    monkeypatch.setattr(VllmBackend, "worker", staticmethod(no_engine))
     cfg_path = make_study(tmp_path / "w", tiny_model_dir, sweep="{}", max_new=4, max_len=24)
     first = read_jsonl(tmp_path / "w" / "alpaca_data" / "test.jsonl")[0]["id"]
     with pytest.raises(UserError) as err:

@@ -2,7 +2,9 @@
 
 run_a: uninterrupted, with base rows: every output named in DESIGN.md must exist and agree.
 run_b: the same study (no base rows) killed during generation, then rerun with the same
-command: it finishes without redoing finished configs and ends with run_a's tables.
+command: it finishes without redoing finished configs and ends with run_a's tables. It starts from a copy
+of run_a's split and fine-tuned checkpoint (both stages find them current and skip), so the suite trains
+the e2e model once.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, ROWS, kill_when, make_study, pipeline_cmd, pipeline_env
+from helpers import REPO, ROWS, kill_when, pipeline_cmd, pipeline_env
 from tunesweep.files import read_jsonl
 from tunesweep.config import expand_sweep, load_config
 from tunesweep.stages import STAGES
@@ -36,9 +38,17 @@ def run_a(e2e_run):
 
 
 @pytest.fixture(scope="module")
-def run_b(tmp_path_factory, tiny_model_dir):
+def run_b(tmp_path_factory, e2e_run):
+    import shutil
+
+    work_a, cfg_a, _ = e2e_run
     root = tmp_path_factory.mktemp("pipe-b")
-    cfg = make_study(root, tiny_model_dir, evaluate_base=False)
+    for kept in ("alpaca_data", "finetuned_models"):
+        shutil.copytree(work_a / kept, root / "work" / kept)
+    text = cfg_a.read_text().replace(str(work_a), str(root / "work"))
+    assert "evaluate_base: true" in text
+    cfg = root / "study.yaml"
+    cfg.write_text(text.replace("evaluate_base: true", "evaluate_base: false"))
     responses = root / "work" / "llm_responses" / "tiny"
     manifest = responses / "manifest.json"
     kill_when(pipeline_cmd(cfg), lambda: manifest.is_file() and bool(json.loads(manifest.read_text())["configs"]),
@@ -46,6 +56,9 @@ def run_b(tmp_path_factory, tiny_model_dir):
     before = json.loads(manifest.read_text())["configs"]  # what generate wrote before the kill
     res = subprocess.run(pipeline_cmd(cfg), cwd=REPO, env=pipeline_env(), capture_output=True, text=True, timeout=1500)
     assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
+    # The split and the fine-tune were current (the kill landed in generate, after them).
+    assert json.loads((root / "work" / "finetuned_models" / "tiny" / "tunesweep.json").read_text()) == \
+        json.loads((work_a / "finetuned_models" / "tiny" / "tunesweep.json").read_text())
     return root / "work", cfg, before, res
 
 

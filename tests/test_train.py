@@ -210,7 +210,7 @@ VLLM_SCRIPT = textwrap.dedent("""
 
     if __name__ == "__main__":
         checkpoint, prompts = sys.argv[1], json.loads(sys.argv[2])
-        llm = LLM(model=checkpoint, dtype="float32", max_model_len=512, seed=0)
+        llm = LLM(model=checkpoint, dtype="float32", max_model_len=512, seed=0, enforce_eager=True)
         outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=12, seed=0))
         print("RESULT" + json.dumps([list(o.outputs[0].token_ids) for o in outs]))
         llm.llm_engine.engine_core.shutdown()

@@ -54,6 +54,17 @@ class _PromptTooLong(Exception):
     """A test row that leaves no room to generate: reported to the parent as a UserError."""
 
 
+def first_prompt_too_long(tokenizer, request: Request, limit: int) -> str:
+    """The one-line error for the first prompt of `request` that leaves no room to generate within `limit`
+    tokens, or "" when every prompt fits."""
+    for row_id, prompt in zip(request.row_ids, request.prompts):
+        n = len(tokenizer(prompt)["input_ids"])
+        if n >= limit:
+            return (f"test row {row_id}: its prompt is {n} tokens, which leaves no room to generate within "
+                    f"max_model_len {limit}; raise generation.engine.max_model_len or shorten the row")
+    return ""
+
+
 def open_engine(request: Request, emit):
     """Build the engine, emit EngineBuilt, check that every prompt of `request` fits; (llm, tokenizer)."""
     from vllm import LLM
@@ -64,15 +75,12 @@ def open_engine(request: Request, emit):
     llm = LLM(**{**request.engine, "model": folder, "tokenizer": folder})
     emit(EngineBuilt(time.perf_counter() - t0))
     try:
-        # A prompt the engine cannot hold would fail the whole shared call: name the row instead.
-        limit = llm.llm_engine.model_config.max_model_len
+        # A prompt the engine cannot hold would fail the whole shared call: name the row instead. (The parent
+        # checked already when the config sets max_model_len; vLLM's own limit is known only here.)
         tokenizer = llm.get_tokenizer()
-        for row_id, prompt in zip(request.row_ids, request.prompts):
-            n = len(tokenizer(prompt)["input_ids"])
-            if n >= limit:
-                raise _PromptTooLong(f"test row {row_id}: its prompt is {n} tokens, which leaves no room to generate "
-                                     f"within max_model_len {limit}; raise generation.engine.max_model_len or "
-                                     "shorten the row")
+        too_long = first_prompt_too_long(tokenizer, request, llm.llm_engine.model_config.max_model_len)
+        if too_long:
+            raise _PromptTooLong(too_long)
     except BaseException:
         close_engine(llm)
         raise
@@ -305,6 +313,16 @@ class VllmBackend(Backend):
     def run(self, request: Request) -> Iterator[Message]:
         """Run `request` in a fresh child process; yield its messages as they arrive."""
         import multiprocessing as mp
+
+        limit = request.engine.get("max_model_len")
+        if limit is not None:
+            # Before the engine starts (tens of seconds, minutes for a 7B model) rather than after it. vLLM
+            # tokenizes with the checkpoint's own tokenizer files, as load_tokenizer reads them.
+            from ..loading import load_tokenizer
+
+            too_long = first_prompt_too_long(load_tokenizer(request.engine["tokenizer"]), request, limit)
+            if too_long:
+                raise UserError(too_long)
 
         ctx = mp.get_context("spawn")
         out_queue = ctx.Queue()
