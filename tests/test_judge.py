@@ -167,7 +167,7 @@ VLLM_SCRIPT = textwrap.dedent("""
     if __name__ == "__main__":
         checkpoint, job = sys.argv[1], json.loads(open(sys.argv[2]).read())
         llm = LLM(model=checkpoint, dtype="float32", max_model_len=1024, seed=0, enable_chunked_prefill=False,
-                  kv_cache_memory_bytes=2**30)
+                  enforce_eager=True, kv_cache_memory_bytes=2**30)
         labels = Labels(**job["labels"])
         print("RESULT" + json.dumps(vllm_scorer(llm)(job["prompts"], labels)), flush=True)
         llm.llm_engine.engine_core.shutdown()

@@ -20,7 +20,7 @@ def with_judge(study, tmp_path, name: str, backend: str = "hf", rows: int = ROWS
     judge_model = copy.root / "finetuned_models" / "tiny"
     text = copy.config.read_text()
     text = text.replace("  bootstrap: 50\n", f"  bootstrap: 50\n  judge: {{model: {judge_model}, backend: {backend}, "
-                        f"rows: {rows}, against: {against}, engine: {{max_model_len: 512}}}}\n")
+                        f"rows: {rows}, against: {against}, engine: {{max_model_len: 512, enforce_eager: true}}}}\n")
     copy.config.write_text(text)
     return copy
 
