@@ -312,3 +312,34 @@ def test_bad_judge_config_is_one_line_naming_the_key(judge, expected):
     with pytest.raises(UserError) as err:
         parse_config(_with_judge(**judge), "study.yaml")
     assert expected in str(err.value) and "\n" not in str(err.value).strip()
+
+
+def test_a_template_file_replaces_the_prompt_and_the_judgments_identity(tmp_path, tokenizer, hf_model, pairs):
+    """evaluation.judge.template: the user's wording reaches the judge, changes the template hash that keys every
+    judgment, and a file that is missing or uses unknown or missing fields is one line before any work."""
+    from tunesweep.config import parse_config
+    from tunesweep.judge.prompt import PAIRWISE_TEMPLATE, check_template
+    from tunesweep.judge.stage import judge_template, template_sha256
+
+    text = ("Pick the better reply.\n{instruction}\n{input_block}\nReply {label_a}: {answer_a}\n"
+            "Reply {label_b}: {answer_b}\nBetter reply:")
+    path = tmp_path / "judge.txt"
+    path.write_text(text, encoding="utf-8")
+    cfg = parse_config(_with_judge(model="judges/tiny", template=str(path)))
+    assert judge_template(cfg) == (text, str(path))
+    assert judge_template(parse_config(_with_judge(model="judges/tiny")))[0] == PAIRWISE_TEMPLATE
+    assert template_sha256(text) != template_sha256()
+    labels = pick_labels(tokenizer)
+    prompt = pairwise_text("Name a colour.", "", "red", "blue", labels, text)
+    assert prompt.startswith("Pick the better reply.\nName a colour.") and f"Reply {labels.first}: red" in prompt
+    ours = judge_pairs(pairs[:3], tokenizer, labels, hf_scorer(hf_model, batch_size=4), text)
+    builtin = judge_pairs(pairs[:3], tokenizer, labels, hf_scorer(hf_model, batch_size=4))
+    assert [v.p_a_test_first for v in ours] != [v.p_a_test_first for v in builtin]  # another prompt, other verdicts
+    for bad, expected in [("{instruction} {answer_a} {answer_b} {label_a}", "no {label_b}"),
+                          (text + " {score}", "unknown field(s) {score}"),
+                          (text + " {", "not a template str.format can read")]:
+        with pytest.raises(UserError) as err:
+            check_template(bad, "judge.txt")
+        assert expected in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UserError, match=r"evaluation\.judge\.template = '.*nowhere\.txt': no such file"):
+        parse_config(_with_judge(model="judges/tiny", template=str(tmp_path / "nowhere.txt")), "study.yaml")

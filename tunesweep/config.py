@@ -300,6 +300,9 @@ class JudgeConfig(Strict):
     # or a config of the sweep by name (e.g. top_k_50_num_beams_1_temp_0.7).
     against: str = "centre"
     rows: Optional[int] = Field(None, ge=1)  # the first N test rows; null = all
+    # A text file in the built-in prompt's format (tunesweep/judge/prompt.py: {instruction}, {input_block},
+    # {answer_a}, {answer_b}, {label_a}, {label_b}); null = the built-in pairwise prompt.
+    template: Optional[ExpandedPath] = None
     backend: Literal["auto", "vllm", "hf"] = "auto"
     hf_batch_size: int = Field(16, ge=1)
     engine: EngineConfig = Field(default_factory=EngineConfig)
@@ -743,6 +746,9 @@ def check_judge_baseline(cfg: ExperimentConfig, source: str) -> None:
     """evaluation.judge.against names centre, reference or a config of the sweep (known only once the whole
     config is read)."""
     judge = cfg.evaluation.judge
+    if judge is not None and judge.template is not None and not Path(judge.template).is_file():
+        raise UserError(f"{source}: evaluation.judge.template = {judge.template!r}: no such file (a text file in the "
+                        "built-in judge prompt's format; null = the built-in prompt)")
     if judge is None or judge.against in ("centre", "reference"):
         return
     names = [c.name for c in expand_sweep(cfg.generation)]

@@ -38,6 +38,31 @@ Better answer:"""
 
 INPUT_BLOCK = "\n### Input:\n{input}\n"
 
+# evaluation.judge.template: a file of the user's in PAIRWISE_TEMPLATE's format (str.format fields): these must
+# all appear, {input_block} may (the input section, empty when the row has no input).
+TEMPLATE_FIELDS = ("instruction", "answer_a", "answer_b", "label_a", "label_b")
+OPTIONAL_FIELDS = ("input_block",)
+
+
+def check_template(text: str, where: str) -> str:
+    """`text` as a pairwise template, or one line naming what is wrong with it: an unknown field, a missing one,
+    or braces str.format cannot read (a literal brace is written {{ or }})."""
+    import string
+
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+    except ValueError as exc:
+        raise UserError(f"{where}: not a template str.format can read ({exc}; write a literal brace as {{{{ or }}}})") \
+            from None
+    unknown = sorted(fields - set(TEMPLATE_FIELDS) - set(OPTIONAL_FIELDS))
+    missing = [f for f in TEMPLATE_FIELDS if f not in fields]
+    if unknown or missing:
+        problem = f"unknown field(s) {', '.join('{' + f + '}' for f in unknown)}" if unknown else \
+            f"no {', '.join('{' + f + '}' for f in missing)}"
+        raise UserError(f"{where}: {problem}; a judge template uses {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}"
+                        f" and optionally {{input_block}}")
+    return text
+
 
 @dataclass(frozen=True)
 class Labels:
@@ -81,11 +106,12 @@ def pick_labels(tokenizer, judge: str = "judge") -> Labels:
                     "choose another evaluation.judge.model")
 
 
-def pairwise_text(instruction: str, input_text: str, answer_a: str, answer_b: str, labels: Labels) -> str:
-    """The prompt text, before any chat template."""
+def pairwise_text(instruction: str, input_text: str, answer_a: str, answer_b: str, labels: Labels,
+                  template: str = PAIRWISE_TEMPLATE) -> str:
+    """The prompt text, before any chat template (`template`: the built-in one or a checked user file)."""
     input_block = INPUT_BLOCK.format(input=input_text) if input_text and input_text.strip() else ""
-    return PAIRWISE_TEMPLATE.format(instruction=instruction, input_block=input_block, answer_a=answer_a,
-                                    answer_b=answer_b, label_a=labels.first, label_b=labels.second)
+    return template.format(instruction=instruction, input_block=input_block, answer_a=answer_a,
+                           answer_b=answer_b, label_a=labels.first, label_b=labels.second)
 
 
 def prompt_token_ids(tokenizer, text: str) -> list[int]:

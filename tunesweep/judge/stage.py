@@ -45,7 +45,7 @@ from ..layout import (Workdir, current_checkpoint_hash, load_split, read_json_if
 from ..loading import check_checkpoint_folder, load_tokenizer
 from ..provenance import checkpoint_identity, library_versions, logic
 from .engine import EngineSpec, engine_settings, numeric_identity, start_engine
-from .prompt import INPUT_BLOCK, PAIRWISE_TEMPLATE, PROMPT_VERSION, pick_labels
+from .prompt import INPUT_BLOCK, PAIRWISE_TEMPLATE, PROMPT_VERSION, check_template, pick_labels
 from .verdict import Pair, UNSURE_MASS, flip_share, judge_pairs
 
 log = logging.getLogger(__name__)
@@ -55,10 +55,27 @@ JUDGE_VERSION = 1
 MAX_RUNS = 50  # run records kept in the manifest
 
 
-def template_sha256() -> str:
-    """The built-in pairwise prompt's identity: its wording and version (the labels follow from the tokenizer,
-    which the checkpoint's identity covers, chat template included)."""
-    return sha256_bytes(json.dumps([PROMPT_VERSION, PAIRWISE_TEMPLATE, INPUT_BLOCK]).encode())
+def judge_template(cfg: ExperimentConfig) -> tuple[str, str]:
+    """(template text, what the manifest calls it): evaluation.judge.template's file (checked at load), else the
+    built-in pairwise prompt."""
+    path = cfg.evaluation.judge.template
+    if path is None:
+        return PAIRWISE_TEMPLATE, "built-in pairwise prompt (tunesweep/judge/prompt.py)"
+    return check_template(read_template(path), f"evaluation.judge.template ({path})"), path
+
+
+def read_template(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"evaluation.judge.template: {path}: cannot be read as UTF-8 text "
+                        f"({exc.__class__.__name__})") from None
+
+
+def template_sha256(template: str = PAIRWISE_TEMPLATE) -> str:
+    """The pairwise prompt's identity: its wording and version (the labels follow from the tokenizer, which the
+    checkpoint's identity covers, chat template included). A user's template changes it with its text."""
+    return sha256_bytes(json.dumps([PROMPT_VERSION, template, INPUT_BLOCK]).encode())
 
 
 def text_sha256(text: str) -> str:
@@ -207,7 +224,8 @@ def judge(cfg: ExperimentConfig, model: Optional[str] = None, backend: Optional[
     on_cuda = cuda_visible()
     settings = engine_settings(chosen, judge_model.checkpoint, jc, cfg.seed, on_cuda)
     numeric = numeric_identity(chosen, settings, on_cuda)
-    template = template_sha256()
+    template_text, template_name = judge_template(cfg)
+    template = template_sha256(template_text)
     key_base = {"judge": judge_model.identity["sha256"], **numeric, "template": template,
                 "judge_version": JUDGE_VERSION}
 
@@ -235,7 +253,7 @@ def judge(cfg: ExperimentConfig, model: Optional[str] = None, backend: Optional[
         "judge": {"model": jc.model, "revision": jc.revision, "hub": judge_model.hub,
                   "checkpoint": judge_model.checkpoint, "identity": judge_model.identity},
         "backend": chosen, "backend_reason": why, "engine": settings, "numeric_identity": numeric,
-        "template": "built-in pairwise prompt (tunesweep/judge/prompt.py)", "template_sha256": template,
+        "template": template_name, "template_sha256": template,
         "prompt_version": PROMPT_VERSION, "judge_version": JUDGE_VERSION, "against": jc.against,
         "baseline": baseline, "rows": jc.rows, "unsure_mass": UNSURE_MASS,
         "logic": logic("judge", JUDGE_VERSION), "versions": library_versions(), "self_preference": warnings,
@@ -269,7 +287,8 @@ def judge(cfg: ExperimentConfig, model: Optional[str] = None, backend: Optional[
                     log.info("judge: judge engine loaded in %.1f s (engine loads this run: %d)", engine.build_s,
                              run["engine_loads"])
                 t = time.perf_counter()
-                verdicts = judge_pairs([plan.rows[i]["pair"] for i in pending], tokenizer, labels, engine.score)
+                verdicts = judge_pairs([plan.rows[i]["pair"] for i in pending], tokenizer, labels, engine.score,
+                                       template_text)
                 for i, v in zip(pending, verdicts):
                     records_out[plan.rows[i]["id"]] = verdict_record(plan.rows[i], v)
                 run["pairs_judged"] += len(pending)

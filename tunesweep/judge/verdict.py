@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ..errors import UserError
-from .prompt import Labels, pairwise_text, prompt_token_ids
+from .prompt import PAIRWISE_TEMPLATE, Labels, pairwise_text, prompt_token_ids
 
 UNSURE_MASS = 0.5  # the two labels together below this probability: the request is "unsure"
 
@@ -91,14 +91,16 @@ def verdict_from(p_a_test_first: float, mass_first: float, p_a_test_second: floa
     return Verdict(p_a_test_first, p_a_test_second, mass_first, mass_second, min(1.0, max(0.0, preference)))
 
 
-def judge_pairs(pairs: Sequence[Pair], tokenizer, labels: Labels, scorer: Scorer) -> list[Verdict]:
+def judge_pairs(pairs: Sequence[Pair], tokenizer, labels: Labels, scorer: Scorer,
+                template: str = PAIRWISE_TEMPLATE) -> list[Verdict]:
     """One verdict per pair; every distinct prompt of both orders goes to `scorer` in one call."""
     orders = []
     distinct: dict[tuple[int, ...], int] = {}
     for pair in pairs:
         ends = []
         for a, b in ((pair.answer, pair.baseline), (pair.baseline, pair.answer)):
-            ids = tuple(prompt_token_ids(tokenizer, pairwise_text(pair.instruction, pair.input, a, b, labels)))
+            ids = tuple(prompt_token_ids(tokenizer, pairwise_text(pair.instruction, pair.input, a, b, labels,
+                                                                   template)))
             ends.append(distinct.setdefault(ids, len(distinct)))
         orders.append(ends)
     scored = scorer([list(ids) for ids in distinct], labels) if distinct else []
