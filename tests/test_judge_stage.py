@@ -195,8 +195,9 @@ def test_judge_stage_files_cache_resume_and_export(study, tmp_path):
     assert "## LLM judge" in text and "Stand-in judge" in text and "Judge win rate" in text
     assert '<section id="judge">' in (a.root / "eval_results" / "report.html").read_text()
 
-    # Human ratings imported (made-up, deterministic): score (which the import reruns) calibrates the judge
-    # against them, per rated pair of answers and per config (every config of both models has a human mean).
+    # Human ratings imported (made-up, deterministic): score, run after the import as its message says, calibrates
+    # the judge against them, per rated pair of answers and per config (every config of both models has a human
+    # mean).
     import csv
 
     from tunesweep.evaluate.human_eval import export_sheet, import_ratings
@@ -214,6 +215,7 @@ def test_judge_stage_files_cache_resume_and_export(study, tmp_path):
         writer.writeheader()
         writer.writerows(rated)
     import_ratings(cfg, [tmp_path / "alice.csv"])
+    score(cfg)
     calibrated = json.loads((a.root / "eval_results" / "metrics.json").read_text())["metrics"]["judge"]["calibration"]
     assert calibrated["rank"]["cells"] == 2 * 13 and calibrated["rank"]["spearman"] is not None
     assert calibrated["pairs"]["pairs"] >= 0
