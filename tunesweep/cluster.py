@@ -227,7 +227,9 @@ def cluster_summary(address: Optional[str], connect_timeout: float = 30.0) -> st
     import ray
     try:
         started_here = not ray.is_initialized()
-        if started_here and address != "local":
+        # Also when this process is in a Ray already (a library caller, a test worker): the address asked about
+        # must answer, or the summary would describe the cluster the process happens to be in.
+        if address != "local":
             reach(address, connect_timeout, "--ray-address")
         if started_here:
             with deadline(connect_timeout, f"--ray-address {address}"):
