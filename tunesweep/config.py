@@ -542,6 +542,12 @@ def centre_config(cfg: "ExperimentConfig") -> DecodingConfig:
     return DecodingConfig(d.top_k, d.num_beams, float(d.temperature))
 
 
+def judge_baseline(cfg: "ExperimentConfig") -> str:
+    """What evaluation.judge judges each answer against: the centre config's name, `reference`, or a named config."""
+    against = cfg.evaluation.judge.against
+    return centre_config(cfg).name if against == "centre" else against
+
+
 def sweep_merges(gen: GenerationConfig) -> dict[str, list[str]]:
     """{kept config: [configs merged into it]}: those that differ from it only in parameters their mode ignores
     (a beam config's top_k and temperature, a greedy config's top_k), so they would generate the same text."""

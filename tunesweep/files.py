@@ -161,6 +161,11 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sha256_text(text: str) -> str:
+    """The sha256 of a text's UTF-8 bytes (an answer's digest in the judge's files)."""
+    return sha256_bytes(text.encode("utf-8"))
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

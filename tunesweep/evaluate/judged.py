@@ -18,14 +18,14 @@ names, else a one-line UserError says to rerun `tunesweep judge`.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
-from ..config import centre_config
+from ..config import judge_baseline
 from ..errors import UserError
+from ..files import sha256_text
 from ..layout import TargetResponses, Workdir, read_json_if_present, read_judgments
 from .metrics import MeanOfRows, bootstrap_ci, bootstrap_indices, percentile_ci
 from .winrate import lc_win_rate
@@ -62,10 +62,6 @@ class Judged:
         return float(self.preferences[config][i])
 
 
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def load_judged(cfg, tr: TargetResponses) -> Optional[Judged]:
     """The target's verdicts, checked against the config and the current responses; None without a judge."""
     jc = cfg.evaluation.judge
@@ -74,7 +70,7 @@ def load_judged(cfg, tr: TargetResponses) -> Optional[Judged]:
     paths = Workdir(cfg.path)
     manifest = read_json_if_present(paths.judge_manifest) or {}
     configs = list(tr.records)
-    baseline = centre_config(cfg).name if jc.against == "centre" else jc.against
+    baseline = judge_baseline(cfg)
     judge = manifest.get("judge") or {}
     if judge.get("model") != jc.model or manifest.get("baseline") != baseline:
         raise UserError(f"{paths.judge_manifest}: judged by {judge.get('model')!r} against {manifest.get('baseline')!r}, "
@@ -99,8 +95,8 @@ def load_judged(cfg, tr: TargetResponses) -> Optional[Judged]:
         for i, rec in enumerate(records):
             want = answers[i]["response"]
             want_base = answers[i]["reference"] if baseline == "reference" else base[i]["response"]
-            if (rec.get("id") != answers[i]["id"] or rec.get("answer_sha256") != _sha(want)
-                    or rec.get("baseline_sha256") != _sha(want_base)):
+            if (rec.get("id") != answers[i]["id"] or rec.get("answer_sha256") != sha256_text(want)
+                    or rec.get("baseline_sha256") != sha256_text(want_base)):
                 raise UserError(f"{paths.judge_file(tr.target, config)}: row {i + 1} (id {answers[i]['id']!r}) was "
                                 f"judged on other answers than the current responses; {RERUN}")
         preferences[config] = np.array([r["preference"] for r in records], dtype=float)

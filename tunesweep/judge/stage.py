@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Optional
 
 from ..backends import cuda_visible, pick_generation_backend
-from ..config import ExperimentConfig, centre_config, expand_sweep
+from ..config import ExperimentConfig, expand_sweep, judge_baseline
 from ..errors import UserError
-from ..files import fingerprint, read_jsonl, sha256_bytes, sha256_file, write_json, write_jsonl
+from ..files import fingerprint, read_jsonl, sha256_bytes, sha256_file, sha256_text, write_json, write_jsonl
 from ..hub import is_hub_model, resolve
 from ..layout import (Workdir, current_checkpoint_hash, load_split, read_json_if_present, read_judgments,
                       partial_configs, read_target_responses)
@@ -76,10 +76,6 @@ def template_sha256(template: str = PAIRWISE_TEMPLATE) -> str:
     """The pairwise prompt's identity: its wording and version (the labels follow from the tokenizer, which the
     checkpoint's identity covers, chat template included). A user's template changes it with its text."""
     return sha256_bytes(json.dumps([PROMPT_VERSION, template, INPUT_BLOCK]).encode())
-
-
-def text_sha256(text: str) -> str:
-    return sha256_bytes(text.encode("utf-8"))
 
 
 @dataclass
@@ -140,11 +136,6 @@ class ConfigPlan:
         return [i for i, r in enumerate(self.rows) if r["id"] not in self.reused]
 
 
-def baseline_name(cfg: ExperimentConfig) -> str:
-    against = cfg.evaluation.judge.against
-    return centre_config(cfg).name if against == "centre" else against
-
-
 def previous_records(paths: Workdir, manifest: Optional[dict], target: str, config: str) -> dict:
     """{row id: record} of the config's previous file, only when the manifest vouches for the file (its sha256):
     a file edited by hand or left by a killed run is not trusted."""
@@ -166,10 +157,10 @@ def plan_config(target: str, config: str, baseline: str, records: dict, tests: l
         answer = rec["response"]
         base_text = test["output"] if baseline == "reference" else records[baseline][i]["response"]
         row = {"id": rec["id"], "pair": Pair(test.get("instruction", ""), test.get("input", "") or "", answer, base_text),
-               "answer_sha256": text_sha256(answer), "baseline_sha256": text_sha256(base_text),
+               "answer_sha256": sha256_text(answer), "baseline_sha256": sha256_text(base_text),
                "answer_chars": len(answer), "baseline_chars": len(base_text)}
-        row["key"] = fingerprint({**key_base, "instruction": text_sha256(row["pair"].instruction),
-                                  "input": text_sha256(row["pair"].input), "answer": row["answer_sha256"],
+        row["key"] = fingerprint({**key_base, "instruction": sha256_text(row["pair"].instruction),
+                                  "input": sha256_text(row["pair"].input), "answer": row["answer_sha256"],
                                   "baseline": row["baseline_sha256"]})
         plan.rows.append(row)
         old = previous.get(row["id"])
@@ -208,7 +199,7 @@ def judge(cfg: ExperimentConfig, model: Optional[str] = None, backend: Optional[
     cfg = cfg.for_execution()
     paths = Workdir(cfg.path)
     names = [dc.name for dc in expand_sweep(cfg.generation)]
-    baseline = baseline_name(cfg)
+    baseline = judge_baseline(cfg)
     if baseline != "reference" and baseline not in names:
         raise UserError(f"evaluation.judge.against = {jc.against!r}: the baseline config {baseline} is not in the "
                         f"sweep ({cfg.generation.mode}); name a config of the sweep or use reference")
@@ -373,7 +364,7 @@ def export_annotations(cfg: ExperimentConfig, out: Path, model: Optional[str] = 
                 instruction = test["instruction"] + (f"\n\n{test['input']}" if (test.get("input") or "").strip() else "")
                 output_1 = test["output"] if base is None else base[rec["id"]]
                 output_2 = answers[rec["id"]]
-                if text_sha256(output_1) != rec["baseline_sha256"] or text_sha256(output_2) != rec["answer_sha256"]:
+                if sha256_text(output_1) != rec["baseline_sha256"] or sha256_text(output_2) != rec["answer_sha256"]:
                     raise UserError(f"{paths.judge_file(t.name, config)}: row {rec['id']}: judged other answers than "
                                     "the responses hold now; rerun `tunesweep judge --config <config>` first")
                 rows.append({"instruction": instruction, "output_1": output_1, "output_2": output_2,
