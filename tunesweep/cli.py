@@ -180,7 +180,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_clean(args) -> int:
-    from .evaluate.clean import clean
+    from .clean.stage import clean
 
     clean(_load(args), model=args.model)
     return 0
@@ -250,107 +250,107 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _flag(*names: str, **kwargs) -> tuple[tuple[str, ...], dict]:
+    return names, kwargs
+
+
+MODEL_FLAG = _flag("--model", help="only this model (or <model>-base)")
+LIMIT_FLAG = _flag("--limit", type=int, help="only the first N test rows (smoke runs)")
+
+
+def _force(help: str) -> tuple[tuple[str, ...], dict]:
+    return _flag("--force", action="store_true", help=help)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: what it calls, its help, and its flags (named settings come from SettingFlag)."""
+
+    name: str
+    func: Callable
+    help: str
+    flags: tuple = ()  # (names, argparse kwargs) pairs
+    settings: tuple = ()  # SettingFlags beyond --workdir
+    execution: str = ""  # "all": the execution flags; "local": all but --replicas (the stage runs no replicas)
+    config: bool = True  # takes --config (and --workdir, --set)
+
+
+COMMANDS = (
+    Command("doctor", cmd_doctor, "print library versions, CUDA visibility and the backends `auto` picks", config=False,
+            flags=(_flag("--ray-address", help="also report this Ray cluster's CPUs and GPUs (auto, local or an "
+                                                "address)"),)),
+    Command("plan", cmd_plan, "show the expanded study (models x decoding configs) without running anything",
+            flags=(_flag("--json", action="store_true", help="print a JSON list instead of a table"),
+                   _flag("--get", metavar="KEY", help="print one setting of the validated config (e.g. workdir)"))),
+    Command("split", cmd_split, "check the dataset and write alpaca_data/{train,test}.jsonl and split.json",
+            settings=SPLIT_FLAGS, flags=(_force("split again even when alpaca_data/ is current"),)),
+    Command("make-tiny-model", cmd_make_tiny_model, "build a tiny Llama checkpoint offline (tests, demo)", config=False,
+            flags=(_flag("out", help="output folder"),
+                   _flag("--data", help="Alpaca-format file to train the tokenizer on (default: builtin:tasks)"),
+                   _flag("--seed", type=int, default=0), _flag("--hidden-size", type=int, default=128),
+                   _flag("--num-layers", type=int, default=2),
+                   _flag("--num-heads", type=int, default=4, help="attention heads (e.g. --hidden-size 2048 "
+                         "--num-layers 16 --num-heads 16: a 0.7B Llama)"))),
+    Command("finetune", cmd_finetune, "fine-tune each model (QLoRA / LoRA / full) and save merged checkpoints",
+            execution="all",
+            flags=(_flag("--model", help="only this model"),
+                   _flag("--backend", choices=["auto", "unsloth", "peft"], help="override each model's backend"),
+                   _flag("--max-steps", type=int, help="override train.max_steps"),
+                   _force("retrain even when inputs are unchanged"))),
+    Command("generate", cmd_generate, "generate test-set responses for every decoding config", execution="all",
+            flags=(MODEL_FLAG, _flag("--backend", choices=["auto", "vllm", "hf"], help="override generation.backend"),
+                   LIMIT_FLAG, _force("regenerate even when inputs are unchanged"))),
+    Command("clean", cmd_clean, "derive the cleaned `response` field from `response_raw`", flags=(MODEL_FLAG,)),
+    Command("judge", cmd_judge, "an LLM judge compares every config's answers with a baseline (evaluation.judge) "
+            "into eval_results/judge/", execution="local",
+            flags=(MODEL_FLAG, _flag("--backend", choices=["auto", "vllm", "hf"],
+                                     help="override evaluation.judge.backend"),
+                   _force("judge again even when the judgments are current"),
+                   _flag("--export-alpacaeval", metavar="PATH", help="also write the judgments as AlpacaEval "
+                         "annotations (JSON: instruction, output_1, output_2, generator_1, generator_2, preference "
+                         "in [1, 2])"))),
+    Command("score", cmd_score, "BLEU / ROUGE-L / BERTScore / perplexity with bootstrap CIs into eval_results/",
+            execution="local", flags=(MODEL_FLAG, _force("rescore even when responses are unchanged"))),
+    Command("report", cmd_report, "write eval_results/report.md and plots"),
+    Command("human-eval", cmd_human_eval, "export a blinded rating sheet, or import rated sheets",
+            flags=(_flag("action", choices=["export", "import"]), _flag("files", nargs="*", help="rated CSV files "
+                                                                                                 "(import)"),
+                   _flag("--out", help="sheet to write (export; default eval_results/human_eval/sheet.csv)"),
+                   _flag("--rows", type=int, help="rows per model x config (export)"))),
+    Command("stages", cmd_stages, "print the pipeline's stages in order, one a line (hyperparameter_experiments.sh "
+            "reads them)", config=False),
+    Command("run", cmd_run, "the whole pipeline: split, finetune, generate, clean, judge, score, report",
+            execution="all",
+            flags=(_flag("--from", dest="from_stage", choices=STAGES, help="start at this stage"),
+                   _flag("--only", choices=STAGES, help="run only this stage"), LIMIT_FLAG)),
+    Command("track", cmd_track, "push the study's results (fine-tunes, every model x config, the report) to "
+            "MLflow: what a run could not log, or the whole study to another store"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tunesweep", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name: str, func: Callable, help: str, config: bool = True) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=help)
-        if config:
-            sp.add_argument("--config", "-c", required=True, help="experiment YAML (configs/alpaca.yaml, configs/tiny.yaml)")
+    for c in COMMANDS:
+        sp = sub.add_parser(c.name, help=c.help, description=c.help)
+        if c.config:
+            sp.add_argument("--config", "-c", required=True, help="experiment YAML (configs/alpaca.yaml, "
+                                                                  "configs/tiny.yaml)")
             add_setting_flag(sp, WORKDIR_FLAG)
             sp.add_argument("--set", dest="settings", action="append", type=_key_value, metavar="KEY=VALUE",
                             help="override any setting by its dotted key (list items by index), the value as YAML; "
                                  "repeatable: --set evaluation.bootstrap=200 --set models.0.train.max_steps=5")
-        sp.set_defaults(func=func)
-        return sp
-
-    def add_execution(sp: argparse.ArgumentParser, replicas: bool = True) -> None:
-        for f in EXECUTION_FLAGS:
-            if replicas or f.key != "execution.replicas":
+        for f in c.settings:
+            add_setting_flag(sp, f)
+        for names, kwargs in c.flags:
+            sp.add_argument(*names, **kwargs)
+        for f in EXECUTION_FLAGS if c.execution else ():
+            if c.execution == "all" or f.key != "execution.replicas":
                 add_setting_flag(sp, f)
-
-    def add_tracking(sp: argparse.ArgumentParser) -> None:
-        add_setting_flag(sp, TRACKING_FLAG)
-
-    sp = add("doctor", cmd_doctor, "print library versions, CUDA visibility and the backends `auto` picks",
-             config=False)
-    sp.add_argument("--ray-address", help="also report this Ray cluster's CPUs and GPUs (auto, local or an address)")
-
-    sp = add("plan", cmd_plan, "show the expanded study (models x decoding configs) without running anything")
-    sp.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    sp.add_argument("--get", metavar="KEY", help="print one setting of the validated config (e.g. workdir)")
-
-    sp = add("split", cmd_split, "check the dataset and write alpaca_data/{train,test}.jsonl and split.json")
-    for f in SPLIT_FLAGS:
-        add_setting_flag(sp, f)
-    sp.add_argument("--force", action="store_true", help="split again even when alpaca_data/ is current")
-
-    sp = add("make-tiny-model", cmd_make_tiny_model, "build a tiny Llama checkpoint offline (tests, demo)", config=False)
-    sp.add_argument("out", help="output folder")
-    sp.add_argument("--data", help="Alpaca-format file to train the tokenizer on (default: builtin:tasks)")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--hidden-size", type=int, default=128)
-    sp.add_argument("--num-layers", type=int, default=2)
-    sp.add_argument("--num-heads", type=int, default=4,
-                    help="attention heads (e.g. --hidden-size 2048 --num-layers 16 --num-heads 16: a 0.7B Llama)")
-
-    sp = add("finetune", cmd_finetune, "fine-tune each model (QLoRA / LoRA / full) and save merged checkpoints")
-    sp.add_argument("--model", help="only this model")
-    sp.add_argument("--backend", choices=["auto", "unsloth", "peft"], help="override each model's backend")
-    sp.add_argument("--max-steps", type=int, help="override train.max_steps")
-    sp.add_argument("--force", action="store_true", help="retrain even when inputs are unchanged")
-    add_execution(sp)
-    add_tracking(sp)
-
-    sp = add("generate", cmd_generate, "generate test-set responses for every decoding config")
-    sp.add_argument("--model", help="only this model (or <model>-base)")
-    sp.add_argument("--backend", choices=["auto", "vllm", "hf"], help="override generation.backend")
-    sp.add_argument("--limit", type=int, help="only the first N test rows (smoke runs)")
-    sp.add_argument("--force", action="store_true", help="regenerate even when inputs are unchanged")
-    add_execution(sp)
-
-    sp = add("clean", cmd_clean, "derive the cleaned `response` field from `response_raw`")
-    sp.add_argument("--model", help="only this model (or <model>-base)")
-
-    sp = add("judge", cmd_judge, "an LLM judge compares every config's answers with a baseline (evaluation.judge) "
-             "into eval_results/judge/")
-    sp.add_argument("--model", help="only this model (or <model>-base)")
-    sp.add_argument("--backend", choices=["auto", "vllm", "hf"], help="override evaluation.judge.backend")
-    sp.add_argument("--force", action="store_true", help="judge again even when the judgments are current")
-    sp.add_argument("--export-alpacaeval", metavar="PATH", help="also write the judgments as AlpacaEval annotations "
-                    "(JSON: instruction, output_1, output_2, generator_1, generator_2, preference in [1, 2])")
-    add_execution(sp, replicas=False)
-
-    sp = add("score", cmd_score, "BLEU / ROUGE-L / BERTScore / perplexity with bootstrap CIs into eval_results/")
-    sp.add_argument("--model", help="only this model (or <model>-base)")
-    sp.add_argument("--force", action="store_true", help="rescore even when responses are unchanged")
-    add_execution(sp, replicas=False)
-    add_tracking(sp)
-
-    sp = add("report", cmd_report, "write eval_results/report.md and plots")
-    add_tracking(sp)
-
-    sp = add("human-eval", cmd_human_eval, "export a blinded rating sheet, or import rated sheets")
-    sp.add_argument("action", choices=["export", "import"])
-    sp.add_argument("files", nargs="*", help="rated CSV files (import)")
-    sp.add_argument("--out", help="sheet to write (export; default eval_results/human_eval/sheet.csv)")
-    sp.add_argument("--rows", type=int, help="rows per model x config (export)")
-
-    add("stages", cmd_stages, "print the pipeline's stages in order, one a line (hyperparameter_experiments.sh "
-        "reads them)", config=False)
-
-    sp = add("run", cmd_run, "the whole pipeline: split, finetune, generate, clean, judge, score, report")
-    sp.add_argument("--from", dest="from_stage", choices=STAGES, help="start at this stage")
-    sp.add_argument("--only", choices=STAGES, help="run only this stage")
-    sp.add_argument("--limit", type=int, help="only the first N test rows (smoke runs)")
-    add_execution(sp)
-    add_tracking(sp)
-
-    sp = add("track", cmd_track, "push the study's results (fine-tunes, every model x config, the report) to "
-             "MLflow: what a run could not log, or the whole study to another store")
-    add_tracking(sp)
+        if c.name in TRACKED:
+            add_setting_flag(sp, TRACKING_FLAG)
+        sp.set_defaults(func=c.func)
     return p
 
 
