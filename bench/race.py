@@ -82,7 +82,7 @@ def run(root: Path, args, strategy: str):
 def best_by_metric(cfg, workdir: Path) -> tuple[str, dict[str, float]]:
     """The full sweep's config with the highest race-metric score (its cleaned responses, every row)."""
     from tunesweep.config import expand_sweep
-    from tunesweep.evaluate.clean import clean_response
+    from tunesweep.clean.stage import clean_response
     from tunesweep.evaluate.compare import best_config
     from tunesweep.evaluate.metrics import build_metric
     from tunesweep.files import read_jsonl

@@ -96,7 +96,7 @@ def study(tmp_path_factory, worker_id, tiny_model_dir) -> Study:
 def build_study(tmp_path_factory, tiny_model_dir) -> Study:
     from tunesweep.config import load_config
     from tunesweep.data import split_for_config
-    from tunesweep.evaluate.clean import clean
+    from tunesweep.clean.stage import clean
     from tunesweep.evaluate.scoring import score
     from tunesweep.generate.stage import plan_target, run_target
     from tunesweep.layout import load_split

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from helpers import vouch_for_responses, REPO
-from tunesweep.evaluate.clean import clean, clean_response
+from tunesweep.clean.stage import clean, clean_response
 from tunesweep.config import expand_sweep, load_config
 from tunesweep.errors import UserError
 from tunesweep.files import read_json, read_jsonl, write_json, write_jsonl

@@ -23,7 +23,7 @@ from helpers import REPO, exit_at_once, study_yaml
 from tunesweep.config import expand_sweep, load_config
 from tunesweep.data import split_dataset
 from tunesweep.errors import UserError
-from tunesweep.evaluate.clean import clean_response
+from tunesweep.clean.stage import clean_response
 from tunesweep.files import read_jsonl
 from tunesweep.generate.backend import INVARIANCE_ROWS, InvarianceDone, batch_invariance_record, identical_fraction
 from tunesweep.layout import RECORD_FIELDS

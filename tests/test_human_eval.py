@@ -356,7 +356,7 @@ def small_study(tmp_path: Path):
     everything alike): the response check at import then cannot tell rows apart, only the keys can.
     Written by hand and vouched for as generate would (no engine)."""
     from helpers import vouch_for_responses
-    from tunesweep.evaluate.clean import clean
+    from tunesweep.clean.stage import clean
     from tunesweep.templates import build_prompt
 
     cfg_path = tmp_path / "study.yaml"

@@ -4,7 +4,7 @@
 - the shared base (config, layout, provenance, loading, isolation, templates, files, errors, backends, stages,
   hub, cluster, tracking, metric_registry)
   imports nothing but the base;
-- a stage package (data, generate, evaluate, report, judge, track; train) imports the base and its own modules,
+- a stage package (data, generate, clean, evaluate, report, judge, track; train) imports the base and its own modules,
   never another stage and never the top layer (cli, pipeline, doctor, plan, tinymodel), which may
   import anything;
 - a composite package (race: generate's rounds scored by evaluate's metrics) imports the base and the stages,
@@ -20,7 +20,7 @@ PKG = Path(__file__).resolve().parent.parent / "tunesweep"
 
 BASE = {"__init__", "errors", "files", "config", "templates", "layout", "provenance", "loading", "backends", "stages",
         "isolation", "cluster", "hub", "tracking", "metric_registry"}
-STAGES = {"data", "generate", "evaluate", "report", "train", "judge", "track"}
+STAGES = {"data", "generate", "clean", "evaluate", "report", "train", "judge", "track"}
 COMPOSITE = {"race"}
 TOP = {"__main__", "cli", "pipeline", "doctor", "plan", "tinymodel"}
 

@@ -35,7 +35,7 @@ def run_stages(cfg) -> dict:
     generate's job fingerprints (from split.json and tunesweep.json), clean's cleaning.json and score's
     cache-key logic. Response files stand in for generation (no engine)."""
     from tunesweep.data import split_for_config
-    from tunesweep.evaluate.clean import clean
+    from tunesweep.clean.stage import clean
     from tunesweep.evaluate.scoring import score_logic
     from tunesweep.generate.stage import plan_target
     from tunesweep.train.stage import train_logic
@@ -73,7 +73,7 @@ def run_stages(cfg) -> dict:
 @pytest.mark.parametrize("stage", STAGES)
 def test_a_logic_version_redoes_its_stage_and_the_ones_after(tmp_path, monkeypatch, stage):
     import tunesweep.data.split as split_mod
-    import tunesweep.evaluate.clean as clean_mod
+    import tunesweep.clean.stage as clean_mod
     import tunesweep.evaluate.scoring as score_mod
     import tunesweep.generate.stage as generate_mod
     import tunesweep.train.stage as train_mod
@@ -130,7 +130,7 @@ CLEAN_CASES = [
 
 
 def test_clean_of_fixed_responses_is_pinned():
-    from tunesweep.evaluate.clean import clean_records
+    from tunesweep.clean.stage import clean_records
 
     records = [{"response_raw": raw, "prompt": prompt, "finish_reason": "stop"} for raw, prompt in CLEAN_CASES]
     counts = clean_records(records)

@@ -181,7 +181,7 @@ def response_bytes(workdir: Path) -> dict[str, bytes]:
 @pytest.mark.slow
 def test_hf_race_survivors_are_the_full_sweep_and_the_hot_config_goes_first(hf_race, tmp_path):
     from tunesweep.config import load_config
-    from tunesweep.evaluate.clean import clean
+    from tunesweep.clean.stage import clean
     from tunesweep.evaluate.scoring import score
     from tunesweep.generate.stage import plan_target
     from tunesweep.layout import generated_digest, load_split, read_rows

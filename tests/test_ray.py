@@ -85,7 +85,7 @@ from pathlib import Path
 from tunesweep.config import parse_config
 from tunesweep.data import split_for_config
 from tunesweep.generate import generate
-from tunesweep.evaluate.clean import clean
+from tunesweep.clean.stage import clean
 from tunesweep.doctor import doctor_report
 work = Path({str(tmp_path / 'work')!r})
 cfg = parse_config({{"name": "x", "workdir": str(work), "models": [{{"name": "tiny", "base": {str(tiny_model_dir)!r},
@@ -189,7 +189,7 @@ def test_two_replicas_write_the_single_engine_files(ray_local, study, tmp_path):
     agreement_rows defaults to 0 on CPUs. (A replica killed mid-run and started again, and the agreement
     check's engine, are the hf test's below: they are the same code for both backends, and an hf replica
     starts in seconds where a vLLM engine takes half a minute.)"""
-    from tunesweep.evaluate.clean import clean
+    from tunesweep.clean.stage import clean
     from tunesweep.generate import generate
 
     copy = study.copy_to(tmp_path)

@@ -143,7 +143,7 @@ def read_jsonl(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def hostile(e2e_run, tmp_path_factory):
     """A copy of the e2e workdir where one response_raw holds markup, rerun through clean, score, report."""
-    from tunesweep.evaluate.clean import clean
+    from tunesweep.clean.stage import clean
     from tunesweep.report import report
     from tunesweep.evaluate.scoring import score
 

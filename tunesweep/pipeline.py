@@ -40,7 +40,7 @@ def _run_generate(cfg, limit):
 
 
 def _run_clean(cfg, limit):
-    from .evaluate.clean import clean
+    from .clean.stage import clean
 
     clean(cfg)
 

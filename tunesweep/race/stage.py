@@ -3,7 +3,7 @@
 For each target, one model is loaded (a backend Session) and kept for every round. Round r: every
 surviving config generates the round's rows (rule.plan_rounds) with the requests the full sweep would
 make for them (generate/sharded.rows_of: the same per-request seeds; for transformers the same batches
-by index), the race metric is scored on the cleaned responses (evaluate.clean, evaluate.metrics), and
+by index), the race metric is scored on the cleaned responses (clean.stage, evaluate.metrics), and
 rule.judge_round eliminates. When `keep` configs survive (or the rounds run out), the survivors generate
 every row left, so their files are the full sweep's byte for byte and their manifest entries are current
 for a later `strategy: full` run, which then generates only the eliminated configs.
@@ -31,7 +31,7 @@ from ..errors import UserError
 from ..files import derive_seed, fingerprint, read_jsonl, write_json
 from ..layout import RACE_COLUMNS, Workdir, race_full_sweep_tokens, read_json_if_present, records_digest, write_table
 from ..provenance import logic
-from ..evaluate.clean import clean_response
+from ..clean.stage import clean_response
 from ..evaluate.metrics import bootstrap_indices, build_metric
 from ..generate.backend import ConfigDone, Request, RowResult
 from ..generate.sharded import rows_of
