@@ -127,13 +127,14 @@ def test_manifest_records_what_took_effect(study):
             assert eff["stop"] == ["### Instruction:", "### Input:", "### Response:"]
             # all sampling and greedy configs went through ONE LLM.generate call
             assert len(entry["batch"]["configs"]) == 9
-            assert "derive_seed(run seed, config, row id)" in entry["seed"]["scheme"]
+            assert "derive_seed(run seed, row id), the same for every config" in entry["seed"]["scheme"]
         if entry["mode"] == "greedy":
             assert eff["temperature"] == 0.0 and entry["ignored"] == ["top_k"]
             assert "top_k is ignored" in entry["note"]
         if entry["mode"] == "sample":
             assert eff["temperature"] == entry["temperature"] and eff["top_k"] == entry["top_k"]
-    # per-request seeds make sampling configs differ from each other and from greedy
+    # sampling configs share each row's seed, yet their own temperature and top_k make them differ from each
+    # other and from greedy
     sampled = {tuple(r[1] for r in generated(study.root, n)) for n in m["configs"] if m["configs"][n]["mode"] == "sample"}
     assert len(sampled) == 8
 
@@ -254,6 +255,23 @@ def test_hf_sampling_is_reproducible_and_seeded_per_config(study, tmp_path):
         assert generated(copy.root, name, "tiny-base") == generated(study.root, name, "tiny-base")
     assert generated(copy.root, sampled[0], "tiny-base") != generated(copy.root, sampled[1], "tiny-base")
     assert "per batch" in manifest(copy.root, "tiny-base")["configs"][sampled[0]]["seed"]["scheme"]
+
+
+def test_sampling_configs_share_their_random_numbers(tiny_model_dir, tmp_path):
+    """Common random numbers: a row is sampled with the same random numbers under every config, so two configs
+    whose distributions are the same (no top-k filter, and a top_k above the 2048-token vocabulary) write the
+    same answers, batch by batch, while a config that samples otherwise (top_k 5) does not. With a seed per
+    config they would be two independent draws."""
+    from tunesweep.generate import generate
+
+    work = tmp_path / "w"
+    cfg = load_config(make_study(work, tiny_model_dir, sweep="{top_k: [0, 5, 4096]}",
+                                 max_new=8))
+    generate(cfg, backend="hf", limit=8)
+    same = [generated(work, f"top_k_{k}_num_beams_1_temp_0.8") for k in (0, 4096)]
+    assert same[0] == same[1]
+    assert generated(work, "top_k_5_num_beams_1_temp_0.8") != same[0]
+    assert "the same for every config" in manifest(work)["configs"]["top_k_0_num_beams_1_temp_0.8"]["seed"]["scheme"]
 
 
 def test_plan_redoes_exactly_what_changed(study, tmp_path):

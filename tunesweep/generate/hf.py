@@ -99,8 +99,8 @@ class HfBackend(Backend):
         return _prompt_batches(load_tokenizer(request.checkpoint), request.prompts, request.batch_size)
 
     def seed_scheme(self, job_call: str, mode: str, run_seed: int) -> dict:
-        return {"run_seed": run_seed, "scheme": "per batch: torch.manual_seed(derive_seed(run seed, config, 'batch', "
-                "batch index)) over length-sorted batches"}
+        return {"run_seed": run_seed, "scheme": "per batch: torch.manual_seed(derive_seed(run seed, 'batch', "
+                "batch index)) over length-sorted batches, the same for every config"}
 
     def run(self, request: Request) -> Iterator[Message]:
         import torch
@@ -156,7 +156,8 @@ def _run_loaded(model, tokenizer, eos, request: Request) -> Iterator[Message]:
         ids_of: list = [None] * len(prompts)
         t = time.perf_counter()
         for b, idx in batches:
-            torch_seed(derive_seed(request.seed, job.config, "batch", b))
+            # One seed per batch for every config (common random numbers; see VllmBackend.request_seeds).
+            torch_seed(derive_seed(request.seed, "batch", b))
             done = _generate(model, tokenizer, [prompts[i] for i in idx], job.params, eos)
             for row, (ids, reason) in zip(idx, done):
                 # transformers keeps a stop string that vLLM would have cut: decode_response cuts it.

@@ -298,12 +298,15 @@ class VllmBackend(Backend):
 
     def request_seeds(self, run_seed: int, dc: DecodingConfig, row_ids: list[str]) -> tuple[int, ...]:
         # Every request is seeded: an unseeded request in a batch can make the others' seeds be ignored.
-        return tuple(derive_seed(run_seed, dc.name, row_id) for row_id in row_ids)
+        # The seed is the row's, not the config's: every config samples a row with the same random numbers
+        # (common random numbers), so a paired difference between two configs measures their decoding, not
+        # two independent draws. Configs whose distributions agree then write the same answer.
+        return tuple(derive_seed(run_seed, row_id) for row_id in row_ids)
 
     def seed_scheme(self, job_call: str, mode: str, run_seed: int) -> dict:
         if job_call == "beam_search":
             return {"run_seed": run_seed, "scheme": "none: vLLM beam search is deterministic and takes no seed"}
-        return {"run_seed": run_seed, "scheme": "per request: SamplingParams(seed=derive_seed(run seed, config, row id))"
+        return {"run_seed": run_seed, "scheme": "per request: SamplingParams(seed=derive_seed(run seed, row id)), the same for every config"
                 + (" (greedy: unused)" if mode == "greedy" else "")}
 
     def shared_call_note(self, n_configs: int) -> str:
