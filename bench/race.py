@@ -99,11 +99,11 @@ def best_by_metric(cfg, workdir: Path) -> tuple[str, dict[str, float]]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="demo_run/finetuned_models/tiny-full")
-    p.add_argument("--rows", type=int, default=200, help="test rows (builtin:tasks, 5x as many rows in all)")
+    p.add_argument("--rows", type=int, default=2000, help="test rows (builtin:tasks, 5x as many rows in all)")
     p.add_argument("--backend", default="vllm", choices=["vllm", "hf"])
     p.add_argument("--metric", default="rougeL", choices=["bleu", "rougeL", "bertscore"])
     p.add_argument("--first-rows", type=int, default=32)
-    p.add_argument("--growth", type=float, default=2.0)
+    p.add_argument("--growth", type=float, default=1.5)
     p.add_argument("--keep", type=int, default=1)
     p.add_argument("--alpha", type=float, default=0.05)
     args = p.parse_args()
