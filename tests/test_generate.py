@@ -127,7 +127,8 @@ def test_manifest_records_what_took_effect(study):
             assert eff["stop"] == ["### Instruction:", "### Input:", "### Response:"]
             # all sampling and greedy configs went through ONE LLM.generate call
             assert len(entry["batch"]["configs"]) == 9
-            assert "derive_seed(run seed, row id), the same for every config" in entry["seed"]["scheme"]
+            assert "derive_seed(run seed, row id)" in entry["seed"]["scheme"]
+            assert "the same for every config" in entry["seed"]["scheme"]
         if entry["mode"] == "greedy":
             assert eff["temperature"] == 0.0 and entry["ignored"] == ["top_k"]
             assert "top_k is ignored" in entry["note"]
