@@ -131,10 +131,12 @@ CLEAN_CASES = [
 
 def test_clean_of_fixed_responses_is_pinned():
     from tunesweep.evaluate.clean import clean_records
+    from tunesweep.records import ResponseRecord
 
-    records = [{"response_raw": raw, "prompt": prompt, "finish_reason": "stop"} for raw, prompt in CLEAN_CASES]
+    records = [ResponseRecord.from_json({"response_raw": raw, "prompt": prompt, "finish_reason": "stop"})
+               for raw, prompt in CLEAN_CASES]
     counts = clean_records(records)
-    got = _hash([[r["response"] for r in records], counts])
+    got = _hash([[r.response for r in records], counts])
     assert got == CLEAN_PIN, "clean output changed: bump CLEAN_VERSION if this change is intended"
 
 

@@ -27,6 +27,7 @@ from ..config import judge_baseline
 from ..errors import UserError
 from ..files import sha256_text
 from ..layout import TargetResponses, Workdir, read_json_if_present, read_judgments
+from ..records import JudgeRecord, JudgeTarget, judge_target
 from .metrics import MeanOfRows, bootstrap_ci, bootstrap_indices, percentile_ci
 from .winrate import lc_win_rate
 
@@ -92,23 +93,24 @@ def load_judged(cfg, tr: TargetResponses) -> Optional[Judged]:
                             f"have {n}; {RERUN}")
         answers = tr.records[config]
         base = tr.records.get(baseline)
+        records = [JudgeRecord.from_json(r) for r in records]
         for i, rec in enumerate(records):
-            want = answers[i]["response"]
-            want_base = answers[i]["reference"] if baseline == "reference" else base[i]["response"]
-            if (rec.get("id") != answers[i]["id"] or rec.get("answer_sha256") != sha256_text(want)
-                    or rec.get("baseline_sha256") != sha256_text(want_base)):
-                raise UserError(f"{paths.judge_file(tr.target, config)}: row {i + 1} (id {answers[i]['id']!r}) was "
+            want = answers[i].response
+            want_base = answers[i].reference if baseline == "reference" else base[i].response
+            if (rec.id != answers[i].id or rec.answer_sha256 != sha256_text(want)
+                    or rec.baseline_sha256 != sha256_text(want_base)):
+                raise UserError(f"{paths.judge_file(tr.target, config)}: row {i + 1} (id {answers[i].id!r}) was "
                                 f"judged on other answers than the current responses; {RERUN}")
-        preferences[config] = np.array([r["preference"] for r in records], dtype=float)
-        lengths[config] = (np.array([r["answer_chars"] for r in records], dtype=float),
-                           np.array([r["baseline_chars"] for r in records], dtype=float))
+        preferences[config] = np.array([r.preference for r in records], dtype=float)
+        lengths[config] = (np.array([r.answer_chars for r in records], dtype=float),
+                           np.array([r.baseline_chars for r in records], dtype=float))
     n = n or 0
     if baseline in configs:
         preferences[baseline] = np.full(n, 0.5)
-    entry = (manifest.get("targets") or {}).get(tr.target) or {}
+    entry = judge_target(manifest, tr.target) or JudgeTarget({})
     ordered = {c: preferences[c] for c in configs if c in preferences}
-    ids = [str(r["id"]) for r in next(iter(tr.records.values()))[:n]]
-    return Judged(baseline, ordered, lengths, n, entry.get("flip_share"), int(entry.get("unsure_requests") or 0), ids)
+    ids = [str(r.id) for r in next(iter(tr.records.values()))[:n]]
+    return Judged(baseline, ordered, lengths, n, entry.flip_share, entry.unsure_requests, ids)
 
 
 def judge_cells(judged: Judged, config: str, resamples: int, seed: int) -> dict:

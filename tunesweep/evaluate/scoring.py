@@ -37,6 +37,7 @@ from ..layout import (COMPARISON_COLUMNS, PERPLEXITY_COLUMNS, ROW_SCORE_KEYS, TI
                       markdown_table, read_human, read_json_if_present, read_rows, read_frame,
                       read_target_responses, responses_fingerprint, vouch_files, write_table)
 from ..layout import current_checkpoint_hash  # noqa: F401 (moved to the base: the judge stage vouches the same way)
+from ..records import ScoredTarget, score_metadata, scored_targets_json, vouched_files
 from ..provenance import checkpoint_identity, library_versions, logic, recorded_logic
 from .compare import compare_to_base, compare_to_best, compare_to_centre
 from .judged import (JUDGE_METRICS, WinRateMetric, calibration, judge_cells, judge_settings, load_judged,
@@ -106,8 +107,8 @@ def plan_rows(metric, settings: dict, tr: TargetResponses, cache: RowCache, forc
     rows: dict[str, np.ndarray] = {}
     missing: list[tuple[str, str, list, list]] = []
     for config, recs in tr.records.items():
-        hyps = [r["response"] for r in recs]
-        refs = [r["reference"] for r in recs]
+        hyps = [r.response for r in recs]
+        refs = [r.reference for r in recs]
         # The metric's own version is part of the key: bumping it rescores this metric alone.
         key = fingerprint({"metric": metric.name, "settings": settings, "responses": hyps, "references": refs,
                            "logic": logic_versions, "version": metric_registry.get(metric.name).version})
@@ -149,11 +150,10 @@ def plan_perplexity(cfg, target, tr: TargetResponses, cache: RowCache, force: bo
     checkpoint = target.checkpoint(cfg.path)
     # The response records carry exactly the prompt and reference that training used.
     first = next(iter(tr.records.values()))
-    records = [{"prompt": r["prompt"], "reference": r["reference"]} for r in first]
+    records = [r.reference_pair() for r in first]
     versions = library_versions()
     # The identity generate recorded is reused while the checkpoint's files are unchanged (no rehash).
-    recorded = ({"sha256": tr.manifest.get("checkpoint_hash"), "stat": tr.manifest.get("checkpoint_stat")}
-                if tr.manifest.get("checkpoint") == checkpoint else None)
+    recorded = tr.manifest.recorded_identity(checkpoint)
     key = fingerprint({"weights": checkpoint_identity(checkpoint, recorded), "records": records,
                        "template": cfg.template, "torch": versions.get("torch"),
                        "transformers": versions.get("transformers"), "per_row": 1, "logic": logic_versions,
@@ -264,7 +264,7 @@ MIN_ROWS_FOR_CI = 10  # below this many test rows a bootstrap interval says litt
 
 def empty_counts(tr: TargetResponses) -> dict[str, int]:
     """Per config, the rows BERTScore scores 0 because the response (or reference) is empty or whitespace."""
-    return {config: sum(1 for r in recs if not r["response"].strip() or not r["reference"].strip())
+    return {config: sum(1 for r in recs if not r.response.strip() or not r.reference.strip())
             for config, recs in tr.records.items()}
 
 
@@ -321,7 +321,7 @@ def row_scores(metrics, per_metric_rows: dict, tr: TargetResponses) -> tuple[lis
     for config, recs in tr.records.items():
         values = {m.name: m.per_row(per_metric_rows[m.name][config]) for m in metrics}
         for i, rec in enumerate(recs):
-            out.append({"config": config, "id": rec["id"], **{name: float(v[i]) for name, v in values.items()}})
+            out.append({"config": config, "id": rec.id, **{name: float(v[i]) for name, v in values.items()}})
     return columns, out
 
 
@@ -362,8 +362,8 @@ def comparison_rows(cfg, metrics, targets, rows_by_target: dict, loaded: dict, j
         base = f"{target.name}-base"
         if target.is_base or base not in rows_by_target:
             continue
-        ids = [r["id"] for r in next(iter(tr.records.values()))]
-        base_ids = [r["id"] for r in next(iter(loaded[base].records.values()))]
+        ids = [r.id for r in next(iter(tr.records.values()))]
+        base_ids = [r.id for r in next(iter(loaded[base].records.values()))]
         if ids != base_ids:
             log.warning("%s and %s were generated on different test rows: no paired fine-tuned vs base comparison",
                         target.name, base)
@@ -443,7 +443,7 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     jobs: list[SlowJob] = []
     for target in targets:
         tr = loaded[target.name]
-        if (warning := language_warning([r["reference"] for r in next(iter(tr.records.values()), [])],
+        if (warning := language_warning([r.reference for r in next(iter(tr.records.values()), [])],
                                         cfg.evaluation.language)):
             log.warning("%s: %s", target.name, warning)
         cache = caches[target.name] = RowCache.load(paths.score_cache(target.name))
@@ -561,16 +561,14 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
 
     meta_path = paths.metrics_json
     previous = read_json_if_present(meta_path) or {}
-    scored = dict(previous.get("targets", {})) if isinstance(previous, dict) else {}
+    scored = scored_targets_json(previous)
     for name, tr in loaded.items():
-        scored[name] = {"rows": tr.n_rows, "configs": list(tr.records), "responses": str(tr.folder),
-                        "race_eliminated": eliminated[name],
-                        "bertscore_empty": empty_counts(tr),
-                        "scored_from": responses_fingerprint(cfg.path, name, list(tr.records)),
-                        "logic": summary["targets"][name]["logic"]}
+        scored[name] = ScoredTarget(rows=tr.n_rows, configs=list(tr.records), responses=str(tr.folder),
+                                    race_eliminated=eliminated[name], bertscore_empty=empty_counts(tr),
+                                    scored_from=responses_fingerprint(cfg.path, name, list(tr.records)),
+                                    logic=summary["targets"][name]["logic"]).to_json()
     written = [p for t in targets for p in (paths.table(t.name), paths.table(t.name, "md"), paths.row_scores(t.name))]
     written += [paths.tidy_table, paths.comparisons, paths.perplexity_table, human_path]
-    files = vouch_files(cfg.path, previous.get("files") if isinstance(previous, dict) else None, written)
-    write_json(meta_path, {"metrics": {k: v for k, v in settings.items()},
-                           "targets": {k: scored[k] for k in all_targets if k in scored}, "files": files})
+    files = vouch_files(cfg.path, vouched_files(previous), written)
+    write_json(meta_path, score_metadata(dict(settings), {k: scored[k] for k in all_targets if k in scored}, files))
     return summary

@@ -29,7 +29,8 @@ import numpy as np
 
 from ..errors import UserError
 from ..files import derive_seed, fingerprint, read_jsonl, write_json
-from ..layout import RACE_COLUMNS, Workdir, race_full_sweep_tokens, read_json_if_present, records_digest, write_table
+from ..layout import RACE_COLUMNS, Workdir, race_full_sweep_tokens, read_json_if_present, write_table
+from ..records import ConfigEntry, ResponseRecord, records_digest
 from ..provenance import logic
 from ..evaluate.clean import clean_response
 from ..evaluate.metrics import bootstrap_indices, build_metric
@@ -102,27 +103,25 @@ class _Race:
         state = None if force else read_json_if_present(self.paths.race_state(self.target))
         if not state or state.get("identity") != self.identity:
             return False
-        entries = self.plan.manifest.get("configs") or {}
         index = {rid: i for i, rid in enumerate(self.request.row_ids)}
         for config in state["configs"]:
             want = self.rows_of_config(config, state)
             if not want:
                 continue
             path = self.paths.response_file(self.target, config)
-            entry = entries.get(config)
+            entry = self.plan.manifest.entry(config)
             try:
                 recs = read_jsonl(path)
             except (OSError, UserError):
                 return False
-            if not isinstance(entry, dict) or entry.get("inputs") != self.jobs[config].inputs or \
-                    records_digest(recs) != entry.get("generated_sha256"):
+            if entry is None or entry.inputs != self.jobs[config].inputs or records_digest(recs) != entry.generated_sha256:
                 return False
-            got = {index.get(r.get("id")): r for r in recs}
+            got = {index.get(r.id): r for r in map(ResponseRecord.from_json, recs)}
             if any(i not in got for i in want):
                 return False
-            self.results[config] = {i: RowResult(got[i]["response_raw"], got[i]["finish_reason"], got[i]["num_tokens"])
+            self.results[config] = {i: RowResult(got[i].response_raw, got[i].finish_reason, got[i].num_tokens)
                                     for i in want}
-            self.beam_impl[config] = entry.get("beam_impl")
+            self.beam_impl[config] = entry.beam_impl
         self.state = state
         self.usage = state["usage"]
         return True
@@ -177,14 +176,10 @@ class _Race:
                               [config], self.usage[config]["tokens"], beam_impl=self.beam_impl.get(config))
             out = state["eliminated"].get(config)
             finished = state["finished"] and config in state["survivors"]
-            race = {"strategy": "race", "rounds": len(state["rounds"]), "race_json": "race.json"}
-            extra = {"race": race}
-            if not finished:
-                extra["partial"] = {"rows": len(rows), "of": self.n,
-                                    "round_eliminated": out["round"] if out else None,
-                                    "state": "eliminated" if out else "racing"}
+            extra = ConfigEntry.race_marks(len(state["rounds"]), self.paths.race_state(self.target).name, len(rows),
+                                           self.n, out["round"] if out else None, finished)
             write_config(self.cfg, self.plan, self.jobs[config], done, self.usage[config]["wall_s"], rows, extra)
-        write_json(self.paths.manifest(self.target), self.plan.manifest)
+        write_json(self.paths.manifest(self.target), self.plan.manifest.to_json())
 
     # --- the race ---------------------------------------------------------------------------------
 
@@ -210,9 +205,9 @@ class _Race:
             log.info("%s: resuming the race after round %d of %d", self.target, len(state["rounds"]), len(self.rounds))
         # The configs written so far keep their entries (their files are checked above); the rest are to come.
         run = start_run(plan, [] if resumed else plan.jobs)
-        plan.manifest["batch_invariance"] = {"skipped": "generation.strategy race: no batch-invariance check"}
-        plan.manifest["race"] = {"strategy": "race", "race_json": "race.json", "rule": state["rule"]}
-        write_json(self.paths.manifest(self.target), plan.manifest)
+        plan.manifest.batch_invariance = {"skipped": "generation.strategy race: no batch-invariance check"}
+        plan.manifest.set_race(self.paths.race_state(self.target).name, state["rule"])
+        write_json(self.paths.manifest(self.target), plan.manifest.to_json())
         written: set[str] = set()
         try:
             for r in range(len(state["rounds"]), len(self.rounds)):
@@ -248,18 +243,18 @@ class _Race:
             write_json(self.paths.race_state(self.target), state)
         except BaseException as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            plan.manifest["incomplete"] = f"the race started {run['started']} failed: {reason[:300]}"
-            write_json(self.paths.manifest(self.target), plan.manifest)
+            plan.manifest.mark_failed(f"the race started {run['started']} failed: {reason[:300]}")
+            write_json(self.paths.manifest(self.target), plan.manifest.to_json())
             raise
         finally:
             if self.session is not None:
                 self.session.close()
-        plan.manifest.pop("incomplete", None)
+        plan.manifest.mark_finished()
         run["written"] = sorted(written)
         if self.build_s is not None:
             run["engine_builds"], run["engine_build_s"] = 1, round(self.build_s, 2)
-            plan.manifest["engine_builds"] = plan.manifest.get("engine_builds", 0) + 1
-        write_json(self.paths.manifest(self.target), plan.manifest)
+            plan.manifest.count_engine_build()
+        write_json(self.paths.manifest(self.target), plan.manifest.to_json())
         return self.summary(state, generated=sorted(written))
 
     def summary(self, state: dict, generated: list[str]) -> dict:
