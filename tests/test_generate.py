@@ -26,7 +26,7 @@ from tunesweep.errors import UserError
 from tunesweep.evaluate.clean import clean_response
 from tunesweep.files import read_jsonl
 from tunesweep.generate.backend import INVARIANCE_ROWS, InvarianceDone, batch_invariance_record, identical_fraction
-from tunesweep.layout import RECORD_FIELDS
+from tunesweep.records import RECORD_FIELDS
 
 pytestmark = pytest.mark.slow
 

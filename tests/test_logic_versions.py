@@ -15,7 +15,8 @@ import pytest
 from helpers import vouch_for_responses
 from tunesweep.config import expand_sweep, load_config
 from tunesweep.files import read_json, sha256_bytes, write_json, write_jsonl
-from tunesweep.layout import RECORD_FIELDS, Workdir, load_split
+from tunesweep.layout import Workdir, load_split
+from tunesweep.records import RECORD_FIELDS
 
 STAGES = ["split", "train", "generate", "clean", "score"]
 

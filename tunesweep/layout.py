@@ -31,7 +31,6 @@ from .files import confine_to, escaping_link, open_no_follow, read_json, read_js
 from .provenance import checkpoint_identity
 from .records import (GenerationManifest, ResponseRecord, cleaned_digest, cleaning_digests, judge_target,
                       records_digest, scored_from, vouched_files)
-from .records import RECORD_FIELDS, generated_digest  # noqa: F401 (their home is records.py; tests import them here)
 
 # --- column names of the inter-stage files ----------------------------------------------------------
 

@@ -158,6 +158,37 @@ class ConfigEntry:
         return int(self.partial.get("rows", 0)) if isinstance(self.partial, dict) else None
 
 
+@dataclass
+class GenerationRun:
+    """One run's record in the manifest's `runs` (the JSON object itself, so the manifest holds the same object):
+    what it set out to generate, what it wrote and the engines it built."""
+
+    data: dict
+
+    @classmethod
+    def start(cls, started: str, backend: str, pending: list[str]) -> "GenerationRun":
+        return cls({"started": started, "backend": backend, "pending": pending, "written": [], "engine_builds": 0,
+                    "engine_build_s": None})
+
+    @property
+    def started(self) -> str:
+        return self.data["started"]
+
+    def wrote(self, config: str) -> None:
+        self.data["written"].append(config)
+
+    def set_written(self, configs: list[str]) -> None:
+        self.data["written"] = configs
+
+    def built_engine(self, build_s: float) -> None:
+        self.data["engine_builds"] += 1
+        self.data["engine_build_s"] = round(build_s, 2)
+
+    @property
+    def engine_build_s(self) -> Optional[float]:
+        return self.data["engine_build_s"]
+
+
 MANIFEST_KEYS = ("model", "checkpoint", "checkpoint_hash", "checkpoint_identity", "checkpoint_stat", "backend",
                  "backend_reason", "versions", "test_rows", "limit", "engine", "test_set_sha256", "logic",
                  "incomplete", "configs", "engine_builds", "runs", "replica_agreement", "batch_invariance", "race")
@@ -239,16 +270,21 @@ class GenerationManifest:
         return {c: e.partial_rows for c, e in self.entries().items() if e.partial_rows is not None}
 
     # a run writing it
-    def start_run(self, fields_now: dict, incomplete: str, run: dict, pending: Sequence[str], max_runs: int) -> None:
-        """Mark the manifest as written by a run (`incomplete` until it ends) with the target's identity
-        `fields_now` (keys of MANIFEST_KEYS), and drop the entries (and replica agreement) of `pending`."""
-        unknown = set(fields_now) - set(MANIFEST_KEYS)
-        if unknown:
-            raise ValueError(f"not keys of a generation manifest: {sorted(unknown)}")
-        self.data.update({**fields_now, "incomplete": incomplete})
+    def start_run(self, *, model: str, checkpoint: str, checkpoint_hash: str, checkpoint_identity: str,
+                  checkpoint_stat, backend: str, backend_reason: Optional[str], versions: dict, test_rows: int,
+                  limit: Optional[int], engine: Optional[dict], test_set_sha256: Optional[str], logic: Optional[dict],
+                  incomplete: str, run: GenerationRun, pending: Sequence[str], max_runs: int) -> None:
+        """Mark the manifest as written by a run (`incomplete` until it ends) of the target's checkpoint (its
+        identity, as provenance.checkpoint_identity gives it), and drop the entries (and replica agreement) of
+        `pending`; `run` is appended to `runs` (the last `max_runs` kept)."""
+        self.data.update({
+            "model": model, "checkpoint": checkpoint, "checkpoint_hash": checkpoint_hash,
+            "checkpoint_identity": checkpoint_identity, "checkpoint_stat": checkpoint_stat, "backend": backend,
+            "backend_reason": backend_reason, "versions": versions, "test_rows": test_rows, "limit": limit,
+            "engine": engine, "test_set_sha256": test_set_sha256, "logic": logic, "incomplete": incomplete})
         self.data.setdefault("configs", {})
         self.data.setdefault("engine_builds", 0)
-        self.data["runs"] = (self.data.get("runs") or [])[-(max_runs - 1):] + [run]
+        self.data["runs"] = (self.data.get("runs") or [])[-(max_runs - 1):] + [run.data]
         for name in pending:
             self.data["configs"].pop(name, None)
             ((self.data.get("replica_agreement") or {}).get("configs") or {}).pop(name, None)
@@ -288,6 +324,10 @@ class GenerationManifest:
 
 # --- llm_responses/<target>/cleaning.json ---------------------------------------------------------
 
+CLEANING_KEYS = ("rules", "configs", "logic")
+CLEANING_CONFIG_KEYS = ("cleaned_sha256",)  # besides the counts of evaluate/clean.py
+
+
 def cleaning_record(rules: dict, per_config: dict, logic: dict) -> dict:
     """cleaning.json: the rules clean applied, per config its counts and `cleaned_sha256`, and its logic."""
     return {"rules": rules, "configs": per_config, "logic": logic}
@@ -304,6 +344,11 @@ def cleaning_digests(data: Optional[dict]) -> dict:
     if not isinstance(configs, dict):
         return {}
     return {c: e.get("cleaned_sha256") for c, e in configs.items() if isinstance(e, dict)}
+
+
+def cleaning_rules(data: Optional[dict]) -> Optional[dict]:
+    """The rules a cleaning.json records (None when clean has not run)."""
+    return (data or {}).get("rules")
 
 
 def cleaning_configs(data: Optional[dict]) -> dict:
@@ -489,3 +534,96 @@ def judge_target(manifest: Optional[dict], target: str, create: bool = False) ->
         return JudgeTarget(targets.setdefault(target, {"configs": {}}))
     entry = targets.get(target)
     return JudgeTarget(entry) if isinstance(entry, dict) else None
+
+
+JUDGE_MANIFEST_KEYS = ("judge", "backend", "backend_reason", "engine", "numeric_identity", "template", "template_sha256",
+                       "prompt_version", "judge_version", "against", "baseline", "rows", "unsure_mass", "logic",
+                       "versions", "self_preference", "key", "targets", "runs", "engine_loads", "labels")
+JUDGE_TARGET_KEYS = ("configs", "pairs", "flip_share", "unsure_requests")
+
+
+@dataclass
+class JudgeManifest:
+    """eval_results/judge/manifest.json, the JSON object itself behind named accessors (updated in place run
+    after run, like the generation manifest)."""
+
+    data: dict
+
+    @classmethod
+    def read(cls, data) -> "JudgeManifest":
+        return cls(data if isinstance(data, dict) else {})
+
+    def to_json(self) -> dict:
+        return self.data
+
+    @property
+    def judge(self) -> dict:
+        """{model, revision, hub, checkpoint, identity} of the judge that wrote the verdicts."""
+        judge = self.data.get("judge")
+        return judge if isinstance(judge, dict) else {}
+
+    @property
+    def judge_model(self) -> Optional[str]:
+        return self.judge.get("model")
+
+    @property
+    def baseline(self) -> Optional[str]:
+        return self.data.get("baseline")
+
+    @property
+    def backend(self) -> Optional[str]:
+        return self.data.get("backend")
+
+    @property
+    def self_preference(self) -> list:
+        return self.data.get("self_preference") or []
+
+    def target(self, target: str, create: bool = False) -> Optional[JudgeTarget]:
+        return judge_target(self.data, target, create)
+
+    def start_run(self, *, judge: dict, backend: str, backend_reason: str, engine: dict, numeric_identity: dict,
+                  template: str, template_sha256: str, prompt_version, judge_version: int, against: str,
+                  baseline: str, rows, unsure_mass: float, logic: dict, versions: dict, self_preference: list,
+                  key: str, started: str, pairs_reused: int, max_runs: int) -> "JudgeRunRecord":
+        """This run's settings over the previous run's, and its record appended to `runs` (returned)."""
+        self.data.update({
+            "judge": judge, "backend": backend, "backend_reason": backend_reason, "engine": engine,
+            "numeric_identity": numeric_identity, "template": template, "template_sha256": template_sha256,
+            "prompt_version": prompt_version, "judge_version": judge_version, "against": against,
+            "baseline": baseline, "rows": rows, "unsure_mass": unsure_mass, "logic": logic, "versions": versions,
+            "self_preference": self_preference, "key": key})
+        self.data.setdefault("targets", {})
+        record = {"started": started, "engine_loads": 0, "engine_build_s": None, "pairs_judged": 0,
+                  "pairs_reused": pairs_reused, "requests": 0}
+        self.data["runs"] = (self.data.get("runs") or [])[-(max_runs - 1):] + [record]
+        self.data["engine_loads"] = 0  # this run's
+        return JudgeRunRecord(record, self.data)
+
+
+@dataclass
+class JudgeRunRecord:
+    """One judge run's record in the manifest's `runs` (the same JSON object), and the manifest it counts in."""
+
+    data: dict
+    manifest: dict
+
+    def loaded_engine(self, build_s: float, labels: list[str]) -> None:
+        self.data["engine_loads"] += 1
+        self.manifest["engine_loads"] = self.data["engine_loads"]
+        self.data["engine_build_s"] = round(build_s, 2)
+        self.manifest["labels"] = labels
+
+    def judged(self, pairs: int) -> None:
+        self.data["pairs_judged"] += pairs
+        self.data["requests"] += 2 * pairs
+
+    def finished(self, wall_s: float) -> None:
+        self.data["wall_s"] = round(wall_s, 2)
+
+    @property
+    def engine_loads(self) -> int:
+        return self.data["engine_loads"]
+
+    @property
+    def pairs_judged(self) -> int:
+        return self.data["pairs_judged"]

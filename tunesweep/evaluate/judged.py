@@ -27,7 +27,7 @@ from ..config import judge_baseline
 from ..errors import UserError
 from ..files import sha256_text
 from ..layout import TargetResponses, Workdir, read_json_if_present, read_judgments
-from ..records import JudgeRecord, JudgeTarget, judge_target
+from ..records import JudgeManifest, JudgeRecord, JudgeTarget
 from .metrics import MeanOfRows, bootstrap_ci, bootstrap_indices, percentile_ci
 from .winrate import lc_win_rate
 
@@ -69,12 +69,11 @@ def load_judged(cfg, tr: TargetResponses) -> Optional[Judged]:
     if jc is None:
         return None
     paths = Workdir(cfg.path)
-    manifest = read_json_if_present(paths.judge_manifest) or {}
+    manifest = JudgeManifest.read(read_json_if_present(paths.judge_manifest))
     configs = list(tr.records)
     baseline = judge_baseline(cfg)
-    judge = manifest.get("judge") or {}
-    if judge.get("model") != jc.model or manifest.get("baseline") != baseline:
-        raise UserError(f"{paths.judge_manifest}: judged by {judge.get('model')!r} against {manifest.get('baseline')!r}, "
+    if manifest.judge_model != jc.model or manifest.baseline != baseline:
+        raise UserError(f"{paths.judge_manifest}: judged by {manifest.judge_model!r} against {manifest.baseline!r}, "
                         f"but evaluation.judge names {jc.model!r} against {baseline!r}; {RERUN}")
     judged = read_judgments(cfg.path, tr.target, configs)
     if not judged:
@@ -107,7 +106,7 @@ def load_judged(cfg, tr: TargetResponses) -> Optional[Judged]:
     n = n or 0
     if baseline in configs:
         preferences[baseline] = np.full(n, 0.5)
-    entry = judge_target(manifest, tr.target) or JudgeTarget({})
+    entry = manifest.target(tr.target) or JudgeTarget({})
     ordered = {c: preferences[c] for c in configs if c in preferences}
     ids = [str(r.id) for r in next(iter(tr.records.values()))[:n]]
     return Judged(baseline, ordered, lengths, n, entry.flip_share, entry.unsure_requests, ids)
@@ -233,12 +232,12 @@ def calibration(cfg, judged: dict, item_means: list[dict], human: dict, tables: 
 STAND_IN_HIDDEN = 1024  # a judge with a smaller hidden size is a stand-in: it shows the mechanics, not quality
 
 
-def stand_in(manifest: dict) -> Optional[str]:
+def stand_in(manifest: JudgeManifest) -> Optional[str]:
     """Why the judge is only a stand-in (a tiny model such as the demo's), or None."""
     import json
     from pathlib import Path
 
-    folder = Path(((manifest.get("judge") or {}).get("checkpoint")) or "")
+    folder = Path(manifest.judge.get("checkpoint") or "")
     try:
         hidden = json.loads((folder / "config.json").read_text()).get("hidden_size")
     except (OSError, ValueError):
@@ -252,9 +251,9 @@ def stand_in(manifest: dict) -> Optional[str]:
 def judge_settings(cfg, judged: dict, calibrated: Optional[dict] = None) -> dict:
     """metrics.json's `judge` entry: what the judge columns mean, and per target the position bias."""
     jc = cfg.evaluation.judge
-    manifest = read_json_if_present(Workdir(cfg.path).judge_manifest) or {}
-    return {"model": jc.model, "against": jc.against, "judge": manifest.get("judge"), "backend": manifest.get("backend"),
-            "stand_in": stand_in(manifest), "self_preference": manifest.get("self_preference") or [],
+    manifest = JudgeManifest.read(read_json_if_present(Workdir(cfg.path).judge_manifest))
+    return {"model": jc.model, "against": jc.against, "judge": manifest.judge or None, "backend": manifest.backend,
+            "stand_in": stand_in(manifest), "self_preference": manifest.self_preference,
             "judge_win": "mean preference for the config's answer over the baseline's (both orders averaged; a tie "
                          "counts half); 95% percentile bootstrap CI over the judged rows",
             "judge_lc": "AlpacaEval 2's length-controlled win rate: logistic fit of the preference on tanh(length "

@@ -34,7 +34,7 @@ from ..errors import UserError
 from ..files import fingerprint, write_json, write_jsonl
 from ..loading import check_checkpoint_folder
 from ..layout import Workdir, load_split, read_json_if_present, response_settings, test_set_sha256
-from ..records import ConfigEntry, GenerationManifest, ResponseRecord, generated_digest
+from ..records import ConfigEntry, GenerationManifest, GenerationRun, ResponseRecord, generated_digest
 from ..provenance import checkpoint_identity, library_versions, logic, recorded_logic
 from ..templates import build_prompt, stop_strings
 from .backend import (INVARIANCE_ROWS, AgreementDone, Backend, ConfigDone, EngineBuilt, InvarianceCheck,
@@ -227,25 +227,24 @@ def run_target(cfg: ExperimentConfig, plan: TargetPlan) -> dict:
                          record["reversed_identical"])
                 continue
             if isinstance(msg, EngineBuilt):  # the model is loaded
-                run["engine_builds"] += 1
-                run["engine_build_s"] = round(msg.build_s, 2)
+                run.built_engine(msg.build_s)
                 builds = manifest.count_engine_build()
                 summary["engine_builds"] += 1
-                summary["engine_build_s"] = run["engine_build_s"]
+                summary["engine_build_s"] = run.engine_build_s
                 log.info("%s: %s built in %.1f s (engine build %d for this model)", target, backend.label,
                          msg.build_s, builds)
                 continue
             job = by_name[msg.config]
             tokens = sum(r.num_tokens for r in msg.results)
             write_config(cfg, plan, job, msg, config_wall(msg, tokens))
-            run["written"].append(job.config)
+            run.wrote(job.config)
             write_json(paths.manifest(target), manifest.to_json())
             summary["generated"].append(job.config)
             summary["tokens"] += tokens
             bar.update(1)
     except BaseException as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        manifest.mark_failed(f"the generate run started {run['started']} failed: {reason[:300]}")
+        manifest.mark_failed(f"the generate run started {run.started} failed: {reason[:300]}")
         write_json(paths.manifest(target), manifest.to_json())
         raise
     finally:
@@ -288,19 +287,18 @@ def clear_stale(plan: TargetPlan) -> None:
         stale.unlink(missing_ok=True)
 
 
-def start_run(plan: TargetPlan, pending: list[Job]) -> dict:
+def start_run(plan: TargetPlan, pending: list[Job]) -> GenerationRun:
     """Mark the manifest as being written by a run of `pending` (`incomplete` until the run ends), drop the
     entries of the configs it regenerates, and return the run's record (in the manifest's `runs`)."""
-    run = {"started": _now(), "backend": plan.backend.name, "pending": [j.config for j in pending],
-           "written": [], "engine_builds": 0, "engine_build_s": None}
+    run = GenerationRun.start(_now(), plan.backend.name, [j.config for j in pending])
     plan.manifest.start_run(
-        dict(model=plan.target.name, checkpoint=plan.checkpoint, checkpoint_hash=plan.checkpoint_id["sha256"],
-             # <repo>@<commit> of a hub base (its snapshot folder is `checkpoint`); the folder itself otherwise
-             checkpoint_identity=plan.checkpoint_id["checkpoint"],
-             checkpoint_stat=plan.checkpoint_id["stat"], backend=plan.backend.name,
-             backend_reason=plan.backend_reason, versions=plan.versions,
-             test_rows=len(plan.rows), limit=plan.limit, engine=plan.engine or None,
-             test_set_sha256=plan.test_sha, logic=plan.logic),
+        model=plan.target.name, checkpoint=plan.checkpoint, checkpoint_hash=plan.checkpoint_id["sha256"],
+        # <repo>@<commit> of a hub base (its snapshot folder is `checkpoint`); the folder itself otherwise
+        checkpoint_identity=plan.checkpoint_id["checkpoint"],
+        checkpoint_stat=plan.checkpoint_id["stat"], backend=plan.backend.name,
+        backend_reason=plan.backend_reason, versions=plan.versions,
+        test_rows=len(plan.rows), limit=plan.limit, engine=plan.engine or None,
+        test_set_sha256=plan.test_sha, logic=plan.logic,
         # Until this run ends, the configs it regenerates are missing: score says so instead of trusting
         # older files (configs from an older checkpoint or row set must not pass as current while we run).
         # A run that fails (a checkpoint that does not load) leaves the mark and its reason.

@@ -44,7 +44,7 @@ from ..layout import (Workdir, current_checkpoint_hash, load_split, read_json_if
                       partial_configs, read_target_responses)
 from ..loading import check_checkpoint_folder, load_tokenizer
 from ..provenance import checkpoint_identity, library_versions, logic
-from ..records import JudgeEntry, JudgeRecord, judge_target
+from ..records import JudgeEntry, JudgeManifest, JudgeRecord, JudgeRunRecord, judge_target
 from .engine import EngineSpec, engine_settings, numeric_identity, start_engine
 from .prompt import INPUT_BLOCK, PAIRWISE_TEMPLATE, PROMPT_VERSION, check_template, pick_labels
 from .verdict import Pair, UNSURE_MASS, flip_share, judge_pairs
@@ -102,7 +102,7 @@ def resolve_judge(cfg: ExperimentConfig, previous: Optional[dict]) -> JudgeModel
         raise UserError(f"evaluation.judge.model = {jc.model!r}: no such folder (and not a hub id); build or "
                         "download the judge first")
     check_checkpoint_folder(str(folder), "judge model")
-    recorded = (previous or {}).get("judge") or {}
+    recorded = JudgeManifest.read(previous).judge
     prior = recorded.get("identity") if recorded.get("checkpoint") == str(folder.resolve()) else None
     return JudgeModel(str(folder.resolve()), checkpoint_identity(str(folder.resolve()), prior))
 
@@ -125,16 +125,29 @@ def self_preference(cfg: ExperimentConfig, judge: JudgeModel) -> list[str]:
 # --- the plan ----------------------------------------------------------------------------------------
 
 @dataclass
+class PlannedRow:
+    """One row to judge: the pair, both answers' digests and lengths, and the key its verdict is cached under."""
+
+    id: object
+    pair: Pair
+    answer_sha256: str
+    baseline_sha256: str
+    answer_chars: int
+    baseline_chars: int
+    key: str = ""
+
+
+@dataclass
 class ConfigPlan:
     target: str
     config: str
     baseline: str  # a config name or "reference"
-    rows: list[dict]  # per row: id, pair (verdict.Pair), answer/baseline sha and chars, key
-    reused: dict = field(default_factory=dict)  # row id -> the previous record, still current
+    rows: list[PlannedRow]
+    reused: dict = field(default_factory=dict)  # row id -> the previous JudgeRecord, still current
 
     @property
     def pending(self) -> list[int]:
-        return [i for i, r in enumerate(self.rows) if r["id"] not in self.reused]
+        return [i for i, r in enumerate(self.rows) if r.id not in self.reused]
 
 
 def previous_records(paths: Workdir, manifest: Optional[dict], target: str, config: str) -> dict:
@@ -158,25 +171,24 @@ def plan_config(target: str, config: str, baseline: str, records: dict, tests: l
         rec, test = records[config][i], tests[i]
         answer = rec.response
         base_text = test["output"] if baseline == "reference" else records[baseline][i].response
-        row = {"id": rec.id, "pair": Pair(test.get("instruction", ""), test.get("input", "") or "", answer, base_text),
-               "answer_sha256": sha256_text(answer), "baseline_sha256": sha256_text(base_text),
-               "answer_chars": len(answer), "baseline_chars": len(base_text)}
-        row["key"] = fingerprint({**key_base, "instruction": sha256_text(row["pair"].instruction),
-                                  "input": sha256_text(row["pair"].input), "answer": row["answer_sha256"],
-                                  "baseline": row["baseline_sha256"]})
+        row = PlannedRow(rec.id, Pair(test.get("instruction", ""), test.get("input", "") or "", answer, base_text),
+                         sha256_text(answer), sha256_text(base_text), len(answer), len(base_text))
+        row.key = fingerprint({**key_base, "instruction": sha256_text(row.pair.instruction),
+                               "input": sha256_text(row.pair.input), "answer": row.answer_sha256,
+                               "baseline": row.baseline_sha256})
         plan.rows.append(row)
-        old = previous.get(row["id"])
-        if old is not None and old.key == row["key"]:
-            plan.reused[row["id"]] = old
+        old = previous.get(row.id)
+        if old is not None and old.key == row.key:
+            plan.reused[row.id] = old
     return plan
 
 
-def verdict_record(row: dict, v) -> JudgeRecord:
-    return JudgeRecord(id=row["id"], answer_sha256=row["answer_sha256"], baseline_sha256=row["baseline_sha256"],
-                       answer_chars=row["answer_chars"], baseline_chars=row["baseline_chars"],
+def verdict_record(row: PlannedRow, v) -> JudgeRecord:
+    return JudgeRecord(id=row.id, answer_sha256=row.answer_sha256, baseline_sha256=row.baseline_sha256,
+                       answer_chars=row.answer_chars, baseline_chars=row.baseline_chars,
                        p_a_test_first=v.p_a_test_first, p_a_test_second=v.p_a_test_second,
                        mass_test_first=v.mass_test_first, mass_test_second=v.mass_test_second,
-                       preference=v.preference, flipped=v.flipped, unsure_requests=v.unsure_requests, key=row["key"])
+                       preference=v.preference, flipped=v.flipped, unsure_requests=v.unsure_requests, key=row.key)
 
 
 # --- the stage ---------------------------------------------------------------------------------------
@@ -252,26 +264,21 @@ def plan_run(run: JudgeRun, force: bool) -> list[ConfigPlan]:
     return plans
 
 
-def start_manifest(run: JudgeRun, warnings: list[str], reused_pairs: int) -> tuple[dict, dict]:
+def start_manifest(run: JudgeRun, warnings: list[str], reused_pairs: int) -> tuple[JudgeManifest, JudgeRunRecord]:
     """(the judge manifest with this run's settings and run record, the run record)."""
     jc = run.cfg.evaluation.judge
-    manifest = run.previous_manifest if isinstance(run.previous_manifest, dict) else {}
-    manifest.update({
-        "judge": {"model": jc.model, "revision": jc.revision, "hub": run.judge_model.hub,
-                  "checkpoint": run.judge_model.checkpoint, "identity": run.judge_model.identity},
-        "backend": run.backend, "backend_reason": run.backend_reason, "engine": run.settings,
-        "numeric_identity": run.numeric, "template": run.template_name, "template_sha256": run.template,
-        "prompt_version": PROMPT_VERSION, "judge_version": JUDGE_VERSION, "against": jc.against,
-        "baseline": run.baseline, "rows": jc.rows, "unsure_mass": UNSURE_MASS,
-        "logic": logic("judge", JUDGE_VERSION), "versions": library_versions(), "self_preference": warnings,
-        "key": "fingerprint of the judge identity, backend and precision, template_sha256, judge_version, the row's "
-               "instruction and input sha256 and both answers' sha256",
-    })
-    manifest.setdefault("targets", {})
-    record = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "engine_loads": 0,
-              "engine_build_s": None, "pairs_judged": 0, "pairs_reused": reused_pairs, "requests": 0}
-    manifest["runs"] = (manifest.get("runs") or [])[-(MAX_RUNS - 1):] + [record]
-    manifest["engine_loads"] = 0  # this run's
+    manifest = JudgeManifest.read(run.previous_manifest)
+    record = manifest.start_run(
+        judge={"model": jc.model, "revision": jc.revision, "hub": run.judge_model.hub,
+               "checkpoint": run.judge_model.checkpoint, "identity": run.judge_model.identity},
+        backend=run.backend, backend_reason=run.backend_reason, engine=run.settings, numeric_identity=run.numeric,
+        template=run.template_name, template_sha256=run.template, prompt_version=PROMPT_VERSION,
+        judge_version=JUDGE_VERSION, against=jc.against, baseline=run.baseline, rows=jc.rows, unsure_mass=UNSURE_MASS,
+        logic=logic("judge", JUDGE_VERSION), versions=library_versions(), self_preference=warnings,
+        key="fingerprint of the judge identity, backend and precision, template_sha256, judge_version, the row's "
+            "instruction and input sha256 and both answers' sha256",
+        started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), pairs_reused=reused_pairs,
+        max_runs=MAX_RUNS)
     return manifest, record
 
 
@@ -280,8 +287,7 @@ class JudgeEngine:
     """The ONE judge engine of a run, loaded when the first pair needs it."""
 
     run: JudgeRun
-    manifest: dict
-    record: dict  # the run's record in the manifest
+    record: JudgeRunRecord  # the run's record in the manifest
     engine: object = None
     tokenizer: object = None
     labels: object = None
@@ -294,12 +300,9 @@ class JudgeEngine:
         spec = EngineSpec(run.backend, run.judge_model.checkpoint, run.settings if run.backend == "vllm" else {},
                           jc.hf_batch_size)
         self.engine = start_engine(spec, run.cfg, run.on_cuda, ray=run.cfg.execution.backend == "ray")
-        self.record["engine_loads"] += 1
-        self.manifest["engine_loads"] = self.record["engine_loads"]
-        self.record["engine_build_s"] = round(self.engine.build_s, 2)
-        self.manifest["labels"] = [self.labels.first, self.labels.second]
+        self.record.loaded_engine(self.engine.build_s, [self.labels.first, self.labels.second])
         log.info("judge: judge engine loaded in %.1f s (engine loads this run: %d)", self.engine.build_s,
-                 self.record["engine_loads"])
+                 self.record.engine_loads)
 
     def judge(self, plan: ConfigPlan) -> dict:
         """{row id: JudgeRecord} of the plan: the reused ones and the pending ones judged now."""
@@ -310,12 +313,11 @@ class JudgeEngine:
         if self.engine is None:
             self.load()
         t = time.perf_counter()
-        verdicts = judge_pairs([plan.rows[i]["pair"] for i in pending], self.tokenizer, self.labels,
+        verdicts = judge_pairs([plan.rows[i].pair for i in pending], self.tokenizer, self.labels,
                                self.engine.score, self.run.template_text)
         for i, v in zip(pending, verdicts):
-            out[plan.rows[i]["id"]] = verdict_record(plan.rows[i], v)
-        self.record["pairs_judged"] += len(pending)
-        self.record["requests"] += 2 * len(pending)
+            out[plan.rows[i].id] = verdict_record(plan.rows[i], v)
+        self.record.judged(len(pending))
         log.info("judge: %s %s vs %s: %d pair(s) judged in %.1f s, %d reused, flip share %.2f", plan.target,
                  plan.config, plan.baseline, len(pending), time.perf_counter() - t, len(plan.reused),
                  flip_share(verdicts))
@@ -326,15 +328,15 @@ class JudgeEngine:
             self.engine.close()
 
 
-def write_plan(run: JudgeRun, manifest: dict, plan: ConfigPlan, judged: dict) -> None:
+def write_plan(run: JudgeRun, manifest: JudgeManifest, plan: ConfigPlan, judged: dict) -> None:
     """The config's verdict file, then its manifest entry (a killed stage loses at most the config in flight)."""
-    records = [judged[r["id"]] for r in plan.rows]
+    records = [judged[r.id] for r in plan.rows]
     path = run.paths.judge_file(plan.target, plan.config)
     write_jsonl(path, [r.to_json() for r in records])
     entry = JudgeEntry.summarise(path.relative_to(run.paths.root).as_posix(), sha256_file(path), plan.baseline,
                                  len(plan.pending), records)
-    judge_target(manifest, plan.target, create=True).set_entry(plan.config, entry)
-    write_json(run.paths.judge_manifest, manifest)
+    manifest.target(plan.target, create=True).set_entry(plan.config, entry)
+    write_json(run.paths.judge_manifest, manifest.to_json())
 
 
 def judge(cfg: ExperimentConfig, model: Optional[str] = None, backend: Optional[str] = None, force: bool = False,
@@ -359,7 +361,7 @@ def judge(cfg: ExperimentConfig, model: Optional[str] = None, backend: Optional[
              run.backend, run.backend_reason, len(run.targets), len(run.names) - (run.baseline != "reference"),
              run.baseline, pending_pairs, 2 * pending_pairs, reused_pairs)
     manifest, record = start_manifest(run, warnings, reused_pairs)
-    engine = JudgeEngine(run, manifest, record)
+    engine = JudgeEngine(run, record)
     try:
         for plan in plans:
             write_plan(run, manifest, plan, engine.judge(plan))
@@ -367,16 +369,16 @@ def judge(cfg: ExperimentConfig, model: Optional[str] = None, backend: Optional[
         engine.close()
     # Entries of configs the sweep no longer has (or that became the baseline) are dropped.
     for t in run.targets:
-        if (judged := judge_target(manifest, t.name)) is not None:
+        if (judged := manifest.target(t.name)) is not None:
             judged.keep_only({p.config for p in plans if p.target == t.name})
-    record["wall_s"] = round(time.time() - run.started, 2)
-    write_json(paths.judge_manifest, manifest)
+    record.finished(time.time() - run.started)
+    write_json(paths.judge_manifest, manifest.to_json())
     log.info("judge: %d pair(s) judged, %d reused; judge engine loads this run: %d; verdicts in %s",
-             record["pairs_judged"], reused_pairs, record["engine_loads"], paths.judge_dir)
+             record.pairs_judged, reused_pairs, record.engine_loads, paths.judge_dir)
     if export_alpacaeval:
         n = export_annotations(cfg, Path(export_alpacaeval), model)
         log.info("judge: %d AlpacaEval annotations written to %s", n, export_alpacaeval)
-    return {"skipped": False, "engine_loads": record["engine_loads"], "pairs_judged": record["pairs_judged"],
+    return {"skipped": False, "engine_loads": record.engine_loads, "pairs_judged": record.pairs_judged,
             "pairs_reused": reused_pairs, "backend": run.backend, "manifest": str(paths.judge_manifest)}
 
 
@@ -400,8 +402,8 @@ def export_annotations(cfg: ExperimentConfig, out: Path, model: Optional[str] = 
     paths = Workdir(cfg.path)
     names = [dc.name for dc in expand_sweep(cfg.generation)]
     tests = {r["id"]: r for r in load_split(cfg.path, "test")}
-    manifest = read_json_if_present(paths.judge_manifest) or {}
-    annotator = f"tunesweep-judge:{(manifest.get('judge') or {}).get('model')}"
+    manifest = JudgeManifest.read(read_json_if_present(paths.judge_manifest))
+    annotator = f"tunesweep-judge:{manifest.judge_model}"
     rows = []
     for t in cfg.run_targets(model):
         judged = read_judgments(cfg.path, t.name, names)
@@ -409,7 +411,7 @@ def export_annotations(cfg: ExperimentConfig, out: Path, model: Optional[str] = 
             continue
         responses = read_target_responses(cfg.path, t.name, raced_out(cfg, t.name, names),
                                           checkpoint_hash=current_checkpoint_hash(cfg, t), cfg=cfg).records
-        entries = judge_target(manifest, t.name).entries()
+        entries = manifest.target(t.name).entries()
         for config, records in judged.items():
             baseline = entries[config].baseline
             answers = {r.id: r.response for r in responses[config]}

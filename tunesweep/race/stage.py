@@ -243,16 +243,16 @@ class _Race:
             write_json(self.paths.race_state(self.target), state)
         except BaseException as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            plan.manifest.mark_failed(f"the race started {run['started']} failed: {reason[:300]}")
+            plan.manifest.mark_failed(f"the race started {run.started} failed: {reason[:300]}")
             write_json(self.paths.manifest(self.target), plan.manifest.to_json())
             raise
         finally:
             if self.session is not None:
                 self.session.close()
         plan.manifest.mark_finished()
-        run["written"] = sorted(written)
+        run.set_written(sorted(written))
         if self.build_s is not None:
-            run["engine_builds"], run["engine_build_s"] = 1, round(self.build_s, 2)
+            run.built_engine(self.build_s)
             plan.manifest.count_engine_build()
         write_json(self.paths.manifest(self.target), plan.manifest.to_json())
         return self.summary(state, generated=sorted(written))

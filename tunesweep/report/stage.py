@@ -21,7 +21,7 @@ from ..config import DecodingConfig, ExperimentConfig, ModelConfig, RunTarget
 from ..files import sha256_file, write_text
 from ..layout import Workdir, format_cell, markdown_table as md_table
 from ..provenance import library_versions
-from ..records import ConfigEntry, GenerationManifest, cleaning_configs, scored_targets
+from ..records import ConfigEntry, GenerationManifest, cleaning_configs, cleaning_rules, scored_targets
 from .race import race_section
 from .html import build_html
 from .model import ReportModel, base_compared_metrics, build_model, tested_metrics
@@ -303,7 +303,7 @@ def _cleaning_section(scored: list[Scored], cleaning: dict[str, Optional[dict]])
         if data is None:
             rows.append([target_label(s.target), "not cleaned"] + ["–"] * len(CLEAN_COUNTS))
             continue
-        rules = rules or data.get("rules")
+        rules = rules or cleaning_rules(data)
         per = cleaning_configs(data)
         total = sum(int(c.get("rows", 0)) for c in per.values())
 
