@@ -171,3 +171,36 @@ def test_no_record_key_is_spelled_outside_records_py():
         for line, text in violations(path.read_text(encoding="utf-8"), keys, module):
             found.append(f"{module}:{line}: {text!r} (a key of {keys[text]})")
     assert not found, "record keys spelled outside tunesweep/records.py:\n" + "\n".join(found)
+
+
+def test_records_read_and_write_the_json_the_stages_always_wrote():
+    """Same keys, same order, same values: a record read and written again is byte-identical, so files and caches
+    of earlier runs stay current. The examples are written in the order the stages wrote them before the records
+    had types (generate's config entry with a beam search and a race's marks; a judge verdict)."""
+    import json
+
+    entry = {"top_k": 50, "num_beams": 3, "temperature": 0.8, "mode": "beam", "ignored": ["top_k", "temperature"],
+             "effective": {"call": "beam_search", "beam_width": 3}, "beam_impl": "vllm", "note": "", "seed": None,
+             "max_new_tokens": 8, "rows": 6, "finish_reasons": {"stop": 2, "length": 4}, "wall_s": 1.5, "tokens": 40,
+             "tokens_per_s": 26.7, "batch": {"wall_s": 1.5, "configs": ["c"], "tokens": 40}, "backend": "vllm",
+             "checkpoint_hash": "ab", "test_set_sha256": "cd", "logic": {"generate": 1}, "inputs": "ef",
+             "settings": {"seed": 7}, "generated_sha256": "01", "written": "2026-12-06T10:00:00+00:00",
+             "race": {"strategy": "race", "rounds": 2, "race_json": "race.json"},
+             "partial": {"rows": 4, "of": 6, "round_eliminated": 2, "state": "eliminated"}}
+    assert json.dumps(records.ConfigEntry.from_json(entry).to_json()) == json.dumps(entry)
+    plain = {k: v for k, v in entry.items() if k not in ("beam_impl", "race", "partial")}
+    assert json.dumps(records.ConfigEntry.from_json(plain).to_json()) == json.dumps(plain)  # unset: left out
+    marks = records.ConfigEntry.race_marks(2, "race.json", 4, 6, 2, finished=False)
+    assert json.dumps(marks) == json.dumps({k: entry[k] for k in ("race", "partial")})
+
+    response = {"id": 3, "prompt": "p", "reference": "r", "response_raw": "raw", "response": None,
+                "finish_reason": "length", "num_tokens": 8, "config": "c", "model": "tiny"}
+    assert json.dumps(records.ResponseRecord.from_json(response).to_json()) == json.dumps(response)
+    verdict = {"id": 3, "answer_sha256": "a", "baseline_sha256": "b", "answer_chars": 5, "baseline_chars": 7,
+               "p_a_test_first": 0.6, "p_a_test_second": 0.3, "mass_test_first": 0.9, "mass_test_second": 0.8,
+               "preference": 0.65, "flipped": True, "unsure_requests": 0, "key": "k"}
+    assert json.dumps(records.JudgeRecord.from_json(verdict).to_json()) == json.dumps(verdict)
+    # The digests leave `response` out of what generate wrote and take only it for what clean wrote.
+    cleaned = dict(response, response="clean")
+    assert records.records_digest([response]) == records.records_digest([cleaned])
+    assert records.cleaned_digest([response]) != records.cleaned_digest([records.ResponseRecord.from_json(cleaned)])

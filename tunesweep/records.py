@@ -15,7 +15,7 @@ GenerationManifest wraps the JSON object itself; an entry is written whole, so C
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -23,10 +23,23 @@ from .errors import UserError
 from .files import jsonl_dumps, read_jsonl, sha256_bytes
 
 
+class JsonRecord:
+    """A record dataclass's JSON: its fields are its keys, in order; a key missing from the JSON (a file of an older
+    tunesweep, or anything but an object) reads as None."""
+
+    @classmethod
+    def from_json(cls, data):
+        data = data if isinstance(data, dict) else {}
+        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 # --- llm_responses/<target>/<config>.jsonl --------------------------------------------------------
 
 @dataclass
-class ResponseRecord:
+class ResponseRecord(JsonRecord):
     """One test row's response to one config, in the order written. `response` is the clean stage's (None
     until clean ran); `reference` is the test row's output."""
 
@@ -39,13 +52,6 @@ class ResponseRecord:
     num_tokens: Optional[int]
     config: Optional[str]
     model: Optional[str]
-
-    @classmethod
-    def from_json(cls, data: dict) -> "ResponseRecord":
-        return cls(**{k: data.get(k) for k in RECORD_FIELDS})
-
-    def to_json(self) -> dict:
-        return {k: getattr(self, k) for k in RECORD_FIELDS}
 
     def reference_pair(self) -> dict:
         """{"prompt", "reference"}: what perplexity scores (the pair training used), and its cache key."""
@@ -89,7 +95,7 @@ def read_response_records(path: Path) -> list[ResponseRecord]:
 # --- llm_responses/<target>/manifest.json: one config's entry --------------------------------------
 
 @dataclass
-class ConfigEntry:
+class ConfigEntry(JsonRecord):
     """What generate recorded for one config: the decoding parameters that took effect, how the call went, and
     what the file is vouched by (checkpoint, test set, settings, inputs, generated_sha256). A race adds `race`
     and, for a config that does not hold every row, `partial` ({rows, of, round_eliminated, state})."""
@@ -123,13 +129,8 @@ class ConfigEntry:
 
     OPTIONAL = ("beam_impl", "race", "partial")  # left out of the JSON when unset (as generate always wrote it)
 
-    @classmethod
-    def from_json(cls, data: dict) -> "ConfigEntry":
-        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
-
     def to_json(self) -> dict:
-        out = asdict(self)
-        return {k: v for k, v in out.items() if not (k in self.OPTIONAL and v is None)}
+        return {k: v for k, v in super().to_json().items() if not (k in self.OPTIONAL and v is None)}
 
     @staticmethod
     def race_marks(rounds: int, race_json: str, rows: int, of: int, round_eliminated: Optional[int],
@@ -377,7 +378,7 @@ def scored_from(manifest: GenerationManifest, cleaned: dict, configs: Sequence[s
 
 
 @dataclass
-class ScoredTarget:
+class ScoredTarget(JsonRecord):
     """One target of metrics.json's `targets`: what score scored and from which responses (`scored_from`)."""
 
     rows: Optional[int] = None
@@ -388,13 +389,6 @@ class ScoredTarget:
     scored_from: Optional[dict] = None
     logic: Optional[dict] = None
 
-    @classmethod
-    def from_json(cls, data) -> "ScoredTarget":
-        data = data if isinstance(data, dict) else {}
-        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
     def generated_sha256(self, config: str) -> Optional[str]:
         """What generate wrote for `config` when score read it."""
@@ -427,7 +421,7 @@ def vouched_files(meta: Optional[dict]):
 # --- eval_results/judge/ --------------------------------------------------------------------------
 
 @dataclass
-class JudgeRecord:
+class JudgeRecord(JsonRecord):
     """One judged row: both answers' digests and lengths, `p_a` in each order with the labels' probability mass,
     the averaged `preference` for the answer under test, whether it `flipped` with the order, and its cache key."""
 
@@ -445,16 +439,10 @@ class JudgeRecord:
     unsure_requests: Optional[int]
     key: Optional[str]
 
-    @classmethod
-    def from_json(cls, data: dict) -> "JudgeRecord":
-        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
-class JudgeEntry:
+class JudgeEntry(JsonRecord):
     """One config's entry of the judge manifest (targets.<target>.configs.<config>)."""
 
     file: Optional[str] = None
@@ -466,13 +454,6 @@ class JudgeEntry:
     flip_share: Optional[float] = None
     unsure_requests: Optional[int] = None
 
-    @classmethod
-    def from_json(cls, data) -> "JudgeEntry":
-        data = data if isinstance(data, dict) else {}
-        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
     @classmethod
     def summarise(cls, file: str, sha256: str, baseline: str, judged_now: int,
