@@ -59,6 +59,10 @@ GENERIC = {
     "template": "the config's prompt template, a part of every cache key and of tunesweep.json",
     "judge": "metrics.json's judge settings and the config's evaluation.judge",
     "against": "evaluation.judge.against, recorded in metrics.json's judge settings",
+    "metric": "a column of all.csv, comparisons.csv and race.csv, and the score cache's key",
+    "target": "every stage's summary names its target",
+    "identity": "provenance.checkpoint_identity's record (the judge's, tunesweep.json's base)",
+    "rule": "race.csv's column (layout.RACE_COLUMNS)",
 }
 
 # Where a record key's word is another record's or object's key, by module and (innermost) function ("*": the
@@ -79,7 +83,13 @@ ELSEWHERE = {
     ("tunesweep/generate/stage.py", "plan_target", "test_set_sha256"): "the job's `inputs` fingerprint",
     ("tunesweep/judge/stage.py", "key_base", "judge_version"): "the verdict cache key",
     ("tunesweep/evaluate/scoring.py", "plan_rows", "responses"): "the score cache key",
+    ("tunesweep/race/stage.py", "race_identity", "rounds"): "the race identity's fingerprint",
+    # race.csv's columns (layout.RACE_COLUMNS), filled from race.json's accessors.
+    **{("tunesweep/race/stage.py", "race_rows", k): "race.csv's column"
+       for k in ("rows_used", "rows_total", "leader", "alpha_round")},
     # A stage's returned summary (what the pipeline and CLI print), not a file.
+    **{("tunesweep/race/stage.py", f, k): "the race's summary" for f in ("summary", "generate_responses")
+       for k in ("survivors", "rounds", "planned_rounds", "eliminated")},
     ("tunesweep/generate/stage.py", "run_target", "engine_builds"): "generate's summary",
     ("tunesweep/generate/stage.py", "generate", "engine_builds"): "generate's summary",
     ("tunesweep/race/stage.py", "summary", "engine_builds"): "the race's summary",
@@ -158,7 +168,8 @@ def test_a_record_key_spelled_outside_its_owner_is_found():
                "def plan_rows():\n"
                "    return {'responses': 1, 'scored_from': 2}\n")
     found = violations(snippet, keys, "tunesweep/evaluate/scoring.py")
-    assert [t for _, t in found] == ["generated_sha256", "response_raw", "finish_reason", "inputs", "scored_from"], found
+    assert [t for _, t in found] == ["generated_sha256", "response_raw", "finish_reason", "inputs",
+                                     "scored_from"], found
 
 
 def test_no_record_key_is_spelled_outside_records_py():
@@ -200,6 +211,17 @@ def test_records_read_and_write_the_json_the_stages_always_wrote():
                "p_a_test_first": 0.6, "p_a_test_second": 0.3, "mass_test_first": 0.9, "mass_test_second": 0.8,
                "preference": 0.65, "flipped": True, "unsure_requests": 0, "key": "k"}
     assert json.dumps(records.JudgeRecord.from_json(verdict).to_json()) == json.dumps(verdict)
+    race = {"identity": "i", "target": "tiny", "metric": "bleu", "alpha": 0.05, "alpha_rule": "bonferroni",
+            "rule": "r", "planned_rounds": 2, "alpha_round": 0.025, "keep": 1, "rows_total": 6, "round_rows": [3, 3],
+            "configs": ["a", "b"],
+            "rounds": [{"round": 1, "rows_added": 3, "rows_used": 3, "survivors_before": ["a", "b"], "leader": "a",
+                        "verdicts": [{"config": "b", "score": 0.1}], "eliminated": ["b"]}],
+            "survivors": ["a"], "eliminated": {"b": {"round": 1, "rows": 3}}, "finished": True,
+            "usage": {"a": {"tokens": 60, "wall_s": 1.0}, "b": {"tokens": 30, "wall_s": 0.5}},
+            "round_wall_s": [0.4], "finish_wall_s": 0.2}
+    state = records.RaceState.from_json(race)
+    assert json.dumps(state.to_json()) == json.dumps(race)
+    assert state.full_sweep_tokens() == 60 + 30 * 6 // 3 and state.eliminated_round("b") == 1
     # The digests leave `response` out of what generate wrote and take only it for what clean wrote.
     cleaned = dict(response, response="clean")
     assert records.records_digest([response]) == records.records_digest([cleaned])

@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 from .errors import UserError
 from .files import confine_to, escaping_link, open_no_follow, read_json, read_jsonl, sha256_file, write_text
 from .provenance import checkpoint_identity
-from .records import (GenerationManifest, ResponseRecord, cleaned_digest, cleaning_digests, judge_target,
+from .records import (GenerationManifest, RaceState, ResponseRecord, cleaned_digest, cleaning_digests, judge_target,
                       records_digest, scored_from, vouched_files)
 
 # --- column names of the inter-stage files ----------------------------------------------------------
@@ -412,14 +412,11 @@ def partial_configs(workdir: str | os.PathLike, target: str) -> dict[str, int]:
     return read_manifest(workdir, target).partial_configs()
 
 
-def race_full_sweep_tokens(state: dict) -> int:
-    """From a race.json: the tokens a full sweep would generate, the survivors' (all rows) plus each eliminated
-    config's tokens scaled from its rows to all rows (an estimate; bench/race.py measures the full sweep)."""
-    total = 0.0
-    for config, use in state["usage"].items():
-        out = state["eliminated"].get(config)
-        total += use["tokens"] * state["rows_total"] / out["rows"] if out else use["tokens"]
-    return int(round(total))
+def read_race_state(workdir: str | os.PathLike, target: str) -> Optional[RaceState]:
+    """llm_responses/<target>/race.json when the target raced at least one round, else None."""
+    data = read_json_if_present(Workdir(workdir).race_state(target))
+    state = RaceState.from_json(data) if data else None
+    return state if state is not None and state.rounds else None
 
 
 def _manifest_and_test_rows(workdir: str | os.PathLike, target: str) -> tuple[GenerationManifest, list[dict]]:

@@ -1,12 +1,15 @@
 """The typed records that cross a stage boundary, one owner for each record's keys, reading, writing and
 fingerprint (no other module spells their keys; tests/test_records.py checks that):
 
-    ResponseRecord       one line of llm_responses/<target>/<config>.jsonl           generate -> clean, judge, score
-    GenerationManifest   llm_responses/<target>/manifest.json                        generate -> clean, judge, score, report
-    ConfigEntry          one config's entry of it (`configs`)                          generate (race) -> every reader
-    ScoredTarget         one target of eval_results/metrics.json (`scored_from`)     score -> report, track
-    JudgeRecord          one line of eval_results/judge/<target>/<config>.jsonl       judge -> score, report
-    JudgeEntry           one config's entry of eval_results/judge/manifest.json       judge -> score, report
+    ResponseRecord       one line of llm_responses/<target>/<config>.jsonl       generate -> clean, judge, score
+    GenerationManifest   llm_responses/<target>/manifest.json                    generate -> every later stage
+    GenerationRun        one run's record in it (`runs`)                          generate, race
+    ConfigEntry          one config's entry of it (`configs`)                     generate (race) -> every reader
+    cleaning_record      llm_responses/<target>/cleaning.json                    clean -> score, report
+    ScoredTarget         one target of eval_results/metrics.json (`scored_from`) score -> report, track
+    JudgeManifest        eval_results/judge/manifest.json (JudgeTarget, JudgeEntry, JudgeRunRecord)  judge -> score
+    JudgeRecord          one line of eval_results/judge/<target>/<config>.jsonl  judge -> score, report
+    RaceState            llm_responses/<target>/race.json (RaceRound)            race -> race, report
 
 On disk every record is the JSON it always was (same keys, same order): the dataclasses only name the fields.
 The manifests are read and updated in place (a stage adds its keys to what an earlier run wrote), so
@@ -15,7 +18,7 @@ GenerationManifest wraps the JSON object itself; an entry is written whole, so C
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -517,9 +520,10 @@ def judge_target(manifest: Optional[dict], target: str, create: bool = False) ->
     return JudgeTarget(entry) if isinstance(entry, dict) else None
 
 
-JUDGE_MANIFEST_KEYS = ("judge", "backend", "backend_reason", "engine", "numeric_identity", "template", "template_sha256",
-                       "prompt_version", "judge_version", "against", "baseline", "rows", "unsure_mass", "logic",
-                       "versions", "self_preference", "key", "targets", "runs", "engine_loads", "labels")
+JUDGE_MANIFEST_KEYS = ("judge", "backend", "backend_reason", "engine", "numeric_identity", "template",
+                       "template_sha256", "prompt_version", "judge_version", "against", "baseline", "rows",
+                       "unsure_mass", "logic", "versions", "self_preference", "key", "targets", "runs", "engine_loads",
+                       "labels")
 JUDGE_TARGET_KEYS = ("configs", "pairs", "flip_share", "unsure_requests")
 
 
@@ -608,3 +612,78 @@ class JudgeRunRecord:
     @property
     def pairs_judged(self) -> int:
         return self.data["pairs_judged"]
+
+
+# --- llm_responses/<target>/race.json -----------------------------------------------------------------
+
+@dataclass
+class RaceRound(JsonRecord):
+    """One round of a race: the rows it added and used, who raced, the leader, every survivor's verdict (the race
+    rule's Verdict as JSON: config, score, diff, CI, p, Holm p) and who was eliminated."""
+
+    round: int = 0
+    rows_added: int = 0
+    rows_used: int = 0
+    survivors_before: list = field(default_factory=list)
+    leader: Optional[str] = None
+    verdicts: list = field(default_factory=list)
+    eliminated: list = field(default_factory=list)
+
+
+@dataclass
+class RaceState(JsonRecord):
+    """race.json: a target's race, written after each round (and its finish), read back to resume it and by the
+    report. `eliminated`: {config: {round, rows}}; `usage`: {config: {tokens, wall_s}} generated so far."""
+
+    identity: Optional[str] = None
+    target: Optional[str] = None
+    metric: Optional[str] = None
+    alpha: Optional[float] = None
+    alpha_rule: Optional[str] = None
+    rule: Optional[str] = None
+    planned_rounds: Optional[int] = None
+    alpha_round: Optional[float] = None
+    keep: Optional[int] = None
+    rows_total: Optional[int] = None
+    round_rows: list = field(default_factory=list)
+    configs: list = field(default_factory=list)
+    rounds: list = field(default_factory=list)  # of RaceRound
+    survivors: list = field(default_factory=list)
+    eliminated: dict = field(default_factory=dict)
+    finished: bool = False
+    usage: dict = field(default_factory=dict)
+    round_wall_s: list = field(default_factory=list)
+    finish_wall_s: Optional[float] = None
+
+    @classmethod
+    def from_json(cls, data) -> "RaceState":
+        state = super().from_json(data)
+        state.rounds = [RaceRound.from_json(r) for r in state.rounds or []]
+        state.eliminated = state.eliminated or {}
+        return state
+
+    def to_json(self) -> dict:
+        return {**super().to_json(), "rounds": [r.to_json() for r in self.rounds]}
+
+    def eliminate(self, config: str, round_no: int, rows: int) -> None:
+        self.eliminated[config] = {"round": round_no, "rows": rows}
+
+    def eliminated_round(self, config: str) -> Optional[int]:
+        out = self.eliminated.get(config)
+        return out["round"] if out else None
+
+    def eliminated_rows(self, config: str) -> Optional[int]:
+        out = self.eliminated.get(config)
+        return out["rows"] if out else None
+
+    def tokens(self) -> int:
+        return sum(u["tokens"] for u in self.usage.values())
+
+    def full_sweep_tokens(self) -> int:
+        """The tokens a full sweep would generate: the survivors' (all rows) plus each eliminated config's tokens
+        scaled from its rows to all rows (an estimate; bench/race.py measures the full sweep)."""
+        total = 0.0
+        for config, use in self.usage.items():
+            rows = self.eliminated_rows(config)
+            total += use["tokens"] * self.rows_total / rows if rows else use["tokens"]
+        return int(round(total))

@@ -350,7 +350,8 @@ def _configs_table(configs: list[DecodingConfig]) -> str:
 def _versions_table(model: ReportModel) -> str:
     """Each library's version at every stage that recorded one (several: joined by ` / `)."""
     trained = [model.training.get(s.target.model.name) for s in model.scored if not s.target.is_base]
-    sources = {"training": joined_versions(trained), "generation": joined_versions(m.to_json() for m in model.manifests.values()),
+    sources = {"training": joined_versions(trained),
+               "generation": joined_versions(m.to_json() for m in model.manifests.values()),
                "scoring": scoring_versions(model.metrics_json), "report": library_versions()}
     libs = sorted(set().union(*(set(v) for v in sources.values())))
     rows = ["<tr>" + _td(lib, None, "cfg") + "".join(_td(sources[k].get(lib, "–")) for k in sources) + "</tr>"

@@ -453,7 +453,8 @@ def _settings_section(cfg: ExperimentConfig, metrics_json: Optional[dict], manif
         lines += ["From `eval_results/metrics.json`:", "", "```json",
                   json.dumps(metric_settings(metrics_json), indent=2, ensure_ascii=False, default=str), "```", ""]
     lines += ["### Library versions", ""]
-    sources = {"generation": joined_versions(m.to_json() for m in manifests.values()), "scoring": scoring_versions(metrics_json),
+    sources = {"generation": joined_versions(m.to_json() for m in manifests.values()),
+               "scoring": scoring_versions(metrics_json),
                "report": library_versions()}
     libs = sorted(set().union(*(set(v) for v in sources.values())))
     rows = [[lib] + [sources[s].get(lib, "–") for s in ("generation", "scoring", "report")] for lib in libs]

@@ -166,7 +166,8 @@ def eval_specs(cfg: ExperimentConfig) -> list[RunSpec]:
         vouched = scored.get(target.name, ScoredTarget())
         for dc in expand_sweep(cfg.generation):
             entry = manifest.entry(dc.name)
-            if entry is None or not entry.generated_sha256 or vouched.generated_sha256(dc.name) != entry.generated_sha256:
+            if (entry is None or not entry.generated_sha256
+                    or vouched.generated_sha256(dc.name) != entry.generated_sha256):
                 continue
             params = flatten({"model": target.name, "config": dc.name, **entry.tracking_params()})
             metrics = {"tokens_per_s": number(entry.tokens_per_s), "generate_wall_s": number(entry.wall_s)}
