@@ -50,9 +50,9 @@ def synthesize(root: Path, records: list[dict], n_models: int, n_rows: int) -> P
     from tunesweep.config import expand_sweep, load_config
     from tunesweep import metric_registry
     from tunesweep.files import sha256_bytes, write_json, write_jsonl
-    from tunesweep.layout import (COMPARISON_COLUMNS, cleaned_digest, csv_text, generated_digest,
-                                  read_target_responses, response_settings, responses_fingerprint, test_set_sha256,
-                                  vouch_files)
+    from tunesweep.layout import (COMPARISON_COLUMNS, csv_text, read_target_responses, response_settings,
+                                  responses_fingerprint, test_set_sha256, vouch_files)
+    from tunesweep.records import cleaned_digest, generated_digest
 
     names = ["llama2", "mistral", "phi2", "qwen", "gemma", "olmo"][:n_models]
     cfg_path = root / "study.yaml"

@@ -156,7 +156,8 @@ def vouch_for_responses(workdir: Path, target: str, checkpoint: str | None = Non
     `response` fields where they are filled. `checkpoint` defaults to finetuned_models/<target>/, created
     with a stand-in config.json when missing."""
     from tunesweep.files import read_jsonl, write_json, write_jsonl
-    from tunesweep.layout import Workdir, cleaned_digest, generated_digest, response_settings, test_set_sha256
+    from tunesweep.layout import Workdir, response_settings, test_set_sha256
+    from tunesweep.records import cleaned_digest, generated_digest
     from tunesweep.provenance import checkpoint_identity
 
     paths = Workdir(workdir)

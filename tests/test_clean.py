@@ -14,7 +14,7 @@ from tunesweep.config import expand_sweep, load_config
 from tunesweep.errors import UserError
 from tunesweep.files import read_json, read_jsonl, write_json, write_jsonl
 from tunesweep.templates import build_prompt
-from tunesweep.layout import cleaned_digest
+from tunesweep.records import cleaned_digest
 
 PROMPT_A = build_prompt({"instruction": "Name a colour.", "input": ""})
 PROMPT_B = build_prompt({"instruction": "Translate to French.", "input": "cat"})

@@ -26,7 +26,7 @@ from tunesweep.errors import UserError
 from tunesweep.clean.stage import clean_response
 from tunesweep.files import read_jsonl
 from tunesweep.generate.backend import INVARIANCE_ROWS, InvarianceDone, batch_invariance_record, identical_fraction
-from tunesweep.layout import RECORD_FIELDS
+from tunesweep.records import RECORD_FIELDS
 
 pytestmark = pytest.mark.slow
 
@@ -178,13 +178,14 @@ def test_a_sweep_without_greedy_config_records_why_no_invariance(tmp_path, tiny_
     """No temperature-0, single-beam config in the sweep: nothing to compare, and the manifest says why.
     With one, a pending greedy config is checked on its first rows (planned only: no engine starts)."""
     from tunesweep.generate.stage import invariance_check, plan_target
+    from tunesweep.records import GenerationManifest
 
     for sweep, greedy in (("{temperature: [0.5], num_beams: [2]}", False), ("{temperature: [0.0]}", True)):
         cfg = load_config(make_study(tmp_path, tiny_model_dir, sweep))
         rows = read_jsonl(tmp_path / "alpaca_data" / "test.jsonl")[:3]
         plan = plan_target(cfg, cfg.run_targets()[0], "hf", rows, 3)
         manifest_ = {"batch_invariance": {"earlier": "run"}}
-        check = invariance_check(plan, manifest_)
+        check = invariance_check(plan, GenerationManifest(manifest_))
         if greedy:
             assert check.config == "top_k_50_num_beams_1_temp_0.0" and check.rows == (0, 1, 2)
             assert "batch_invariance" not in manifest_  # the earlier record goes: it is measured again

@@ -2,7 +2,7 @@
 
 - no import cycle inside tunesweep/;
 - the shared base (config, layout, provenance, loading, isolation, templates, files, errors, backends, stages,
-  hub, cluster, tracking, metric_registry)
+  hub, cluster, tracking, metric_registry, records)
   imports nothing but the base;
 - a stage package (data, generate, clean, evaluate, report, judge, track; train) imports the base and its own modules,
   never another stage and never the top layer (cli, pipeline, doctor, plan, tinymodel), which may
@@ -19,7 +19,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parent.parent / "tunesweep"
 
 BASE = {"__init__", "errors", "files", "config", "templates", "layout", "provenance", "loading", "backends", "stages",
-        "isolation", "cluster", "hub", "tracking", "metric_registry"}
+        "isolation", "cluster", "hub", "tracking", "metric_registry", "records"}
 STAGES = {"data", "generate", "clean", "evaluate", "report", "train", "judge", "track"}
 COMPOSITE = {"race"}
 TOP = {"__main__", "cli", "pipeline", "doctor", "plan", "tinymodel"}

@@ -15,7 +15,8 @@ import pytest
 from helpers import vouch_for_responses
 from tunesweep.config import expand_sweep, load_config
 from tunesweep.files import read_json, sha256_bytes, write_json, write_jsonl
-from tunesweep.layout import RECORD_FIELDS, Workdir, load_split
+from tunesweep.layout import Workdir, load_split
+from tunesweep.records import RECORD_FIELDS
 
 STAGES = ["split", "train", "generate", "clean", "score"]
 
@@ -131,10 +132,12 @@ CLEAN_CASES = [
 
 def test_clean_of_fixed_responses_is_pinned():
     from tunesweep.clean.stage import clean_records
+    from tunesweep.records import ResponseRecord
 
-    records = [{"response_raw": raw, "prompt": prompt, "finish_reason": "stop"} for raw, prompt in CLEAN_CASES]
+    records = [ResponseRecord.from_json({"response_raw": raw, "prompt": prompt, "finish_reason": "stop"})
+               for raw, prompt in CLEAN_CASES]
     counts = clean_records(records)
-    got = _hash([[r["response"] for r in records], counts])
+    got = _hash([[r.response for r in records], counts])
     assert got == CLEAN_PIN, "clean output changed: bump CLEAN_VERSION if this change is intended"
 
 

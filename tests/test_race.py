@@ -184,7 +184,8 @@ def test_hf_race_survivors_are_the_full_sweep_and_the_hot_config_goes_first(hf_r
     from tunesweep.clean.stage import clean
     from tunesweep.evaluate.scoring import score
     from tunesweep.generate.stage import plan_target
-    from tunesweep.layout import generated_digest, load_split, read_rows
+    from tunesweep.layout import load_split, read_rows
+    from tunesweep.records import generated_digest
     from tunesweep.race import generate_responses
     from tunesweep.report import report
 

@@ -162,7 +162,7 @@ def hostile(e2e_run, tmp_path_factory):
     recs[1]["response_raw"] = HOSTILE
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
     # As if the model had generated it: the manifest vouches for the new content (score refuses edited files).
-    from tunesweep.layout import generated_digest
+    from tunesweep.records import generated_digest
 
     manifest_path = copy / "llm_responses" / "tiny" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())

@@ -21,7 +21,8 @@ from tunesweep.config import expand_sweep, load_config
 from tunesweep.errors import UserError
 from tunesweep.evaluate.scoring import score
 from tunesweep.files import read_json, read_jsonl, write_json, write_jsonl
-from tunesweep.layout import TIDY_COLUMNS, generated_digest
+from tunesweep.layout import TIDY_COLUMNS
+from tunesweep.records import generated_digest
 
 # eval_results/<model>.csv's columns for the built-in metrics (the contract of DESIGN.md; metric_registry derives them)
 TABLE_COLUMNS = ["config", "mode", "bleu", "bleu_ci_low", "bleu_ci_high", "rougeL", "rougeL_ci_low", "rougeL_ci_high",

@@ -27,15 +27,13 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import UserError
-from .files import (confine_to, escaping_link, jsonl_dumps, open_no_follow, read_json, read_jsonl, sha256_bytes,
-                    sha256_file, write_text)
+from .files import confine_to, escaping_link, open_no_follow, read_json, read_jsonl, sha256_file, write_text
 from .provenance import checkpoint_identity
+from .records import (GenerationManifest, RaceState, ResponseRecord, cleaned_digest, cleaning_digests, judge_target,
+                      records_digest, scored_from, vouched_files)
 
 # --- column names of the inter-stage files ----------------------------------------------------------
 
-# One record of llm_responses/<target>/<config>.jsonl, in the order written.
-RECORD_FIELDS = ("id", "prompt", "reference", "response_raw", "response", "finish_reason", "num_tokens", "config",
-                 "model")
 # eval_results/<model>.csv: metric_registry.table_columns(the metrics scored), from the metric registry.
 TIDY_COLUMNS = ["model", "config", "parameter", "value", "metric", "score", "ci_low", "ci_high"]
 PERPLEXITY_COLUMNS = ["model", "perplexity", "ppl_ci_low", "ppl_ci_high", "nll", "tokens", "checkpoint"]
@@ -310,39 +308,13 @@ class TargetResponses:
 
     target: str
     folder: Path
-    manifest: dict
-    records: dict[str, list[dict]]  # config name -> records, in test.jsonl order
+    manifest: GenerationManifest
+    records: dict[str, list[ResponseRecord]]  # config name -> records, in test.jsonl order
     paths: dict[str, Path]
 
     @property
     def n_rows(self) -> int:
         return len(next(iter(self.records.values()))) if self.records else 0
-
-
-# What to run when a field a stage needs is missing from a response record.
-_FIELD_HINTS = {"response": "run `tunesweep clean`"}
-
-
-def generated_digest(path: Path) -> Optional[str]:
-    """sha256 of what generate wrote in a response file: every field but `response`, which the clean
-    stage rewrites. None when the file is missing or damaged. manifest.json records it per config, so a
-    file edited (or left from another run) after generate wrote it is not trusted."""
-    try:
-        records = read_jsonl(path)
-    except (OSError, UserError):
-        return None
-    return records_digest(records)
-
-
-def records_digest(records: list[dict]) -> str:
-    """generated_digest of records already read from a response file."""
-    return sha256_bytes(jsonl_dumps({k: v for k, v in r.items() if k != "response"} for r in records).encode())
-
-
-def cleaned_digest(records: list[dict]) -> str:
-    """sha256 of the `response` fields of a config's records, in order: what the clean stage wrote, recorded per
-    config in cleaning.json, so a `response` edited after clean is not scored (generated_sha256 leaves it out)."""
-    return sha256_bytes(jsonl_dumps({"response": r.get("response")} for r in records).encode())
 
 
 def response_settings(cfg, backend: str) -> dict:
@@ -355,11 +327,11 @@ def response_settings(cfg, backend: str) -> dict:
             "hf_batch_size": g.hf_batch_size if backend == "hf" else None}
 
 
-def settings_change(cfg, entry: dict) -> Optional[str]:
+def settings_change(cfg, entry) -> Optional[str]:
     """'max_new_tokens 16 -> 32, ...' when a manifest entry was generated with other settings than `cfg` has
     now, else None."""
-    recorded = entry.get("settings")
-    now = response_settings(cfg, entry.get("backend"))
+    recorded = entry.settings
+    now = response_settings(cfg, entry.backend)
     if recorded == now:
         return None
     if not isinstance(recorded, dict):
@@ -396,63 +368,65 @@ def read_target_responses(workdir: str | os.PathLike, target: str, configs: Sequ
     paths = Workdir(workdir)
     manifest, test_rows = _manifest_and_test_rows(workdir, target)
     test_sha = test_set_sha256(workdir)
-    why = manifest.get("incomplete")  # set by generate while it runs, and left by a run that failed
-    entries = manifest.get("configs") or {}
+    entries = manifest.raw_entries or {}
     if not isinstance(entries, dict):
         raise UserError(f"{paths.manifest(target)}: configs = a JSON {type(entries).__name__}, not an object of "
                         f"configs (edited or written by something else); {_regenerate(target)}")
     cleaned = _cleaned_digests(paths, target) if "response" in fields else {}
-    records: dict[str, list[dict]] = {}
+    records: dict[str, list[ResponseRecord]] = {}
     files: dict[str, Path] = {}
     for config in configs:
         path = paths.response_file(target, config)
         if not path.is_file():
             raise UserError(f"{path}: not found: config {config} has no responses for {target!r} "
                             f"(run `tunesweep generate`); a results table never drops a config")
-        entry = entries.get(config)
-        if not isinstance(entry, dict):
+        entry = manifest.entry(config)
+        if entry is None:
+            why = manifest.incomplete  # set by generate while it runs, and left by a run that failed
             state = f"generation of {target!r} is incomplete ({why})" if why else "not written by the current run"
             raise UserError(f"{path}: no entry for config {config} in {paths.manifest(target).name} ({state}); "
                             f"{_regenerate(target)}")
-        recs = _read_response_file(path, len(test_rows), fields)
-        _check_vouched_responses(path, target, recs, entry, manifest, test_sha, checkpoint_hash, cfg)
+        raw = read_jsonl(path)
+        recs = _typed_response_file(path, raw, len(test_rows), fields)
+        _check_vouched_responses(path, target, raw, entry, manifest, test_sha, checkpoint_hash, cfg)
         _check_rows(path, target, config, recs, [r.get("id") for r in test_rows])
         if "response" in fields and cleaned.get(config) != cleaned_digest(recs):
             raise UserError(f"{path}: its `response` fields are not what the clean stage wrote "
                             f"({paths.cleaning(target).name}'s cleaned_sha256): edited since; run `tunesweep clean`")
         # The reference is the test set's, not whatever the response file says.
-        records[config] = [{**rec, "reference": test["output"]} for rec, test in zip(recs, test_rows)]
+        for rec, test in zip(recs, test_rows):
+            rec.reference = test["output"]
+        records[config] = recs
         files[config] = path
     return TargetResponses(target, paths.responses_dir(target), manifest, records, files)
+
+
+def read_manifest(workdir: str | os.PathLike, target: str) -> GenerationManifest:
+    """llm_responses/<target>/manifest.json (empty when there is none; a broken one is a one-line UserError)."""
+    return GenerationManifest(read_json_if_present(Workdir(workdir).manifest(target)) or {})
 
 
 def partial_configs(workdir: str | os.PathLike, target: str) -> dict[str, int]:
     """{config: rows it holds} of the configs a race eliminated (manifest entries marked `partial`): they hold
     fewer rows than the others, so clean, score and report leave them out (eval_results/race.csv has them)."""
-    entries = (read_json_if_present(Workdir(workdir).manifest(target)) or {}).get("configs")
-    if not isinstance(entries, dict):
-        return {}
-    return {c: int(e["partial"].get("rows", 0)) for c, e in entries.items()
-            if isinstance(e, dict) and isinstance(e.get("partial"), dict)}
+    return read_manifest(workdir, target).partial_configs()
 
 
-def race_full_sweep_tokens(state: dict) -> int:
-    """From a race.json: the tokens a full sweep would generate, the survivors' (all rows) plus each eliminated
-    config's tokens scaled from its rows to all rows (an estimate; bench/race.py measures the full sweep)."""
-    total = 0.0
-    for config, use in state["usage"].items():
-        out = state["eliminated"].get(config)
-        total += use["tokens"] * state["rows_total"] / out["rows"] if out else use["tokens"]
-    return int(round(total))
+def read_race_state(workdir: str | os.PathLike, target: str) -> Optional[RaceState]:
+    """llm_responses/<target>/race.json when the target raced at least one round, else None."""
+    data = read_json_if_present(Workdir(workdir).race_state(target))
+    state = RaceState.from_json(data) if data else None
+    return state if state is not None and state.rounds else None
 
 
-def _manifest_and_test_rows(workdir: str | os.PathLike, target: str) -> tuple[dict, list[dict]]:
+def _manifest_and_test_rows(workdir: str | os.PathLike, target: str) -> tuple[GenerationManifest, list[dict]]:
     """The target's manifest.json and the first `test_rows` rows of alpaca_data/test.jsonl it was generated from."""
     manifest_path = Workdir(workdir).manifest(target)
-    manifest = read_json_if_present(manifest_path)
-    if manifest is None:
+    data = read_json_if_present(manifest_path)
+    if data is None:
         raise UserError(f"{manifest_path}: not found; run `tunesweep generate` for {target!r} first")
-    expected = manifest.get("test_rows")
+    manifest = GenerationManifest(data)
+    expected = manifest.test_rows
     if not isinstance(expected, int) or isinstance(expected, bool) or expected < 1:
         raise UserError(f"{manifest_path}: test_rows = {expected!r}: expected the number of rows generated per config")
     test_rows = load_split(workdir, "test")
@@ -462,35 +436,35 @@ def _manifest_and_test_rows(workdir: str | os.PathLike, target: str) -> tuple[di
     return manifest, test_rows[:expected]
 
 
-def _read_response_file(path: Path, expected: int, fields: Sequence[str]) -> list[dict]:
+def _typed_response_file(path: Path, raw: list[dict], expected: int, fields: Sequence[str]) -> list[ResponseRecord]:
     """A response file's records: `expected` of them, each with every field of `fields` as text."""
-    recs = read_jsonl(path)
-    if len(recs) != expected:
-        raise UserError(f"{path}: {len(recs)} rows, but {MANIFEST_NAME} says test_rows = {expected}: "
+    if len(raw) != expected:
+        raise UserError(f"{path}: {len(raw)} rows, but {MANIFEST_NAME} says test_rows = {expected}: "
                         f"incomplete responses (rerun `tunesweep generate`)")
+    recs = [ResponseRecord.from_json(r) for r in raw]
     for row, rec in enumerate(recs, 1):
         for key in fields:
-            value = rec.get(key)
+            value = getattr(rec, key)
             if not isinstance(value, str):
-                hint = _FIELD_HINTS.get(key, "rerun `tunesweep generate`")
-                raise UserError(f"{path}: row {row} (id {rec.get('id')!r}): {key} = {value!r}: "
+                hint = "run `tunesweep clean`" if key == "response" else "rerun `tunesweep generate`"
+                raise UserError(f"{path}: row {row} (id {rec.id!r}): {key} = {value!r}: "
                                 f"missing or not text ({hint})")
     return recs
 
 
-def _check_vouched_responses(path: Path, target: str, recs: list[dict], entry: dict, manifest: dict, test_sha: str,
-                             checkpoint_hash: Optional[str], cfg) -> None:
+def _check_vouched_responses(path: Path, target: str, raw: list[dict], entry, manifest: GenerationManifest,
+                             test_sha: str, checkpoint_hash: Optional[str], cfg) -> None:
     """The config's manifest entry vouches for the file: same test set, same checkpoint, same content, and (with
     `cfg`) the settings the config has now."""
-    if entry.get("test_set_sha256") != test_sha:
+    if entry.test_set_sha256 != test_sha:
         raise UserError(f"{path}: generated from another alpaca_data/test.jsonl than the current one "
                         f"(re-split since?); {_regenerate(target)}")
-    if entry.get("checkpoint_hash") != manifest.get("checkpoint_hash") or (
-            checkpoint_hash is not None and entry.get("checkpoint_hash") != checkpoint_hash):
-        raise UserError(f"{path}: generated from another checkpoint than {manifest.get('checkpoint')!r} is now "
-                        f"(checkpoint hash {str(entry.get('checkpoint_hash'))[:12]}, now "
-                        f"{str(checkpoint_hash or manifest.get('checkpoint_hash'))[:12]}); {_regenerate(target)}")
-    if records_digest(recs) != entry.get("generated_sha256"):
+    if entry.checkpoint_hash != manifest.checkpoint_hash or (
+            checkpoint_hash is not None and entry.checkpoint_hash != checkpoint_hash):
+        raise UserError(f"{path}: generated from another checkpoint than {manifest.checkpoint!r} is now "
+                        f"(checkpoint hash {str(entry.checkpoint_hash)[:12]}, now "
+                        f"{str(checkpoint_hash or manifest.checkpoint_hash)[:12]}); {_regenerate(target)}")
+    if records_digest(raw) != entry.generated_sha256:
         raise UserError(f"{path}: its content differs from what generate wrote ({MANIFEST_NAME}'s "
                         f"generated_sha256): edited or left from another run; {_regenerate(target)}")
     if cfg is not None and (change := settings_change(cfg, entry)):
@@ -498,16 +472,16 @@ def _check_vouched_responses(path: Path, target: str, recs: list[dict], entry: d
                         f"{_regenerate(target)}")
 
 
-def _check_rows(path: Path, target: str, config: str, recs: list[dict], test_ids: list) -> None:
+def _check_rows(path: Path, target: str, config: str, recs: list[ResponseRecord], test_ids: list) -> None:
     """The file's rows are the test set's, in order, and the records are this target's for this config."""
-    ids = [rec.get("id") for rec in recs]
+    ids = [rec.id for rec in recs]
     if ids != test_ids:
         row = next(i for i, (a, b) in enumerate(zip(ids, test_ids), 1) if a != b)
         raise UserError(f"{path}: row {row}: id {ids[row - 1]!r} where alpaca_data/test.jsonl has "
                         f"{test_ids[row - 1]!r}: responses of another test set; {_regenerate(target)}")
     for row, rec in enumerate(recs, 1):
-        if rec.get("config") not in (None, config) or rec.get("model") not in (None, target):
-            raise UserError(f"{path}: row {row}: config {rec.get('config')!r} / model {rec.get('model')!r}: "
+        if rec.config not in (None, config) or rec.model not in (None, target):
+            raise UserError(f"{path}: row {row}: config {rec.config!r} / model {rec.model!r}: "
                             f"not the responses of {target!r} for {config}; {_regenerate(target)}")
 
 
@@ -518,9 +492,7 @@ def current_checkpoint_hash(cfg, target) -> str:
     if not target.is_base and not Path(checkpoint).is_dir():
         raise UserError(f"{checkpoint}: fine-tuned checkpoint of {target.name!r} not found, so its responses cannot "
                         f"be vouched for; run `tunesweep finetune --config <config> --model {target.name}` first")
-    manifest = read_json_if_present(Workdir(cfg.path).manifest(target.name)) or {}
-    recorded = ({"sha256": manifest.get("checkpoint_hash"), "stat": manifest.get("checkpoint_stat")}
-                if manifest.get("checkpoint") == checkpoint else None)
+    recorded = read_manifest(cfg.path, target.name).recorded_identity(checkpoint)
     return checkpoint_identity(checkpoint, recorded)["sha256"]
 
 
@@ -529,17 +501,16 @@ def read_judgments(workdir, target: str, configs: list[str]) -> Optional[dict]:
     the judge stage writes them, score and report read them), None when the target was not judged; a file edited
     since the judge wrote it is a one-line UserError."""
     paths = Workdir(workdir)
-    manifest = read_json_if_present(paths.judge_manifest)
-    entry = ((manifest or {}).get("targets") or {}).get(target)
-    if not isinstance(entry, dict) or not entry.get("configs"):
+    judged = judge_target(read_json_if_present(paths.judge_manifest), target)
+    if judged is None or not judged.entries():
         return None
     out = {}
     for config in configs:
-        e = entry["configs"].get(config)
-        if not isinstance(e, dict):
+        e = judged.entry(config)
+        if e is None:
             continue
         path = paths.judge_file(target, config)
-        if not path.is_file() or sha256_file(path) != e.get("sha256"):
+        if not path.is_file() or sha256_file(path) != e.sha256:
             raise UserError(f"{path}: missing or edited since the judge stage wrote it (its sha256 differs from "
                             f"{paths.judge_manifest.name}'s); rerun `tunesweep judge --config <config>`")
         out[config] = read_jsonl(path)
@@ -548,10 +519,7 @@ def read_judgments(workdir, target: str, configs: list[str]) -> Optional[dict]:
 
 def _cleaned_digests(paths: "Workdir", target: str) -> dict:
     """{config: cleaned_sha256} from cleaning.json ({} when clean has not run)."""
-    configs = (read_json_if_present(paths.cleaning(target)) or {}).get("configs")
-    if not isinstance(configs, dict):
-        return {}
-    return {c: e.get("cleaned_sha256") for c, e in configs.items() if isinstance(e, dict)}
+    return cleaning_digests(read_json_if_present(paths.cleaning(target)))
 
 
 def responses_fingerprint(workdir: str | os.PathLike, target: str, configs: Sequence[str]) -> dict:
@@ -559,20 +527,8 @@ def responses_fingerprint(workdir: str | os.PathLike, target: str, configs: Sequ
     files that vouch for the responses: manifest.json (checkpoint, what generate wrote and with which settings,
     per config), cleaning.json (what clean wrote) and alpaca_data/test.jsonl."""
     paths = Workdir(workdir)
-    manifest = read_json_if_present(paths.manifest(target)) or {}  # an object, or a one-line error
-    entries = manifest.get("configs")
-    entries = entries if isinstance(entries, dict) else {}
-    cleaned = _cleaned_digests(paths, target)
-
-    def recorded(config: str, key: str):
-        entry = entries.get(config)
-        return entry.get(key) if isinstance(entry, dict) else None
-
-    return {"checkpoint_hash": manifest.get("checkpoint_hash"),
-            "generated_sha256": {c: recorded(c, "generated_sha256") for c in configs},
-            "cleaned_sha256": {c: cleaned.get(c) for c in configs},
-            "settings": {c: recorded(c, "settings") for c in configs},
-            "test_set_sha256": test_set_sha256(workdir)}
+    return scored_from(read_manifest(workdir, target), _cleaned_digests(paths, target), configs,
+                       test_set_sha256(workdir))
 
 
 # --- eval_results/ files as score wrote them --------------------------------------------------------
@@ -594,7 +550,7 @@ def check_vouched(workdir: str | os.PathLike, path: Path) -> Path:
     if not path.is_file():  # a missing file is its reader's case (e.g. a target not scored yet)
         return path
     paths = Workdir(workdir)
-    files = (read_json_if_present(paths.metrics_json) or {}).get("files")
+    files = vouched_files(read_json_if_present(paths.metrics_json))
     key = path.relative_to(paths.root).as_posix()
     if not isinstance(files, dict) or key not in files:
         raise UserError(f"{path}: not vouched for by {paths.metrics_json.name} (written by another tunesweep or "

@@ -12,7 +12,8 @@ from typing import Iterable
 
 from ..config import expand_sweep
 from ..files import write_json, write_jsonl
-from ..layout import Workdir, cleaned_digest, partial_configs, read_json_if_present, read_target_responses
+from ..layout import Workdir, partial_configs, read_json_if_present, read_target_responses
+from ..records import ResponseRecord, cleaning_config, cleaning_record
 from ..provenance import logic
 from ..templates import cut_at_first, get_template
 
@@ -74,16 +75,16 @@ def cleaning_rules(template: str = "alpaca", special_tokens: Iterable[str] = DEF
     }
 
 
-def clean_records(records: list[dict], template: str = "alpaca") -> dict:
+def clean_records(records: list[ResponseRecord], template: str = "alpaca") -> dict:
     """Re-derive `response` in `records` (in place); the counts, and how many responses changed."""
     counts = {"rows": len(records), "echo": 0, "cut": 0, "special": 0, "empty": 0, "length_capped": 0, "changed": 0}
     for rec in records:
-        text, flags = clean_response(rec["response_raw"], rec.get("prompt") or "", template=template)
+        text, flags = clean_response(rec.response_raw, rec.prompt or "", template=template)
         for key in ("echo", "cut", "special", "empty"):
             counts[key] += int(flags[key])
-        counts["length_capped"] += int(rec.get("finish_reason") == "length")
-        if rec.get("response") != text:
-            rec["response"] = text
+        counts["length_capped"] += int(rec.finish_reason == "length")
+        if rec.response != text:
+            rec.response = text
             counts["changed"] += 1
     return counts
 
@@ -110,18 +111,16 @@ def clean(cfg, model=None) -> dict:
         for config, records in responses.records.items():
             counts = clean_records(records, cfg.template)
             if counts["changed"]:
-                write_jsonl(responses.paths[config], records)
+                write_jsonl(responses.paths[config], [r.to_json() for r in records])
             # "changed" describes this run, not the files: keep it out of cleaning.json.
-            per_config[config] = {**{k: v for k, v in counts.items() if k != "changed"},
-                                  "cleaned_sha256": cleaned_digest(records)}
+            per_config[config] = cleaning_config({k: v for k, v in counts.items() if k != "changed"}, records)
             with_changes[config] = counts
             log.info("clean %s %s: %d rows, %d echoed the prompt, %d cut at a template marker, %d held special "
                      "tokens, %d empty, %d hit the token cap; %d responses changed", target.name, config,
                      counts["rows"], counts["echo"], counts["cut"], counts["special"], counts["empty"],
                      counts["length_capped"], counts["changed"])
         # Score's fingerprint folds this in: a change of cleaning logic rescores what it cleaned.
-        report = {"rules": rules, "configs": per_config,
-                  "logic": logic("clean", CLEAN_VERSION, responses.manifest.get("logic"))}
+        report = cleaning_record(rules, per_config, logic("clean", CLEAN_VERSION, responses.manifest.logic))
         if read_json_if_present(paths.cleaning(target.name)) != report:
             write_json(paths.cleaning(target.name), report)
         summary[target.name] = with_changes

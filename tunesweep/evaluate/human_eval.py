@@ -48,7 +48,8 @@ import numpy as np
 
 from ..config import ExperimentConfig, expand_sweep
 from ..errors import UserError
-from ..files import derive_seed, read_json, read_jsonl, sha256_file, write_json, write_text
+from ..files import derive_seed, read_json, sha256_file, write_json, write_text
+from ..records import ResponseRecord, read_response_records
 from ..layout import (HUMAN_COLUMNS, Workdir, format_cell, load_split, partial_configs, read_target_responses,
                       sheet_cell, sheet_text, write_table)
 from .agreement import krippendorff_alpha, pairwise_exact_agreement
@@ -79,11 +80,11 @@ def text_sha256(text: str) -> str:
 
 # --- export --------------------------------------------------------------------------------------
 
-def _load_responses(cfg: ExperimentConfig) -> dict[str, dict[str, list[dict]]]:
+def _load_responses(cfg: ExperimentConfig) -> dict[str, dict[str, list[ResponseRecord]]]:
     """{target: {config: records}} for every target that has generated (and cleaned) responses."""
     paths = Workdir(cfg.path)
     configs = [dc.name for dc in expand_sweep(cfg.generation)]
-    out: dict[str, dict[str, list[dict]]] = {}
+    out: dict[str, dict[str, list[ResponseRecord]]] = {}
     for target in cfg.run_targets():
         if not paths.responses_dir(target.name).is_dir():
             log.warning("%s: not found; %s is left out of the rating sheet", paths.responses_dir(target.name),
@@ -144,10 +145,10 @@ def rubric_text(scale_min: int, scale_max: int, sheet_name: str) -> str:
     return "\n".join(lines)
 
 
-def export_id(entries: list[tuple[str, str, dict]], scale: tuple[int, int]) -> str:
+def export_id(entries: list[tuple[str, str, ResponseRecord]], scale: tuple[int, int]) -> str:
     """The id of an export: a digest of its items in sheet order (model, config, row, response) and the
     scale, behind a letter. Same sheet, same id; a sheet with other items or another order, another id."""
-    digest = hashlib.sha256(json.dumps([list(scale)] + [[t, c, r["id"], text_sha256(r.get("response", ""))]
+    digest = hashlib.sha256(json.dumps([list(scale)] + [[t, c, r.id, text_sha256(r.response)]
                                                         for t, c, r in entries]).encode()).hexdigest()
     return f"e{digest[:8]}"
 
@@ -173,7 +174,7 @@ def export_sheet(cfg: ExperimentConfig, out: Optional[str | Path] = None,
 
     test_rows = {r["id"]: r for r in load_split(cfg.path, "test")}
     # Rows every target generated for every config (a --limit run generates fewer), in test order.
-    present = [{r["id"] for r in recs} for by_cfg in responses.values() for recs in by_cfg.values()]
+    present = [{r.id for r in recs} for by_cfg in responses.values() for recs in by_cfg.values()]
     common = [i for i in test_rows if all(i in ids for ids in present)]
     if not common:
         raise UserError(f"{paths.responses_root}: no test row id is present in every response file")
@@ -188,7 +189,7 @@ def export_sheet(cfg: ExperimentConfig, out: Optional[str | Path] = None,
     for target, by_cfg in responses.items():
         for config, records in by_cfg.items():
             for rec in records:
-                if rec["id"] in chosen_set:
+                if rec.id in chosen_set:
                     entries.append((target, config, rec))
     random.Random(cfg.seed).shuffle(entries)
 
@@ -209,12 +210,10 @@ def export_sheet(cfg: ExperimentConfig, out: Optional[str | Path] = None,
         while (item := f"{export}-{key_rng.getrandbits(32):08x}") in keys:
             pass
         keys.add(item)
-        row = test_rows[rec["id"]]
-        items[item] = {"model": target, "config": config, "id": rec["id"],
-                       "response_sha256": text_sha256(rec.get("response", ""))}
+        row = test_rows[rec.id]
+        items[item] = {"model": target, "config": config, "id": rec.id, "response_sha256": text_sha256(rec.response)}
         writer.writerow([item] + [sheet_cell(text) for text in (row.get("instruction", ""), row.get("input", ""),
-                                                                rec.get("reference", row.get("output", "")),
-                                                                rec.get("response", ""))] + ["", ""])
+                                                                rec.reference, rec.response)] + ["", ""])
 
     key = {
         "about": "PRIVATE: which model and decoding config wrote each item. Raters must not see this file.",
@@ -323,7 +322,7 @@ def _check_current(cfg: ExperimentConfig, key: dict, rated_items: set[str]) -> N
         if not path.is_file():
             log.warning("%s: not found; cannot check that the rated responses are still current", path)
             continue
-        current = {r["id"]: text_sha256(r.get("response", "")) for r in read_jsonl(path)}
+        current = {r.id: text_sha256(r.response or "") for r in read_response_records(path)}
         for row_id, sha in expected.items():
             if current.get(row_id) != sha:
                 raise UserError(f"{path}: id {row_id}: the response changed after the sheet was exported "

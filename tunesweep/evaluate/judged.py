@@ -27,6 +27,7 @@ from ..config import judge_baseline
 from ..errors import UserError
 from ..files import sha256_text
 from ..layout import TargetResponses, Workdir, read_json_if_present, read_judgments
+from ..records import JudgeManifest, JudgeRecord, JudgeTarget
 from .metrics import MeanOfRows, bootstrap_ci, bootstrap_indices, percentile_ci
 from .winrate import lc_win_rate
 
@@ -68,12 +69,11 @@ def load_judged(cfg, tr: TargetResponses) -> Optional[Judged]:
     if jc is None:
         return None
     paths = Workdir(cfg.path)
-    manifest = read_json_if_present(paths.judge_manifest) or {}
+    manifest = JudgeManifest.read(read_json_if_present(paths.judge_manifest))
     configs = list(tr.records)
     baseline = judge_baseline(cfg)
-    judge = manifest.get("judge") or {}
-    if judge.get("model") != jc.model or manifest.get("baseline") != baseline:
-        raise UserError(f"{paths.judge_manifest}: judged by {judge.get('model')!r} against {manifest.get('baseline')!r}, "
+    if manifest.judge_model != jc.model or manifest.baseline != baseline:
+        raise UserError(f"{paths.judge_manifest}: judged by {manifest.judge_model!r} against {manifest.baseline!r}, "
                         f"but evaluation.judge names {jc.model!r} against {baseline!r}; {RERUN}")
     judged = read_judgments(cfg.path, tr.target, configs)
     if not judged:
@@ -92,23 +92,24 @@ def load_judged(cfg, tr: TargetResponses) -> Optional[Judged]:
                             f"have {n}; {RERUN}")
         answers = tr.records[config]
         base = tr.records.get(baseline)
+        records = [JudgeRecord.from_json(r) for r in records]
         for i, rec in enumerate(records):
-            want = answers[i]["response"]
-            want_base = answers[i]["reference"] if baseline == "reference" else base[i]["response"]
-            if (rec.get("id") != answers[i]["id"] or rec.get("answer_sha256") != sha256_text(want)
-                    or rec.get("baseline_sha256") != sha256_text(want_base)):
-                raise UserError(f"{paths.judge_file(tr.target, config)}: row {i + 1} (id {answers[i]['id']!r}) was "
+            want = answers[i].response
+            want_base = answers[i].reference if baseline == "reference" else base[i].response
+            if (rec.id != answers[i].id or rec.answer_sha256 != sha256_text(want)
+                    or rec.baseline_sha256 != sha256_text(want_base)):
+                raise UserError(f"{paths.judge_file(tr.target, config)}: row {i + 1} (id {answers[i].id!r}) was "
                                 f"judged on other answers than the current responses; {RERUN}")
-        preferences[config] = np.array([r["preference"] for r in records], dtype=float)
-        lengths[config] = (np.array([r["answer_chars"] for r in records], dtype=float),
-                           np.array([r["baseline_chars"] for r in records], dtype=float))
+        preferences[config] = np.array([r.preference for r in records], dtype=float)
+        lengths[config] = (np.array([r.answer_chars for r in records], dtype=float),
+                           np.array([r.baseline_chars for r in records], dtype=float))
     n = n or 0
     if baseline in configs:
         preferences[baseline] = np.full(n, 0.5)
-    entry = (manifest.get("targets") or {}).get(tr.target) or {}
+    entry = manifest.target(tr.target) or JudgeTarget({})
     ordered = {c: preferences[c] for c in configs if c in preferences}
-    ids = [str(r["id"]) for r in next(iter(tr.records.values()))[:n]]
-    return Judged(baseline, ordered, lengths, n, entry.get("flip_share"), int(entry.get("unsure_requests") or 0), ids)
+    ids = [str(r.id) for r in next(iter(tr.records.values()))[:n]]
+    return Judged(baseline, ordered, lengths, n, entry.flip_share, entry.unsure_requests, ids)
 
 
 def judge_cells(judged: Judged, config: str, resamples: int, seed: int) -> dict:
@@ -231,12 +232,12 @@ def calibration(cfg, judged: dict, item_means: list[dict], human: dict, tables: 
 STAND_IN_HIDDEN = 1024  # a judge with a smaller hidden size is a stand-in: it shows the mechanics, not quality
 
 
-def stand_in(manifest: dict) -> Optional[str]:
+def stand_in(manifest: JudgeManifest) -> Optional[str]:
     """Why the judge is only a stand-in (a tiny model such as the demo's), or None."""
     import json
     from pathlib import Path
 
-    folder = Path(((manifest.get("judge") or {}).get("checkpoint")) or "")
+    folder = Path(manifest.judge.get("checkpoint") or "")
     try:
         hidden = json.loads((folder / "config.json").read_text()).get("hidden_size")
     except (OSError, ValueError):
@@ -250,9 +251,9 @@ def stand_in(manifest: dict) -> Optional[str]:
 def judge_settings(cfg, judged: dict, calibrated: Optional[dict] = None) -> dict:
     """metrics.json's `judge` entry: what the judge columns mean, and per target the position bias."""
     jc = cfg.evaluation.judge
-    manifest = read_json_if_present(Workdir(cfg.path).judge_manifest) or {}
-    return {"model": jc.model, "against": jc.against, "judge": manifest.get("judge"), "backend": manifest.get("backend"),
-            "stand_in": stand_in(manifest), "self_preference": manifest.get("self_preference") or [],
+    manifest = JudgeManifest.read(read_json_if_present(Workdir(cfg.path).judge_manifest))
+    return {"model": jc.model, "against": jc.against, "judge": manifest.judge or None, "backend": manifest.backend,
+            "stand_in": stand_in(manifest), "self_preference": manifest.self_preference,
             "judge_win": "mean preference for the config's answer over the baseline's (both orders averaged; a tie "
                          "counts half); 95% percentile bootstrap CI over the judged rows",
             "judge_lc": "AlpacaEval 2's length-controlled win rate: logistic fit of the preference on tanh(length "

@@ -37,6 +37,7 @@ from ..layout import (COMPARISON_COLUMNS, PERPLEXITY_COLUMNS, ROW_SCORE_KEYS, TI
                       markdown_table, read_human, read_json_if_present, read_rows, read_frame,
                       read_target_responses, responses_fingerprint, vouch_files, write_table)
 from ..layout import current_checkpoint_hash  # noqa: F401 (moved to the base: the judge stage vouches the same way)
+from ..records import ScoredTarget, score_metadata, scored_targets_json, vouched_files
 from ..provenance import checkpoint_identity, library_versions, logic, recorded_logic
 from .compare import compare_to_base, compare_to_best, compare_to_centre
 from .judged import (JUDGE_METRICS, WinRateMetric, calibration, judge_cells, judge_settings, load_judged,
@@ -106,8 +107,8 @@ def plan_rows(metric, settings: dict, tr: TargetResponses, cache: RowCache, forc
     rows: dict[str, np.ndarray] = {}
     missing: list[tuple[str, str, list, list]] = []
     for config, recs in tr.records.items():
-        hyps = [r["response"] for r in recs]
-        refs = [r["reference"] for r in recs]
+        hyps = [r.response for r in recs]
+        refs = [r.reference for r in recs]
         # The metric's own version is part of the key: bumping it rescores this metric alone.
         key = fingerprint({"metric": metric.name, "settings": settings, "responses": hyps, "references": refs,
                            "logic": logic_versions, "version": metric_registry.get(metric.name).version})
@@ -149,11 +150,10 @@ def plan_perplexity(cfg, target, tr: TargetResponses, cache: RowCache, force: bo
     checkpoint = target.checkpoint(cfg.path)
     # The response records carry exactly the prompt and reference that training used.
     first = next(iter(tr.records.values()))
-    records = [{"prompt": r["prompt"], "reference": r["reference"]} for r in first]
+    records = [r.reference_pair() for r in first]
     versions = library_versions()
     # The identity generate recorded is reused while the checkpoint's files are unchanged (no rehash).
-    recorded = ({"sha256": tr.manifest.get("checkpoint_hash"), "stat": tr.manifest.get("checkpoint_stat")}
-                if tr.manifest.get("checkpoint") == checkpoint else None)
+    recorded = tr.manifest.recorded_identity(checkpoint)
     key = fingerprint({"weights": checkpoint_identity(checkpoint, recorded), "records": records,
                        "template": cfg.template, "torch": versions.get("torch"),
                        "transformers": versions.get("transformers"), "per_row": 1, "logic": logic_versions,
@@ -264,7 +264,7 @@ MIN_ROWS_FOR_CI = 10  # below this many test rows a bootstrap interval says litt
 
 def empty_counts(tr: TargetResponses) -> dict[str, int]:
     """Per config, the rows BERTScore scores 0 because the response (or reference) is empty or whitespace."""
-    return {config: sum(1 for r in recs if not r["response"].strip() or not r["reference"].strip())
+    return {config: sum(1 for r in recs if not r.response.strip() or not r.reference.strip())
             for config, recs in tr.records.items()}
 
 
@@ -321,7 +321,7 @@ def row_scores(metrics, per_metric_rows: dict, tr: TargetResponses) -> tuple[lis
     for config, recs in tr.records.items():
         values = {m.name: m.per_row(per_metric_rows[m.name][config]) for m in metrics}
         for i, rec in enumerate(recs):
-            out.append({"config": config, "id": rec["id"], **{name: float(v[i]) for name, v in values.items()}})
+            out.append({"config": config, "id": rec.id, **{name: float(v[i]) for name, v in values.items()}})
     return columns, out
 
 
@@ -362,8 +362,8 @@ def comparison_rows(cfg, metrics, targets, rows_by_target: dict, loaded: dict, j
         base = f"{target.name}-base"
         if target.is_base or base not in rows_by_target:
             continue
-        ids = [r["id"] for r in next(iter(tr.records.values()))]
-        base_ids = [r["id"] for r in next(iter(loaded[base].records.values()))]
+        ids = [r.id for r in next(iter(tr.records.values()))]
+        base_ids = [r.id for r in next(iter(loaded[base].records.values()))]
         if ids != base_ids:
             log.warning("%s and %s were generated on different test rows: no paired fine-tuned vs base comparison",
                         target.name, base)
@@ -389,26 +389,37 @@ def _merge_comparisons(path: Path, new_rows: list[dict], rescored: set[str], ord
     return sorted(merged, key=lambda r: rank.get(r["model"], len(rank)))
 
 
-def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
-    """Score every target of the study (or `model`); returns what was computed and the table rows."""
-    cfg = cfg.for_execution()
-    configs = expand_sweep(cfg.generation)
-    targets = cfg.run_targets(model)
-    cfg.pin_bases(targets)  # hub bases of base targets: one commit's snapshot folder for this whole stage
-    all_targets = [t.name for t in cfg.run_targets()]
-    # Check every input before any work: a gap must not surface after an hour of scoring.
-    names = [dc.name for dc in configs]
-    # Configs a race eliminated hold some rows only: no table shows them (eval_results/race.csv does, with their rows).
-    eliminated = {t.name: partial_configs(cfg.path, t.name) for t in targets}
-    loaded = {t.name: read_target_responses(cfg.path, t.name, [n for n in names if n not in eliminated[t.name]],
-                                            checkpoint_hash=current_checkpoint_hash(cfg, t), cfg=cfg) for t in targets}
-    judged = {t: j for t, tr in loaded.items() if (j := load_judged(cfg, tr)) is not None}
+@dataclass
+class TargetScoring:
+    """One target's scoring as it goes: its responses and row cache, each metric's per-config row values, what
+    was computed now (and the library calls it took), its perplexity row and its table."""
 
+    target: object  # config.RunTarget
+    responses: TargetResponses
+    cache: RowCache
+    logic: dict  # score_logic over what the target's responses were made by
+    eliminated: dict[str, int]  # configs a race left with some rows only: in no table
+    rows: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # metric -> config -> per-row values
+    computed: dict[str, list[str]] = field(default_factory=dict)  # metric (or perplexity) -> configs computed now
+    library_calls: dict[str, int] = field(default_factory=dict)  # a slow metric's library calls made now
+    perplexity: Optional[dict] = None
+    table: list[dict] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    def summary(self) -> dict:
+        return {"rows": self.responses.n_rows, "logic": self.logic, "computed": self.computed,
+                "library_calls": self.library_calls, "table": self.table}
+
+
+def score_settings(cfg, metrics, judged: dict, human_source: Optional[str]) -> dict:
+    """metrics.json's `metrics`: every metric's settings and version, the bootstrap's, perplexity's, the judge's
+    and where the human ratings came from."""
     wanted = cfg.evaluation.metrics
-    metrics = [build_metric(m.name, cfg.evaluation) for m in metric_registry.scored_per_row(wanted)]
     settings = {m.name: {**m.settings(), "metric_version": metric_registry.get(m.name).version} for m in metrics}
-    boot_seed = cfg.seed
-    settings["bootstrap"] = {"resamples": cfg.evaluation.bootstrap, "seed": boot_seed, "level": CI_LEVEL,
+    settings["bootstrap"] = {"resamples": cfg.evaluation.bootstrap, "seed": cfg.seed, "level": CI_LEVEL,
                              "method": "percentile; paired row resampling: the same resampled rows for every "
                                        "config, metric and model of a study",
                              "comparisons": "comparisons.csv: paired bootstrap of the difference (same resamples), "
@@ -422,155 +433,190 @@ def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
     if "bertscore" in settings:
         b = settings["bertscore"]
         log.info("bertscore model: %s (layer %d) - %s", b["model"], b["num_layers"], b["note"])
-
     if judged:
         settings["judge"] = judge_settings(cfg, judged)
-    paths = Workdir(cfg.path)
-    human_path = paths.human_table
-    human = read_human(human_path)
-    settings["human"] = {"source": str(human_path) if human else None,
+    settings["human"] = {"source": human_source,
                          "statistic": "mean rating per model and config (tunesweep human-eval import)"}
+    return settings
 
-    summary: dict = {"targets": {}, "settings": settings}
-    tables: dict[str, list[dict]] = {}
-    ppl_rows: dict[str, dict] = {}
-    rows_by_target: dict[str, dict[str, dict[str, np.ndarray]]] = {}
-    caches: dict[str, RowCache] = {}
-    computed: dict[str, dict[str, list[str]]] = {}
-    library_calls: dict[str, dict[str, int]] = {}
-    # 1. What each target still needs. BLEU and ROUGE-L take seconds and are scored here and now; BERTScore
-    #    and perplexity load models and become jobs.
-    jobs: list[SlowJob] = []
-    for target in targets:
-        tr = loaded[target.name]
-        if (warning := language_warning([r["reference"] for r in next(iter(tr.records.values()), [])],
-                                        cfg.evaluation.language)):
-            log.warning("%s: %s", target.name, warning)
-        cache = caches[target.name] = RowCache.load(paths.score_cache(target.name))
-        target_logic = score_logic(cfg.path, target.name)
-        summary["targets"][target.name] = {"rows": tr.n_rows, "logic": target_logic}
-        computed[target.name], library_calls[target.name] = {}, {}
-        rows_by_target[target.name] = {}
-        for metric in metrics:
-            rows, missing = plan_rows(metric, settings[metric.name], tr, cache, force, target_logic)
-            rows_by_target[target.name][metric.name] = rows
-            computed[target.name][metric.name] = []
-            if hasattr(metric, "calls"):  # BERTScorer.score calls: one per target, zero when cached
-                library_calls[target.name][metric.name] = 0
-            log.info("%s %s: %d configs x %d rows, %d to score in one pass, %d reused from the cache",
-                     target.name, metric.name, len(tr.records), tr.n_rows, len(missing), len(tr.records) - len(missing))
-            if not missing:
-                continue
-            if metric_registry.get(metric.name).slow:
-                jobs.append(SlowJob(target.name, metric.name, metric_rows_job, (metric, missing), missing))
-            else:
-                values, _ = metric_rows_job(metric, missing)
-                computed[target.name][metric.name] = fill_rows(metric, missing, values, rows, cache)
-        cache.save()  # keep what is finished even if a later job is interrupted
-        if "perplexity" in wanted:
-            row, key, args = plan_perplexity(cfg, target, tr, cache, force, target_logic)
-            computed[target.name]["perplexity"] = []
-            if row is None:
-                jobs.append(SlowJob(target.name, "perplexity", perplexity_job, args, key))
-            else:
-                ppl_rows[target.name] = row
-                log.info("%s perplexity %.4f over %d reference tokens (reused)", target.name, row["perplexity"],
-                         row["tokens"])
 
-    # 2. The jobs, each result cached as it arrives: an interrupted or failed run keeps what finished.
+def plan_target_scoring(cfg, ts: TargetScoring, metrics, settings: dict, force: bool) -> list[SlowJob]:
+    """Step 1 for one target: BLEU and ROUGE-L take seconds and are scored here and now (or read from the cache);
+    BERTScore and perplexity load models and are returned as jobs."""
+    tr, jobs = ts.responses, []
+    if (warning := language_warning([r.reference for r in next(iter(tr.records.values()), [])],
+                                    cfg.evaluation.language)):
+        log.warning("%s: %s", ts.name, warning)
+    for metric in metrics:
+        rows, missing = plan_rows(metric, settings[metric.name], tr, ts.cache, force, ts.logic)
+        ts.rows[metric.name] = rows
+        ts.computed[metric.name] = []
+        if hasattr(metric, "calls"):  # BERTScorer.score calls: one per target, zero when cached
+            ts.library_calls[metric.name] = 0
+        log.info("%s %s: %d configs x %d rows, %d to score in one pass, %d reused from the cache",
+                 ts.name, metric.name, len(tr.records), tr.n_rows, len(missing), len(tr.records) - len(missing))
+        if not missing:
+            continue
+        if metric_registry.get(metric.name).slow:
+            jobs.append(SlowJob(ts.name, metric.name, metric_rows_job, (metric, missing), missing))
+        else:
+            values, _ = metric_rows_job(metric, missing)
+            ts.computed[metric.name] = fill_rows(metric, missing, values, rows, ts.cache)
+    ts.cache.save()  # keep what is finished even if a later job is interrupted
+    if "perplexity" in cfg.evaluation.metrics:
+        row, key, args = plan_perplexity(cfg, ts.target, tr, ts.cache, force, ts.logic)
+        ts.computed["perplexity"] = []
+        if row is None:
+            jobs.append(SlowJob(ts.name, "perplexity", perplexity_job, args, key))
+        else:
+            ts.perplexity = row
+            log.info("%s perplexity %.4f over %d reference tokens (reused)", ts.name, row["perplexity"], row["tokens"])
+    return jobs
+
+
+def collect_jobs(cfg, jobs: list[SlowJob], scorings: dict[str, TargetScoring], metrics) -> None:
+    """Step 2: the slow jobs, each result cached as it arrives (an interrupted or failed run keeps what finished)."""
     by_name = {m.name: m for m in metrics}
     for job, result in run_jobs(cfg, jobs):
-        cache = caches[job.target]
+        ts = scorings[job.target]
         if job.what == "perplexity":
-            cache.put("perplexity", "corpus", job.cached_as, result)
-            ppl_rows[job.target] = result
-            computed[job.target]["perplexity"] = ["corpus"]
+            ts.cache.put("perplexity", "corpus", job.cached_as, result)
+            ts.perplexity = result
+            ts.computed["perplexity"] = ["corpus"]
             log.info("%s perplexity %.4f over %d reference tokens (computed)", job.target, result["perplexity"],
                      result["tokens"])
         else:
             values, calls = result
-            metric = by_name[job.what]
-            computed[job.target][job.what] = fill_rows(metric, job.cached_as, values,
-                                                       rows_by_target[job.target][job.what], cache)
-            library_calls[job.target][job.what] = calls
-        cache.save()
+            ts.computed[job.what] = fill_rows(by_name[job.what], job.cached_as, values, ts.rows[job.what], ts.cache)
+            ts.library_calls[job.what] = calls
+        ts.cache.save()
 
-    # 3. The tables, target by target.
-    columns_of_table = metric_registry.table_columns(wanted)
-    for target in targets:
-        tr = loaded[target.name]
-        per_metric_rows = rows_by_target[target.name]
-        summary["targets"][target.name].update(computed=computed[target.name],
-                                               library_calls=library_calls[target.name])
-        # The same resampled rows for every config and metric (and every target with as many rows: the
-        # seed is the study's): differences between configs and targets are paired.
-        idx = bootstrap_indices(tr.n_rows, cfg.evaluation.bootstrap, boot_seed) if cfg.evaluation.bootstrap else None
-        if "perplexity" in wanted:
-            ppl_rows[target.name] = perplexity_with_ci(ppl_rows[target.name], idx)
-        table = []
-        for dc in configs:
-            if dc.name not in tr.records:
-                continue  # eliminated by the race (see above)
-            row = {"config": dc.name, "mode": dc.mode}
-            for metric in metrics:
-                values = per_metric_rows[metric.name][dc.name]
-                row[metric.name] = metric.aggregate(values)
-                row[f"{metric.name}_ci_low"], row[f"{metric.name}_ci_high"] = bootstrap_ci(metric, values, idx)
-            row["human"] = human.get((target.name, dc.name))
-            if target.name in judged:
-                row.update(judge_cells(judged[target.name], dc.name, cfg.evaluation.bootstrap, boot_seed))
-            table.append(row)
-        tables[target.name] = table
-        columns, per_row = row_scores(metrics, per_metric_rows, tr)
-        if target.name in judged:
-            columns, per_row = with_row_preferences(columns, per_row, judged[target.name])
-        write_table(paths.row_scores(target.name), columns, per_row)
-        # A judged target's table has the judge's columns too (the registry's judge metrics: evaluation.judge
-        # turns them on, not evaluation.metrics).
-        table_columns = (metric_registry.table_columns([*wanted, *JUDGE_METRICS]) if target.name in judged
-                         else columns_of_table)
-        write_table(paths.table(target.name), table_columns, table)
-        cells = [[format_cell(row.get(c), 4) for c in table_columns] for row in table]
-        write_text(paths.table(target.name, "md"), f"# {target.name}\n\n" + markdown_table(table_columns, cells)
-                   + "\n\n" + settings_note(settings, tr.n_rows, empty_counts(tr)) + race_note(eliminated[target.name])
-                   + "\n")
-        summary["targets"][target.name]["table"] = table
 
-    if judged and human:  # the judge against the human ratings (items of human.json, cells of human.csv)
-        items = (read_json_if_present(paths.human_summary) or {}).get("item_means") or []
-        settings["judge"]["calibration"] = calibration(cfg, judged, items, human, tables)
-        for warning in settings["judge"]["calibration"]["warnings"]:
-            log.warning("judge: %s", warning)
+def target_table(cfg, ts: TargetScoring, configs: list[DecodingConfig], metrics, human: dict,
+                 judged: Optional[object], idx) -> list[dict]:
+    """One row per config of the target (sweep order): each metric's score and CI, the human rating, the judge's."""
+    table = []
+    for dc in configs:
+        if dc.name not in ts.responses.records:
+            continue  # eliminated by the race (see score)
+        row = {"config": dc.name, "mode": dc.mode}
+        for metric in metrics:
+            values = ts.rows[metric.name][dc.name]
+            row[metric.name] = metric.aggregate(values)
+            row[f"{metric.name}_ci_low"], row[f"{metric.name}_ci_high"] = bootstrap_ci(metric, values, idx)
+        row["human"] = human.get((ts.name, dc.name))
+        if judged is not None:
+            row.update(judge_cells(judged, dc.name, cfg.evaluation.bootstrap, cfg.seed))
+        table.append(row)
+    return table
 
-    # all.csv covers every target of the study that has a table, not only the ones scored now.
+
+def write_target_tables(cfg, ts: TargetScoring, configs: list[DecodingConfig], metrics, settings: dict,
+                        human: dict, judged: Optional[object]) -> None:
+    """Step 3 for one target: its table (eval_results/<target>.csv and .md) and its per-row scores."""
+    paths = Workdir(cfg.path)
+    tr = ts.responses
+    # The same resampled rows for every config and metric (and every target with as many rows: the seed is the
+    # study's): differences between configs and targets are paired.
+    idx = bootstrap_indices(tr.n_rows, cfg.evaluation.bootstrap, cfg.seed) if cfg.evaluation.bootstrap else None
+    if "perplexity" in cfg.evaluation.metrics:
+        ts.perplexity = perplexity_with_ci(ts.perplexity, idx)
+    ts.table = target_table(cfg, ts, configs, metrics, human, judged, idx)
+    columns, per_row = row_scores(metrics, ts.rows, tr)
+    if judged is not None:
+        columns, per_row = with_row_preferences(columns, per_row, judged)
+    write_table(paths.row_scores(ts.name), columns, per_row)
+    # A judged target's table has the judge's columns too (the registry's judge metrics: evaluation.judge turns
+    # them on, not evaluation.metrics).
+    wanted = cfg.evaluation.metrics
+    table_columns = metric_registry.table_columns([*wanted, *JUDGE_METRICS] if judged is not None else wanted)
+    write_table(paths.table(ts.name), table_columns, ts.table)
+    cells = [[format_cell(row.get(c), 4) for c in table_columns] for row in ts.table]
+    write_text(paths.table(ts.name, "md"), f"# {ts.name}\n\n" + markdown_table(table_columns, cells)
+               + "\n\n" + settings_note(settings, tr.n_rows, empty_counts(tr)) + race_note(ts.eliminated) + "\n")
+
+
+def write_study_tables(cfg, scorings: dict[str, TargetScoring], metrics, judged: dict) -> list[dict]:
+    """all.csv (every target of the study that has a table), comparisons.csv and perplexity.csv, merged with the
+    rows of the targets not scored now; returns the comparisons computed now."""
+    paths = Workdir(cfg.path)
+    configs = expand_sweep(cfg.generation)
+    all_targets = [t.name for t in cfg.run_targets()]
     tidy = []
     for name in all_targets:
-        table = tables.get(name)
+        table = scorings[name].table if name in scorings else None
         if table is None and paths.table(name).is_file():
             table = read_table(paths.table(name))
         if table is not None:
             tidy.extend(tidy_rows(name, table, configs))
     write_table(paths.tidy_table, TIDY_COLUMNS, tidy)
-    comparisons = comparison_rows(cfg, metrics, targets, rows_by_target, loaded, judged)
+    rows_by_target = {name: ts.rows for name, ts in scorings.items()}
+    comparisons = comparison_rows(cfg, metrics, [ts.target for ts in scorings.values()], rows_by_target,
+                                  {name: ts.responses for name, ts in scorings.items()}, judged)
     write_table(paths.comparisons, COMPARISON_COLUMNS,
                 _merge_comparisons(paths.comparisons, comparisons, set(rows_by_target), all_targets))
-    summary["comparisons"] = comparisons
-    if "perplexity" in wanted:
-        merged = _merge_rows(paths.perplexity_table, [ppl_rows[t.name] for t in targets], all_targets)
+    if "perplexity" in cfg.evaluation.metrics:
+        merged = _merge_rows(paths.perplexity_table, [ts.perplexity for ts in scorings.values()], all_targets)
         write_table(paths.perplexity_table, PERPLEXITY_COLUMNS, merged)
+    return comparisons
 
-    meta_path = paths.metrics_json
-    previous = read_json_if_present(meta_path) or {}
-    scored = dict(previous.get("targets", {})) if isinstance(previous, dict) else {}
-    for name, tr in loaded.items():
-        scored[name] = {"rows": tr.n_rows, "configs": list(tr.records), "responses": str(tr.folder),
-                        "race_eliminated": eliminated[name],
-                        "bertscore_empty": empty_counts(tr),
-                        "scored_from": responses_fingerprint(cfg.path, name, list(tr.records)),
-                        "logic": summary["targets"][name]["logic"]}
-    written = [p for t in targets for p in (paths.table(t.name), paths.table(t.name, "md"), paths.row_scores(t.name))]
-    written += [paths.tidy_table, paths.comparisons, paths.perplexity_table, human_path]
-    files = vouch_files(cfg.path, previous.get("files") if isinstance(previous, dict) else None, written)
-    write_json(meta_path, {"metrics": {k: v for k, v in settings.items()},
-                           "targets": {k: scored[k] for k in all_targets if k in scored}, "files": files})
-    return summary
+
+def write_score_metadata(cfg, scorings: dict[str, TargetScoring], settings: dict) -> None:
+    """eval_results/metrics.json: the settings, per target what it was scored from, and the sha256 of every file
+    score wrote (report shows only those)."""
+    paths = Workdir(cfg.path)
+    previous = read_json_if_present(paths.metrics_json) or {}
+    scored = scored_targets_json(previous)
+    for name, ts in scorings.items():
+        tr = ts.responses
+        scored[name] = ScoredTarget(rows=tr.n_rows, configs=list(tr.records), responses=str(tr.folder),
+                                    race_eliminated=ts.eliminated, bertscore_empty=empty_counts(tr),
+                                    scored_from=responses_fingerprint(cfg.path, name, list(tr.records)),
+                                    logic=ts.logic).to_json()
+    written = [p for t in scorings for p in (paths.table(t), paths.table(t, "md"), paths.row_scores(t))]
+    written += [paths.tidy_table, paths.comparisons, paths.perplexity_table, paths.human_table]
+    files = vouch_files(cfg.path, vouched_files(previous), written)
+    all_targets = [t.name for t in cfg.run_targets()]
+    write_json(paths.metrics_json,
+               score_metadata(dict(settings), {k: scored[k] for k in all_targets if k in scored}, files))
+
+
+def score(cfg, model: Optional[str] = None, force: bool = False) -> dict:
+    """Score every target of the study (or `model`); returns what was computed and the table rows."""
+    cfg = cfg.for_execution()
+    configs = expand_sweep(cfg.generation)
+    targets = cfg.run_targets(model)
+    cfg.pin_bases(targets)  # hub bases of base targets: one commit's snapshot folder for this whole stage
+    paths = Workdir(cfg.path)
+    # Check every input before any work: a gap must not surface after an hour of scoring.
+    names = [dc.name for dc in configs]
+    scorings: dict[str, TargetScoring] = {}
+    for t in targets:
+        # Configs a race eliminated hold some rows only: no table shows them (eval_results/race.csv does).
+        eliminated = partial_configs(cfg.path, t.name)
+        tr = read_target_responses(cfg.path, t.name, [n for n in names if n not in eliminated],
+                                   checkpoint_hash=current_checkpoint_hash(cfg, t), cfg=cfg)
+        scorings[t.name] = TargetScoring(t, tr, RowCache.load(paths.score_cache(t.name)), score_logic(cfg.path, t.name),
+                                         eliminated)
+    judged = {name: j for name, ts in scorings.items() if (j := load_judged(cfg, ts.responses)) is not None}
+    metrics = [build_metric(m.name, cfg.evaluation) for m in metric_registry.scored_per_row(cfg.evaluation.metrics)]
+    human = read_human(paths.human_table)
+    settings = score_settings(cfg, metrics, judged, str(paths.human_table) if human else None)
+
+    jobs: list[SlowJob] = []
+    for ts in scorings.values():
+        jobs += plan_target_scoring(cfg, ts, metrics, settings, force)
+    collect_jobs(cfg, jobs, scorings, metrics)
+    for ts in scorings.values():
+        write_target_tables(cfg, ts, configs, metrics, settings, human, judged.get(ts.name))
+
+    if judged and human:  # the judge against the human ratings (items of human.json, cells of human.csv)
+        items = (read_json_if_present(paths.human_summary) or {}).get("item_means") or []
+        tables = {name: ts.table for name, ts in scorings.items()}
+        settings["judge"]["calibration"] = calibration(cfg, judged, items, human, tables)
+        for warning in settings["judge"]["calibration"]["warnings"]:
+            log.warning("judge: %s", warning)
+    comparisons = write_study_tables(cfg, scorings, metrics, judged)
+    write_score_metadata(cfg, scorings, settings)
+    return {"targets": {name: ts.summary() for name, ts in scorings.items()}, "settings": settings,
+            "comparisons": comparisons}

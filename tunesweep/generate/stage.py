@@ -33,8 +33,8 @@ from ..config import ExperimentConfig, RunTarget, expand_sweep
 from ..errors import UserError
 from ..files import fingerprint, write_json, write_jsonl
 from ..loading import check_checkpoint_folder
-from ..layout import (RECORD_FIELDS, Workdir, generated_digest, load_split, read_json_if_present, response_settings,
-                      test_set_sha256)
+from ..layout import Workdir, load_split, read_json_if_present, response_settings, test_set_sha256
+from ..records import ConfigEntry, GenerationManifest, GenerationRun, ResponseRecord, generated_digest
 from ..provenance import checkpoint_identity, library_versions, logic, recorded_logic
 from ..templates import build_prompt, stop_strings
 from .backend import (INVARIANCE_ROWS, AgreementDone, Backend, ConfigDone, EngineBuilt, InvarianceCheck,
@@ -80,24 +80,24 @@ def get_backend(name: str, on_cuda: bool) -> Backend:
 
 # --- planning: what is current, what must run ---------------------------------------------------
 
-def is_current(path: Path, job: Job, manifest: dict, test_sha: Optional[str] = None) -> bool:
-    entry = (manifest.get("configs") or {}).get(job.config)
+def is_current(path: Path, job: Job, manifest: GenerationManifest, test_sha: Optional[str] = None) -> bool:
+    entry = manifest.entry(job.config)
     # A config a race eliminated holds only the rows it used: never current for a run that wants them all.
-    return (bool(entry) and not entry.get("partial") and entry.get("inputs") == job.inputs and path.is_file()
-            and (test_sha is None or entry.get("test_set_sha256") == test_sha)
-            and generated_digest(path) == entry.get("generated_sha256"))
+    return (entry is not None and not entry.partial and entry.inputs == job.inputs and path.is_file()
+            and (test_sha is None or entry.test_set_sha256 == test_sha)
+            and generated_digest(path) == entry.generated_sha256)
 
 
-def load_manifest(path: Path) -> dict:
+def load_manifest(path: Path) -> GenerationManifest:
     try:
-        manifest = read_json_if_present(path) or {}
-        entries = manifest.get("configs") or {}
+        manifest = GenerationManifest(read_json_if_present(path) or {})
+        entries = manifest.raw_entries or {}
         if isinstance(entries, dict) and all(isinstance(e, dict) for e in entries.values()):
             return manifest
         raise UserError(f"{path}: configs is not an object of config entries")
     except (OSError, UserError):
         log.warning("%s: unreadable, every config of this model will be regenerated", path)
-        return {}
+        return GenerationManifest.empty()
 
 
 @dataclass
@@ -109,7 +109,7 @@ class TargetPlan:
     checkpoint: str
     checkpoint_id: dict  # provenance.checkpoint_identity
     out_dir: Path
-    manifest: dict
+    manifest: GenerationManifest
     rows: list[dict]
     prompts: list[str]
     jobs: list[Job]
@@ -132,9 +132,7 @@ def plan_target(cfg: ExperimentConfig, target: RunTarget, backend: str | Backend
     paths = Workdir(cfg.path)
     checkpoint = check_checkpoint(target, cfg.path)
     manifest = load_manifest(paths.manifest(target.name))
-    previous = ({"sha256": manifest.get("checkpoint_hash"), "stat": manifest.get("checkpoint_stat")}
-                if manifest.get("checkpoint") == checkpoint else None)
-    ckpt = checkpoint_identity(checkpoint, previous)
+    ckpt = checkpoint_identity(checkpoint, manifest.recorded_identity(checkpoint))
     stop = stop_strings(cfg.template)
     versions = library_versions()
     prompts = [build_prompt(r, cfg.template) for r in rows]
@@ -175,17 +173,13 @@ def _now() -> str:
 
 
 def _records(plan: TargetPlan, done: ConfigDone, indices: Optional[list[int]] = None) -> list[dict]:
-    """The response records of one config, in RECORD_FIELDS order; `response` is the clean stage's.
+    """The response records of one config; `response` is the clean stage's.
     `indices`: the rows of `plan` that `done.results` hold, ascending (all rows when None)."""
-    out = []
     indices = range(len(plan.rows)) if indices is None else indices
-    for i, res in zip(indices, done.results):
-        row, prompt = plan.rows[i], plan.prompts[i]
-        values = {"id": row["id"], "prompt": prompt, "reference": row["output"], "response_raw": res.response_raw,
-                  "response": None, "finish_reason": res.finish_reason, "num_tokens": res.num_tokens,
-                  "config": done.config, "model": plan.target.name}
-        out.append({k: values[k] for k in RECORD_FIELDS})
-    return out
+    return [ResponseRecord(id=plan.rows[i]["id"], prompt=plan.prompts[i], reference=plan.rows[i]["output"],
+                           response_raw=res.response_raw, response=None, finish_reason=res.finish_reason,
+                           num_tokens=res.num_tokens, config=done.config, model=plan.target.name)
+            for i, res in zip(indices, done.results)]
 
 
 def run_target(cfg: ExperimentConfig, plan: TargetPlan) -> dict:
@@ -208,7 +202,7 @@ def run_target(cfg: ExperimentConfig, plan: TargetPlan) -> dict:
     run = start_run(plan, pending)
     by_name = {j.config: j for j in pending}
     check = invariance_check(plan, manifest)
-    write_json(paths.manifest(target), manifest)
+    write_json(paths.manifest(target), manifest.to_json())
 
     log.info("%s: %d of %d configs to generate (%d current) with %s from %s", target, len(pending),
              len(plan.jobs), len(summary["skipped"]), backend.name, plan.checkpoint)
@@ -220,45 +214,44 @@ def run_target(cfg: ExperimentConfig, plan: TargetPlan) -> dict:
     try:
         for msg in backend.run(request):
             if isinstance(msg, AgreementDone):
-                manifest["replica_agreement"] = agreement_record(msg, manifest.get("replica_agreement"))
-                write_json(paths.manifest(target), manifest)
+                manifest.replica_agreement = agreement_record(msg, manifest.replica_agreement)
+                write_json(paths.manifest(target), manifest.to_json())
                 log.info("%s: %d replicas vs one engine on %d rows: identical in %s", target, msg.replicas,
                          len(msg.row_ids), ", ".join(f"{c} {v:.2f}" for c, v in msg.identical.items()))
                 continue
             if isinstance(msg, InvarianceDone):
-                record = manifest["batch_invariance"] = batch_invariance_record(msg, backend.name)
-                write_json(paths.manifest(target), manifest)
+                record = manifest.batch_invariance = batch_invariance_record(msg, backend.name)
+                write_json(paths.manifest(target), manifest.to_json())
                 log.info("%s: batch invariance of %s over %d rows: identical token ids alone %.2f, reversed %.2f",
                          target, msg.greedy_config, len(msg.row_ids), record["alone_identical"],
                          record["reversed_identical"])
                 continue
             if isinstance(msg, EngineBuilt):  # the model is loaded
-                run["engine_builds"] += 1
-                run["engine_build_s"] = round(msg.build_s, 2)
-                manifest["engine_builds"] += 1
+                run.built_engine(msg.build_s)
+                builds = manifest.count_engine_build()
                 summary["engine_builds"] += 1
-                summary["engine_build_s"] = run["engine_build_s"]
+                summary["engine_build_s"] = run.engine_build_s
                 log.info("%s: %s built in %.1f s (engine build %d for this model)", target, backend.label,
-                         msg.build_s, manifest["engine_builds"])
+                         msg.build_s, builds)
                 continue
             job = by_name[msg.config]
             tokens = sum(r.num_tokens for r in msg.results)
             write_config(cfg, plan, job, msg, config_wall(msg, tokens))
-            run["written"].append(job.config)
-            write_json(paths.manifest(target), manifest)
+            run.wrote(job.config)
+            write_json(paths.manifest(target), manifest.to_json())
             summary["generated"].append(job.config)
             summary["tokens"] += tokens
             bar.update(1)
     except BaseException as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        manifest["incomplete"] = f"the generate run started {run['started']} failed: {reason[:300]}"
-        write_json(paths.manifest(target), manifest)
+        manifest.mark_failed(f"the generate run started {run.started} failed: {reason[:300]}")
+        write_json(paths.manifest(target), manifest.to_json())
         raise
     finally:
         bar.close()
-    manifest.pop("incomplete", None)
-    write_json(paths.manifest(target), manifest)
-    summary["wall_s"] = round(sum(manifest["configs"][c]["wall_s"] for c in summary["generated"]), 3)
+    manifest.mark_finished()
+    write_json(paths.manifest(target), manifest.to_json())
+    summary["wall_s"] = round(sum(manifest.entry(c).wall_s for c in summary["generated"]), 3)
     if summary["wall_s"]:
         summary["tokens_per_s"] = round(summary["tokens"] / summary["wall_s"], 1)
     return summary
@@ -279,10 +272,12 @@ def write_config(cfg: ExperimentConfig, plan: TargetPlan, job: Job, done: Config
     paths = Workdir(cfg.path)
     records = _records(plan, done, indices)
     path = paths.response_file(plan.target.name, job.config)
-    write_jsonl(path, records)
-    tokens = sum(r["num_tokens"] for r in records)
-    entry = {**_config_entry(plan, cfg, job, done, tokens, wall, path, records), **(extra or {})}
-    plan.manifest.setdefault("configs", {})[job.config] = entry
+    write_jsonl(path, [r.to_json() for r in records])
+    tokens = sum(r.num_tokens for r in records)
+    entry = _config_entry(plan, cfg, job, done, tokens, wall, path, records)
+    for name, value in (extra or {}).items():
+        setattr(entry, name, value)
+    plan.manifest.set_entry(job.config, entry)
     return entry
 
 
@@ -292,77 +287,68 @@ def clear_stale(plan: TargetPlan) -> None:
         stale.unlink(missing_ok=True)
 
 
-def start_run(plan: TargetPlan, pending: list[Job]) -> dict:
+def start_run(plan: TargetPlan, pending: list[Job]) -> GenerationRun:
     """Mark the manifest as being written by a run of `pending` (`incomplete` until the run ends), drop the
-    entries of the configs it regenerates, and return the run's record (in manifest["runs"])."""
-    plan.manifest.update({
-        "model": plan.target.name, "checkpoint": plan.checkpoint, "checkpoint_hash": plan.checkpoint_id["sha256"],
+    entries of the configs it regenerates, and return the run's record (in the manifest's `runs`)."""
+    run = GenerationRun.start(_now(), plan.backend.name, [j.config for j in pending])
+    plan.manifest.start_run(
+        model=plan.target.name, checkpoint=plan.checkpoint, checkpoint_hash=plan.checkpoint_id["sha256"],
         # <repo>@<commit> of a hub base (its snapshot folder is `checkpoint`); the folder itself otherwise
-        "checkpoint_identity": plan.checkpoint_id["checkpoint"],
-        "checkpoint_stat": plan.checkpoint_id["stat"], "backend": plan.backend.name,
-        "backend_reason": plan.backend_reason, "versions": plan.versions,
-        "test_rows": len(plan.rows), "limit": plan.limit, "engine": plan.engine or None,
-        "test_set_sha256": plan.test_sha, "logic": plan.logic,
+        checkpoint_identity=plan.checkpoint_id["checkpoint"],
+        checkpoint_stat=plan.checkpoint_id["stat"], backend=plan.backend.name,
+        backend_reason=plan.backend_reason, versions=plan.versions,
+        test_rows=len(plan.rows), limit=plan.limit, engine=plan.engine or None,
+        test_set_sha256=plan.test_sha, logic=plan.logic,
         # Until this run ends, the configs it regenerates are missing: score says so instead of trusting
-        # older files. A run that fails (a checkpoint that does not load) leaves the mark and its reason.
-        "incomplete": f"a generate run started {_now()} has not finished",
-    })
-    plan.manifest.setdefault("configs", {})
-    plan.manifest.setdefault("engine_builds", 0)
-    run = {"started": _now(), "backend": plan.backend.name, "pending": [j.config for j in pending],
-           "written": [], "engine_builds": 0, "engine_build_s": None}
-    plan.manifest["runs"] = (plan.manifest.get("runs") or [])[-(MAX_RUNS - 1):] + [run]
-    # Configs from an older checkpoint or row set must not pass as current while we run.
-    for name in [j.config for j in pending]:
-        plan.manifest["configs"].pop(name, None)
-        ((plan.manifest.get("replica_agreement") or {}).get("configs") or {}).pop(name, None)
+        # older files (configs from an older checkpoint or row set must not pass as current while we run).
+        # A run that fails (a checkpoint that does not load) leaves the mark and its reason.
+        incomplete=f"a generate run started {_now()} has not finished",
+        run=run, pending=[j.config for j in pending], max_runs=MAX_RUNS)
     return run
 
 
-def invariance_check(plan: TargetPlan, manifest: dict) -> Optional[InvarianceCheck]:
+def invariance_check(plan: TargetPlan, manifest: GenerationManifest) -> Optional[InvarianceCheck]:
     """The batch-invariance check of this run, if any: the sweep's greedy config (temperature 0, num_beams 1)
     when it is generated now. A current greedy config keeps its recorded check; a sweep without one says so."""
     greedy = next((j for j in plan.jobs if j.decoding.mode == "greedy"), None)
     if greedy is None:
-        manifest["batch_invariance"] = {"skipped": "the sweep has no greedy config (temperature 0, num_beams 1)"}
+        manifest.batch_invariance = {"skipped": "the sweep has no greedy config (temperature 0, num_beams 1)"}
         return None
     if greedy not in plan.pending:
         return None
-    manifest.pop("batch_invariance", None)  # measured again below, with the new responses
+    manifest.batch_invariance = None  # measured again below, with the new responses
     return InvarianceCheck(greedy.config, tuple(range(min(INVARIANCE_ROWS, len(plan.rows)))))
 
 
 def _config_entry(plan: TargetPlan, cfg: ExperimentConfig, job: Job, done: ConfigDone, tokens: int, wall: float,
-                  path: Path, records: list[dict]) -> dict:
+                  path: Path, records: list[ResponseRecord]) -> ConfigEntry:
     dc = job.decoding
     shared = (done.call_note or plan.backend.shared_call_note(len(done.call_configs))
               if len(done.call_configs) > 1 else None)
-    # Which beam search ran is provenance, not identity (not in `inputs`): both give the same tokens
-    # (tests/test_beams.py), so switching generation.beam_impl regenerates nothing.
-    impl = {"beam_impl": done.beam_impl} if done.beam_impl else {}
-    return {
-        "top_k": dc.top_k, "num_beams": dc.num_beams, "temperature": dc.temperature, "mode": dc.mode,
-        "ignored": list(dc.ignored),
-        "effective": {"call": job.call, **job.params},
-        **impl,
-        "note": job.note + (("; " if job.note else "") + shared if shared else ""),
-        "seed": plan.backend.seed_scheme(job.call, dc.mode, cfg.seed),
-        "max_new_tokens": cfg.generation.max_new_tokens,
-        "rows": len(records),
-        "finish_reasons": {r: sum(1 for x in records if x["finish_reason"] == r) for r in ("stop", "length")},
-        "wall_s": round(wall, 3),
-        "tokens": tokens,
-        "tokens_per_s": round(tokens / wall, 1) if wall else None,
-        "batch": {"wall_s": round(done.call_wall_s, 3), "configs": done.call_configs, "tokens": done.call_tokens},
-        "backend": plan.backend.name,
-        "checkpoint_hash": plan.checkpoint_id["sha256"],
-        "test_set_sha256": plan.test_sha,
-        "logic": plan.logic,
-        "inputs": job.inputs,
-        "settings": response_settings(cfg, plan.backend.name),
-        "generated_sha256": generated_digest(path),
-        "written": _now(),
-    }
+    return ConfigEntry(
+        top_k=dc.top_k, num_beams=dc.num_beams, temperature=dc.temperature, mode=dc.mode, ignored=list(dc.ignored),
+        effective={"call": job.call, **job.params},
+        # Which beam search ran is provenance, not identity (not in `inputs`): both give the same tokens
+        # (tests/test_beams.py), so switching generation.beam_impl regenerates nothing.
+        beam_impl=done.beam_impl or None,
+        note=job.note + (("; " if job.note else "") + shared if shared else ""),
+        seed=plan.backend.seed_scheme(job.call, dc.mode, cfg.seed),
+        max_new_tokens=cfg.generation.max_new_tokens,
+        rows=len(records),
+        finish_reasons={r: sum(1 for x in records if x.finish_reason == r) for r in ("stop", "length")},
+        wall_s=round(wall, 3),
+        tokens=tokens,
+        tokens_per_s=round(tokens / wall, 1) if wall else None,
+        batch=ConfigEntry.batch_record(round(done.call_wall_s, 3), done.call_configs, done.call_tokens),
+        backend=plan.backend.name,
+        checkpoint_hash=plan.checkpoint_id["sha256"],
+        test_set_sha256=plan.test_sha,
+        logic=plan.logic,
+        inputs=job.inputs,
+        settings=response_settings(cfg, plan.backend.name),
+        generated_sha256=generated_digest(path),
+        written=_now(),
+    )
 
 
 def target_backend(chosen: str, requested: str, checkpoint: str) -> tuple[str, Optional[str]]:

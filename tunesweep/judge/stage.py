@@ -44,6 +44,7 @@ from ..layout import (Workdir, current_checkpoint_hash, load_split, read_json_if
                       partial_configs, read_target_responses)
 from ..loading import check_checkpoint_folder, load_tokenizer
 from ..provenance import checkpoint_identity, library_versions, logic
+from ..records import JudgeEntry, JudgeManifest, JudgeRecord, JudgeRunRecord, judge_target
 from .engine import EngineSpec, engine_settings, numeric_identity, start_engine
 from .prompt import INPUT_BLOCK, PAIRWISE_TEMPLATE, PROMPT_VERSION, check_template, pick_labels
 from .verdict import Pair, UNSURE_MASS, flip_share, judge_pairs
@@ -101,7 +102,7 @@ def resolve_judge(cfg: ExperimentConfig, previous: Optional[dict]) -> JudgeModel
         raise UserError(f"evaluation.judge.model = {jc.model!r}: no such folder (and not a hub id); build or "
                         "download the judge first")
     check_checkpoint_folder(str(folder), "judge model")
-    recorded = (previous or {}).get("judge") or {}
+    recorded = JudgeManifest.read(previous).judge
     prior = recorded.get("identity") if recorded.get("checkpoint") == str(folder.resolve()) else None
     return JudgeModel(str(folder.resolve()), checkpoint_identity(str(folder.resolve()), prior))
 
@@ -124,27 +125,41 @@ def self_preference(cfg: ExperimentConfig, judge: JudgeModel) -> list[str]:
 # --- the plan ----------------------------------------------------------------------------------------
 
 @dataclass
+class PlannedRow:
+    """One row to judge: the pair, both answers' digests and lengths, and the key its verdict is cached under."""
+
+    id: object
+    pair: Pair
+    answer_sha256: str
+    baseline_sha256: str
+    answer_chars: int
+    baseline_chars: int
+    key: str = ""
+
+
+@dataclass
 class ConfigPlan:
     target: str
     config: str
     baseline: str  # a config name or "reference"
-    rows: list[dict]  # per row: id, pair (verdict.Pair), answer/baseline sha and chars, key
-    reused: dict = field(default_factory=dict)  # row id -> the previous record, still current
+    rows: list[PlannedRow]
+    reused: dict = field(default_factory=dict)  # row id -> the previous JudgeRecord, still current
 
     @property
     def pending(self) -> list[int]:
-        return [i for i, r in enumerate(self.rows) if r["id"] not in self.reused]
+        return [i for i, r in enumerate(self.rows) if r.id not in self.reused]
 
 
 def previous_records(paths: Workdir, manifest: Optional[dict], target: str, config: str) -> dict:
     """{row id: record} of the config's previous file, only when the manifest vouches for the file (its sha256):
     a file edited by hand or left by a killed run is not trusted."""
     path = paths.judge_file(target, config)
-    entry = (((manifest or {}).get("targets") or {}).get(target) or {}).get("configs", {}).get(config)
-    if not path.is_file() or not isinstance(entry, dict) or entry.get("sha256") != sha256_file(path):
+    judged = judge_target(manifest, target)
+    entry = judged.entry(config) if judged is not None else None
+    if not path.is_file() or entry is None or entry.sha256 != sha256_file(path):
         return {}
     try:
-        return {r.get("id"): r for r in read_jsonl(path)}
+        return {r.id: r for r in map(JudgeRecord.from_json, read_jsonl(path))}
     except UserError:
         return {}
 
@@ -154,37 +169,175 @@ def plan_config(target: str, config: str, baseline: str, records: dict, tests: l
     plan = ConfigPlan(target, config, baseline, [])
     for i in range(n_rows):
         rec, test = records[config][i], tests[i]
-        answer = rec["response"]
-        base_text = test["output"] if baseline == "reference" else records[baseline][i]["response"]
-        row = {"id": rec["id"], "pair": Pair(test.get("instruction", ""), test.get("input", "") or "", answer, base_text),
-               "answer_sha256": sha256_text(answer), "baseline_sha256": sha256_text(base_text),
-               "answer_chars": len(answer), "baseline_chars": len(base_text)}
-        row["key"] = fingerprint({**key_base, "instruction": sha256_text(row["pair"].instruction),
-                                  "input": sha256_text(row["pair"].input), "answer": row["answer_sha256"],
-                                  "baseline": row["baseline_sha256"]})
+        answer = rec.response
+        base_text = test["output"] if baseline == "reference" else records[baseline][i].response
+        row = PlannedRow(rec.id, Pair(test.get("instruction", ""), test.get("input", "") or "", answer, base_text),
+                         sha256_text(answer), sha256_text(base_text), len(answer), len(base_text))
+        row.key = fingerprint({**key_base, "instruction": sha256_text(row.pair.instruction),
+                               "input": sha256_text(row.pair.input), "answer": row.answer_sha256,
+                               "baseline": row.baseline_sha256})
         plan.rows.append(row)
-        old = previous.get(row["id"])
-        if old is not None and old.get("key") == row["key"]:
-            plan.reused[row["id"]] = old
+        old = previous.get(row.id)
+        if old is not None and old.key == row.key:
+            plan.reused[row.id] = old
     return plan
 
 
-def verdict_record(row: dict, v) -> dict:
-    return {"id": row["id"], "answer_sha256": row["answer_sha256"], "baseline_sha256": row["baseline_sha256"],
-            "answer_chars": row["answer_chars"], "baseline_chars": row["baseline_chars"],
-            "p_a_test_first": v.p_a_test_first, "p_a_test_second": v.p_a_test_second,
-            "mass_test_first": v.mass_test_first, "mass_test_second": v.mass_test_second,
-            "preference": v.preference, "flipped": v.flipped, "unsure_requests": v.unsure_requests, "key": row["key"]}
-
-
-def config_summary(records: list[dict]) -> dict:
-    n = len(records)
-    return {"pairs": n, "win_rate": sum(r["preference"] for r in records) / n if n else None,
-            "flip_share": sum(bool(r["flipped"]) for r in records) / n if n else None,
-            "unsure_requests": sum(int(r["unsure_requests"]) for r in records)}
+def verdict_record(row: PlannedRow, v) -> JudgeRecord:
+    return JudgeRecord(id=row.id, answer_sha256=row.answer_sha256, baseline_sha256=row.baseline_sha256,
+                       answer_chars=row.answer_chars, baseline_chars=row.baseline_chars,
+                       p_a_test_first=v.p_a_test_first, p_a_test_second=v.p_a_test_second,
+                       mass_test_first=v.mass_test_first, mass_test_second=v.mass_test_second,
+                       preference=v.preference, flipped=v.flipped, unsure_requests=v.unsure_requests, key=row.key)
 
 
 # --- the stage ---------------------------------------------------------------------------------------
+
+@dataclass
+class JudgeRun:
+    """What one run of the stage judges with and against, checked before any work."""
+
+    cfg: ExperimentConfig
+    paths: Workdir
+    names: list[str]  # the sweep's configs
+    baseline: str
+    targets: list
+    loaded: dict  # target name -> layout.TargetResponses
+    tests: list[dict]
+    previous_manifest: Optional[dict]
+    judge_model: JudgeModel
+    backend: str
+    backend_reason: str
+    on_cuda: bool
+    settings: dict  # engine settings
+    numeric: dict  # engine.numeric_identity
+    template_text: str
+    template_name: str
+    template: str  # template_sha256
+    started: float = field(default_factory=time.time)
+
+    @property
+    def key_base(self) -> dict:
+        return {"judge": self.judge_model.identity["sha256"], **self.numeric, "template": self.template,
+                "judge_version": JUDGE_VERSION}
+
+
+def prepare_run(cfg: ExperimentConfig, model: Optional[str], backend: Optional[str]) -> JudgeRun:
+    """Every input checked before any work: the baseline, the responses the current run vouches for, the test
+    rows, the judge and its engine settings."""
+    jc = cfg.evaluation.judge
+    paths = Workdir(cfg.path)
+    names = [dc.name for dc in expand_sweep(cfg.generation)]
+    baseline = judge_baseline(cfg)
+    if baseline != "reference" and baseline not in names:
+        raise UserError(f"evaluation.judge.against = {jc.against!r}: the baseline config {baseline} is not in the "
+                        f"sweep ({cfg.generation.mode}); name a config of the sweep or use reference")
+    targets = cfg.run_targets(model)
+    cfg.pin_bases(targets)
+    loaded = {t.name: read_target_responses(cfg.path, t.name, raced_out(cfg, t.name, names, baseline),
+                                            checkpoint_hash=current_checkpoint_hash(cfg, t), cfg=cfg) for t in targets}
+    tests = load_split(cfg.path, "test")
+    previous_manifest = read_json_if_present(paths.judge_manifest)
+    judge_model = resolve_judge(cfg, previous_manifest)
+    chosen, why = pick_generation_backend(backend or jc.backend)
+    on_cuda = cuda_visible()
+    settings = engine_settings(chosen, judge_model.checkpoint, jc, cfg.seed, on_cuda)
+    template_text, template_name = judge_template(cfg)
+    return JudgeRun(cfg, paths, names, baseline, targets, loaded, tests, previous_manifest, judge_model, chosen, why,
+                    on_cuda, settings, numeric_identity(chosen, settings, on_cuda), template_text, template_name,
+                    template_sha256(template_text))
+
+
+def plan_run(run: JudgeRun, force: bool) -> list[ConfigPlan]:
+    """Per target and config (the baseline config aside), the rows to judge and those still current."""
+    plans = []
+    jc = run.cfg.evaluation.judge
+    for t in run.targets:
+        tr = run.loaded[t.name]
+        n_rows = min(tr.n_rows, jc.rows or tr.n_rows)
+        for config in run.names:
+            if config == run.baseline:
+                continue
+            previous = {} if force else previous_records(run.paths, run.previous_manifest, t.name, config)
+            plans.append(plan_config(t.name, config, run.baseline, tr.records, run.tests, n_rows, run.key_base,
+                                     previous))
+    return plans
+
+
+def start_manifest(run: JudgeRun, warnings: list[str], reused_pairs: int) -> tuple[JudgeManifest, JudgeRunRecord]:
+    """(the judge manifest with this run's settings and run record, the run record)."""
+    jc = run.cfg.evaluation.judge
+    manifest = JudgeManifest.read(run.previous_manifest)
+    record = manifest.start_run(
+        judge={"model": jc.model, "revision": jc.revision, "hub": run.judge_model.hub,
+               "checkpoint": run.judge_model.checkpoint, "identity": run.judge_model.identity},
+        backend=run.backend, backend_reason=run.backend_reason, engine=run.settings, numeric_identity=run.numeric,
+        template=run.template_name, template_sha256=run.template, prompt_version=PROMPT_VERSION,
+        judge_version=JUDGE_VERSION, against=jc.against, baseline=run.baseline, rows=jc.rows, unsure_mass=UNSURE_MASS,
+        logic=logic("judge", JUDGE_VERSION), versions=library_versions(), self_preference=warnings,
+        key="fingerprint of the judge identity, backend and precision, template_sha256, judge_version, the row's "
+            "instruction and input sha256 and both answers' sha256",
+        started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), pairs_reused=reused_pairs,
+        max_runs=MAX_RUNS)
+    return manifest, record
+
+
+@dataclass
+class JudgeEngine:
+    """The ONE judge engine of a run, loaded when the first pair needs it."""
+
+    run: JudgeRun
+    record: JudgeRunRecord  # the run's record in the manifest
+    engine: object = None
+    tokenizer: object = None
+    labels: object = None
+
+    def load(self) -> None:
+        run, jc = self.run, self.run.cfg.evaluation.judge
+        self.tokenizer = load_tokenizer(run.judge_model.checkpoint)
+        self.labels = pick_labels(self.tokenizer, f"evaluation.judge.model = {jc.model!r}")
+        log.info("judge: loading the judge engine (%s) once for every target and config", run.backend)
+        spec = EngineSpec(run.backend, run.judge_model.checkpoint, run.settings if run.backend == "vllm" else {},
+                          jc.hf_batch_size)
+        self.engine = start_engine(spec, run.cfg, run.on_cuda, ray=run.cfg.execution.backend == "ray")
+        self.record.loaded_engine(self.engine.build_s, [self.labels.first, self.labels.second])
+        log.info("judge: judge engine loaded in %.1f s (engine loads this run: %d)", self.engine.build_s,
+                 self.record.engine_loads)
+
+    def judge(self, plan: ConfigPlan) -> dict:
+        """{row id: JudgeRecord} of the plan: the reused ones and the pending ones judged now."""
+        out = dict(plan.reused)
+        pending = plan.pending
+        if not pending:
+            return out
+        if self.engine is None:
+            self.load()
+        t = time.perf_counter()
+        verdicts = judge_pairs([plan.rows[i].pair for i in pending], self.tokenizer, self.labels,
+                               self.engine.score, self.run.template_text)
+        for i, v in zip(pending, verdicts):
+            out[plan.rows[i].id] = verdict_record(plan.rows[i], v)
+        self.record.judged(len(pending))
+        log.info("judge: %s %s vs %s: %d pair(s) judged in %.1f s, %d reused, flip share %.2f", plan.target,
+                 plan.config, plan.baseline, len(pending), time.perf_counter() - t, len(plan.reused),
+                 flip_share(verdicts))
+        return out
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+
+
+def write_plan(run: JudgeRun, manifest: JudgeManifest, plan: ConfigPlan, judged: dict) -> None:
+    """The config's verdict file, then its manifest entry (a killed stage loses at most the config in flight)."""
+    records = [judged[r.id] for r in plan.rows]
+    path = run.paths.judge_file(plan.target, plan.config)
+    write_jsonl(path, [r.to_json() for r in records])
+    entry = JudgeEntry.summarise(path.relative_to(run.paths.root).as_posix(), sha256_file(path), plan.baseline,
+                                 len(plan.pending), records)
+    manifest.target(plan.target, create=True).set_entry(plan.config, entry)
+    write_json(run.paths.judge_manifest, manifest.to_json())
+
 
 def judge(cfg: ExperimentConfig, model: Optional[str] = None, backend: Optional[str] = None, force: bool = False,
           export_alpacaeval: Optional[str] = None) -> dict:
@@ -195,135 +348,38 @@ def judge(cfg: ExperimentConfig, model: Optional[str] = None, backend: Optional[
         if export_alpacaeval:
             raise UserError("--export-alpacaeval: evaluation.judge is not set, so there are no judgments to export")
         return {"skipped": True, "engine_loads": 0}
-    started = time.time()
-    cfg = cfg.for_execution()
-    paths = Workdir(cfg.path)
-    names = [dc.name for dc in expand_sweep(cfg.generation)]
-    baseline = judge_baseline(cfg)
-    if baseline != "reference" and baseline not in names:
-        raise UserError(f"evaluation.judge.against = {jc.against!r}: the baseline config {baseline} is not in the "
-                        f"sweep ({cfg.generation.mode}); name a config of the sweep or use reference")
-    targets = cfg.run_targets(model)
-    cfg.pin_bases(targets)
-    # Every input checked before any work: the responses the current run vouches for, the test rows.
-    loaded = {t.name: read_target_responses(cfg.path, t.name, raced_out(cfg, t.name, names, baseline),
-                                            checkpoint_hash=current_checkpoint_hash(cfg, t), cfg=cfg) for t in targets}
-    tests = load_split(cfg.path, "test")
-    previous_manifest = read_json_if_present(paths.judge_manifest)
-    judge_model = resolve_judge(cfg, previous_manifest)
-    chosen, why = pick_generation_backend(backend or jc.backend)
-    on_cuda = cuda_visible()
-    settings = engine_settings(chosen, judge_model.checkpoint, jc, cfg.seed, on_cuda)
-    numeric = numeric_identity(chosen, settings, on_cuda)
-    template_text, template_name = judge_template(cfg)
-    template = template_sha256(template_text)
-    key_base = {"judge": judge_model.identity["sha256"], **numeric, "template": template,
-                "judge_version": JUDGE_VERSION}
-
-    plans: list[ConfigPlan] = []
-    for t in targets:
-        tr = loaded[t.name]
-        n_rows = min(tr.n_rows, jc.rows or tr.n_rows)
-        for config in names:
-            if config == baseline:
-                continue
-            previous = {} if force else previous_records(paths, previous_manifest, t.name, config)
-            plans.append(plan_config(t.name, config, baseline, tr.records, tests, n_rows, key_base, previous))
+    run = prepare_run(cfg.for_execution(), model, backend)
+    cfg, paths = run.cfg, run.paths
+    plans = plan_run(run, force)
     pending_pairs = sum(len(p.pending) for p in plans)
     reused_pairs = sum(len(p.reused) for p in plans)
-    warnings = self_preference(cfg, judge_model)
+    warnings = self_preference(cfg, run.judge_model)
     for w in warnings:
         log.warning("judge: %s", w)
     log.info("judge: %s (%s) via %s (%s): %d target(s) x %d config(s) against %s, %d pair(s) to judge "
-             "(%d requests), %d reused", jc.model, judge_model.hub or judge_model.identity["sha256"][:12], chosen,
-             why, len(targets), len(names) - (baseline != "reference"), baseline, pending_pairs, 2 * pending_pairs,
-             reused_pairs)
-
-    manifest = previous_manifest if isinstance(previous_manifest, dict) else {}
-    manifest.update({
-        "judge": {"model": jc.model, "revision": jc.revision, "hub": judge_model.hub,
-                  "checkpoint": judge_model.checkpoint, "identity": judge_model.identity},
-        "backend": chosen, "backend_reason": why, "engine": settings, "numeric_identity": numeric,
-        "template": template_name, "template_sha256": template,
-        "prompt_version": PROMPT_VERSION, "judge_version": JUDGE_VERSION, "against": jc.against,
-        "baseline": baseline, "rows": jc.rows, "unsure_mass": UNSURE_MASS,
-        "logic": logic("judge", JUDGE_VERSION), "versions": library_versions(), "self_preference": warnings,
-        "key": "fingerprint of the judge identity, backend and precision, template_sha256, judge_version, the row's "
-               "instruction and input sha256 and both answers' sha256",
-    })
-    manifest.setdefault("targets", {})
-    run = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "engine_loads": 0,
-           "engine_build_s": None, "pairs_judged": 0, "pairs_reused": reused_pairs, "requests": 0}
-    runs = (manifest.get("runs") or [])[-(MAX_RUNS - 1):] + [run]
-    manifest["runs"] = runs
-    manifest["engine_loads"] = 0  # this run's
-
-    engine, tokenizer, labels = None, None, None
+             "(%d requests), %d reused", jc.model, run.judge_model.hub or run.judge_model.identity["sha256"][:12],
+             run.backend, run.backend_reason, len(run.targets), len(run.names) - (run.baseline != "reference"),
+             run.baseline, pending_pairs, 2 * pending_pairs, reused_pairs)
+    manifest, record = start_manifest(run, warnings, reused_pairs)
+    engine = JudgeEngine(run, record)
     try:
         for plan in plans:
-            records_out = dict(plan.reused)
-            pending = plan.pending
-            if pending:
-                if engine is None:  # ONE engine for the whole study, loaded when the first pair needs it
-                    tokenizer = load_tokenizer(judge_model.checkpoint)
-                    labels = pick_labels(tokenizer, f"evaluation.judge.model = {jc.model!r}")
-                    log.info("judge: loading the judge engine (%s) once for every target and config", chosen)
-                    engine = start_engine(EngineSpec(chosen, judge_model.checkpoint, settings if chosen == "vllm"
-                                                     else {}, jc.hf_batch_size), cfg, on_cuda,
-                                          ray=cfg.execution.backend == "ray")
-                    run["engine_loads"] += 1
-                    manifest["engine_loads"] = run["engine_loads"]
-                    run["engine_build_s"] = round(engine.build_s, 2)
-                    manifest["labels"] = [labels.first, labels.second]
-                    log.info("judge: judge engine loaded in %.1f s (engine loads this run: %d)", engine.build_s,
-                             run["engine_loads"])
-                t = time.perf_counter()
-                verdicts = judge_pairs([plan.rows[i]["pair"] for i in pending], tokenizer, labels, engine.score,
-                                       template_text)
-                for i, v in zip(pending, verdicts):
-                    records_out[plan.rows[i]["id"]] = verdict_record(plan.rows[i], v)
-                run["pairs_judged"] += len(pending)
-                run["requests"] += 2 * len(pending)
-                log.info("judge: %s %s vs %s: %d pair(s) judged in %.1f s, %d reused, flip share %.2f", plan.target,
-                         plan.config, plan.baseline, len(pending), time.perf_counter() - t, len(plan.reused),
-                         flip_share(verdicts))
-            records = [records_out[r["id"]] for r in plan.rows]
-            path = paths.judge_file(plan.target, plan.config)
-            write_jsonl(path, records)
-            entry = manifest["targets"].setdefault(plan.target, {"configs": {}})
-            entry.setdefault("configs", {})[plan.config] = {
-                "file": path.relative_to(paths.root).as_posix(), "sha256": sha256_file(path),
-                "baseline": plan.baseline, "judged_now": len(pending), **config_summary(records)}
-            _target_totals(entry)
-            write_json(paths.judge_manifest, manifest)
+            write_plan(run, manifest, plan, engine.judge(plan))
     finally:
-        if engine is not None:
-            engine.close()
+        engine.close()
     # Entries of configs the sweep no longer has (or that became the baseline) are dropped.
-    for t in targets:
-        entry = manifest["targets"].get(t.name, {})
-        keep = {p.config for p in plans if p.target == t.name}
-        entry["configs"] = {c: e for c, e in (entry.get("configs") or {}).items() if c in keep}
-        _target_totals(entry)
-    run["wall_s"] = round(time.time() - started, 2)
-    write_json(paths.judge_manifest, manifest)
+    for t in run.targets:
+        if (judged := manifest.target(t.name)) is not None:
+            judged.keep_only({p.config for p in plans if p.target == t.name})
+    record.finished(time.time() - run.started)
+    write_json(paths.judge_manifest, manifest.to_json())
     log.info("judge: %d pair(s) judged, %d reused; judge engine loads this run: %d; verdicts in %s",
-             run["pairs_judged"], reused_pairs, run["engine_loads"], paths.judge_dir)
+             record.pairs_judged, reused_pairs, record.engine_loads, paths.judge_dir)
     if export_alpacaeval:
         n = export_annotations(cfg, Path(export_alpacaeval), model)
         log.info("judge: %d AlpacaEval annotations written to %s", n, export_alpacaeval)
-    return {"skipped": False, "engine_loads": run["engine_loads"], "pairs_judged": run["pairs_judged"],
-            "pairs_reused": reused_pairs, "backend": chosen, "manifest": str(paths.judge_manifest)}
-
-
-def _target_totals(entry: dict) -> None:
-    """A target's flip share and unsure requests over all its judged configs (position bias per model)."""
-    configs = entry.get("configs") or {}
-    pairs = sum(e.get("pairs") or 0 for e in configs.values())
-    flips = sum((e.get("flip_share") or 0) * (e.get("pairs") or 0) for e in configs.values())
-    entry["pairs"] = pairs
-    entry["flip_share"] = flips / pairs if pairs else None
-    entry["unsure_requests"] = sum(e.get("unsure_requests") or 0 for e in configs.values())
+    return {"skipped": False, "engine_loads": record.engine_loads, "pairs_judged": record.pairs_judged,
+            "pairs_reused": reused_pairs, "backend": run.backend, "manifest": str(paths.judge_manifest)}
 
 
 # --- the AlpacaEval export --------------------------------------------------------------------------
@@ -346,8 +402,8 @@ def export_annotations(cfg: ExperimentConfig, out: Path, model: Optional[str] = 
     paths = Workdir(cfg.path)
     names = [dc.name for dc in expand_sweep(cfg.generation)]
     tests = {r["id"]: r for r in load_split(cfg.path, "test")}
-    manifest = read_json_if_present(paths.judge_manifest) or {}
-    annotator = f"tunesweep-judge:{(manifest.get('judge') or {}).get('model')}"
+    manifest = JudgeManifest.read(read_json_if_present(paths.judge_manifest))
+    annotator = f"tunesweep-judge:{manifest.judge_model}"
     rows = []
     for t in cfg.run_targets(model):
         judged = read_judgments(cfg.path, t.name, names)
@@ -355,21 +411,22 @@ def export_annotations(cfg: ExperimentConfig, out: Path, model: Optional[str] = 
             continue
         responses = read_target_responses(cfg.path, t.name, raced_out(cfg, t.name, names),
                                           checkpoint_hash=current_checkpoint_hash(cfg, t), cfg=cfg).records
+        entries = manifest.target(t.name).entries()
         for config, records in judged.items():
-            baseline = manifest["targets"][t.name]["configs"][config]["baseline"]
-            answers = {r["id"]: r["response"] for r in responses[config]}
-            base = {r["id"]: r["response"] for r in responses[baseline]} if baseline != "reference" else None
-            for rec in records:
-                test = tests[rec["id"]]
+            baseline = entries[config].baseline
+            answers = {r.id: r.response for r in responses[config]}
+            base = {r.id: r.response for r in responses[baseline]} if baseline != "reference" else None
+            for rec in map(JudgeRecord.from_json, records):
+                test = tests[rec.id]
                 instruction = test["instruction"] + (f"\n\n{test['input']}" if (test.get("input") or "").strip() else "")
-                output_1 = test["output"] if base is None else base[rec["id"]]
-                output_2 = answers[rec["id"]]
-                if sha256_text(output_1) != rec["baseline_sha256"] or sha256_text(output_2) != rec["answer_sha256"]:
-                    raise UserError(f"{paths.judge_file(t.name, config)}: row {rec['id']}: judged other answers than "
+                output_1 = test["output"] if base is None else base[rec.id]
+                output_2 = answers[rec.id]
+                if sha256_text(output_1) != rec.baseline_sha256 or sha256_text(output_2) != rec.answer_sha256:
+                    raise UserError(f"{paths.judge_file(t.name, config)}: row {rec.id}: judged other answers than "
                                     "the responses hold now; rerun `tunesweep judge --config <config>` first")
                 rows.append({"instruction": instruction, "output_1": output_1, "output_2": output_2,
                              "generator_1": f"{t.name}:{baseline}", "generator_2": f"{t.name}:{config}",
-                             "preference": 1.0 + rec["preference"], "annotator": annotator, "id": rec["id"]})
+                             "preference": 1.0 + rec.preference, "annotator": annotator, "id": rec.id})
     if not rows:
         raise UserError(f"{paths.judge_manifest}: no judgments to export; run `tunesweep judge --config <config>` first")
     write_json(out, rows)

@@ -29,7 +29,8 @@ import numpy as np
 
 from ..errors import UserError
 from ..files import derive_seed, fingerprint, read_jsonl, write_json
-from ..layout import RACE_COLUMNS, Workdir, race_full_sweep_tokens, read_json_if_present, records_digest, write_table
+from ..layout import RACE_COLUMNS, Workdir, read_json_if_present, read_race_state, write_table
+from ..records import ConfigEntry, RaceRound, RaceState, ResponseRecord, records_digest
 from ..provenance import logic
 from ..clean.stage import clean_response
 from ..evaluate.metrics import bootstrap_indices, build_metric
@@ -77,54 +78,54 @@ class _Race:
         self.beam_impl: dict[str, Optional[str]] = {}
         self.session = None
         self.build_s: Optional[float] = None
-        self.state: dict = {}
+        self.state: Optional[RaceState] = None
 
     # --- state ------------------------------------------------------------------------------------
 
-    def fresh_state(self) -> dict:
-        return {"identity": self.identity, "target": self.target, "metric": self.settings.metric,
-                "alpha": self.settings.alpha, "alpha_rule": self.settings.alpha_rule,
-                "rule": RULES[self.settings.alpha_rule], "planned_rounds": len(self.rounds),
-                "alpha_round": self.alpha_round, "keep": self.settings.keep, "rows_total": self.n,
-                "round_rows": [len(r) for r in self.rounds], "configs": list(self.jobs), "rounds": [],
-                "survivors": list(self.jobs), "eliminated": {}, "finished": False,
-                "usage": self.usage, "round_wall_s": [], "finish_wall_s": None}
+    def fresh_state(self) -> RaceState:
+        return RaceState(identity=self.identity, target=self.target, metric=self.settings.metric,
+                         alpha=self.settings.alpha, alpha_rule=self.settings.alpha_rule,
+                         rule=RULES[self.settings.alpha_rule], planned_rounds=len(self.rounds),
+                         alpha_round=self.alpha_round, keep=self.settings.keep, rows_total=self.n,
+                         round_rows=[len(r) for r in self.rounds], configs=list(self.jobs), rounds=[],
+                         survivors=list(self.jobs), eliminated={}, finished=False, usage=self.usage,
+                         round_wall_s=[], finish_wall_s=None)
 
-    def rows_of_config(self, config: str, state: dict) -> list[int]:
+    def rows_of_config(self, config: str, state: RaceState) -> list[int]:
         """The rows `config` holds after the rounds `state` has finished (and the finish, if done)."""
-        if state["finished"] and config in state["survivors"]:
+        if state.finished and config in state.survivors:
             return list(range(self.n))
-        last = state["eliminated"].get(config, {}).get("round", len(state["rounds"]))
+        last = state.eliminated_round(config) or len(state.rounds)
         return sorted(i for r in self.rounds[:last] for i in r)
 
     def resume(self, force: bool) -> bool:
         """Load race.json and the rows generated so far; False (start afresh) when anything does not match."""
-        state = None if force else read_json_if_present(self.paths.race_state(self.target))
-        if not state or state.get("identity") != self.identity:
+        data = None if force else read_json_if_present(self.paths.race_state(self.target))
+        state = RaceState.from_json(data) if data else None
+        if state is None or state.identity != self.identity:
             return False
-        entries = self.plan.manifest.get("configs") or {}
         index = {rid: i for i, rid in enumerate(self.request.row_ids)}
-        for config in state["configs"]:
+        for config in state.configs:
             want = self.rows_of_config(config, state)
             if not want:
                 continue
             path = self.paths.response_file(self.target, config)
-            entry = entries.get(config)
+            entry = self.plan.manifest.entry(config)
             try:
                 recs = read_jsonl(path)
             except (OSError, UserError):
                 return False
-            if not isinstance(entry, dict) or entry.get("inputs") != self.jobs[config].inputs or \
-                    records_digest(recs) != entry.get("generated_sha256"):
+            if (entry is None or entry.inputs != self.jobs[config].inputs
+                    or records_digest(recs) != entry.generated_sha256):
                 return False
-            got = {index.get(r.get("id")): r for r in recs}
+            got = {index.get(r.id): r for r in map(ResponseRecord.from_json, recs)}
             if any(i not in got for i in want):
                 return False
-            self.results[config] = {i: RowResult(got[i]["response_raw"], got[i]["finish_reason"], got[i]["num_tokens"])
+            self.results[config] = {i: RowResult(got[i].response_raw, got[i].finish_reason, got[i].num_tokens)
                                     for i in want}
-            self.beam_impl[config] = entry.get("beam_impl")
+            self.beam_impl[config] = entry.beam_impl
         self.state = state
-        self.usage = state["usage"]
+        self.usage = state.usage
         return True
 
     # --- generating -------------------------------------------------------------------------------
@@ -169,22 +170,17 @@ class _Race:
 
     # --- files ------------------------------------------------------------------------------------
 
-    def write(self, configs: list[str], state: dict) -> None:
+    def write(self, configs: list[str], state: RaceState) -> None:
         """Rewrite the files and manifest entries of `configs` with every row they hold now."""
         for config in configs:
             rows = sorted(self.results[config])
             done = ConfigDone(config, [self.results[config][i] for i in rows], self.usage[config]["wall_s"],
                               [config], self.usage[config]["tokens"], beam_impl=self.beam_impl.get(config))
-            out = state["eliminated"].get(config)
-            finished = state["finished"] and config in state["survivors"]
-            race = {"strategy": "race", "rounds": len(state["rounds"]), "race_json": "race.json"}
-            extra = {"race": race}
-            if not finished:
-                extra["partial"] = {"rows": len(rows), "of": self.n,
-                                    "round_eliminated": out["round"] if out else None,
-                                    "state": "eliminated" if out else "racing"}
+            finished = state.finished and config in state.survivors
+            extra = ConfigEntry.race_marks(len(state.rounds), self.paths.race_state(self.target).name, len(rows),
+                                           self.n, state.eliminated_round(config), finished)
             write_config(self.cfg, self.plan, self.jobs[config], done, self.usage[config]["wall_s"], rows, extra)
-        write_json(self.paths.manifest(self.target), self.plan.manifest)
+        write_json(self.paths.manifest(self.target), self.plan.manifest.to_json())
 
     # --- the race ---------------------------------------------------------------------------------
 
@@ -193,11 +189,11 @@ class _Race:
         clear_stale(plan)
         resumed = self.resume(force)
         state = self.state if resumed else self.fresh_state()
-        if resumed and state["finished"] and all(
+        if resumed and state.finished and all(
                 is_current(self.paths.response_file(self.target, c), self.jobs[c], plan.manifest, plan.test_sha)
-                for c in state["survivors"]):
+                for c in state.survivors):
             log.info("%s: race finished earlier (%d survivors), nothing to generate", self.target,
-                     len(state["survivors"]))
+                     len(state.survivors))
             return self.summary(state, generated=[])
         if not resumed:  # a race of other inputs (or none): its record must not pass for this one's
             self.paths.race_state(self.target).unlink(missing_ok=True)
@@ -207,16 +203,16 @@ class _Race:
                      len(plan.jobs))
             return self.summary(state, generated=[])
         if resumed:
-            log.info("%s: resuming the race after round %d of %d", self.target, len(state["rounds"]), len(self.rounds))
+            log.info("%s: resuming the race after round %d of %d", self.target, len(state.rounds), len(self.rounds))
         # The configs written so far keep their entries (their files are checked above); the rest are to come.
         run = start_run(plan, [] if resumed else plan.jobs)
-        plan.manifest["batch_invariance"] = {"skipped": "generation.strategy race: no batch-invariance check"}
-        plan.manifest["race"] = {"strategy": "race", "race_json": "race.json", "rule": state["rule"]}
-        write_json(self.paths.manifest(self.target), plan.manifest)
+        plan.manifest.batch_invariance = {"skipped": "generation.strategy race: no batch-invariance check"}
+        plan.manifest.set_race(self.paths.race_state(self.target).name, state.rule)
+        write_json(self.paths.manifest(self.target), plan.manifest.to_json())
         written: set[str] = set()
         try:
-            for r in range(len(state["rounds"]), len(self.rounds)):
-                survivors = list(state["survivors"])
+            for r in range(len(state.rounds), len(self.rounds)):
+                survivors = list(state.survivors)
                 if len(survivors) <= settings.keep:
                     break
                 wall = self.generate(self.rounds[r], survivors)
@@ -225,55 +221,54 @@ class _Race:
                 idx = bootstrap_indices(len(used), settings.resamples, derive_seed(self.cfg.seed, "race", r + 1))
                 leader, verdicts = judge_round(self.metric, per_config, idx, self.alpha_round, settings.keep)
                 out = [v.config for v in verdicts if v.eliminated]
-                state["rounds"].append({"round": r + 1, "rows_added": len(self.rounds[r]), "rows_used": len(used),
-                                        "survivors_before": survivors, "leader": leader,
-                                        "verdicts": [vars(v) for v in verdicts], "eliminated": out})
-                state["survivors"] = [c for c in survivors if c not in out]
+                state.rounds.append(RaceRound(round=r + 1, rows_added=len(self.rounds[r]), rows_used=len(used),
+                                              survivors_before=survivors, leader=leader,
+                                              verdicts=[vars(v) for v in verdicts], eliminated=out))
+                state.survivors = [c for c in survivors if c not in out]
                 for c in out:
-                    state["eliminated"][c] = {"round": r + 1, "rows": len(used)}
-                state["round_wall_s"].append(round(wall, 3))
+                    state.eliminate(c, r + 1, len(used))
+                state.round_wall_s.append(round(wall, 3))
                 self.write(survivors, state)
                 written.update(survivors)
-                write_json(self.paths.race_state(self.target), state)
+                write_json(self.paths.race_state(self.target), state.to_json())
                 log.info("%s: race round %d on %d rows: leader %s, %d eliminated, %d survive", self.target, r + 1,
-                         len(used), leader, len(out), len(state["survivors"]))
-            rest = sorted(set(range(self.n)) - {i for i in self.results[state["survivors"][0]]})
+                         len(used), leader, len(out), len(state.survivors))
+            rest = sorted(set(range(self.n)) - {i for i in self.results[state.survivors[0]]})
             t = time.perf_counter()
             if rest:
-                self.generate(rest, state["survivors"])
-            state["finish_wall_s"] = round(time.perf_counter() - t, 3)
-            state["finished"] = True
-            self.write(state["survivors"], state)
-            written.update(state["survivors"])
-            write_json(self.paths.race_state(self.target), state)
+                self.generate(rest, state.survivors)
+            state.finish_wall_s = round(time.perf_counter() - t, 3)
+            state.finished = True
+            self.write(state.survivors, state)
+            written.update(state.survivors)
+            write_json(self.paths.race_state(self.target), state.to_json())
         except BaseException as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            plan.manifest["incomplete"] = f"the race started {run['started']} failed: {reason[:300]}"
-            write_json(self.paths.manifest(self.target), plan.manifest)
+            plan.manifest.mark_failed(f"the race started {run.started} failed: {reason[:300]}")
+            write_json(self.paths.manifest(self.target), plan.manifest.to_json())
             raise
         finally:
             if self.session is not None:
                 self.session.close()
-        plan.manifest.pop("incomplete", None)
-        run["written"] = sorted(written)
+        plan.manifest.mark_finished()
+        run.set_written(sorted(written))
         if self.build_s is not None:
-            run["engine_builds"], run["engine_build_s"] = 1, round(self.build_s, 2)
-            plan.manifest["engine_builds"] = plan.manifest.get("engine_builds", 0) + 1
-        write_json(self.paths.manifest(self.target), plan.manifest)
+            run.built_engine(self.build_s)
+            plan.manifest.count_engine_build()
+        write_json(self.paths.manifest(self.target), plan.manifest.to_json())
         return self.summary(state, generated=sorted(written))
 
-    def summary(self, state: dict, generated: list[str]) -> dict:
-        usage = state["usage"]
-        tokens = sum(u["tokens"] for u in usage.values())
-        wall = sum(u["wall_s"] for u in usage.values())
+    def summary(self, state: RaceState, generated: list[str]) -> dict:
+        tokens = state.tokens()
+        wall = sum(u["wall_s"] for u in state.usage.values())
         return {"target": self.target, "backend": self.plan.backend.name, "configs": len(self.jobs),
                 "generated": generated, "skipped": [c for c in self.jobs if c not in generated],
                 "tokens": tokens, "wall_s": round(wall, 3), "tokens_per_s": round(tokens / wall, 1) if wall else None,
                 "engine_builds": 1 if self.build_s is not None else 0,
                 "engine_build_s": round(self.build_s, 2) if self.build_s is not None else None,
-                "race": {"survivors": list(state["survivors"]), "rounds": len(state["rounds"]),
-                         "planned_rounds": len(self.rounds), "eliminated": dict(state["eliminated"]),
-                         "full_sweep_tokens_estimate": race_full_sweep_tokens(state)}}
+                "race": {"survivors": list(state.survivors), "rounds": len(state.rounds),
+                         "planned_rounds": len(self.rounds), "eliminated": dict(state.eliminated),
+                         "full_sweep_tokens_estimate": state.full_sweep_tokens()}}
 
 
 def race_target(cfg, plan: TargetPlan, force: bool = False) -> dict:
@@ -285,28 +280,28 @@ def race_target(cfg, plan: TargetPlan, force: bool = False) -> dict:
 
 def race_rows(cfg, target: str) -> list[dict]:
     """race.csv's rows of one target from its race.json ([] when it has none)."""
-    state = read_json_if_present(Workdir(cfg.path).race_state(target))
-    if not state or not state.get("rounds"):
+    state = read_race_state(cfg.path, target)
+    if state is None:
         return []
     out = []
-    last_verdict: dict[str, tuple[dict, dict]] = {}
-    for rnd in state["rounds"]:
-        for v in rnd["verdicts"]:
+    last_verdict: dict[str, tuple[RaceRound, dict]] = {}
+    for rnd in state.rounds:
+        for v in rnd.verdicts:
             last_verdict[v["config"]] = (rnd, v)
-    for config in state["configs"]:
+    for config in state.configs:
         if config not in last_verdict:
             continue
         rnd, v = last_verdict[config]
-        gone = state["eliminated"].get(config)
+        gone = state.eliminated_round(config)
         out.append({"model": target, "config": config,
-                    "status": "eliminated" if gone else ("survivor" if state["finished"] else "racing"),
-                    "round_eliminated": gone["round"] if gone else None,
-                    "rows_used": gone["rows"] if gone else (state["rows_total"] if state["finished"] else
-                                                            rnd["rows_used"]),
-                    "rows_total": state["rows_total"], "rows_compared": rnd["rows_used"], "metric": state["metric"],
-                    "score": v["score"], "leader": rnd["leader"], "diff": v["diff"], "ci_low": v["ci_low"],
-                    "ci_high": v["ci_high"], "p": v["p"], "p_holm": v["p_holm"], "alpha_round": state["alpha_round"],
-                    "rule": state["alpha_rule"]})
+                    "status": "eliminated" if gone else ("survivor" if state.finished else "racing"),
+                    "round_eliminated": gone,
+                    "rows_used": state.eliminated_rows(config) if gone else (state.rows_total if state.finished else
+                                                                             rnd.rows_used),
+                    "rows_total": state.rows_total, "rows_compared": rnd.rows_used, "metric": state.metric,
+                    "score": v["score"], "leader": rnd.leader, "diff": v["diff"], "ci_low": v["ci_low"],
+                    "ci_high": v["ci_high"], "p": v["p"], "p_holm": v["p_holm"], "alpha_round": state.alpha_round,
+                    "rule": state.alpha_rule})
     return out
 
 

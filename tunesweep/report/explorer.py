@@ -60,14 +60,14 @@ def explorer_data(cfg: ExperimentConfig, scored: list[Scored], metrics: list[tup
         # The configs of its table: a config a race eliminated holds some rows only and is in no table.
         tr = read_target_responses(cfg.path, s.target.name, [dc.name for dc in configs if dc.name in s.table.index],
                                    fields=("response",), cfg=cfg)
-        per = {config: {r["id"]: r for r in recs} for config, recs in tr.records.items()}
+        per = {config: {r.id: r for r in recs} for config, recs in tr.records.items()}
         for r in next(iter(tr.records.values()), []):
-            if r["id"] not in seen:
-                seen.add(r["id"])
-                ids.append(r["id"])
-                t = test.get(r["id"], {})
-                rows.append({"id": str(r["id"]), "instruction": t.get("instruction", r.get("prompt", "")),
-                             "input": t.get("input", ""), "reference": r["reference"]})
+            if r.id not in seen:
+                seen.add(r.id)
+                ids.append(r.id)
+                t = test.get(r.id, {})
+                rows.append({"id": str(r.id), "instruction": t.get("instruction", r.prompt or ""),
+                             "input": t.get("input", ""), "reference": r.reference})
         if per:
             loaded[s.target.name] = per
             targets.append({"name": s.target.name, "label": target_label(s.target), "base": s.target.is_base})
@@ -78,9 +78,9 @@ def explorer_data(cfg: ExperimentConfig, scored: list[Scored], metrics: list[tup
         resp[name], finish[name], ntok[name], scores[name] = {}, {}, {}, {m: {} for m, _ in text_metrics}
         for config, by_id in per.items():
             recs = [by_id.get(i) for i in ids]
-            resp[name][config] = [None if r is None else r["response"] for r in recs]
-            finish[name][config] = [None if r is None else r.get("finish_reason") for r in recs]
-            ntok[name][config] = [None if r is None else r.get("num_tokens") for r in recs]
+            resp[name][config] = [None if r is None else r.response for r in recs]
+            finish[name][config] = [None if r is None else r.finish_reason for r in recs]
+            ntok[name][config] = [None if r is None else r.num_tokens for r in recs]
             for m, _ in text_metrics:
                 vals = [row_scores.get((config, str(i)), {}).get(m) for i in ids]
                 if any(v is not None for v in vals):

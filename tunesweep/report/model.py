@@ -19,6 +19,7 @@ import pandas as pd
 from .. import metric_registry
 from ..config import DecodingConfig, ExperimentConfig, RunTarget, centre_config, expand_sweep
 from ..layout import Workdir, check_vouched, read_frame, read_json_if_present
+from ..records import GenerationManifest
 from .explorer import explorer_data
 from .plots import Plot
 from .tables import MetricVerdict, Scored, read_comparisons, read_scored, table_metrics, verdicts
@@ -38,7 +39,7 @@ class ReportModel:
     perplexity_path: Path
     comparisons: Optional[pd.DataFrame]  # comparisons.csv, vouched for and with every expected column
     verdicts: dict[str, list[MetricVerdict]]  # per target, from tables.verdicts
-    manifests: dict[str, dict]  # llm_responses/<target>/manifest.json of the targets that have one
+    manifests: dict[str, GenerationManifest]  # llm_responses/<target>/manifest.json of the targets that have one
     cleaning: dict[str, Optional[dict]]  # llm_responses/<target>/cleaning.json per scored target
     training: dict[str, Optional[dict]]  # finetuned_models/<model>/tunesweep.json per model of the config
     human_summary: Optional[dict]
@@ -90,7 +91,8 @@ def build_model(cfg: ExperimentConfig) -> ReportModel:
     metrics = metrics_present(scored)
     centre = centre_config(cfg).name
     comparisons = read_comparisons(cfg)
-    manifests = {s.target.name: m for s in scored if (m := read_json_if_present(paths.manifest(s.target.name)))}
+    manifests = {s.target.name: GenerationManifest(m) for s in scored
+                 if (m := read_json_if_present(paths.manifest(s.target.name)))}
     return ReportModel(
         cfg=cfg, generated=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         scored=scored, configs=expand_sweep(cfg.generation), centre=centre, metrics=metrics,

@@ -21,12 +21,13 @@ from ..config import DecodingConfig, ExperimentConfig, ModelConfig, RunTarget
 from ..files import sha256_file, write_text
 from ..layout import Workdir, format_cell, markdown_table as md_table
 from ..provenance import library_versions
+from ..records import ConfigEntry, GenerationManifest, cleaning_configs, cleaning_rules, scored_targets
 from .race import race_section
 from .html import build_html
 from .model import ReportModel, base_compared_metrics, build_model, tested_metrics
 from .plots import Plot, draw_plots
 from .tables import (Scored, judge_summary, agreement_text, best_in_table, bertscore_empty_line, bertscore_line, decimals_for,
-                     fidelity_text, invariance_text, joined_versions, metric_settings, scored_targets,
+                     dash as _dash, fidelity_text, invariance_text, joined_versions, metric_settings,
                      scoring_versions, target_label, to_number, value_of)
 from .tables import (ALPHA, MetricVerdict, comparison_rows as _cmp_rows, family_size, holm_p_text, noise_note, p_text,
                      signed_diff, significant as _significant, VERDICT_INTRO)
@@ -55,7 +56,7 @@ MIN_ROWS_FOR_CI = 10
 
 
 def few_rows_note(metrics_json: Optional[dict]) -> Optional[str]:
-    rows = [int(t["rows"]) for t in scored_targets(metrics_json).values() if isinstance(t, dict) and t.get("rows")]
+    rows = [int(t.rows) for t in scored_targets(metrics_json).values() if t.rows]
     if rows and min(rows) < MIN_ROWS_FOR_CI:
         return (f"**Only {min(rows)} test rows: with fewer than {MIN_ROWS_FOR_CI}, the confidence intervals and "
                 "paired tests of this report are not meaningful.**")
@@ -302,8 +303,8 @@ def _cleaning_section(scored: list[Scored], cleaning: dict[str, Optional[dict]])
         if data is None:
             rows.append([target_label(s.target), "not cleaned"] + ["–"] * len(CLEAN_COUNTS))
             continue
-        rules = rules or data.get("rules")
-        per = data.get("configs", {})
+        rules = rules or cleaning_rules(data)
+        per = cleaning_configs(data)
         total = sum(int(c.get("rows", 0)) for c in per.values())
 
         def share(n: int, of: int) -> str:
@@ -322,7 +323,7 @@ def _cleaning_section(scored: list[Scored], cleaning: dict[str, Optional[dict]])
     return lines
 
 
-def _throughput_section(scored: list[Scored], manifests: dict[str, dict]) -> list[str]:
+def _throughput_section(scored: list[Scored], manifests: dict[str, GenerationManifest]) -> list[str]:
     lines = ["## Generation throughput", "",
              "From `llm_responses/<model>/manifest.json`: wall time and generated tokens summed over configs.", ""]
     rows, details = [], []
@@ -331,22 +332,22 @@ def _throughput_section(scored: list[Scored], manifests: dict[str, dict]) -> lis
         if data is None:
             rows.append([target_label(s.target), "no manifest", "–", "–", "–", "–", "–"])
             continue
-        per = data.get("configs", {})
-        wall = sum(to_number(c.get("wall_s")) or 0.0 for c in per.values())
-        tokens = sum(int(to_number(c.get("tokens")) or 0) for c in per.values())
-        rows.append([target_label(s.target), data.get("backend", "?"), data.get("test_rows", "–"), len(per),
+        per = data.entries()
+        wall = sum(to_number(c.wall_s) or 0.0 for c in per.values())
+        tokens = sum(int(to_number(c.tokens) or 0) for c in per.values())
+        rows.append([target_label(s.target), data.backend or "?", _dash(data.test_rows), len(per),
                      f"{wall:.1f}", tokens, f"{tokens / wall:.1f}" if wall else "–"])
         for config, c in per.items():
-            details.append([s.target.name, f"`{config}`", c.get("mode", "–"), c.get("rows", "–"),
-                            fmt(c.get("wall_s"), 2), c.get("tokens", "–"), fmt(c.get("tokens_per_s"), 1)])
+            details.append([s.target.name, f"`{config}`", _dash(c.mode), _dash(c.rows),
+                            fmt(c.wall_s, 2), _dash(c.tokens), fmt(c.tokens_per_s, 1)])
     lines += [md_table(["model", "backend", "test rows", "configs", "wall s", "tokens", "tokens/s"], rows), ""]
-    invariance = [f"- {name}: {invariance_text(m.get('batch_invariance'))}" for name, m in manifests.items()]
+    invariance = [f"- {name}: {invariance_text(m.batch_invariance)}" for name, m in manifests.items()]
     if invariance:
         lines += ["Batch invariance (manifest `batch_invariance`): the greedy config regenerated for the first test "
                   "rows in the same engine, each row alone and in reversed order; the share of rows whose generated "
                   "token ids equal the sweep's.", "", *invariance, ""]
     agreement = [f"- {name}: {text}" for name, m in manifests.items()
-                 if (text := agreement_text(m.get("replica_agreement")))]
+                 if (text := agreement_text(m.replica_agreement))]
     if agreement:
         lines += ["Replica agreement (manifest `replica_agreement`): the rows of a check sample regenerated by one "
                   "engine after the sweep on Ray replicas; the share of rows identical to the replicas' per config "
@@ -378,12 +379,12 @@ def _decoding_section(configs: list[DecodingConfig], manifests: dict) -> list[st
              "What each config name meant in practice: the mode that took effect, the parameters it ignores, and "
              "the main parameters actually passed to the generator (from the first manifest; "
              "`llm_responses/<model>/manifest.json` has all of them).", ""]
-    first = next(iter(manifests.values()), {}).get("configs", {})
+    first = next(iter(manifests.values()), GenerationManifest.empty())
     rows = []
     for dc in configs:
-        m = first.get(dc.name, {})
+        m = first.entry(dc.name) or ConfigEntry()
         rows.append([f"`{dc.name}`", dc.mode, dc.varied or "centre", ", ".join(dc.ignored) or "–",
-                     _effective_text(m.get("effective")), m.get("note") or "–"])
+                     _effective_text(m.effective), m.note or "–"])
     return lines + [md_table(["config", "mode", "varies", "ignores", "effective", "note"], rows), ""]
 
 
@@ -452,7 +453,8 @@ def _settings_section(cfg: ExperimentConfig, metrics_json: Optional[dict], manif
         lines += ["From `eval_results/metrics.json`:", "", "```json",
                   json.dumps(metric_settings(metrics_json), indent=2, ensure_ascii=False, default=str), "```", ""]
     lines += ["### Library versions", ""]
-    sources = {"generation": joined_versions(manifests.values()), "scoring": scoring_versions(metrics_json),
+    sources = {"generation": joined_versions(m.to_json() for m in manifests.values()),
+               "scoring": scoring_versions(metrics_json),
                "report": library_versions()}
     libs = sorted(set().union(*(set(v) for v in sources.values())))
     rows = [[lib] + [sources[s].get(lib, "–") for s in ("generation", "scoring", "report")] for lib in libs]

@@ -15,7 +15,8 @@ from .. import metric_registry
 from ..config import ExperimentConfig, RunTarget
 from ..errors import UserError
 from ..layout import (COMPARISON_COLUMNS, Workdir, check_vouched, format_cell, read_frame, read_json_if_present,
-                      responses_fingerprint, settings_change)
+                      read_manifest, responses_fingerprint, settings_change)
+from ..records import ScoredTarget, scored_targets
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,12 @@ def read_scored(cfg: ExperimentConfig) -> list[Scored]:
     if not eval_dir.is_dir():
         raise UserError(f"{eval_dir}: not found: the study has not been scored yet; {hint}")
     out = []
-    scored_meta = (read_json_if_present(paths.metrics_json) or {}).get("targets") or {}
+    scored_meta = scored_targets(read_json_if_present(paths.metrics_json))
     for t in cfg.run_targets():
         path = paths.table(t.name)
         if not path.is_file():
             continue
-        check_still_current(cfg, t, path, scored_meta.get(t.name) or {})
+        check_still_current(cfg, t, path, scored_meta.get(t.name) or ScoredTarget())
         table = read_frame(check_vouched(cfg.path, path))
         for col in ("config", "mode"):
             if col not in table.columns:
@@ -81,17 +82,17 @@ def read_comparisons(cfg: ExperimentConfig) -> Optional[pd.DataFrame]:
     return df
 
 
-def check_still_current(cfg: ExperimentConfig, t: RunTarget, path: Path, scored: dict) -> None:
+def check_still_current(cfg: ExperimentConfig, t: RunTarget, path: Path, scored: ScoredTarget) -> None:
     """A table is reported only while what it was scored from (metrics.json's `scored_from`) is what the
     responses' manifest.json, cleaning.json and alpaca_data/test.jsonl hold now (regenerated, re-cleaned or
     re-split since: stale), and while the config's settings are those the responses were generated with."""
-    now = responses_fingerprint(cfg.path, t.name, scored.get("configs", []))
-    if scored.get("scored_from") != now:
+    configs = scored.configs if scored.configs is not None else []
+    now = responses_fingerprint(cfg.path, t.name, configs)
+    if scored.scored_from != now:
         raise UserError(f"{path}: scored from responses that are not the current run's (regenerated, re-cleaned, "
                         f"re-split or scored by an older tunesweep since); rerun `tunesweep score --config <config>`")
-    manifest = read_json_if_present(Workdir(cfg.path).manifest(t.name)) or {}
-    for config, entry in (manifest.get("configs") or {}).items():
-        if config in scored.get("configs", []) and (change := settings_change(cfg, entry)):
+    for config, entry in read_manifest(cfg.path, t.name).entries().items():
+        if config in configs and (change := settings_change(cfg, entry)):
             raise UserError(f"{path}: {config} was generated with other settings than the config has now "
                             f"({change}); rerun `tunesweep generate` and `tunesweep score` before the report")
 
@@ -156,14 +157,14 @@ def joined_versions(records) -> dict[str, str]:
     return {lib: " / ".join(map(str, vs)) for lib, vs in seen.items()}
 
 
-def scored_targets(metrics_json: Optional[dict]) -> dict:
-    targets = (metrics_json or {}).get("targets")
-    return targets if isinstance(targets, dict) else {}
+def dash(value):
+    """A table cell: the value, or – where the record has none."""
+    return "–" if value is None else value
 
 
 def bertscore_empty_line(metrics_json: Optional[dict], target: str) -> Optional[str]:
     """The sentence under a BERTScore table: empty responses are scored 0, how many, per config."""
-    empty = scored_targets(metrics_json).get(target, {}).get("bertscore_empty")
+    empty = scored_targets(metrics_json).get(target, ScoredTarget()).bertscore_empty
     if not isinstance(empty, dict):
         return None
     total = sum(int(n) for n in empty.values())

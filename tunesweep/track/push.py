@@ -31,6 +31,7 @@ from ..config import ExperimentConfig, expand_sweep
 from ..files import fingerprint, read_json, sha256_file
 from ..layout import Workdir, read_rows
 from ..provenance import library_versions
+from ..records import GenerationManifest, ScoredTarget, scored_targets
 from ..tracking import (PARENT_TAG, connect, eval_key, experiment_id, experiment_name, finetune_key, open_run,
                         runs_by_key, study_key, study_settings, tracking_uri)
 
@@ -155,26 +156,21 @@ def finetune_spec(record: dict, checkpoint_sha256: Optional[str] = None) -> RunS
 def eval_specs(cfg: ExperimentConfig) -> list[RunSpec]:
     """One spec per target x config that score vouches for."""
     paths = Workdir(cfg.workdir)
-    scored = (read_if_present(paths.metrics_json) or {}).get("targets") or {}
+    scored = scored_targets(read_if_present(paths.metrics_json))
     tidy = read_rows(paths.tidy_table) if paths.tidy_table.is_file() else []
     comparisons = read_rows(paths.comparisons) if paths.comparisons.is_file() else []
     perplexity = {r["model"]: r for r in read_rows(paths.perplexity_table)} if paths.perplexity_table.is_file() else {}
     out = []
     for target in cfg.run_targets():
-        manifest = read_if_present(paths.manifest(target.name)) or {}
-        entries = manifest.get("configs") or {}
-        vouched = ((scored.get(target.name) or {}).get("scored_from") or {}).get("generated_sha256") or {}
+        manifest = GenerationManifest(read_if_present(paths.manifest(target.name)) or {})
+        vouched = scored.get(target.name, ScoredTarget())
         for dc in expand_sweep(cfg.generation):
-            entry = entries.get(dc.name)
-            if not entry or not entry.get("generated_sha256") or vouched.get(dc.name) != entry["generated_sha256"]:
+            entry = manifest.entry(dc.name)
+            if (entry is None or not entry.generated_sha256
+                    or vouched.generated_sha256(dc.name) != entry.generated_sha256):
                 continue
-            params = flatten({"model": target.name, "config": dc.name, "mode": entry.get("mode"),
-                              "top_k": entry.get("top_k"), "num_beams": entry.get("num_beams"),
-                              "temperature": entry.get("temperature"), "ignored": entry.get("ignored"),
-                              "effective": entry.get("effective"), "seed": entry.get("seed"),
-                              "max_new_tokens": entry.get("max_new_tokens"), "rows": entry.get("rows"),
-                              "backend": entry.get("backend"), "checkpoint_hash": entry.get("checkpoint_hash")})
-            metrics = {"tokens_per_s": number(entry.get("tokens_per_s")), "generate_wall_s": number(entry.get("wall_s"))}
+            params = flatten({"model": target.name, "config": dc.name, **entry.tracking_params()})
+            metrics = {"tokens_per_s": number(entry.tokens_per_s), "generate_wall_s": number(entry.wall_s)}
             for row in tidy:
                 if row["model"] == target.name and row["config"] == dc.name:
                     m = row["metric"]
@@ -191,8 +187,8 @@ def eval_specs(cfg: ExperimentConfig) -> list[RunSpec]:
                     metrics.update({stem: number(row["diff"]), f"{stem}_ci_low": number(row["ci_low"]),
                                     f"{stem}_ci_high": number(row["ci_high"]), f"{stem}_p_holm": number(row["p_holm"])})
             tags = {"tunesweep.target": target.name, "tunesweep.config": dc.name,
-                    "tunesweep.generated_sha256": entry["generated_sha256"]}
-            out.append(RunSpec(eval_key(target.name, dc.name, entry.get("inputs") or entry["generated_sha256"]),
+                    "tunesweep.generated_sha256": entry.generated_sha256}
+            out.append(RunSpec(eval_key(target.name, dc.name, entry.inputs or entry.generated_sha256),
                                f"{target.name} {dc.name}", "eval", params=params,
                                metrics={k: v for k, v in metrics.items() if v is not None}, tags=tags))
     return out
@@ -205,8 +201,8 @@ def study_runs(cfg: ExperimentConfig) -> tuple[RunSpec, list[RunSpec]]:
     for m in cfg.models:
         record = read_if_present(paths.model_record(m.name))
         if record and record.get("inputs_fingerprint"):
-            manifest = read_if_present(paths.manifest(m.name)) or {}
-            children.append(finetune_spec(record, manifest.get("checkpoint_hash")))
+            manifest = GenerationManifest(read_if_present(paths.manifest(m.name)) or {})
+            children.append(finetune_spec(record, manifest.checkpoint_hash))
     children.extend(eval_specs(cfg))
     return study_spec(cfg), children
 
