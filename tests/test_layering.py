@@ -161,3 +161,13 @@ def test_the_graph_holds_known_edges_of_every_kind():
     assert "tunesweep.metric_registry" in edges["tunesweep.config"]  # from . import metric_registry
     assert "tunesweep.cli" in edges["tunesweep.__main__"]
     assert {"tunesweep.generate.stage", "tunesweep.evaluate.metrics"} <= edges["tunesweep.race.stage"]
+
+
+def test_no_function_is_longer_than_80_lines():
+    """Issue 19: a function a newcomer reads in one screen; longer ones are split into named steps."""
+    long = []
+    for path in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
+                long.append(f"{path.relative_to(PKG.parent)}:{node.lineno} {node.name}")
+    assert not long, long
