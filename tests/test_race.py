@@ -239,6 +239,11 @@ def test_hf_race_survivors_are_the_full_sweep_and_the_hot_config_goes_first(hf_r
     results = text[text.index("## Results per model"):text.index("## Race")]
     assert f"| `{HOT}` | 1 | 8 of 24 |" in race_part and "(8 rows)" in race_part and "bonferroni" in race_part
     assert HOT not in results and (race_dir / "eval_results" / "plots" / "race_survivors.png").is_file()
+    # report.html renders the same section from the same blocks: the same row, the plot inline.
+    page = (race_dir / "eval_results" / "report.html").read_text()
+    race_html = page[page.index('<section id="race">'):page.index("</section>", page.index('<section id="race">'))]
+    assert f"<td><code>{HOT}</code></td><td>1</td><td>8 of 24</td>" in race_html and "(8 rows)" in race_html
+    assert "data:image/png;base64," in race_html and '<a href="#race">' in page
     # A full sweep after the race takes the survivors as current: only the eliminated configs are pending.
     full_now = load_config(race_cfg, {"generation.strategy": "full"})
     plan = plan_target(full_now, full_now.run_targets()[0], "hf", load_split(race_dir, "test"), None)

@@ -248,6 +248,13 @@ def _comparison_row(r: dict, columns: list[str], numeric: set[str], family: int)
     return f'<tr{" class=sig data-sig=1" if sig else ""}>{"".join(cells)}</tr>'
 
 
+def marks(text: str) -> str:
+    """The two markdown marks the shared section texts use (judge_summary, race blocks): **bold** and `code`."""
+    out = esc(text)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+
+
 def _judge_section(metrics_json: Optional[dict]) -> str:
     """The LLM judge: the report.md section's paragraphs and table (tables.judge_summary)."""
     found = judge_summary(metrics_json)
@@ -255,15 +262,30 @@ def _judge_section(metrics_json: Optional[dict]) -> str:
         return ""
     paragraphs, header, rows = found
 
-    def marks(text: str) -> str:  # the two markdown marks judge_summary uses: **bold** and `code`
-        out = esc(text)
-        out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
-        return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
-
     body = [f"<p>{marks(paragraphs[0])}</p>",
             _table(header, ("<tr>" + "".join(f"<td>{marks(str(c))}</td>" for c in row) + "</tr>" for row in rows))]
     body += [f"<p>{marks(p)}</p>" for p in paragraphs[1:]]
     return '<section id="judge"><h2>LLM judge</h2>' + "".join(body) + "</section>"
+
+
+def _race_section(blocks: list) -> str:
+    """The race (report/race.py's blocks, the ones report.md renders)."""
+    if not blocks:
+        return ""
+    out = ['<section id="race"><h2>Race</h2>']
+    for b in blocks:
+        if b.kind == "h3":
+            out.append(f"<h3>{esc(b.text)}</h3>")
+        elif b.kind == "p":
+            out.append(f"<p>{marks(b.text)}</p>")
+        elif b.kind == "plot":
+            if b.path.is_file():
+                out.append(f'<figure><img alt="survivors per round" src="{png_data_uri(b.path)}">'
+                           f"<figcaption>{esc(b.path.name)}</figcaption></figure>")
+        else:
+            out.append(_table(b.header, ("<tr>" + "".join(f"<td>{marks(c)}</td>" for c in row) + "</tr>"
+                                         for row in b.rows)))
+    return "".join(out + ["</section>"])
 
 
 def _plots_section(plots: list[Plot]) -> str:
@@ -428,9 +450,8 @@ def build_html(model: ReportModel) -> str:
     """report.html from the report model (the same one report.md is rendered from)."""
     summary = (f"{len(model.scored)} model(s) × {len(model.configs)} decoding configs × {len(model.explorer['rows'])} "
                f"test rows, {model.cfg.generation.mode} sweep around {model.centre}. Report written {model.generated}.")
-    nav = "".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in (
-        ("verdict", "verdict"), ("results", "results"), ("plots", "plots"), ("comparisons", "comparisons"), ("explorer", "explorer"),
-        ("settings", "settings")))
+    anchors = ["verdict", "results", "plots"] + (["race"] if model.race else []) + ["comparisons", "explorer", "settings"]
+    nav = "".join(f'<a href="#{a}">{esc(a)}</a>' for a in anchors)
     body = [
         f"<header><h1>{esc(model.cfg.name)}</h1><p>{esc(summary)}</p><nav>{nav}</nav></header>",
         "<main>",
@@ -438,6 +459,7 @@ def build_html(model: ReportModel) -> str:
         _results_section(model.configs, model.scored, model.metrics, model.perplexity, model.metrics_json,
                          model.verdicts),
         _plots_section(model.plots),
+        _race_section(model.race),
         _comparisons_section(model.comparisons),
         _judge_section(model.metrics_json),
         _explorer_section(model.explorer),

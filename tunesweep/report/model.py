@@ -48,7 +48,7 @@ class ReportModel:
     explorer: dict  # the response explorer's data (explorer.explorer_data)
     inputs: list[Path]  # the files the report is made from, for report.md's Inputs
     plots: list[Plot] = field(default_factory=list)  # drawn by the stage (plots.draw_plots) before rendering
-    race: list[str] = field(default_factory=list)  # report.md's race section (report/race.py), drawn with the plots
+    race: list = field(default_factory=list)  # the race section's RaceBlocks (report/race.py), drawn with the plots
 
 
 # comparisons.csv has no paired test of the length-controlled win rate (a refit per resample and config pair).

@@ -22,7 +22,7 @@ from ..files import sha256_file, write_text
 from ..layout import Workdir, format_cell, markdown_table as md_table
 from ..provenance import library_versions
 from ..records import ConfigEntry, GenerationManifest, cleaning_configs, cleaning_rules, scored_targets
-from .race import race_section
+from .race import race_markdown, race_section
 from .html import build_html
 from .model import ReportModel, base_compared_metrics, build_model, tested_metrics
 from .plots import Plot, draw_plots
@@ -500,7 +500,7 @@ def render_markdown(model: ReportModel) -> str:
                                m.centre),
         _training_section(m.cfg.models, m.training),
         _plots_section(m.plots),
-        m.race,  # report.md only (report.html: not yet)
+        race_markdown(m.race),
         _perplexity_section(m.perplexity, m.perplexity_path, m.targets),
         _human_section(m.human_summary, m.human_cells),
         judge_section(m.metrics_json),
@@ -520,7 +520,7 @@ def report(cfg: ExperimentConfig) -> Path:
     # check stops the stage with neither page updated.
     model = build_model(cfg)
     model.plots = draw_plots(model.cfg, model.scored, model.metrics, paths.plots_dir)
-    model.race, _ = race_section(cfg, paths.plots_dir)
+    model.race = race_section(cfg, paths.plots_dir)
     text, page = render_markdown(model), build_html(model)
     write_text(paths.report, text)
     log.info("report: %s (%d plots in %s)", paths.report, len(model.plots), paths.plots_dir)
