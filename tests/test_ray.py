@@ -262,6 +262,72 @@ def test_hf_on_two_replicas_writes_the_local_runs_files_even_when_one_is_killed(
     assert again["generated"] == [] and again["engine_builds"] == 0
 
 
+@RAY_MARK
+def test_a_race_on_two_hf_replicas_is_the_local_race_even_when_one_is_killed(ray_local, tmp_path, tiny_model_dir,
+                                                                             monkeypatch):
+    """generation.strategy race on 2 replica sessions: every round's whole hf batches are split between the
+    replicas (each batch keeps its index, so its seed and padding), and the race writes the local race's files,
+    race.json verdicts (rounds, survivors, eliminated) and race.csv, also when the second replica is SIGKILLed
+    after its first config of round 2 and started again (its session loaded again) for the rest of its shard."""
+    from test_race import hf_study, make_wordy, response_bytes
+
+    from tunesweep.race import generate_responses
+    from tunesweep.generate.sharded import ShardedBackend
+
+    model = make_wordy(tiny_model_dir, tmp_path / "wordy")
+    runs = {}
+    for name, execution in (("local", ""), ("ray", "execution: {backend: ray, replicas: 2, retries: 1}\n")):
+        config = hf_study(tmp_path / name, model, "race")
+        # batches of 4: each round of 8 rows is 2 batches, one per replica
+        text = config.read_text().replace("hf_batch_size: 8", "hf_batch_size: 4")
+        assert "hf_batch_size: 4" in text
+        config.write_text(text + execution)
+        runs[name] = config
+    local_dir, ray_dir = tmp_path / "local" / "work", tmp_path / "ray" / "work"
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a replica actor (1 CPU): 2 threads on this busy 2-core box were 5x slower
+    t = time.perf_counter()
+    try:
+        [local] = generate_responses(load_config(runs["local"]))
+    finally:
+        torch.set_num_threads(threads)
+    print(f"local race: {time.perf_counter() - t:.1f} s")
+
+    second, killed = [], []  # the second replica's shards (a new one per round), the config it was killed after
+
+    def kill_second_replica_in_round_2(shard, config):
+        if shard.index == 1:
+            if not any(s is shard for s in second):
+                second.append(shard)
+            if len(second) == 2 and not killed:
+                ray_local.kill(shard.actor)  # SIGKILL of the actor process, as a lost node would do
+                killed.append(config)
+
+    monkeypatch.setattr(ShardedBackend, "on_config", staticmethod(kill_second_replica_in_round_2))
+    started = []
+    real_open = ShardedBackend.open
+    monkeypatch.setattr(ShardedBackend, "open", lambda self, request: started.append(self) or real_open(self, request))
+    t = time.perf_counter()
+    [on_ray] = generate_responses(load_config(runs["ray"]))
+    print(f"race on 2 replicas: {time.perf_counter() - t:.1f} s")
+    assert killed, "the actor was not killed in round 2"
+    # 2 replica sessions, the killed one's started again
+    assert [len(b.started) for b in started] == [3]
+    assert on_ray["tokens"] == local["tokens"] and on_ray["race"] == local["race"]
+
+    states = [json.loads((d / "llm_responses" / "tiny" / "race.json").read_text()) for d in (local_dir, ray_dir)]
+    for key in ("identity", "rounds", "survivors", "eliminated", "round_rows"):
+        assert states[0][key] == states[1][key], key
+    assert states[0]["eliminated"] and len(states[0]["rounds"]) >= 2
+    # Each round's 2 batches went one to each replica; the killed one's restart delivered the rest of round 2.
+    assert [len(s.batches) for s in second[:2]] == [1, 1]
+    assert sorted(second[1].received) == sorted(states[0]["rounds"][1]["survivors_before"])
+    assert response_bytes(ray_dir) == response_bytes(local_dir)
+    assert (ray_dir / "eval_results" / "race.csv").read_bytes() == (local_dir / "eval_results" / "race.csv").read_bytes()
+
+
 class _DyingBackend:
     """A generation backend whose every replica process dies at once (made an HfBackend subclass below)."""
 
