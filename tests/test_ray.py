@@ -138,6 +138,29 @@ def test_rows_that_depend_on_their_batch_are_sharded_by_whole_batches():
     assert shard_invariance(None, shards) == {}
 
 
+def test_a_race_round_is_sharded_by_its_whole_batches_with_their_indices():
+    """A race round on replicas (ShardedSession): the round's request (rows 0, 1, 3, 4 of 7: hf batches 0 and 2 of
+    the whole list) is split into whole batches, and each replica's request keeps the batch's whole-list index
+    (its seed) and the rows' own per-request seeds."""
+    from tunesweep.generate.backend import Job, Request
+    from tunesweep.generate.sharded import plan_request_shards, rows_of
+
+    batches = [[4, 0], [2, 5], [1, 3], [6]]
+    request = Request(checkpoint="c", engine={}, row_ids=[f"r{i}" for i in range(7)],
+                      prompts=[f"p{i}" for i in range(7)], jobs=[Job(None, "generate", {}, "", tuple(range(10, 17)), "x")],
+                      stop=[], seed=1, batch_size=2)
+    rows = [0, 1, 3, 4]  # as race/stage.py asks: the batches wholly inside the round, by whole-list index
+    round_ = rows_of(request, rows, request.jobs, batches=[(b, idx) for b, idx in enumerate(batches) if set(idx) <= set(rows)])
+    assert round_.batches == [(0, [3, 0]), (2, [1, 2])]
+    shards = plan_request_shards(round_, 2)
+    assert [(s.rows, s.batches) for s in shards] == [([0, 3], [(0, [3, 0])]), ([1, 2], [(2, [1, 2])])]
+    second = rows_of(round_, shards[1].rows, round_.jobs, batches=shards[1].batches)
+    assert second.row_ids == ["r1", "r3"] and second.jobs[0].seeds == (11, 13) and second.batches == [(2, [0, 1])]
+    # vLLM (no batches): the round's rows in contiguous runs
+    plain = rows_of(request, [4, 5, 6], request.jobs)
+    assert [(s.rows, s.batches) for s in plan_request_shards(plain, 2)] == [([0, 1], None), ([2], None)]
+
+
 def config_done_of(rows):
     from tunesweep.generate.backend import ConfigDone
 

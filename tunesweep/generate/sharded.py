@@ -159,6 +159,17 @@ def plan_shards(n_rows: int, replicas: int, batches: Optional[list[list[int]]] =
             for i, (lo, hi) in enumerate(shard_bounds(len(batches), replicas))]
 
 
+def plan_request_shards(request: Request, replicas: int) -> list[_Shard]:
+    """plan_shards over a sub-request's rows (a race's round): contiguous rows, or with `request.batches` contiguous
+    runs of its whole batches, each keeping its batch index of the whole row list (its seed)."""
+    units = None if request.batches is None else [idx for _, idx in request.batches]
+    shards = plan_shards(len(request.row_ids), replicas, units)
+    for shard in shards:
+        if shard.batches is not None:  # plan_shards numbers the round's batches from 0
+            shard.batches = [(request.batches[p][0], idx) for p, idx in shard.batches]
+    return shards
+
+
 def shard_place(shard: _Shard, n_shards: int, n_batches: int, rows: Optional[list[int]] = None) -> str:
     """Which replica and rows, for a log line or an error: `rows` are the shard's rows as indices of the whole
     test split where shard.rows index a sub-request (a race's round)."""
@@ -401,7 +412,7 @@ class ShardedSession(Session):
                 self._start(k)
             self.build_s = max(self._open_all())
         except BaseException:
-            self.close()
+            self.close(graceful=False)  # nothing loaded to shut down cleanly: do not wait for loads in flight
             raise
         log.info("%s: %d replica session(s) loaded, kept for every round", self.target, self.replicas)
 
@@ -458,11 +469,7 @@ class ShardedSession(Session):
     def run(self, request: Request) -> Iterator[Message]:
         import ray
 
-        units = None if request.batches is None else [idx for _, idx in request.batches]
-        shards = plan_shards(len(request.row_ids), self.replicas, units)
-        for shard in shards:
-            if shard.batches is not None:  # plan_shards numbers the round's batches; keep the whole list's index
-                shard.batches = [(request.batches[p][0], idx) for p, idx in shard.batches]
+        shards = plan_request_shards(request, self.replicas)
 
         def where(shard: _Shard) -> str:
             return shard_place(shard, len(shards), self.n_batches,
@@ -501,15 +508,17 @@ class ShardedSession(Session):
         if missing:
             raise UserError(f"{self.target}: the race replicas finished a round without configs {', '.join(missing)}")
 
-    def close(self) -> None:
-        """Close every replica's session (a vLLM engine shuts down in its actor), then kill the actors."""
+    def close(self, graceful: bool = True) -> None:
+        """Close every replica's session (a vLLM engine shuts down in its actor), then kill the actors (the
+        engine child of a killed actor dies with it)."""
         import ray
 
         live = [a for a in self.actors if a is not None]
-        try:
-            ray.wait([a.close.remote() for a in live], num_returns=len(live), timeout=120)
-        except Exception:
-            pass
+        if graceful and live:
+            try:
+                ray.wait([a.close.remote() for a in live], num_returns=len(live), timeout=120)
+            except Exception:
+                pass
         for actor in live:
             try:
                 ray.kill(actor)
