@@ -35,8 +35,8 @@ from typing import Iterator, Optional
 from ..cluster import check_shared, first_line, user_error
 from ..config import DecodingConfig, ExperimentConfig
 from ..errors import UserError
-from .backend import (AgreementDone, Backend, ConfigDone, EngineBuilt, InvarianceCheck, InvarianceDone, Message,
-                      Request, Session, identical_fraction)
+from .backend import (AgreementDone, Backend, ConfigDone, EngineBuilt, InvarianceCheck, Message, Request, Session,
+                      identical_fraction)
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,48 @@ def shard_place(shard: _Shard, n_shards: int, n_batches: int, rows: Optional[lis
     return f"{shard.index + 1}/{n_shards} ({span} of {n_batches}: {len(shard.rows)} test rows)"
 
 
+def gather(shards: list[_Shard], request: Request, failed, finished, on_config, target: str) -> Iterator[Message]:
+    """The shards' messages (each shard's actor answering `next` until None), until every shard is done: a config
+    is handed over once every shard has delivered it, merged in row order, configs in `request`'s job order;
+    other messages pass as they come. A failed call goes to failed(shard, exc) (it raises, or starts the shard
+    again with a new ref), a shard that answers None to finished(shard); on_config(shard, config) on each
+    delivery (tests kill an actor there)."""
+    import ray
+    from ray.exceptions import RayError
+
+    order = [j.config for j in request.jobs]
+    merged: set[str] = set()
+    while True:
+        live = {s.ref: s for s in shards if not s.done and s.ref is not None}
+        if not live:
+            break
+        ready, _ = ray.wait(list(live), num_returns=1)
+        shard = live[ready[0]]
+        try:
+            msg = ray.get(ready[0])
+        except RayError as exc:
+            failed(shard, exc)
+            continue
+        if msg is None:
+            shard.done = True
+            finished(shard)
+            continue
+        shard.ref = shard.actor.next.remote()
+        if not isinstance(msg, ConfigDone):
+            yield msg
+            continue
+        shard.received[msg.config] = msg
+        if on_config is not None:
+            on_config(shard, msg.config)
+        for config in order:
+            if config not in merged and all(config in s.received for s in shards):
+                merged.add(config)
+                yield merge([(s.rows, s.received[config]) for s in shards], len(request.row_ids))
+    missing = [c for c in order if c not in merged]
+    if missing:
+        raise UserError(f"{target}: the replicas finished without configs {', '.join(missing)}")
+
+
 def shard_invariance(check, shards: list[_Shard]) -> dict[int, InvarianceCheck]:
     """The batch-invariance check (sample rows of the full request) for the shard holding most of its rows
     (the first on a tie), on the rows it holds, as indices into that shard's rows; {} without a check."""
@@ -254,7 +296,6 @@ class ShardedBackend(Backend):
 
     def run(self, request: Request) -> Iterator[Message]:
         import ray
-        from ray.exceptions import RayActorError, RayError, RayTaskError
 
         actor_cls = ray.remote(EngineReplica)
         batches = self.inner.row_batches(request)
@@ -266,49 +307,23 @@ class ShardedBackend(Backend):
                      request.batch_size, len(shards), self.replicas)
         # The batch-invariance sample indexes the full row list: the shard holding most of it runs it.
         self.invariance = shard_invariance(request.invariance, shards)
-        order = [j.config for j in request.jobs]
-        merged: set[str] = set()
         results: dict[str, list] = {}  # config -> merged RowResults (for the agreement check)
+
+        def failed(shard: _Shard, exc: Exception) -> None:
+            if (err := user_error(exc)) is not None:
+                raise err from None
+            self._failed(ray, actor_cls, request, shard, exc)
+
+        def finished(shard: _Shard) -> None:
+            ray.kill(shard.actor)  # the engine process has exited; free the actor's CPUs and GPUs
+
         try:
             for shard in shards:
                 self._start(ray, actor_cls, request, shard)
-            while True:
-                live = {s.ref: s for s in shards if not s.done and s.ref is not None}
-                if not live:
-                    break
-                ready, _ = ray.wait(list(live), num_returns=1)
-                shard = live[ready[0]]
-                try:
-                    msg = ray.get(ready[0])
-                except RayTaskError as exc:
-                    if (err := user_error(exc)) is not None:
-                        raise err from None
-                    self._failed(ray, actor_cls, request, shard, exc)
-                    continue
-                except (RayActorError, RayError) as exc:
-                    self._failed(ray, actor_cls, request, shard, exc)
-                    continue
-                if msg is None:
-                    shard.done = True
-                    ray.kill(shard.actor)  # the engine process has exited; free the actor's CPUs and GPUs
-                    continue
-                shard.ref = shard.actor.next.remote()
-                if isinstance(msg, (EngineBuilt, InvarianceDone)):
-                    yield msg
-                    continue
-                shard.received[msg.config] = msg
-                if self.on_config is not None:
-                    self.on_config(shard, msg.config)
-                # Hand over every config that all shards have delivered, in sweep order.
-                for config in order:
-                    if config not in merged and all(config in s.received for s in shards):
-                        merged.add(config)
-                        done = merge([(s.rows, s.received[config]) for s in shards], len(request.row_ids))
-                        results[config] = done.results
-                        yield done
-            missing = [c for c in order if c not in merged]
-            if missing:
-                raise UserError(f"{self.target}: the replicas finished without configs {', '.join(missing)}")
+            for msg in gather(shards, request, failed, finished, self.on_config, self.target):
+                if isinstance(msg, ConfigDone):
+                    results[msg.config] = msg.results
+                yield msg
             if self.agreement_rows and self.n_shards > 1:
                 yield from self._agreement(ray, actor_cls, request, results, batches)
         finally:
@@ -467,46 +482,20 @@ class ShardedSession(Session):
         shard.ref = shard.actor.begin.remote(rows_of(request, shard.rows, jobs, batches=shard.batches))
 
     def run(self, request: Request) -> Iterator[Message]:
-        import ray
-
         shards = plan_request_shards(request, self.replicas)
 
         def where(shard: _Shard) -> str:
             return shard_place(shard, len(shards), self.n_batches,
                                [self.index[request.row_ids[r]] for r in shard.rows])
 
-        order = [j.config for j in request.jobs]
-        merged: set[str] = set()
+        def failed(shard: _Shard, exc: Exception) -> None:
+            self._failed(shard.index, exc, where(shard))
+            self._begin(request, shard)
+
         for shard in shards:
             self._begin(request, shard)
-        while True:
-            live = {s.ref: s for s in shards if not s.done}
-            if not live:
-                break
-            ready, _ = ray.wait(list(live), num_returns=1)
-            shard = live[ready[0]]
-            try:
-                msg = ray.get(ready[0])
-            except Exception as exc:
-                self._failed(shard.index, exc, where(shard))
-                self._begin(request, shard)
-                continue
-            if msg is None:
-                shard.done = True  # the round's shard is done; the actor keeps its session for the next round
-                continue
-            shard.ref = shard.actor.next.remote()
-            if not isinstance(msg, ConfigDone):  # a session loads no model per request; a race asks no checks
-                continue
-            shard.received[msg.config] = msg
-            if self.backend.on_config is not None:
-                self.backend.on_config(shard, msg.config)
-            for config in order:
-                if config not in merged and all(config in s.received for s in shards):
-                    merged.add(config)
-                    yield merge([(s.rows, s.received[config]) for s in shards], len(request.row_ids))
-        missing = [c for c in order if c not in merged]
-        if missing:
-            raise UserError(f"{self.target}: the race replicas finished a round without configs {', '.join(missing)}")
+        # A finished shard's actor keeps its session for the next round; a session sends only ConfigDones.
+        yield from gather(shards, request, failed, lambda shard: None, self.backend.on_config, self.target)
 
     def close(self, graceful: bool = True) -> None:
         """Close every replica's session (a vLLM engine shuts down in its actor), then kill the actors (the
