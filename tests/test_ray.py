@@ -3,7 +3,8 @@ that backend: local never imports ray.
 
 The expensive parts are one run of the study's 13-config sweep of `tiny` (20 rows) on 2 vLLM replica
 actors, compared byte for byte with the study's single-engine files; an hf sweep on 2 replicas, one of them
-killed mid-run and started again; and two tiny fine-tunes as Ray tasks against the local run.
+killed mid-run and started again; a race (generation.strategy race) on 2 hf replica sessions against the
+same race run locally, one replica killed in round 2; and two tiny fine-tunes as Ray tasks against the local run.
 """
 
 from __future__ import annotations
