@@ -301,9 +301,9 @@ def test_race_settings_are_checked_at_load(tmp_path):
     (tmp_path / "c.yaml").write_text(text.replace("growth: 2", "growth: 1"))
     with pytest.raises(UserError, match="generation.race.growth"):
         load_config(tmp_path / "c.yaml")
+    # Ray replicas race too (tests/test_ray.py): not refused
     (tmp_path / "c.yaml").write_text(text + "execution: {backend: ray}\n")
-    with pytest.raises(UserError, match="execution.backend = ray is not supported"):
-        load_config(tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml").execution.backend == "ray"
 
 
 # --- vLLM -----------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@ that backend: local never imports ray.
 
 The expensive parts are one run of the study's 13-config sweep of `tiny` (20 rows) on 2 vLLM replica
 actors, compared byte for byte with the study's single-engine files; an hf sweep on 2 replicas, one of them
-killed mid-run and started again; and two tiny fine-tunes as Ray tasks against the local run.
+killed mid-run and started again; a race (generation.strategy race) on 2 hf replica sessions against the
+same race run locally, one replica killed in round 2; and two tiny fine-tunes as Ray tasks against the local run.
 """
 
 from __future__ import annotations
@@ -138,6 +139,29 @@ def test_rows_that_depend_on_their_batch_are_sharded_by_whole_batches():
     assert shard_invariance(None, shards) == {}
 
 
+def test_a_race_round_is_sharded_by_its_whole_batches_with_their_indices():
+    """A race round on replicas (ShardedSession): the round's request (rows 0, 1, 3, 4 of 7: hf batches 0 and 2 of
+    the whole list) is split into whole batches, and each replica's request keeps the batch's whole-list index
+    (its seed) and the rows' own per-request seeds."""
+    from tunesweep.generate.backend import Job, Request
+    from tunesweep.generate.sharded import plan_request_shards, rows_of
+
+    batches = [[4, 0], [2, 5], [1, 3], [6]]
+    request = Request(checkpoint="c", engine={}, row_ids=[f"r{i}" for i in range(7)],
+                      prompts=[f"p{i}" for i in range(7)], jobs=[Job(None, "generate", {}, "", tuple(range(10, 17)), "x")],
+                      stop=[], seed=1, batch_size=2)
+    rows = [0, 1, 3, 4]  # as race/stage.py asks: the batches wholly inside the round, by whole-list index
+    round_ = rows_of(request, rows, request.jobs, batches=[(b, idx) for b, idx in enumerate(batches) if set(idx) <= set(rows)])
+    assert round_.batches == [(0, [3, 0]), (2, [1, 2])]
+    shards = plan_request_shards(round_, 2)
+    assert [(s.rows, s.batches) for s in shards] == [([0, 3], [(0, [3, 0])]), ([1, 2], [(2, [1, 2])])]
+    second = rows_of(round_, shards[1].rows, round_.jobs, batches=shards[1].batches)
+    assert second.row_ids == ["r1", "r3"] and second.jobs[0].seeds == (11, 13) and second.batches == [(2, [0, 1])]
+    # vLLM (no batches): the round's rows in contiguous runs
+    plain = rows_of(request, [4, 5, 6], request.jobs)
+    assert [(s.rows, s.batches) for s in plan_request_shards(plain, 2)] == [([0, 1], None), ([2], None)]
+
+
 def config_done_of(rows):
     from tunesweep.generate.backend import ConfigDone
 
@@ -260,6 +284,72 @@ def test_hf_on_two_replicas_writes_the_local_runs_files_even_when_one_is_killed(
     (again,) = generate(load_config(tmp_path / "ray.yaml").model_copy(update={"execution": local.execution}),
                         model="tiny")
     assert again["generated"] == [] and again["engine_builds"] == 0
+
+
+@RAY_MARK
+def test_a_race_on_two_hf_replicas_is_the_local_race_even_when_one_is_killed(ray_local, tmp_path, tiny_model_dir,
+                                                                             monkeypatch):
+    """generation.strategy race on 2 replica sessions: every round's whole hf batches are split between the
+    replicas (each batch keeps its index, so its seed and padding), and the race writes the local race's files,
+    race.json verdicts (rounds, survivors, eliminated) and race.csv, also when the second replica is SIGKILLed
+    after its first config of round 2 and started again (its session loaded again) for the rest of its shard."""
+    from test_race import hf_study, make_wordy, response_bytes
+
+    from tunesweep.race import generate_responses
+    from tunesweep.generate.sharded import ShardedBackend
+
+    model = make_wordy(tiny_model_dir, tmp_path / "wordy")
+    runs = {}
+    for name, execution in (("local", ""), ("ray", "execution: {backend: ray, replicas: 2, retries: 1}\n")):
+        config = hf_study(tmp_path / name, model, "race")
+        # batches of 4: each round of 8 rows is 2 batches, one per replica
+        text = config.read_text().replace("hf_batch_size: 8", "hf_batch_size: 4")
+        assert "hf_batch_size: 4" in text
+        config.write_text(text + execution)
+        runs[name] = config
+    local_dir, ray_dir = tmp_path / "local" / "work", tmp_path / "ray" / "work"
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a replica actor (1 CPU): 2 threads on this busy 2-core box were 5x slower
+    t = time.perf_counter()
+    try:
+        [local] = generate_responses(load_config(runs["local"]))
+    finally:
+        torch.set_num_threads(threads)
+    print(f"local race: {time.perf_counter() - t:.1f} s")
+
+    second, killed = [], []  # the second replica's shards (a new one per round), the config it was killed after
+
+    def kill_second_replica_in_round_2(shard, config):
+        if shard.index == 1:
+            if not any(s is shard for s in second):
+                second.append(shard)
+            if len(second) == 2 and not killed:
+                ray_local.kill(shard.actor)  # SIGKILL of the actor process, as a lost node would do
+                killed.append(config)
+
+    monkeypatch.setattr(ShardedBackend, "on_config", staticmethod(kill_second_replica_in_round_2))
+    started = []
+    real_open = ShardedBackend.open
+    monkeypatch.setattr(ShardedBackend, "open", lambda self, request: started.append(self) or real_open(self, request))
+    t = time.perf_counter()
+    [on_ray] = generate_responses(load_config(runs["ray"]))
+    print(f"race on 2 replicas: {time.perf_counter() - t:.1f} s")
+    assert killed, "the actor was not killed in round 2"
+    # 2 replica sessions, the killed one's started again
+    assert [len(b.started) for b in started] == [3]
+    assert on_ray["tokens"] == local["tokens"] and on_ray["race"] == local["race"]
+
+    states = [json.loads((d / "llm_responses" / "tiny" / "race.json").read_text()) for d in (local_dir, ray_dir)]
+    for key in ("identity", "rounds", "survivors", "eliminated", "round_rows"):
+        assert states[0][key] == states[1][key], key
+    assert states[0]["eliminated"] and len(states[0]["rounds"]) >= 2
+    # Each round's 2 batches went one to each replica; the killed one's restart delivered the rest of round 2.
+    assert [len(s.batches) for s in second[:2]] == [1, 1]
+    assert sorted(second[1].received) == sorted(states[0]["rounds"][1]["survivors_before"])
+    assert response_bytes(ray_dir) == response_bytes(local_dir)
+    assert (ray_dir / "eval_results" / "race.csv").read_bytes() == (local_dir / "eval_results" / "race.csv").read_bytes()
 
 
 class _DyingBackend:

@@ -658,16 +658,13 @@ def parse_config(data: dict, source: str = "<config>") -> ExperimentConfig:
 
 def check_race(cfg: "ExperimentConfig", source: str) -> None:
     """generation.strategy = race: its metric must be one the study scores (every metric it can take compares an
-    answer with its reference), and its rounds need an engine kept across them (not Ray replicas yet)."""
+    answer with its reference). (On Ray, each replica keeps its engine across the rounds: generate/sharded.py.)"""
     if cfg.generation.strategy != "race":
         return
     race = cfg.generation.race
     if race.metric not in cfg.evaluation.metrics:
         raise UserError(f"{source}: generation.race.metric = {race.metric}: the study does not score it "
                         f"(evaluation.metrics: {', '.join(cfg.evaluation.metrics)}); race on a metric the study reports")
-    if cfg.execution.backend == "ray":
-        raise UserError(f"{source}: generation.strategy = race runs one engine per model in this process; "
-                        "execution.backend = ray is not supported with it yet (use strategy full, or backend local)")
 
 
 def max_positions(checkpoint: str) -> Optional[int]:

@@ -19,6 +19,9 @@ manifest's `replica_agreement`).
 An actor that dies (or whose engine fails) is started again, for the configs its shard has not
 delivered yet, up to `execution.retries` times; after that the stage fails with one line naming the
 model and the shard. A UserError raised by the backend (a prompt too long, ...) is not retried.
+
+A race (generation.strategy race) asks the backend for a Session: `ShardedSession` opens the wrapped
+backend's session in each replica actor once, and splits every round's rows among them the same way.
 """
 
 from __future__ import annotations
@@ -32,31 +35,57 @@ from typing import Iterator, Optional
 from ..cluster import check_shared, first_line, user_error
 from ..config import DecodingConfig, ExperimentConfig
 from ..errors import UserError
-from .backend import (AgreementDone, Backend, ConfigDone, EngineBuilt, InvarianceCheck, InvarianceDone, Message,
-                      Request, identical_fraction)
+from .backend import (AgreementDone, Backend, ConfigDone, EngineBuilt, InvarianceCheck, Message, Request, Session,
+                      identical_fraction)
 
 log = logging.getLogger(__name__)
 
 
 class EngineReplica:
     """The Ray actor (decorated with ray.remote when a run starts): the wrapped backend's `run` on one
-    shard, one message per `next()` call (None when the shard is done)."""
+    shard (a full sweep), or the wrapped backend's Session kept across requests (a race: `begin` per round);
+    one message per `next()` call (None when the shard, or the round, is done)."""
 
     def __init__(self, backend: Backend, request: Request, shared: tuple[str, str], what: str):
         self._args = (backend, request, shared, what)
         self._messages = None
+        self._session: Optional[Session] = None
+
+    def _backend(self) -> tuple[Backend, Request]:
+        # Here, not in __init__: a UserError from a method reaches the driver as itself (not retried).
+        backend, request, shared, what = self._args
+        check_shared(*shared, what)
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        return backend, request
 
     def next(self) -> Optional[Message]:
         if self._messages is None:
-            # Here, not in __init__: a UserError from a method reaches the driver as itself (not retried).
-            backend, request, shared, what = self._args
-            check_shared(*shared, what)
-            os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+            backend, request = self._backend()
             self._messages = backend.run(request)
         try:
             return next(self._messages)
         except StopIteration:
             return None
+
+    def open(self) -> float:
+        """The wrapped backend's session over the opening request's rows (in this actor: a vLLM engine child
+        is the actor's child, as in a full sweep); its build time."""
+        if self._session is None:
+            backend, request = self._backend()
+            self._session = backend.open(request)
+        return self._session.build_s
+
+    def begin(self, request: Request) -> Optional[Message]:
+        """Run `request` (rows of the opening request) on the session, loading it first in an actor started
+        again after a failure; the first message (the rest by `next`)."""
+        self.open()
+        self._messages = self._session.run(request)
+        return self.next()
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
 
     def pid(self) -> int:
         return os.getpid()
@@ -130,6 +159,70 @@ def plan_shards(n_rows: int, replicas: int, batches: Optional[list[list[int]]] =
             for i, (lo, hi) in enumerate(shard_bounds(len(batches), replicas))]
 
 
+def plan_request_shards(request: Request, replicas: int) -> list[_Shard]:
+    """plan_shards over a sub-request's rows (a race's round): contiguous rows, or with `request.batches` contiguous
+    runs of its whole batches, each keeping its batch index of the whole row list (its seed)."""
+    units = None if request.batches is None else [idx for _, idx in request.batches]
+    shards = plan_shards(len(request.row_ids), replicas, units)
+    for shard in shards:
+        if shard.batches is not None:  # plan_shards numbers the round's batches from 0
+            shard.batches = [(request.batches[p][0], idx) for p, idx in shard.batches]
+    return shards
+
+
+def shard_place(shard: _Shard, n_shards: int, n_batches: int, rows: Optional[list[int]] = None) -> str:
+    """Which replica and rows, for a log line or an error: `rows` are the shard's rows as indices of the whole
+    test split where shard.rows index a sub-request (a race's round)."""
+    if shard.batches is None:
+        rows = rows or shard.rows
+        return f"{shard.index + 1}/{n_shards} (test rows {rows[0] + 1}-{rows[-1] + 1})"
+    first, last = shard.batches[0][0] + 1, shard.batches[-1][0] + 1
+    span = f"batch {first}" if first == last else f"batches {first}-{last}"
+    return f"{shard.index + 1}/{n_shards} ({span} of {n_batches}: {len(shard.rows)} test rows)"
+
+
+def gather(shards: list[_Shard], request: Request, failed, finished, on_config, target: str) -> Iterator[Message]:
+    """The shards' messages (each shard's actor answering `next` until None), until every shard is done: a config
+    is handed over once every shard has delivered it, merged in row order, configs in `request`'s job order;
+    other messages pass as they come. A failed call goes to failed(shard, exc) (it raises, or starts the shard
+    again with a new ref), a shard that answers None to finished(shard); on_config(shard, config) on each
+    delivery (tests kill an actor there)."""
+    import ray
+    from ray.exceptions import RayError
+
+    order = [j.config for j in request.jobs]
+    merged: set[str] = set()
+    while True:
+        live = {s.ref: s for s in shards if not s.done and s.ref is not None}
+        if not live:
+            break
+        ready, _ = ray.wait(list(live), num_returns=1)
+        shard = live[ready[0]]
+        try:
+            msg = ray.get(ready[0])
+        except RayError as exc:
+            failed(shard, exc)
+            continue
+        if msg is None:
+            shard.done = True
+            finished(shard)
+            continue
+        shard.ref = shard.actor.next.remote()
+        if not isinstance(msg, ConfigDone):
+            yield msg
+            continue
+        shard.received[msg.config] = msg
+        if on_config is not None:
+            on_config(shard, msg.config)
+        for config in order:
+            if config not in merged and all(config in s.received for s in shards):
+                merged.add(config)
+                yield merge([(s.rows, s.received[config]) for s in shards], len(request.row_ids))
+    missing = [c for c in order if c not in merged]
+    if missing:
+        raise UserError(f"{target}: the replicas finished without configs {', '.join(missing)}")
+
+
 def shard_invariance(check, shards: list[_Shard]) -> dict[int, InvarianceCheck]:
     """The batch-invariance check (sample rows of the full request) for the shard holding most of its rows
     (the first on a tie), on the rows it holds, as indices into that shard's rows; {} without a check."""
@@ -179,6 +272,10 @@ class ShardedBackend(Backend):
     def row_batches(self, request: Request):
         return self.inner.row_batches(request)
 
+    def open(self, request: Request) -> "ShardedSession":
+        """The wrapped backend's session on each of the replicas (generation.strategy race): ShardedSession."""
+        return ShardedSession(self, request)
+
     # --- running
     def _start(self, ray, actor_cls, request: Request, shard: _Shard) -> None:
         jobs = [j for j in request.jobs if j.config not in shard.received]
@@ -195,15 +292,10 @@ class ShardedBackend(Backend):
         log.info("%s: replica %s started for %d configs (actor %s)", self.target, self.where(shard), len(jobs), name)
 
     def where(self, shard: _Shard) -> str:
-        if shard.batches is None:
-            return f"{shard.index + 1}/{self.n_shards} (test rows {shard.rows[0] + 1}-{shard.rows[-1] + 1})"
-        first, last = shard.batches[0][0] + 1, shard.batches[-1][0] + 1
-        span = f"batch {first}" if first == last else f"batches {first}-{last}"
-        return f"{shard.index + 1}/{self.n_shards} ({span} of {self.n_batches}: {len(shard.rows)} test rows)"
+        return shard_place(shard, self.n_shards, self.n_batches)
 
     def run(self, request: Request) -> Iterator[Message]:
         import ray
-        from ray.exceptions import RayActorError, RayError, RayTaskError
 
         actor_cls = ray.remote(EngineReplica)
         batches = self.inner.row_batches(request)
@@ -215,49 +307,23 @@ class ShardedBackend(Backend):
                      request.batch_size, len(shards), self.replicas)
         # The batch-invariance sample indexes the full row list: the shard holding most of it runs it.
         self.invariance = shard_invariance(request.invariance, shards)
-        order = [j.config for j in request.jobs]
-        merged: set[str] = set()
         results: dict[str, list] = {}  # config -> merged RowResults (for the agreement check)
+
+        def failed(shard: _Shard, exc: Exception) -> None:
+            if (err := user_error(exc)) is not None:
+                raise err from None
+            self._failed(ray, actor_cls, request, shard, exc)
+
+        def finished(shard: _Shard) -> None:
+            ray.kill(shard.actor)  # the engine process has exited; free the actor's CPUs and GPUs
+
         try:
             for shard in shards:
                 self._start(ray, actor_cls, request, shard)
-            while True:
-                live = {s.ref: s for s in shards if not s.done and s.ref is not None}
-                if not live:
-                    break
-                ready, _ = ray.wait(list(live), num_returns=1)
-                shard = live[ready[0]]
-                try:
-                    msg = ray.get(ready[0])
-                except RayTaskError as exc:
-                    if (err := user_error(exc)) is not None:
-                        raise err from None
-                    self._failed(ray, actor_cls, request, shard, exc)
-                    continue
-                except (RayActorError, RayError) as exc:
-                    self._failed(ray, actor_cls, request, shard, exc)
-                    continue
-                if msg is None:
-                    shard.done = True
-                    ray.kill(shard.actor)  # the engine process has exited; free the actor's CPUs and GPUs
-                    continue
-                shard.ref = shard.actor.next.remote()
-                if isinstance(msg, (EngineBuilt, InvarianceDone)):
-                    yield msg
-                    continue
-                shard.received[msg.config] = msg
-                if self.on_config is not None:
-                    self.on_config(shard, msg.config)
-                # Hand over every config that all shards have delivered, in sweep order.
-                for config in order:
-                    if config not in merged and all(config in s.received for s in shards):
-                        merged.add(config)
-                        done = merge([(s.rows, s.received[config]) for s in shards], len(request.row_ids))
-                        results[config] = done.results
-                        yield done
-            missing = [c for c in order if c not in merged]
-            if missing:
-                raise UserError(f"{self.target}: the replicas finished without configs {', '.join(missing)}")
+            for msg in gather(shards, request, failed, finished, self.on_config, self.target):
+                if isinstance(msg, ConfigDone):
+                    results[msg.config] = msg.results
+                yield msg
             if self.agreement_rows and self.n_shards > 1:
                 yield from self._agreement(ray, actor_cls, request, results, batches)
         finally:
@@ -329,3 +395,122 @@ class ShardedBackend(Backend):
                     self.target, self.where(shard), first, len(request.jobs) - len(shard.received),
                     shard.failures, self.retries)
         self._start(ray, actor_cls, request, shard)
+
+
+class ShardedSession(Session):
+    """A race on Ray: the wrapped backend's Session opened in each of R replica actors (vLLM: the engine child
+    lives under its actor, as in a full sweep), kept for every round. `run(sub)` splits the round's rows among
+    the replicas as a full sweep shards its rows (plan_shards over the round: contiguous rows; for transformers
+    contiguous runs of the round's whole batches, each with its index of the whole row list, so every row keeps
+    its full-sweep companions, padding and seed) and yields each config once every shard has delivered it,
+    merged in the round's row order, in the round's job order.
+
+    An actor that dies (or whose model fails) is started again, its session loaded again, and its shard of the
+    round rerun for the configs it has not delivered; retries count per replica over the whole race (its work,
+    as a shard's work is the whole sweep), up to execution.retries, then one line naming the model and the
+    shard. A UserError from the backend is not retried."""
+
+    def __init__(self, backend: ShardedBackend, request: Request):
+        import ray
+
+        self.backend, self.request, self.target = backend, request, backend.target
+        self.actor_cls = ray.remote(EngineReplica)
+        batches = backend.inner.row_batches(request)
+        self.n_batches = len(batches or [])
+        # No more replicas than a round could ever use (the rows, or the batches that are not split).
+        self.replicas = max(1, min(backend.replicas, len(batches) if batches is not None else len(request.row_ids)))
+        self.index = {rid: i for i, rid in enumerate(request.row_ids)}
+        self.actors: list = [None] * self.replicas
+        self.failures = [0] * self.replicas
+        try:
+            for k in range(self.replicas):
+                self._start(k)
+            self.build_s = max(self._open_all())
+        except BaseException:
+            self.close(graceful=False)  # nothing loaded to shut down cleanly: do not wait for loads in flight
+            raise
+        log.info("%s: %d replica session(s) loaded, kept for every round", self.target, self.replicas)
+
+    def _start(self, k: int) -> None:
+        name = f"tunesweep-{self.target}-race{k}-try{self.failures[k]}-{os.getpid()}"
+        b = self.backend
+        self.actors[k] = self.actor_cls.options(name=name, num_cpus=b.num_cpus, num_gpus=b.num_gpus,
+                                                max_restarts=0).remote(b.inner, self.request, b.shared,
+                                                                       f"{self.target} race replica {k + 1}")
+        b.started.append(name)
+
+    def _open_all(self) -> list[float]:
+        """Every replica's session loaded side by side (a failed load retried like a failed round); build times."""
+        import ray
+
+        builds = [0.0] * self.replicas
+        pending = {self.actors[k].open.remote(): k for k in range(self.replicas)}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            k = pending.pop(ready[0])
+            try:
+                builds[k] = ray.get(ready[0])
+            except Exception as exc:
+                self._failed(k, exc, f"{k + 1}/{self.replicas} (loading the model)")
+                pending[self.actors[k].open.remote()] = k
+        return builds
+
+    def _failed(self, k: int, exc: Exception, where: str) -> None:
+        """Count a failure of replica k: a UserError and too many failures end the race in one line, else the
+        actor is started again (its session loads on its next request)."""
+        import ray
+
+        if (err := user_error(exc)) is not None:
+            raise err from None
+        self.failures[k] += 1
+        first = first_line(getattr(exc, "cause", None) or exc)
+        try:
+            ray.kill(self.actors[k])
+        except Exception:
+            pass
+        if self.failures[k] > self.backend.retries:
+            raise UserError(f"{self.target}: race replica {where} failed {self.failures[k]} time(s) "
+                            f"(execution.retries = {self.backend.retries}): {first}; a rerun resumes the race after "
+                            "its last finished round")
+        log.warning("%s: race replica %s failed (%s); starting it again (retry %d of %d)", self.target, where, first,
+                    self.failures[k], self.backend.retries)
+        self._start(k)
+
+    def _begin(self, request: Request, shard: _Shard) -> None:
+        jobs = [j for j in request.jobs if j.config not in shard.received]
+        shard.actor = self.actors[shard.index]
+        shard.ref = shard.actor.begin.remote(rows_of(request, shard.rows, jobs, batches=shard.batches))
+
+    def run(self, request: Request) -> Iterator[Message]:
+        shards = plan_request_shards(request, self.replicas)
+
+        def where(shard: _Shard) -> str:
+            return shard_place(shard, len(shards), self.n_batches,
+                               [self.index[request.row_ids[r]] for r in shard.rows])
+
+        def failed(shard: _Shard, exc: Exception) -> None:
+            self._failed(shard.index, exc, where(shard))
+            self._begin(request, shard)
+
+        for shard in shards:
+            self._begin(request, shard)
+        # A finished shard's actor keeps its session for the next round; a session sends only ConfigDones.
+        yield from gather(shards, request, failed, lambda shard: None, self.backend.on_config, self.target)
+
+    def close(self, graceful: bool = True) -> None:
+        """Close every replica's session (a vLLM engine shuts down in its actor), then kill the actors (the
+        engine child of a killed actor dies with it)."""
+        import ray
+
+        live = [a for a in self.actors if a is not None]
+        if graceful and live:
+            try:
+                ray.wait([a.close.remote() for a in live], num_returns=len(live), timeout=120)
+            except Exception:
+                pass
+        for actor in live:
+            try:
+                ray.kill(actor)
+            except Exception:
+                pass
+        self.actors = [None] * self.replicas

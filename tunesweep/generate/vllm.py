@@ -379,6 +379,10 @@ class VllmSession(Session):
                 for _ in _messages(self.proc, self.out_queue, "done"):
                     pass
                 self.proc.join(timeout=120)
+        except Exception:
+            # A child that failed a round has reported it (the error the caller is raising) and is exiting without
+            # its "done": closing is best effort and must not replace that error with "exited before finishing".
+            pass
         finally:
             _stop(self.proc, self.out_queue)
 
