@@ -340,6 +340,10 @@ def test_a_race_on_two_hf_replicas_is_the_local_race_even_when_one_is_killed(ray
     # 2 replica sessions, the killed one's started again
     assert [len(b.started) for b in started] == [3]
     assert on_ray["tokens"] == local["tokens"] and on_ray["race"] == local["race"]
+    # ... and the manifest counts the three loads (the local race loaded one model)
+    assert (on_ray["engine_builds"], local["engine_builds"]) == (3, 1)
+    manifests = [json.loads((d / "llm_responses" / "tiny" / "manifest.json").read_text()) for d in (local_dir, ray_dir)]
+    assert [m["runs"][-1]["engine_builds"] for m in manifests] == [1, 3]
 
     states = [json.loads((d / "llm_responses" / "tiny" / "race.json").read_text()) for d in (local_dir, ray_dir)]
     for key in ("identity", "rounds", "survivors", "eliminated", "round_rows"):

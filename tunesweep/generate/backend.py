@@ -168,6 +168,7 @@ class Session(abc.ABC):
     one-request run would give it."""
 
     build_s: float  # seconds the model took to load
+    builds = 1  # models loaded (a session on replicas: one per replica, and one per restart)
 
     @abc.abstractmethod
     def run(self, request: Request) -> Iterator[Message]:

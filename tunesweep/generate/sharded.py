@@ -431,6 +431,11 @@ class ShardedSession(Session):
             raise
         log.info("%s: %d replica session(s) loaded, kept for every round", self.target, self.replicas)
 
+    @property
+    def builds(self) -> int:
+        # Every replica loads once, and again after each restart (its session reopens on its next request).
+        return self.replicas + sum(self.failures)
+
     def _start(self, k: int) -> None:
         name = f"tunesweep-{self.target}-race{k}-try{self.failures[k]}-{os.getpid()}"
         b = self.backend

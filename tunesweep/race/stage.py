@@ -130,6 +130,11 @@ class _Race:
 
     # --- generating -------------------------------------------------------------------------------
 
+    @property
+    def session_builds(self) -> int:
+        """Models the race loaded (none when nothing was generated; one per replica and restart on Ray)."""
+        return self.session.builds if self.session is not None else 0
+
     def generate(self, rows: list[int], configs: list[str]) -> float:
         """Every config of `configs` on `rows` with the loaded model; returns the wall time."""
         if self.session is None:
@@ -252,7 +257,7 @@ class _Race:
                 self.session.close()
         plan.manifest.mark_finished()
         run.set_written(sorted(written))
-        if self.build_s is not None:
+        for _ in range(self.session_builds):
             run.built_engine(self.build_s)
             plan.manifest.count_engine_build()
         write_json(self.paths.manifest(self.target), plan.manifest.to_json())
@@ -264,7 +269,7 @@ class _Race:
         return {"target": self.target, "backend": self.plan.backend.name, "configs": len(self.jobs),
                 "generated": generated, "skipped": [c for c in self.jobs if c not in generated],
                 "tokens": tokens, "wall_s": round(wall, 3), "tokens_per_s": round(tokens / wall, 1) if wall else None,
-                "engine_builds": 1 if self.build_s is not None else 0,
+                "engine_builds": self.session_builds,
                 "engine_build_s": round(self.build_s, 2) if self.build_s is not None else None,
                 "race": {"survivors": list(state.survivors), "rounds": len(state.rounds),
                          "planned_rounds": len(self.rounds), "eliminated": dict(state.eliminated),
