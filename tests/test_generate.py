@@ -276,6 +276,17 @@ def test_sampling_configs_share_their_random_numbers(tiny_model_dir, tmp_path):
     assert "the same for every config" in manifest(work)["configs"]["top_k_0_num_beams_1_temp_0.8"]["seed"]["scheme"]
 
 
+def test_a_temperature_vllm_refuses_is_one_line_before_any_engine(tiny_model_dir, tmp_path):
+    from tunesweep.generate import generate
+
+    work = tmp_path / "w"
+    cfg = load_config(make_study(work, tiny_model_dir, sweep="{temperature: [0.5, 3.0]}"))
+    with pytest.raises(UserError, match=r"top_k_50_num_beams_1_temp_3.0 asks for temperature 3, and vLLM's "
+                                        r"SamplingParams take 0 to 2; lower it, or set generation.backend: hf"):
+        generate(cfg, backend="vllm", limit=2)
+    assert not (out_dir(work) / "manifest.json").exists()
+
+
 def test_plan_redoes_exactly_what_changed(study, tmp_path):
     """What a rerun would regenerate, asked without starting an engine."""
     from tunesweep.generate import plan_target

@@ -36,6 +36,8 @@ from .backend import (Backend, ConfigDone, EngineBuilt, InvarianceDone, Job, Mes
 
 # How long the parent waits for any message before checking that the child is still alive.
 POLL_S = 5.0
+# vLLM's SamplingParams refuse a higher temperature (sampling_params.py: "temperature must be in [0, 2]").
+MAX_TEMPERATURE = 2.0
 
 
 def vllm_supports_bnb() -> bool:
@@ -289,6 +291,10 @@ class VllmBackend(Backend):
                                    "length_penalty": 1.0, "ignore_eos": False}, (
                 "vLLM beam search ignores top_k and temperature (it ranks beams by log-probability / length); "
                 "it has no seed and no stop strings, so the cleaned response is cut at the template's next section")
+        if dc.mode == "sample" and dc.temperature > MAX_TEMPERATURE:
+            # Said here, when the study is planned, instead of by the engine child after a minute's build.
+            raise UserError(f"generation: {dc.name} asks for temperature {dc.temperature:g}, and vLLM's SamplingParams "
+                            f"take 0 to {MAX_TEMPERATURE:g}; lower it, or set generation.backend: hf")
         params = {"n": 1, "temperature": dc.temperature if dc.mode == "sample" else 0.0,
                   "top_k": dc.top_k if dc.mode == "sample" else 0, "top_p": 1.0, "min_p": 0.0,
                   "presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0,
