@@ -52,9 +52,7 @@ GENERIC = {
     "flip_share": "the report's judge summary and metrics.json's judge settings",
     "unsure_requests": "verdict objects (judge/verdict.py) and metrics.json's judge settings",
     "preference": "AlpacaEval's annotation field (judge export)",
-    "checkpoint": "perplexity.csv's column, tunesweep.json and provenance.checkpoint_identity's record",
     "sha256": "provenance.checkpoint_identity's record {checkpoint, sha256, stat}, used for every checkpoint",
-    "configs": "summaries count or list their configs (run summaries, the human-eval key, race.json)",
     "race": "generate's summary of a race",
     "template": "the config's prompt template, a part of every cache key and of tunesweep.json",
     "judge": "metrics.json's judge settings and the config's evaluation.judge",
@@ -78,6 +76,21 @@ ELSEWHERE = {
     ("tunesweep/train/stage.py", "*", "inputs"): "tunesweep.json's inputs (the finetune stage's record)",
     ("tunesweep/train/stage.py", "*", "backend_reason"): "tunesweep.json's backend reason",
     ("tunesweep/report/stage.py", "_training_section", "backend_reason"): "tunesweep.json's backend reason",
+    # "checkpoint" and "configs" are the generation manifest's keys, and other records' words too:
+    ("tunesweep/provenance.py", "checkpoint_identity", "checkpoint"): "the checkpoint identity record it owns",
+    ("tunesweep/train/resume.py", "training_inputs", "checkpoint"): "a checkpoint identity (provenance)",
+    ("tunesweep/train/stage.py", "finish_one", "checkpoint"): "a checkpoint identity (provenance)",
+    ("tunesweep/generate/stage.py", "start_run", "checkpoint"): "a checkpoint identity (provenance)",
+    ("tunesweep/evaluate/scoring.py", "perplexity_job", "checkpoint"): "perplexity.csv's column",
+    ("tunesweep/report/stage.py", "_perplexity_section", "checkpoint"): "perplexity.csv's column",
+    ("tunesweep/report/html.py", "_perplexity_table", "checkpoint"): "perplexity.csv's column",
+    ("tunesweep/evaluate/human_eval.py", "export_sheet", "configs"): "the human-eval key's configs",
+    ("tunesweep/generate/backend.py", "agreement_record", "configs"): "replica_agreement's own per-config shares",
+    ("tunesweep/report/tables.py", "agreement_text", "configs"): "replica_agreement's own per-config shares",
+    ("tunesweep/report/explorer.py", "explorer_data", "configs"): "the report page's explorer data",
+    ("tunesweep/generate/stage.py", "run_target", "configs"): "generate's summary",
+    ("tunesweep/race/stage.py", "summary", "configs"): "the race's summary",
+    ("tunesweep/race/stage.py", "generate_responses", "configs"): "the race's summary",
     # Cache keys: their key names are part of every recorded hash; renaming them would redo all the work.
     ("tunesweep/generate/stage.py", "plan_target", "checkpoint_hash"): "the job's `inputs` fingerprint",
     ("tunesweep/generate/stage.py", "plan_target", "test_set_sha256"): "the job's `inputs` fingerprint",
@@ -168,7 +181,7 @@ def test_a_record_key_spelled_outside_its_owner_is_found():
                "def plan_rows():\n"
                "    return {'responses': 1, 'scored_from': 2}\n")
     found = violations(snippet, keys, "tunesweep/evaluate/scoring.py")
-    assert [t for _, t in found] == ["generated_sha256", "response_raw", "finish_reason", "inputs",
+    assert [t for _, t in found] == ["generated_sha256", "configs", "response_raw", "finish_reason", "inputs",
                                      "scored_from"], found
 
 

@@ -552,6 +552,21 @@ class JudgeManifest:
         return self.judge.get("model")
 
     @property
+    def judge_checkpoint(self) -> Optional[str]:
+        """The judge's folder as loaded (resolved)."""
+        return self.judge.get("checkpoint")
+
+    @property
+    def judge_identity(self) -> Optional[dict]:
+        """provenance.checkpoint_identity of the judge's folder, as recorded."""
+        return self.judge.get("identity")
+
+    @staticmethod
+    def judge_record(model: str, revision, hub, checkpoint: str, identity: dict) -> dict:
+        """The `judge` object start_run records: which judge wrote the verdicts."""
+        return {"model": model, "revision": revision, "hub": hub, "checkpoint": checkpoint, "identity": identity}
+
+    @property
     def baseline(self) -> Optional[str]:
         return self.data.get("baseline")
 

@@ -237,7 +237,7 @@ def stand_in(manifest: JudgeManifest) -> Optional[str]:
     import json
     from pathlib import Path
 
-    folder = Path(manifest.judge.get("checkpoint") or "")
+    folder = Path(manifest.judge_checkpoint or "")
     try:
         hidden = json.loads((folder / "config.json").read_text()).get("hidden_size")
     except (OSError, ValueError):

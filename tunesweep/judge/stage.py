@@ -102,8 +102,8 @@ def resolve_judge(cfg: ExperimentConfig, previous: Optional[dict]) -> JudgeModel
         raise UserError(f"evaluation.judge.model = {jc.model!r}: no such folder (and not a hub id); build or "
                         "download the judge first")
     check_checkpoint_folder(str(folder), "judge model")
-    recorded = JudgeManifest.read(previous).judge
-    prior = recorded.get("identity") if recorded.get("checkpoint") == str(folder.resolve()) else None
+    recorded = JudgeManifest.read(previous)
+    prior = recorded.judge_identity if recorded.judge_checkpoint == str(folder.resolve()) else None
     return JudgeModel(str(folder.resolve()), checkpoint_identity(str(folder.resolve()), prior))
 
 
@@ -269,8 +269,8 @@ def start_manifest(run: JudgeRun, warnings: list[str], reused_pairs: int) -> tup
     jc = run.cfg.evaluation.judge
     manifest = JudgeManifest.read(run.previous_manifest)
     record = manifest.start_run(
-        judge={"model": jc.model, "revision": jc.revision, "hub": run.judge_model.hub,
-               "checkpoint": run.judge_model.checkpoint, "identity": run.judge_model.identity},
+        judge=JudgeManifest.judge_record(jc.model, jc.revision, run.judge_model.hub, run.judge_model.checkpoint,
+                                         run.judge_model.identity),
         backend=run.backend, backend_reason=run.backend_reason, engine=run.settings, numeric_identity=run.numeric,
         template=run.template_name, template_sha256=run.template, prompt_version=PROMPT_VERSION,
         judge_version=JUDGE_VERSION, against=jc.against, baseline=run.baseline, rows=jc.rows, unsure_mass=UNSURE_MASS,
