@@ -130,6 +130,10 @@ def test_identical_answers_are_one_request_so_their_preference_is_exactly_one_ha
     assert len(seen) == 2 * len(pairs) - 1  # the identical pair's two orders are the same prompt
     assert verdicts[-1].preference == 0.5
     assert verdicts[-1].p_a_test_first == verdicts[-1].p_a_test_second
+    # ... and never a flip, though the one prompt's P(A) is not 1/2 (the judge's position bias): the flip share
+    # measures verdicts that change with the order, and here there is nothing to change.
+    assert verdicts[-1].p_a_test_first != 0.5 and verdicts[-1].same_answers and not verdicts[-1].flipped
+    assert not any(v.same_answers for v in verdicts[:-1])
 
 
 # --- the real backends --------------------------------------------------------------------------------
@@ -142,7 +146,7 @@ def _check_verdicts(verdicts: list[Verdict], n_pairs: int) -> None:
         assert 0.0 < v.mass_test_first <= 1.0 and 0.0 < v.mass_test_second <= 1.0
     assert verdicts[-1].preference == 0.5  # the identical pair
     # The flip share is the share of real verdicts whose two orders pick different answers.
-    by_hand = sum((v.p_a_test_first > 0.5) != (v.p_a_test_second < 0.5) for v in verdicts
+    by_hand = sum((v.p_a_test_first > 0.5) != (v.p_a_test_second < 0.5) for v in verdicts[:-1]
                   if v.p_a_test_first != 0.5 and v.p_a_test_second != 0.5) / len(verdicts)
     assert flip_share(verdicts) == by_hand
 

@@ -52,7 +52,7 @@ from .verdict import Pair, UNSURE_MASS, flip_share, judge_pairs
 log = logging.getLogger(__name__)
 
 # Bump when the stage writes other verdicts for the same inputs (part of every judgment's key).
-JUDGE_VERSION = 1
+JUDGE_VERSION = 2  # 2: a pair of identical answers is never `flipped` (it counted as one when the judge favours A)
 MAX_RUNS = 50  # run records kept in the manifest
 
 

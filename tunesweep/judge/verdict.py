@@ -62,9 +62,14 @@ class Verdict:
     mass_test_first: float  # P(A) + P(B), raw, in each order
     mass_test_second: float
     preference: float  # in [0, 1]; 0.5 = no preference
+    # The two answers are the same text: both orders are one prompt, a tie whatever the judge's position bias.
+    same_answers: bool = False
 
     @property
     def flipped(self) -> bool:
+        if self.same_answers:
+            # One prompt in both orders: "A" both times is the same answer twice, not a verdict that flips.
+            return False
         first = _sign(self.p_a_test_first - 0.5)  # +1: order 1 picks the test answer
         second = _sign(0.5 - self.p_a_test_second)  # +1: order 2 picks the test answer
         return first * second < 0
@@ -86,9 +91,11 @@ def normalised(logprob_a: float, logprob_b: float) -> tuple[float, float]:
     return p_a, math.exp(logprob_a) + math.exp(logprob_b)
 
 
-def verdict_from(p_a_test_first: float, mass_first: float, p_a_test_second: float, mass_second: float) -> Verdict:
+def verdict_from(p_a_test_first: float, mass_first: float, p_a_test_second: float, mass_second: float,
+                 same_answers: bool = False) -> Verdict:
     preference = 0.5 + (p_a_test_first - p_a_test_second) / 2
-    return Verdict(p_a_test_first, p_a_test_second, mass_first, mass_second, min(1.0, max(0.0, preference)))
+    return Verdict(p_a_test_first, p_a_test_second, mass_first, mass_second, min(1.0, max(0.0, preference)),
+                   same_answers)
 
 
 def judge_pairs(pairs: Sequence[Pair], tokenizer, labels: Labels, scorer: Scorer,
@@ -107,7 +114,7 @@ def judge_pairs(pairs: Sequence[Pair], tokenizer, labels: Labels, scorer: Scorer
     if len(scored) != len(distinct):
         raise RuntimeError(f"the judge backend returned {len(scored)} results for {len(distinct)} prompts")
     probs = [normalised(la, lb) for la, lb in scored]
-    return [verdict_from(*probs[first], *probs[second]) for first, second in orders]
+    return [verdict_from(*probs[first], *probs[second], same_answers=first == second) for first, second in orders]
 
 
 def flip_share(verdicts: Sequence[Verdict]) -> float:
