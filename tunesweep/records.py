@@ -392,7 +392,6 @@ class ScoredTarget(JsonRecord):
     scored_from: Optional[dict] = None
     logic: Optional[dict] = None
 
-
     def generated_sha256(self, config: str) -> Optional[str]:
         """What generate wrote for `config` when score read it."""
         return ((self.scored_from or {}).get("generated_sha256") or {}).get(config)
@@ -443,7 +442,6 @@ class JudgeRecord(JsonRecord):
     key: Optional[str]
 
 
-
 @dataclass
 class JudgeEntry(JsonRecord):
     """One config's entry of the judge manifest (targets.<target>.configs.<config>)."""
@@ -456,7 +454,6 @@ class JudgeEntry(JsonRecord):
     win_rate: Optional[float] = None
     flip_share: Optional[float] = None
     unsure_requests: Optional[int] = None
-
 
     @classmethod
     def summarise(cls, file: str, sha256: str, baseline: str, judged_now: int,
