@@ -172,6 +172,27 @@ def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:300]
 
 
+def kill_actor(actor) -> None:
+    """Kill a Ray actor (its processes with it), best effort: one that is already gone is fine."""
+    import ray
+
+    try:
+        ray.kill(actor)
+    except Exception:
+        pass
+
+
+def retry_or_fail(actor, exc: BaseException, failures: int, retries: int, failed: str, rerun: str) -> str:
+    """After the `failures`-th failure of `actor`'s work: kill it, then raise one line (`failed`, e.g. "tiny:
+    generation replica 1/2 (...)", the count, execution.retries, the error, and `rerun`: what a rerun does) when
+    the retries are spent; else the error's first line, for the caller's warning before it starts the work again."""
+    first = first_line(getattr(exc, "cause", None) or exc)
+    kill_actor(actor)
+    if failures > retries:
+        raise UserError(f"{failed} failed {failures} time(s) (execution.retries = {retries}): {first}; {rerun}")
+    return first
+
+
 def user_error(exc: BaseException) -> Optional[UserError]:
     """The UserError a Ray task or actor method raised (a user's mistake, never retried), else None."""
     cause = getattr(exc, "cause", None)

@@ -32,7 +32,7 @@ import os
 import time
 from typing import Iterator, Optional
 
-from ..cluster import check_shared, first_line, user_error
+from ..cluster import check_shared, first_line, kill_actor, retry_or_fail, user_error
 from ..config import DecodingConfig, ExperimentConfig
 from ..errors import UserError
 from .backend import (AgreementDone, Backend, ConfigDone, EngineBuilt, InvarianceCheck, Message, Request, Session,
@@ -329,10 +329,7 @@ class ShardedBackend(Backend):
         finally:
             for shard in shards:
                 if shard.actor is not None and not shard.done:
-                    try:
-                        ray.kill(shard.actor)
-                    except Exception:
-                        pass
+                    kill_actor(shard.actor)
 
     def _agreement(self, ray, actor_cls, request: Request, results: dict[str, list],
                    batches: Optional[list[list[int]]]) -> Iterator[Message]:
@@ -367,10 +364,7 @@ class ShardedBackend(Backend):
                         "recorded", self.target, first_line(exc))
             return
         finally:
-            try:
-                ray.kill(actor)
-            except Exception:
-                pass
+            kill_actor(actor)
         identical, differs = {}, {}
         for config, rows in single.items():
             # A row is the same when its text, finish reason and token count are.
@@ -382,15 +376,9 @@ class ShardedBackend(Backend):
 
     def _failed(self, ray, actor_cls, request: Request, shard: _Shard, exc: Exception) -> None:
         shard.failures += 1
-        first = first_line(getattr(exc, "cause", None) or exc)
-        try:
-            ray.kill(shard.actor)
-        except Exception:
-            pass
-        if shard.failures > self.retries:
-            raise UserError(f"{self.target}: generation replica {self.where(shard)} failed {shard.failures} "
-                            f"time(s) (execution.retries = {self.retries}): {first}; a rerun generates only "
-                            "the configs still missing")
+        first = retry_or_fail(shard.actor, exc, shard.failures, self.retries,
+                              f"{self.target}: generation replica {self.where(shard)}",
+                              "a rerun generates only the configs still missing")
         log.warning("%s: replica %s failed (%s); starting it again for its %d undelivered configs (retry %d of %d)",
                     self.target, self.where(shard), first, len(request.jobs) - len(shard.received),
                     shard.failures, self.retries)
@@ -463,20 +451,12 @@ class ShardedSession(Session):
     def _failed(self, k: int, exc: Exception, where: str) -> None:
         """Count a failure of replica k: a UserError and too many failures end the race in one line, else the
         actor is started again (its session loads on its next request)."""
-        import ray
-
         if (err := user_error(exc)) is not None:
             raise err from None
         self.failures[k] += 1
-        first = first_line(getattr(exc, "cause", None) or exc)
-        try:
-            ray.kill(self.actors[k])
-        except Exception:
-            pass
-        if self.failures[k] > self.backend.retries:
-            raise UserError(f"{self.target}: race replica {where} failed {self.failures[k]} time(s) "
-                            f"(execution.retries = {self.backend.retries}): {first}; a rerun resumes the race after "
-                            "its last finished round")
+        first = retry_or_fail(self.actors[k], exc, self.failures[k], self.backend.retries,
+                              f"{self.target}: race replica {where}", "a rerun resumes the race after its last "
+                              "finished round")
         log.warning("%s: race replica %s failed (%s); starting it again (retry %d of %d)", self.target, where, first,
                     self.failures[k], self.backend.retries)
         self._start(k)
@@ -514,8 +494,5 @@ class ShardedSession(Session):
             except Exception:
                 pass
         for actor in live:
-            try:
-                ray.kill(actor)
-            except Exception:
-                pass
+            kill_actor(actor)
         self.actors = [None] * self.replicas

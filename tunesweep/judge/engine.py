@@ -200,10 +200,9 @@ class RayEngine:
         return self._get(self._actor.score.remote([list(p) for p in prompts], labels))
 
     def close(self) -> None:
-        try:
-            self._ray.kill(self._actor)
-        except Exception:  # already gone
-            pass
+        from ..cluster import kill_actor
+
+        kill_actor(self._actor)
 
 
 def start_engine(spec: EngineSpec, cfg=None, on_cuda: bool = False, ray: bool = False):
