@@ -255,6 +255,15 @@ def marks(text: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
 
 
+def _marked_table(header: list[str], rows) -> str:
+    """A table of the shared sections' cells (judge_summary, race blocks), their marks rendered."""
+    return _table(header, ("<tr>" + "".join(f"<td>{marks(str(c))}</td>" for c in row) + "</tr>" for row in rows))
+
+
+def _figure(path: Path, alt: str) -> str:
+    return f'<figure><img alt="{esc(alt)}" src="{png_data_uri(path)}"><figcaption>{esc(path.name)}</figcaption></figure>'
+
+
 def _judge_section(metrics_json: Optional[dict]) -> str:
     """The LLM judge: the report.md section's paragraphs and table (tables.judge_summary)."""
     found = judge_summary(metrics_json)
@@ -262,8 +271,7 @@ def _judge_section(metrics_json: Optional[dict]) -> str:
         return ""
     paragraphs, header, rows = found
 
-    body = [f"<p>{marks(paragraphs[0])}</p>",
-            _table(header, ("<tr>" + "".join(f"<td>{marks(str(c))}</td>" for c in row) + "</tr>" for row in rows))]
+    body = [f"<p>{marks(paragraphs[0])}</p>", _marked_table(header, rows)]
     body += [f"<p>{marks(p)}</p>" for p in paragraphs[1:]]
     return '<section id="judge"><h2>LLM judge</h2>' + "".join(body) + "</section>"
 
@@ -280,11 +288,9 @@ def _race_section(blocks: list) -> str:
             out.append(f"<p>{marks(b.text)}</p>")
         elif b.kind == "plot":
             if b.path.is_file():
-                out.append(f'<figure><img alt="survivors per round" src="{png_data_uri(b.path)}">'
-                           f"<figcaption>{esc(b.path.name)}</figcaption></figure>")
+                out.append(_figure(b.path, "survivors per round"))
         else:
-            out.append(_table(b.header, ("<tr>" + "".join(f"<td>{marks(c)}</td>" for c in row) + "</tr>"
-                                         for row in b.rows)))
+            out.append(_marked_table(b.header, b.rows))
     return "".join(out + ["</section>"])
 
 
@@ -302,8 +308,7 @@ def _plots_section(plots: list[Plot]) -> str:
         for p in paths:
             if not p.is_file():
                 continue
-            out.append(f'<figure><img alt="{esc(p.stem)}" src="{png_data_uri(p)}">'
-                       f"<figcaption>{esc(p.name)}</figcaption></figure>")
+            out.append(_figure(p, p.stem))
         out.append("</div>")
     return "".join(out + ["</section>"])
 

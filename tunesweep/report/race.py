@@ -13,7 +13,7 @@ from typing import Optional
 
 from ..config import ExperimentConfig
 from ..files import atomic_path
-from ..layout import read_race_state
+from ..layout import markdown_table, read_race_state
 from ..records import RaceState
 
 PLOT = "race_survivors.png"
@@ -122,6 +122,5 @@ def race_markdown(blocks: list[RaceBlock]) -> list[str]:
         elif b.kind == "plot":
             lines += [f"![survivors per round](plots/{b.path.name})", ""]
         else:
-            lines += ["| " + " | ".join(b.header) + " |", "|" + "---|" * len(b.header)]
-            lines += ["| " + " | ".join(row) + " |" for row in b.rows] + [""]
+            lines += [markdown_table(b.header, b.rows), ""]
     return lines
